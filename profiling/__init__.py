@@ -1,0 +1,1 @@
+"""hwnas profiling: measure a device into a latency table."""
