@@ -1,0 +1,263 @@
+"""What the search optimises: candidates, objectives, formulations and the evaluator.
+
+A candidate is one architecture of a space, known by its string (`space.to_string`), with an
+estimated accuracy (higher is better) and a predicted latency (ms, with a low/high interval).
+The evaluator caches both per architecture string, so a cell that the search visits twice is
+scored once, and it applies the current latency correction (fit on finalists measured on the
+device) to every prediction it hands out.
+
+Formulations (`Formulation.kind`):
+- ``budget``: maximise accuracy subject to latency <= budget;
+- ``min_accuracy``: minimise latency subject to accuracy >= threshold (Deci's AutoNAC form);
+- ``frontier``: the whole accuracy/latency frontier, no constraint.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+
+class SearchError(RuntimeError):
+    """A search cannot run or cannot meet its constraint; the message says what to do."""
+
+
+class BudgetTooLowError(SearchError):
+    """No candidate meets the latency budget; carries the fastest candidate seen."""
+
+    def __init__(self, message: str, fastest: "Candidate | None" = None):
+        super().__init__(message)
+        self.fastest = fastest
+
+
+@dataclass(frozen=True)
+class Formulation:
+    latency_budget_ms: float | None = None
+    min_accuracy: float | None = None
+    # During the search the constraint is relaxed by this fraction, so that candidates just
+    # over the line survive until the device has been asked (the predictor has an interval).
+    search_margin: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.latency_budget_ms is not None and self.min_accuracy is not None:
+            raise SearchError("give either a latency budget or a minimum accuracy, not both")
+        if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
+            raise SearchError(f"the latency budget must be > 0 ms, got {self.latency_budget_ms}")
+
+    @property
+    def kind(self) -> str:
+        if self.latency_budget_ms is not None:
+            return "budget"
+        if self.min_accuracy is not None:
+            return "min_accuracy"
+        return "frontier"
+
+    def describe(self) -> str:
+        if self.kind == "budget":
+            return f"maximise estimated accuracy subject to latency <= {self.latency_budget_ms:g} ms"
+        if self.kind == "min_accuracy":
+            return f"minimise latency subject to estimated accuracy >= {self.min_accuracy:g}"
+        return "the whole accuracy/latency frontier (no constraint)"
+
+    def search_constraint(self, acc: np.ndarray, lat: np.ndarray) -> np.ndarray | None:
+        """pymoo-style constraint values (<= 0 is feasible) with the search margin."""
+        if self.kind == "budget":
+            return (lat - self.latency_budget_ms * (1 + self.search_margin))[:, None]
+        if self.kind == "min_accuracy":
+            slack = self.search_margin * max(abs(self.min_accuracy), 1e-9) * 0.1
+            return ((self.min_accuracy - slack) - acc)[:, None]
+        return None
+
+    def feasible(self, acc: float, lat: float) -> bool:
+        if self.kind == "budget":
+            return lat <= self.latency_budget_ms
+        if self.kind == "min_accuracy":
+            return acc >= self.min_accuracy
+        return True
+
+
+@dataclass
+class Candidate:
+    key: str                      # the space's own notation (NB201 arch string for nb201)
+    arch: Any
+    encoding: np.ndarray
+    accuracy: float               # estimated accuracy (or rank score), higher is better
+    predicted_ms: float           # predicted latency after the current correction
+    low_ms: float
+    high_ms: float
+    raw_predicted_ms: float       # the predictor's own number, before any correction
+    raw_low_ms: float = float("nan")
+    raw_high_ms: float = float("nan")
+    measured_ms: float | None = None
+    generation: int = 0
+    dropped: str | None = None    # why a verified finalist was dropped
+
+    @property
+    def latency_ms(self) -> float:
+        """The best latency we know: measured if verified, else the corrected prediction."""
+        return self.measured_ms if self.measured_ms is not None else self.predicted_ms
+
+    def to_dict(self) -> dict:
+        return {
+            "arch": self.key,
+            "encoding": [float(x) for x in np.asarray(self.encoding).ravel()],
+            "estimated_accuracy": float(self.accuracy),
+            "predicted_ms": float(self.predicted_ms),
+            "predicted_low_ms": float(self.low_ms),
+            "predicted_high_ms": float(self.high_ms),
+            "raw_predicted_ms": float(self.raw_predicted_ms),
+            "measured_ms": None if self.measured_ms is None else float(self.measured_ms),
+            "generation": int(self.generation),
+            "dropped": self.dropped,
+        }
+
+
+class AccuracyModel(Protocol):
+    """Scores architectures; higher is better. `name` says what the number is."""
+    name: str
+
+    def score(self, archs: Sequence[Any]) -> np.ndarray: ...
+
+
+class LatencyModel(Protocol):
+    """Predicts latency in ms with an interval: returns (median, low, high) arrays."""
+    name: str
+
+    def predict(self, archs: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class Correction:
+    """Maps raw predicted latency to what the device shows, fit on measured finalists.
+
+    With one or two points it is a multiplicative factor (the geometric mean of
+    measured/predicted); from three points it is a log-log line `log m = a + b log p` with
+    the slope shrunk towards 1, so a handful of finalists cannot flip the ranking. The
+    residual spread of the log ratios widens the interval. Subclasses (see
+    `search.verify.FeatureCorrection`) may use the architecture as well.
+    """
+
+    def __init__(self) -> None:
+        self.a = 0.0
+        self.b = 1.0
+        self.spread = 0.0
+        self.points: list[tuple["Candidate", float]] = []  # (candidate, measured ms)
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.points)
+
+    def add(self, cand: "Candidate", measured: float) -> None:
+        if cand.raw_predicted_ms > 0 and measured > 0 and math.isfinite(measured):
+            self.points.append((cand, float(measured)))
+            self.fit()
+
+    def fit(self) -> None:
+        p = np.log([c.raw_predicted_ms for c, _ in self.points])
+        m = np.log([y for _, y in self.points])
+        if len(self.points) >= 3 and np.ptp(p) > 0.05:
+            b = float(np.polyfit(p, m, 1)[0])
+            n = len(self.points)
+            b = 1.0 + (np.clip(b, 0.25, 4.0) - 1.0) * (n / (n + 3.0))  # shrink towards 1
+            self.b = float(b)
+        else:
+            self.b = 1.0
+        self.a = float(np.mean(m - self.b * p))
+        resid = m - (self.a + self.b * p)
+        self.spread = float(np.sqrt(np.mean(resid ** 2))) if len(resid) > 1 else 0.0
+
+    def apply(self, cands: Sequence["Candidate"]) -> np.ndarray:
+        raw = np.array([c.raw_predicted_ms for c in cands], dtype=float)
+        if not self.fitted:
+            return raw
+        return np.exp(self.a + self.b * np.log(np.maximum(raw, 1e-9)))
+
+    def describe(self) -> str:
+        if not self.fitted:
+            return "none (no finalist measured yet)"
+        if self.b == 1.0:
+            return f"measured = {math.exp(self.a):.3f} x predicted (from {len(self.points)} measured points)"
+        return (f"measured = {math.exp(self.a):.3f} x predicted^{self.b:.3f} "
+                f"(log-log fit on {len(self.points)} measured points, residual {self.spread:.3f})")
+
+
+class Evaluator:
+    """Scores architectures once each and hands out candidates with corrected latency."""
+
+    def __init__(self, space, accuracy: AccuracyModel, latency: LatencyModel,
+                 on_new: Callable[[int], None] | None = None, correction: Correction | None = None):
+        self.space = space
+        self.accuracy = accuracy
+        self.latency = latency
+        self.correction = correction or Correction()
+        self.cache: dict[str, Candidate] = {}
+        self.on_new = on_new
+        self.generation = 0
+
+    def key(self, arch) -> str:
+        return self.space.to_string(arch)
+
+    def evaluate(self, archs: Sequence[Any]) -> list[Candidate]:
+        keys = [self.key(a) for a in archs]
+        new: dict[str, Any] = {}
+        for k, a in zip(keys, archs):
+            if k not in self.cache and k not in new:
+                new[k] = a
+        if new:
+            todo = list(new.values())
+            med, lo, hi = self.latency.predict(todo)
+            acc = np.asarray(self.accuracy.score(todo), dtype=float)
+            for i, (k, a) in enumerate(new.items()):
+                self.cache[k] = Candidate(
+                    key=k, arch=a, encoding=np.asarray(self.space.encode(a), dtype=float),
+                    accuracy=float(acc[i]), predicted_ms=float(med[i]), low_ms=float(lo[i]),
+                    high_ms=float(hi[i]), raw_predicted_ms=float(med[i]), raw_low_ms=float(lo[i]),
+                    raw_high_ms=float(hi[i]), generation=self.generation)
+            self._apply_correction([self.cache[k] for k in new])
+            if self.on_new:
+                self.on_new(len(new))
+        return [self.cache[k] for k in keys]
+
+    def _apply_correction(self, cands: Sequence[Candidate]) -> None:
+        """Corrected latency and interval from the raw prediction and the current fit."""
+        if not cands:
+            return
+        raw = np.array([c.raw_predicted_ms for c in cands])
+        corrected = self.correction.apply(cands)
+        widen = math.exp(self.correction.spread) if self.correction.fitted else 1.0
+        for c, r, v in zip(cands, raw, corrected):
+            lo_rel = min(c.raw_low_ms / r, 1.0) if r > 0 else 1.0
+            hi_rel = max(c.raw_high_ms / r, 1.0) if r > 0 else 1.0
+            c.predicted_ms = float(v)
+            c.low_ms = float(v * lo_rel / widen)
+            c.high_ms = float(v * hi_rel * widen)
+
+    def add_measurement(self, cand: Candidate, measured_ms: float) -> None:
+        cand.measured_ms = float(measured_ms)
+        self.correction.add(cand, measured_ms)
+
+    def recorrect(self) -> None:
+        """Re-apply the (re-fit) correction to every candidate scored so far."""
+        self._apply_correction(list(self.cache.values()))
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return list(self.cache.values())
+
+
+def pareto_front(cands: Sequence[Candidate], use_measured: bool = True) -> list[Candidate]:
+    """Non-dominated candidates (max accuracy, min latency), sorted by latency."""
+    pts = [c for c in cands if c.dropped is None]
+    pts.sort(key=lambda c: (c.latency_ms if use_measured else c.predicted_ms, -c.accuracy))
+    front: list[Candidate] = []
+    best_acc = -math.inf
+    for c in pts:
+        if c.accuracy > best_acc:
+            front.append(c)
+            best_acc = c.accuracy
+    return front
+
+
+__all__ = ["AccuracyModel", "BudgetTooLowError", "Candidate", "Correction", "Evaluator",
+           "Formulation", "LatencyModel", "SearchError", "pareto_front"]
