@@ -1,0 +1,700 @@
+"""Kernel detection: split an ONNX graph into the units the runtime executes.
+
+`detect_kernels(graph_or_model, batch=1, rules=...)` walks the graph in topological order
+and groups ONNX nodes into `KernelSpec`s of `profiling.kernels`, following the fusions of
+docs/design.md §1 (what onnxruntime's CPU optimizer does at ORT_ENABLE_ALL):
+
+- Conv → [BatchNormalization] → [activation] is one `conv`;
+  Conv → [BN] → Add(residual) → [activation] is one `conv_add`;
+- Gemm, or MatMul with a constant weight, → [bias Add] → [activation] is one `linear`;
+- MatMul of two activations is a `matmul`, with the Transpose of its last two axes and a
+  scalar Mul/Div folded in (ORT's FusedMatMul);
+- LayerNormalization, or its opset<17 decomposition, is one `layernorm`;
+- x*Sigmoid(x) is silu, the Erf pattern and Gelu are gelu, x*HardSigmoid(x) is hardswish;
+- Reshape→Transpose→Reshape on 5-D is a `channel_shuffle`.
+
+A `FusionRules` object keys the fusions by runtime/provider (`rules_for(target)`).
+Nodes that onnxruntime folds when it loads the model (constants, shape arithmetic,
+Identity, Dropout) are listed as `folded`. Every other node that maps to no kernel is an
+`UnknownOp` with its FLOPs and bytes, so the predictor can report it with a fallback
+estimate: nothing is silently dropped.
+
+`compare_with_ort(model)` saves onnxruntime's own optimized model and reports where its
+fusions disagree with the detected groups; `ort_kernel_timings(model)` runs ORT's per-node
+profiler and attributes the in-context node times to the detected kernels.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import networkx as nx
+import numpy as np
+import onnx
+
+from profiling.kernels import KernelSpec
+from profiling.onnx_stats import node_flops
+
+from .graph import FREE_OPS, OnnxGraph, load_graph
+
+
+@dataclass(frozen=True)
+class FusionRules:
+    """Which node groups the runtime executes as one kernel."""
+    name: str
+    conv_bn: bool = True
+    conv_add: bool = True
+    conv_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu"})
+    linear_bias: bool = True
+    linear_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu"})
+    matmul_transpose: bool = True
+    matmul_scale: bool = True
+
+
+FUSION_RULES: dict[str, FusionRules] = {
+    # design.md §1: the CPU EP at ORT_ENABLE_ALL (NCHWc Conv with activation and Sum input).
+    "onnxruntime:CPUExecutionProvider": FusionRules("onnxruntime:CPUExecutionProvider"),
+    # cuDNN fuses Conv+Add+Relu and Conv+act for the common activations as well.
+    "onnxruntime:CUDAExecutionProvider": FusionRules(
+        "onnxruntime:CUDAExecutionProvider",
+        conv_acts=frozenset({"relu", "relu6", "sigmoid", "hardswish", "silu"})),
+    # TensorRT fuses at least as much as ORT's CPU rules; finer differences are learnt.
+    "onnxruntime:TensorrtExecutionProvider": FusionRules("onnxruntime:TensorrtExecutionProvider"),
+}
+DEFAULT_RULES = FUSION_RULES["onnxruntime:CPUExecutionProvider"]
+
+
+def rules_for(target) -> FusionRules:
+    """The fusion rules of a `profiling.targets.Target` (or its dict): its first provider."""
+    if target is None:
+        return DEFAULT_RULES
+    d = target if isinstance(target, dict) else target.to_dict()
+    key = f"{d.get('runtime', 'onnxruntime')}:{(d.get('providers') or ['CPUExecutionProvider'])[0]}"
+    return FUSION_RULES.get(key, DEFAULT_RULES)
+
+
+@dataclass
+class DetectedKernel:
+    spec: KernelSpec
+    nodes: list[str]          # ONNX node names, in order
+    ops: list[str]            # their op types
+    output: str               # the tensor the kernel produces
+    internal: list[str] = field(default_factory=list)  # tensors fused away inside the kernel
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "nodes": self.nodes, "ops": self.ops}
+
+
+@dataclass
+class UnknownOp:
+    name: str
+    op_type: str
+    flops: float
+    bytes: float
+    input_shapes: list
+    output_shapes: list
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "op_type": self.op_type, "flops": self.flops, "bytes": self.bytes,
+                "input_shapes": self.input_shapes, "output_shapes": self.output_shapes}
+
+
+@dataclass
+class Detection:
+    kernels: list[DetectedKernel]
+    unknown: list[UnknownOp]
+    folded: list[str]
+    depth: int
+    graph: OnnxGraph | None = None
+
+    def specs(self) -> list[KernelSpec]:
+        return [k.spec for k in self.kernels]
+
+
+# ---------------------------------------------------------------------------------------
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if shape is not None and len(shape) else 1
+
+
+def chw(shape, batch: int) -> tuple[int, int, int]:
+    """design.md §1: c = shape[1], h = prod(shape[2:-1]), w = shape[-1], batch folded out."""
+    if shape is None:
+        raise _Unmapped
+    if len(shape) <= 1:
+        return max(1, _numel(shape) // batch), 1, 1
+    c = int(shape[1])
+    h = int(np.prod(shape[2:-1])) if len(shape) > 3 else 1
+    w = int(shape[-1]) if len(shape) >= 3 else 1
+    if shape[0] != batch and batch and shape[0] % batch == 0:
+        c *= shape[0] // batch
+    elif shape[0] != batch:
+        c = max(1, _numel(shape) // max(batch, 1) // max(h * w, 1))
+    return c, h, w
+
+
+class _Unmapped(Exception):
+    pass
+
+
+class _Detector:
+    def __init__(self, g: OnnxGraph, rules: FusionRules):
+        self.g, self.rules, self.batch = g, rules, g.batch
+        self.used: set[int] = set()
+        self.kernels: list[DetectedKernel] = []
+        self.unknown: list[UnknownOp] = []
+        self.folded: list[str] = []
+
+    # ---- helpers -------------------------------------------------------------------
+    def node(self, i):
+        return self.g.nodes[i]
+
+    def name(self, i):
+        return self.g.graph.nodes[i]["name"]
+
+    def free_consumer(self, tensor: str, op: str | tuple | None = None):
+        j = self.g.single_consumer(tensor)
+        if j is None or j in self.used:
+            return None
+        if op is not None and self.g.nodes[j].op_type not in ((op,) if isinstance(op, str) else op):
+            return None
+        return j
+
+    def is_scalar_const(self, tensor: str) -> bool:
+        return self.g.is_const(tensor) and self.g.shape(tensor) is not None and _numel(self.g.shape(tensor)) == 1
+
+    def scalar(self, tensor: str):
+        v = self.g.value(tensor) if self.g.is_const(tensor) else None
+        if v is None or v.size != 1:
+            return None
+        return float(v.reshape(-1)[0])
+
+    def emit(self, kind: str, group: list[int], output: str, **params):
+        spec = KernelSpec.make(kind, **params)
+        internal = [t for i in group for t in self.g.nodes[i].output if t and t != output]
+        self.kernels.append(DetectedKernel(spec, [self.name(i) for i in group],
+                                           [self.g.nodes[i].op_type for i in group], output, internal))
+        self.used.update(group)
+
+    # ---- activations -----------------------------------------------------------------
+    def match_act(self, t: str):
+        """(act, node indices, output tensor) if an activation reads `t` and only it does."""
+        g = self.g
+        cons = [j for j in g.consumers.get(t, []) if j not in self.used]
+        if t in g.outputs or not cons or len(cons) != len(g.consumers.get(t, [])):
+            return None
+        if len(cons) == 1:
+            j = cons[0]
+            n = g.nodes[j]
+            op = n.op_type
+            simple = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
+                      "Sigmoid": "sigmoid", "Gelu": "gelu"}
+            if op in simple:
+                return simple[op], [j], n.output[0]
+            if op == "Clip":
+                lo = g.attr(n, "min") if len(n.input) < 2 else (self.scalar(n.input[1]) if n.input[1] else None)
+                hi = g.attr(n, "max") if len(n.input) < 3 else (self.scalar(n.input[2]) if n.input[2] else None)
+                if lo == 0 and hi == 6:
+                    return "relu6", [j], n.output[0]
+                if lo == 0 and hi is None:
+                    return "relu", [j], n.output[0]
+            return None
+        if len(cons) == 2:
+            ops = {g.nodes[j].op_type: j for j in cons}
+            # x * Sigmoid(x) = silu, x * HardSigmoid(x) = hardswish
+            for gate, act in (("Sigmoid", "silu"), ("HardSigmoid", "hardswish")):
+                if gate in ops and "Mul" in ops:
+                    s, m = ops[gate], ops["Mul"]
+                    if set(g.nodes[m].input) == {t, g.nodes[s].output[0]} and \
+                            g.single_consumer(g.nodes[s].output[0]) == m:
+                        return act, [s, m], g.nodes[m].output[0]
+            gelu = self.match_erf_gelu(t, cons)
+            if gelu:
+                return gelu
+        return None
+
+    def match_erf_gelu(self, t: str, cons: list[int]):
+        """x*0.5*(1+erf(x/sqrt2)) in any order: five nodes, one Erf, one escaping output."""
+        g = self.g
+        allowed = {"Div", "Mul", "Erf", "Add"}
+        group, frontier, produced = set(), list(cons), {t}
+        while frontier and len(group) <= 5:
+            j = frontier.pop()
+            if j in group or j in self.used or g.nodes[j].op_type not in allowed:
+                return None
+            n = g.nodes[j]
+            group.add(j)
+            produced.update(o for o in n.output if o)
+            for o in n.output:
+                for k in g.consumers.get(o, []):
+                    if k not in group and g.nodes[k].op_type in allowed and len(group) < 5:
+                        frontier.append(k)
+        if len(group) != 5 or sum(g.nodes[j].op_type == "Erf" for j in group) != 1:
+            return None
+        outs = set()
+        for j in group:
+            for o in g.nodes[j].output:
+                if o in g.outputs or any(k not in group for k in g.consumers.get(o, [])):
+                    outs.add(o)
+            for x in g.nodes[j].input:
+                if x and x != t and not g.is_const(x) and x not in produced:
+                    return None
+        if len(outs) != 1:
+            return None
+        order = [j for j in nx.topological_sort(g.graph.subgraph(group))]
+        return "gelu", order, outs.pop()
+
+    # ---- kernels ---------------------------------------------------------------------
+    def conv(self, i):
+        g, n = self.g, self.g.nodes[i]
+        w = g.shape(n.input[1])
+        x = g.shape(n.input[0])
+        if w is None or x is None or len(x) < 3:
+            raise _Unmapped
+        group, out = [i], n.output[0]
+        bn = len(n.input) > 2 and bool(n.input[2])
+        j = self.free_consumer(out, "BatchNormalization") if self.rules.conv_bn else None
+        if j is not None:
+            group.append(j)
+            out, bn = g.nodes[j].output[0], True
+        kind = "conv"
+        j = self.free_consumer(out, "Add") if self.rules.conv_add else None
+        if j is not None:
+            other = [t for t in g.nodes[j].input if t != out]
+            if len(other) == 1 and not g.is_const(other[0]) and g.shape(other[0]) == g.shape(out):
+                group.append(j)
+                out, kind = g.nodes[j].output[0], "conv_add"
+        act = "none"
+        m = self.match_act(out)
+        if m and m[0] in self.rules.conv_acts:
+            act = m[0]
+            group += m[1]
+            out = m[2]
+        groups = int(g.attr(n, "group", 1))
+        ks = g.attr(n, "kernel_shape") or list(w[2:])
+        strides = g.attr(n, "strides") or [1]
+        self.emit(kind, group, out, cin=int(w[1]) * groups, cout=int(w[0]), h=int(x[2]),
+                  w=int(x[3]) if len(x) > 3 else 1, kernel=int(max(ks)), stride=int(strides[0]),
+                  groups=groups, bn=bn, act=act)
+
+    def linear(self, i):
+        g, n = self.g, self.g.nodes[i]
+        a, b = g.shape(n.input[0]), g.shape(n.input[1])
+        if a is None or b is None or len(b) != 2:
+            raise _Unmapped
+        if n.op_type == "Gemm":
+            if g.attr(n, "transA", 0):
+                raise _Unmapped
+            cin, cout = (b[1], b[0]) if g.attr(n, "transB", 0) else (b[0], b[1])
+            bias = len(n.input) > 2 and bool(n.input[2])
+        else:
+            cin, cout, bias = b[0], b[1], False
+        tokens = int(np.prod(a[1:-1])) if len(a) > 2 else 1
+        if len(a) >= 2 and a[0] != self.batch and a[0] % self.batch == 0:
+            tokens *= a[0] // self.batch  # a batch-merged [B*T, K] input
+        group, out = [i], n.output[0]
+        if self.rules.linear_bias and not bias:
+            j = self.free_consumer(out, "Add")
+            if j is not None:
+                other = [t for t in g.nodes[j].input if t != out]
+                if len(other) == 1 and g.is_const(other[0]) and _numel(g.shape(other[0])) == cout:
+                    group.append(j)
+                    out, bias = g.nodes[j].output[0], True
+        act = "none"
+        m = self.match_act(out)
+        if m and m[0] in self.rules.linear_acts:
+            act, out = m[0], m[2]
+            group += m[1]
+        self.emit("linear", group, out, tokens=tokens, cin=int(cin), cout=int(cout), act=act, bias=bias)
+
+    def matmul(self, i):
+        g, n = self.g, self.g.nodes[i]
+        a, b = g.shape(n.input[0]), g.shape(n.input[1])
+        if a is None or b is None or len(a) < 2 or len(b) < 2:
+            raise _Unmapped
+        group = [i]
+        # fold last-two-axes Transposes and scalar scales feeding the MatMul
+        for t in n.input[:2]:
+            p = g.producer.get(t)
+            while p is not None and p not in self.used and self.foldable_into_matmul(p) and \
+                    g.single_consumer(g.nodes[p].output[0]) in (i, *group):
+                group.insert(0, p)
+                pn = g.nodes[p]
+                src = pn.input[0] if not (pn.op_type == "Mul" and self.is_scalar_const(pn.input[0])) else pn.input[1]
+                p = g.producer.get(src)
+        out = n.output[0]
+        j = self.free_consumer(out, ("Mul", "Div")) if self.rules.matmul_scale else None
+        if j is not None and any(self.is_scalar_const(x) for x in g.nodes[j].input if x != out):
+            group.append(j)
+            out = g.nodes[j].output[0]
+        lead = int(np.prod(a[:-2])) if len(a) > 2 else self.batch
+        heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
+        self.emit("matmul", group, out, heads=max(1, heads), m=int(a[-2]), k=int(a[-1]), n=int(b[-1]))
+
+    def softmax(self, i):
+        x = self.g.shape(self.g.nodes[i].input[0])
+        if x is None:
+            raise _Unmapped
+        lead = int(np.prod(x[:-2])) if len(x) > 2 else self.batch
+        heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
+        self.emit("softmax", [i], self.g.nodes[i].output[0], heads=max(1, heads),
+                  m=int(x[-2]) if len(x) >= 2 else 1, n=int(x[-1]))
+
+    def layernorm(self, group, x_shape, out):
+        tokens = int(np.prod(x_shape[1:-1])) if len(x_shape) > 2 else 1
+        if x_shape[0] != self.batch and x_shape[0] % self.batch == 0:
+            tokens *= x_shape[0] // self.batch
+        self.emit("layernorm", group, out, tokens=max(1, tokens), dim=int(x_shape[-1]))
+
+    def reduce_mean(self, i):
+        g, n = self.g, self.g.nodes[i]
+        x = g.shape(n.input[0])
+        if x is None:
+            raise _Unmapped
+        if self.match_layernorm(i):
+            return
+        axes = g.attr(n, "axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            v = g.value(n.input[1])
+            axes = None if v is None else [int(a) for a in v.reshape(-1)]
+        axes = sorted(a % len(x) for a in axes) if axes is not None else list(range(len(x)))
+        if len(x) == 4 and axes == [2, 3]:
+            self.emit("global_pool", [i], n.output[0], op="avg", c=int(x[1]), h=int(x[2]), w=int(x[3]))
+            return
+        if 0 in axes:
+            raise _Unmapped
+        red = int(np.prod([x[a] for a in axes]))
+        self.emit("global_pool", [i], n.output[0], op="avg", c=max(1, _numel(x) // self.batch // red), h=red, w=1)
+
+    def match_layernorm(self, i) -> bool:
+        """ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, [Mul], [Add] (opset < 17)."""
+        g, n = self.g, self.g.nodes[i]
+        x = n.input[0]
+        subs = [j for j in g.consumers.get(x, []) if g.nodes[j].op_type == "Sub" and
+                list(g.nodes[j].input) == [x, n.output[0]] and j not in self.used]
+        if not subs:
+            return False
+        group = [i, subs[0]]
+        d = g.nodes[subs[0]].output[0]
+        cons = {g.nodes[j].op_type: j for j in g.consumers.get(d, [])}
+        if set(cons) != {"Pow", "Div"}:
+            return False
+        chain = [cons["Pow"]]
+        t = g.nodes[cons["Pow"]].output[0]
+        for op in ("ReduceMean", "Add", "Sqrt"):
+            j = g.single_consumer(t)
+            if j is None or g.nodes[j].op_type != op:
+                return False
+            chain.append(j)
+            t = g.nodes[j].output[0]
+        if g.single_consumer(t) != cons["Div"]:
+            return False
+        group += chain + [cons["Div"]]
+        out = g.nodes[cons["Div"]].output[0]
+        for op in ("Mul", "Add"):
+            j = self.free_consumer(out, op)
+            if j is not None and any(g.is_const(t) for t in g.nodes[j].input if t != out):
+                group.append(j)
+                out = g.nodes[j].output[0]
+        self.layernorm(group, g.shape(x), out)
+        return True
+
+    def feeds_matmul(self, i, hops: int = 2) -> bool:
+        """Is node i a scale or last-axes Transpose that the next activation MatMul absorbs?"""
+        g = self.g
+        for _ in range(hops):
+            j = g.single_consumer(g.nodes[i].output[0])
+            if j is None:
+                return False
+            n = g.nodes[j]
+            if n.op_type == "MatMul":
+                return not g.is_const(n.input[0]) and not g.is_const(n.input[1])
+            if not self.foldable_into_matmul(j):
+                return False
+            i = j
+        return False
+
+    def foldable_into_matmul(self, i) -> bool:
+        n = self.g.nodes[i]
+        if n.op_type == "Transpose" and self.rules.matmul_transpose:
+            perm = self.g.attr(n, "perm")
+            return perm is not None and len(perm) >= 2 and list(perm[:-2]) == list(range(len(perm) - 2)) \
+                and list(perm[-2:]) == [len(perm) - 1, len(perm) - 2]
+        if n.op_type in ("Mul", "Div") and self.rules.matmul_scale:
+            return self.is_scalar_const(n.input[1]) or (n.op_type == "Mul" and self.is_scalar_const(n.input[0]))
+        return False
+
+    def binary(self, i):
+        g, n = self.g, self.g.nodes[i]
+        if self.foldable_into_matmul(i) and self.feeds_matmul(i):
+            return  # the MatMul takes it (ORT's FusedMatMul alpha)
+        out = g.shape(n.output[0])
+        c, h, w = chw(out, self.batch)
+        a, b = g.shape(n.input[0]), g.shape(n.input[1])
+        op = "add" if n.op_type in ("Add", "Sub") else "mul"
+        broadcast = a != b
+        self.emit("elementwise", [i], n.output[0], op=op, c=c, h=h, w=w, broadcast=broadcast)
+
+    def channel_shuffle(self, i) -> bool:
+        g, n = self.g, self.g.nodes[i]
+        x, y = g.shape(n.input[0]), g.shape(n.output[0])
+        if x is None or y is None or len(x) != 4 or len(y) != 5:
+            return False
+        j = self.free_consumer(n.output[0], "Transpose")
+        if j is None or list(g.attr(g.nodes[j], "perm") or []) != [0, 2, 1, 3, 4]:
+            return False
+        k = self.free_consumer(g.nodes[j].output[0], ("Reshape", "Flatten"))
+        if k is None or g.shape(g.nodes[k].output[0]) != x:
+            return False
+        self.emit("channel_shuffle", [i, j, k], g.nodes[k].output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]),
+                  groups=int(y[1]))
+        return True
+
+    def one(self, i):
+        g, n = self.g, self.g.nodes[i]
+        op = n.op_type
+        if op in ("Sigmoid", "HardSigmoid", "Div", "Mul", "Add", "Erf"):
+            # the first node of a multi-node activation (silu, hardswish, gelu)?
+            for t in n.input:
+                if t and not g.is_const(t):
+                    m = self.match_act(t)
+                    if m and len(m[1]) > 1 and i in m[1]:
+                        c, h, w = chw(g.shape(t), self.batch)
+                        return self.emit("activation", m[1], m[2], act=m[0], c=c, h=h, w=w)
+        if op in ("Conv",):
+            return self.conv(i)
+        if op == "Gemm" or (op == "MatMul" and g.is_const(n.input[1]) and not g.is_const(n.input[0])):
+            return self.linear(i)
+        if op == "MatMul":
+            return self.matmul(i)
+        if op == "Softmax":
+            return self.softmax(i)
+        if op == "LayerNormalization":
+            return self.layernorm([i], g.shape(n.input[0]), n.output[0])
+        if op == "ReduceMean":
+            return self.reduce_mean(i)
+        if op in ("MaxPool", "AveragePool"):
+            x = g.shape(n.input[0])
+            ks = g.attr(n, "kernel_shape")
+            strides = g.attr(n, "strides") or [1]
+            return self.emit("pool", [i], n.output[0], op="max" if op == "MaxPool" else "avg", c=int(x[1]),
+                             h=int(x[2]), w=int(x[3]) if len(x) > 3 else 1, kernel=int(max(ks)), stride=int(strides[0]))
+        if op in ("GlobalAveragePool", "GlobalMaxPool"):
+            x = g.shape(n.input[0])
+            return self.emit("global_pool", [i], n.output[0], op="avg" if op == "GlobalAveragePool" else "max",
+                             c=int(x[1]), h=int(x[2]), w=int(x[3]) if len(x) > 3 else 1)
+        if op in ("Add", "Sub", "Mul", "Div") and len(n.input) == 2:
+            return self.binary(i)
+        if op == "BatchNormalization":  # not after a Conv: a per-channel scale and shift
+            c, h, w = chw(g.shape(n.input[0]), self.batch)
+            return self.emit("elementwise", [i], n.output[0], op="mul", c=c, h=h, w=w, broadcast=True)
+        if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            if op == "Reshape" and self.channel_shuffle(i):
+                return
+            c, h, w = chw(g.shape(n.input[0]), self.batch)
+            return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
+        if op == "Transpose":
+            if self.foldable_into_matmul(i) and self.feeds_matmul(i):
+                return
+            c, h, w = chw(g.shape(n.input[0]), self.batch)
+            return self.emit("transpose", [i], n.output[0], c=c, h=h, w=w)
+        if op == "Concat" and len([t for t in n.input if t]) >= 2:
+            ins = [t for t in n.input if t]
+            c, h, w = chw(g.shape(n.output[0]), self.batch)
+            hw = max(h * w, 1)
+            first = _numel(g.shape(ins[0])) // self.batch // hw
+            rest = sum(_numel(g.shape(t)) for t in ins[1:]) // self.batch // hw
+            if first < 1 or rest < 1:
+                raise _Unmapped
+            return self.emit("concat", [i], n.output[0], c1=first, c2=rest, h=h, w=w)
+        if op in ("Resize", "Upsample"):
+            x, y = g.shape(n.input[0]), g.shape(n.output[0])
+            if x is None or y is None or len(x) != 4:
+                raise _Unmapped
+            mode = g.attr(n, "mode", "nearest")
+            return self.emit("resize", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]),
+                             scale=max(1, int(round(y[2] / x[2]))), mode="nearest" if mode == "nearest" else "linear")
+        m = None
+        if op in ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu"):
+            # a stand-alone activation: reuse the matcher from the producer's tensor
+            m = self.match_act(n.input[0])
+            if m and i in m[1]:
+                c, h, w = chw(g.shape(n.input[0]), self.batch)
+                return self.emit("activation", m[1], m[2], act=m[0], c=c, h=h, w=w)
+            if op in ("Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu"):
+                c, h, w = chw(g.shape(n.input[0]), self.batch)
+                act = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
+                       "Sigmoid": "sigmoid", "Gelu": "gelu"}[op]
+                return self.emit("activation", [i], n.output[0], act=act, c=c, h=h, w=w)
+        raise _Unmapped
+
+    def run(self) -> Detection:
+        g = self.g
+        order = list(nx.topological_sort(g.graph))
+        for i in order:
+            if i in self.used:
+                continue
+            n = g.nodes[i]
+            outs = [t for t in n.output if t]
+            if n.op_type in FREE_OPS or (outs and all(g.is_const(t) for t in outs)):
+                self.folded.append(self.name(i))
+                self.used.add(i)
+                continue
+            try:
+                self.one(i)
+            except (_Unmapped, TypeError, IndexError, ValueError, ZeroDivisionError):
+                if i not in self.used:
+                    self.unknown_op(i)
+        return Detection(self.kernels, self.unknown, self.folded, g.depth(), g)
+
+    def unknown_op(self, i):
+        g, n = self.g, self.g.nodes[i]
+        ins = [g.info.get(t) for t in n.input if t]
+        outs = [g.info.get(t) for t in n.output if t]
+        nbytes = sum(t.nbytes for t in ins + outs if t is not None and t.shape is not None)
+        try:
+            flops = node_flops(n, g.info)
+        except Exception:
+            flops = 0.0
+        self.unknown.append(UnknownOp(self.name(i), n.op_type, float(flops), float(nbytes),
+                                      [list(t.shape) if t is not None and t.shape is not None else None for t in ins],
+                                      [list(t.shape) if t is not None and t.shape is not None else None for t in outs]))
+        self.used.add(i)
+
+
+def detect_kernels(graph_or_model, batch: int = 1, rules: FusionRules | None = None) -> Detection:
+    """Kernels, unknown ops and folded nodes of an ONNX model (path, ModelProto or OnnxGraph)."""
+    g = graph_or_model if isinstance(graph_or_model, OnnxGraph) else load_graph(graph_or_model, batch)
+    return _Detector(g, rules or DEFAULT_RULES).run()
+
+
+# ---- onnxruntime's own view ------------------------------------------------------------
+def _ort_session(model: onnx.ModelProto, optimized_path: str | None = None, profile_prefix: str | None = None,
+                 threads: int = 1, providers=("CPUExecutionProvider",)):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if optimized_path:
+        so.optimized_model_filepath = optimized_path
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    return ort.InferenceSession(model.SerializeToString(), so, providers=list(providers))
+
+
+def _strip(name: str) -> str:
+    return name[:-6] if name.endswith("_nchwc") else name
+
+
+_ORT_ACTS = {"Relu": "relu", "Clip": "relu6", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+             "Sigmoid": "sigmoid", "": "none"}
+
+
+@dataclass
+class FusionReport:
+    """Where the detector's groups and onnxruntime's optimized graph disagree.
+
+    Convolutions are compared as multisets of (activation, has residual Add): ORT's NCHWc
+    transformer renames their tensors, but keeps the fused activation and the Sum input.
+    Other kernels are compared by the tensors fused inside them: a tensor that survives in
+    ORT's optimized graph is one ORT computes separately.
+    """
+    kernels: int
+    conv_only_ours: dict          # {(act, residual): count} we fuse and ORT does not
+    conv_only_ort: dict           # ... and the reverse
+    split_by_ort: list[tuple[str, str]]   # (kernel, tensor ORT keeps inside one of our groups)
+    ort_nodes: int
+    ort_ops: dict[str, int]
+
+    @property
+    def agrees(self) -> bool:
+        return not self.conv_only_ours and not self.conv_only_ort and not self.split_by_ort
+
+
+def compare_with_ort(model_or_path, batch: int = 1, rules: FusionRules | None = None,
+                     optimized_path: str | None = None) -> FusionReport:
+    """Save ORT's ORT_ENABLE_ALL model and compare its fusions with the detected kernel groups."""
+    from collections import Counter
+    g = load_graph(model_or_path, batch)
+    det = detect_kernels(g, batch, rules)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = optimized_path or os.path.join(tmp, "optimized.onnx")
+        _ort_session(g.model, path)
+        opt = onnx.load(path, load_external_data=False)
+    alive = {_strip(t) for n in opt.graph.node for t in n.output}
+    ops: dict[str, int] = {}
+    ort_conv: Counter = Counter()
+    for n in opt.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+        if n.op_type in ("Conv", "FusedConv", "NhwcConv"):
+            act = ""
+            for a in n.attribute:
+                if a.name == "activation":
+                    act = a.s.decode()
+            residual = len(n.input) > 3 and bool(n.input[3])
+            ort_conv[(_ORT_ACTS.get(act, act.lower()), residual)] += 1
+    ours: Counter = Counter()
+    split = []
+    for k in det.kernels:
+        if k.spec.kind in ("conv", "conv_add"):
+            ours[(k.spec.params["act"], k.spec.kind == "conv_add")] += 1
+            continue
+        for t in k.internal:
+            if t in alive:
+                split.append((f"{k.spec.kind} {'+'.join(k.ops)}", t))
+    only_ours = {f"{a}{'+add' if r else ''}": c for (a, r), c in (ours - ort_conv).items()}
+    only_ort = {f"{a}{'+add' if r else ''}": c for (a, r), c in (ort_conv - ours).items()}
+    return FusionReport(len(det.kernels), only_ours, only_ort, split, len(opt.graph.node), ops)
+
+
+def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: FusionRules | None = None,
+                       threads: int = 1) -> tuple[Detection, list[float], float]:
+    """In-context times of the detected kernels from ORT's per-node profiler.
+
+    Returns the detection, the mean milliseconds per detected kernel (0 where ORT ran
+    nothing of it, e.g. a folded Reshape) and the milliseconds no kernel could claim.
+    """
+    g = load_graph(model_or_path, batch)
+    det = detect_kernels(g, batch, rules)
+    owner: dict[str, int] = {}
+    for idx, k in enumerate(det.kernels):
+        for t in [k.output, *k.internal]:
+            owner[t] = idx
+    times = [0.0] * len(det.kernels)
+    unclaimed = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        opt_path = os.path.join(tmp, "opt.onnx")
+        sess = _ort_session(g.model, opt_path, profile_prefix=os.path.join(tmp, "prof"), threads=threads)
+        opt = onnx.load(opt_path, load_external_data=False)
+        feeds = {}
+        for inp in sess.get_inputs():
+            shape = [d if isinstance(d, int) else batch for d in inp.shape]
+            dtype = np.float32 if "float" in inp.type else np.int64
+            feeds[inp.name] = np.zeros(shape, dtype)
+        for _ in range(runs + 2):
+            sess.run(None, feeds)
+        prof = sess.end_profiling()
+        events = json.load(open(prof))
+    node_out = {n.name: [_strip(t) for t in n.output] for n in opt.graph.node}
+    counted: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        counted.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1000.0)
+    for name, durs in counted.items():
+        ms = float(np.mean(durs[2:] if len(durs) > 2 else durs))
+        idx = next((owner[t] for t in node_out.get(name, []) if t in owner), None)
+        if idx is None:
+            unclaimed += ms
+        else:
+            times[idx] += ms
+    return det, times, unclaimed
+
+
+__all__ = ["FusionRules", "FUSION_RULES", "DEFAULT_RULES", "rules_for", "DetectedKernel", "UnknownOp",
+           "Detection", "detect_kernels", "chw", "compare_with_ort", "FusionReport", "ort_kernel_timings"]
