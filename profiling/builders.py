@@ -1,0 +1,529 @@
+"""ONNX graphs for every kernel and block kind, built directly with `onnx.helper`.
+
+`build_model(spec, batch)` returns a small ONNX model whose float weights are *external
+data* pointing into one file (`WEIGHTS_FILE`) that nobody ships: the device runner fills
+it with random numbers scaled by 1/sqrt(fan_in) before creating the session (BatchNorm
+variances get positive values). The model proto therefore has every shape (for FLOPs and
+graph features) but no weight bytes, so building is cheap (about a millisecond) and a
+job sent over SSH is a few kilobytes.
+
+Blocks are built by chaining the kernel builders; `decompose(spec)` replays the same
+builder and returns the kernel specs it emitted, in order, so the decomposition always
+agrees with the graph. The fusion and activation conventions are those of
+`docs/design.md` (relu6 = Clip(0,6), silu = x*Sigmoid(x), gelu = Gelu at opset >= 20 or
+the Erf pattern, SE = global_pool + two 1x1 convs + broadcast Mul).
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from .kernels import KINDS, KernelSpec, KernelSpecError
+from .onnx_stats import conv_output_size
+
+WEIGHTS_FILE = "weights.bin"
+FILLS_KEY = "hwnas_fills"  # model metadata: JSON list of how the runner fills each weight
+DEFAULT_OPSET = 17
+
+Shape = tuple[int, ...]
+
+
+def se_channels(c: int, reduction: int = 4) -> int:
+    """Hidden width of a squeeze-and-excitation: c // reduction, at least 8."""
+    return max(8, c // reduction)
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    return conv_output_size(size, kernel, stride, kernel // 2)
+
+
+class GraphBuilder:
+    """Accumulates nodes, external initializers and the kernel specs it emits."""
+
+    def __init__(self, opset: int = DEFAULT_OPSET):
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.fills: list[dict[str, Any]] = []
+        self.kernels: list[KernelSpec] = []
+        self._offset = 0
+        self._n = 0
+
+    # ---- naming and tensors ------------------------------------------------------
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}_{self._n}"
+
+    def input(self, name: str, shape: Shape) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        return name
+
+    def weight(self, prefix: str, dims: Shape, fill: str = "normal", scale: float = 1.0) -> str:
+        """A float initializer stored as external data; the runner fills it.
+
+        fill: "normal" (N(0,1) x scale), "positive" (uniform 0.5..1.5, for variances and
+        norm scales) or "zero"-like small values ("small": N(0,1) x 0.01, for biases).
+        """
+        name = self.name(prefix)
+        numel = int(np.prod(dims)) if dims else 1
+        length = numel * 4
+        t = TensorProto()
+        t.name = name
+        t.data_type = TensorProto.FLOAT
+        t.dims.extend(int(d) for d in dims)
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", WEIGHTS_FILE), ("offset", str(self._offset)), ("length", str(length))):
+            entry = t.external_data.add()
+            entry.key, entry.value = k, v
+        self.initializers.append(t)
+        self.fills.append({"name": name, "offset": self._offset, "numel": numel, "fill": fill,
+                           "scale": float(scale)})
+        # Keep every tensor 64-byte aligned so the runner can mmap or slice it freely.
+        self._offset += (length + 63) // 64 * 64
+        return name
+
+    def const(self, prefix: str, values, dtype=np.int64) -> str:
+        """A small embedded constant (shapes, scales, clip bounds)."""
+        name = self.name(prefix)
+        arr = np.asarray(values, dtype=dtype)
+        self.initializers.append(onnx.numpy_helper.from_array(arr, name))
+        return name
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+        outs = [self.name(op.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n_" + op), **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def emit(self, kind: str, **params) -> KernelSpec:
+        spec = KernelSpec.make(kind, **params)
+        self.kernels.append(spec)
+        return spec
+
+    # ---- model --------------------------------------------------------------------
+    def model(self, outputs: list[tuple[str, Shape]], graph_name: str = "hwnas") -> onnx.ModelProto:
+        outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in outputs]
+        graph = helper.make_graph(self.nodes, graph_name, self.inputs, outs, initializer=self.initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
+                                  producer_name="hwnas")
+        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = FILLS_KEY, json.dumps(self.fills, separators=(",", ":"))
+        return model
+
+
+# ---- activations ------------------------------------------------------------------
+def apply_act(gb: GraphBuilder, x: str, act: str) -> str:
+    if act == "none":
+        return x
+    if act == "relu":
+        return gb.node("Relu", [x])
+    if act == "relu6":
+        lo = gb.const("clip_min", 0.0, np.float32)
+        hi = gb.const("clip_max", 6.0, np.float32)
+        return gb.node("Clip", [x, lo, hi])
+    if act == "hardswish":
+        return gb.node("HardSwish", [x])
+    if act == "hardsigmoid":
+        return gb.node("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
+    if act == "sigmoid":
+        return gb.node("Sigmoid", [x])
+    if act == "silu":
+        return gb.node("Mul", [x, gb.node("Sigmoid", [x])])
+    if act == "gelu":
+        if gb.opset >= 20:
+            return gb.node("Gelu", [x])
+        div = gb.node("Div", [x, gb.const("sqrt2", math.sqrt(2.0), np.float32)])
+        erf = gb.node("Erf", [div])
+        one = gb.node("Add", [erf, gb.const("one", 1.0, np.float32)])
+        half = gb.node("Mul", [x, one])
+        return gb.node("Mul", [half, gb.const("half", 0.5, np.float32)])
+    raise KernelSpecError(f"unknown activation {act!r}")
+
+
+# ---- kernel builders: (gb, x, shape, **params) -> (y, shape) --------------------------
+def k_conv(gb, x, shape, *, cout, kernel, stride, groups=1, bn=True, act="relu", residual=None):
+    _, cin, h, w = shape
+    if cin % groups or cout % groups:
+        raise KernelSpecError(f"conv: cin={cin} and cout={cout} must be divisible by groups={groups}")
+    ho, wo = conv_out(h, kernel, stride), conv_out(w, kernel, stride)
+    fan_in = cin // groups * kernel * kernel
+    wt = gb.weight("conv_w", (cout, cin // groups, kernel, kernel), scale=1 / math.sqrt(fan_in))
+    p = kernel // 2
+    ins = [x, wt] if bn else [x, wt, gb.weight("conv_b", (cout,), "small")]
+    y = gb.node("Conv", ins, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                pads=[p, p, p, p], group=groups)
+    if bn:
+        y = gb.node("BatchNormalization", [y, gb.weight("bn_scale", (cout,), "positive"),
+                                           gb.weight("bn_bias", (cout,), "small"),
+                                           gb.weight("bn_mean", (cout,), "small"),
+                                           gb.weight("bn_var", (cout,), "positive")], epsilon=1e-5)
+    kind = "conv"
+    if residual is not None:
+        y = gb.node("Add", [y, residual])
+        kind = "conv_add"
+    y = apply_act(gb, y, act)
+    gb.emit(kind, cin=cin, cout=cout, h=h, w=w, kernel=kernel, stride=stride, groups=groups, bn=bn, act=act)
+    return y, (shape[0], cout, ho, wo)
+
+
+def k_linear(gb, x, shape, *, cout, act="none", bias=True):
+    """Gemm for a 2-D input, MatMul (+ bias Add) over the last axis otherwise."""
+    cin = shape[-1]
+    tokens = int(np.prod(shape[1:-1])) if len(shape) > 2 else 1
+    wt = gb.weight("fc_w", (cin, cout), scale=1 / math.sqrt(cin))
+    if len(shape) == 2:
+        ins = [x, wt] + ([gb.weight("fc_b", (cout,), "small")] if bias else [])
+        y = gb.node("Gemm", ins)
+    else:
+        y = gb.node("MatMul", [x, wt])
+        if bias:
+            y = gb.node("Add", [y, gb.weight("fc_b", (cout,), "small")])
+    y = apply_act(gb, y, act)
+    gb.emit("linear", tokens=tokens, cin=cin, cout=cout, act=act, bias=bias)
+    return y, tuple(shape[:-1]) + (cout,)
+
+
+def k_matmul(gb, a, a_shape, b, b_shape):
+    _, heads, m, k = a_shape
+    n = b_shape[-1]
+    y = gb.node("MatMul", [a, b])
+    gb.emit("matmul", heads=heads, m=m, k=k, n=n)
+    return y, (a_shape[0], heads, m, n)
+
+
+def k_softmax(gb, x, shape):
+    y = gb.node("Softmax", [x], axis=-1)
+    gb.emit("softmax", heads=shape[1], m=shape[2], n=shape[3])
+    return y, shape
+
+
+def k_layernorm(gb, x, shape):
+    dim = shape[-1]
+    tokens = int(np.prod(shape[1:-1]))
+    y = gb.node("LayerNormalization", [x, gb.weight("ln_scale", (dim,), "positive"),
+                                       gb.weight("ln_bias", (dim,), "small")], axis=-1, epsilon=1e-5)
+    gb.emit("layernorm", tokens=tokens, dim=dim)
+    return y, shape
+
+
+def k_pool(gb, x, shape, *, op, kernel, stride):
+    _, c, h, w = shape
+    p = (kernel - 1) // 2
+    onnx_op = {"max": "MaxPool", "avg": "AveragePool"}.get(op)
+    if onnx_op is None:
+        raise KernelSpecError(f"pool: op must be max or avg, got {op!r}")
+    y = gb.node(onnx_op, [x], kernel_shape=[kernel, kernel], strides=[stride, stride], pads=[p, p, p, p])
+    gb.emit("pool", op=op, c=c, h=h, w=w, kernel=kernel, stride=stride)
+    return y, (shape[0], c, conv_output_size(h, kernel, stride, p), conv_output_size(w, kernel, stride, p))
+
+
+def k_global_pool(gb, x, shape, *, op="avg"):
+    _, c, h, w = shape
+    onnx_op = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}.get(op)
+    if onnx_op is None:
+        raise KernelSpecError(f"global_pool: op must be avg or max, got {op!r}")
+    y = gb.node(onnx_op, [x])
+    gb.emit("global_pool", op=op, c=c, h=h, w=w)
+    return y, (shape[0], c, 1, 1)
+
+
+def _chw(shape: Shape) -> tuple[int, int, int]:
+    """The design's mapping of any tensor shape to (c, h, w)."""
+    if len(shape) == 4:
+        return shape[1], shape[2], shape[3]
+    c = shape[1]
+    h = int(np.prod(shape[2:-1])) if len(shape) > 3 else 1
+    w = shape[-1] if len(shape) > 2 else 1
+    return c, h, w
+
+
+def k_elementwise(gb, x, shape, y, *, op="add", broadcast=False):
+    onnx_op = {"add": "Add", "mul": "Mul"}.get(op)
+    if onnx_op is None:
+        raise KernelSpecError(f"elementwise: op must be add or mul, got {op!r}")
+    out = gb.node(onnx_op, [x, y])
+    c, h, w = _chw(shape)
+    gb.emit("elementwise", op=op, c=c, h=h, w=w, broadcast=broadcast)
+    return out, shape
+
+
+def k_activation(gb, x, shape, *, act):
+    c, h, w = _chw(shape)
+    y = apply_act(gb, x, act)
+    gb.emit("activation", act=act, c=c, h=h, w=w)
+    return y, shape
+
+
+def k_concat(gb, x, shape, y, y_shape):
+    out = gb.node("Concat", [x, y], axis=1)
+    gb.emit("concat", c1=shape[1], c2=y_shape[1], h=shape[2], w=shape[3])
+    return out, (shape[0], shape[1] + y_shape[1]) + tuple(shape[2:])
+
+
+def k_reshape(gb, x, shape, new_shape: Shape):
+    """Reshape; the spec records the input's (c, h, w) as the design maps it."""
+    c, h, w = _chw(shape)
+    y = gb.node("Reshape", [x, gb.const("shape", list(new_shape))])
+    gb.emit("reshape", c=c, h=h, w=w)
+    return y, tuple(new_shape)
+
+
+def k_transpose(gb, x, shape, perm=(0, 2, 3, 1)):
+    c, h, w = _chw(shape)
+    y = gb.node("Transpose", [x], perm=list(perm))
+    gb.emit("transpose", c=c, h=h, w=w)
+    return y, tuple(shape[p] for p in perm)
+
+
+def k_channel_shuffle(gb, x, shape, *, groups):
+    b, c, h, w = shape
+    if c % groups:
+        raise KernelSpecError(f"channel_shuffle: c={c} must be divisible by groups={groups}")
+    y = gb.node("Reshape", [x, gb.const("shape", [b, groups, c // groups, h, w])])
+    y = gb.node("Transpose", [y], perm=[0, 2, 1, 3, 4])
+    y = gb.node("Reshape", [y, gb.const("shape", [b, c, h, w])])
+    gb.emit("channel_shuffle", c=c, h=h, w=w, groups=groups)
+    return y, shape
+
+
+def k_resize(gb, x, shape, *, scale, mode="nearest"):
+    b, c, h, w = shape
+    if mode not in ("nearest", "linear"):
+        raise KernelSpecError(f"resize: mode must be nearest or linear, got {mode!r}")
+    scales = gb.const("scales", [1.0, 1.0, float(scale), float(scale)], np.float32)
+    y = gb.node("Resize", [x, "", scales], mode=mode)
+    gb.emit("resize", c=c, h=h, w=w, scale=scale, mode=mode)
+    return y, (b, c, h * scale, w * scale)
+
+
+# ---- blocks ----------------------------------------------------------------------
+def b_se(gb, x, shape, *, reduction=4, gate="sigmoid"):
+    c = shape[1]
+    s, s_shape = k_global_pool(gb, x, shape, op="avg")
+    s, s_shape = k_conv(gb, s, s_shape, cout=se_channels(c, reduction), kernel=1, stride=1, bn=False, act="relu")
+    s, s_shape = k_conv(gb, s, s_shape, cout=c, kernel=1, stride=1, bn=False, act=gate)
+    return k_elementwise(gb, x, shape, s, op="mul", broadcast=True)
+
+
+def b_mbconv(gb, x, shape, *, cout, expand, kernel, stride, se=False, act="relu"):
+    cin = shape[1]
+    mid = max(1, int(round(cin * expand)))
+    y, y_shape = x, shape
+    if mid != cin:
+        y, y_shape = k_conv(gb, y, y_shape, cout=mid, kernel=1, stride=1, act=act)
+    y, y_shape = k_conv(gb, y, y_shape, cout=mid, kernel=kernel, stride=stride, groups=mid, act=act)
+    if se:
+        y, y_shape = b_se(gb, y, y_shape, reduction=4, gate="hardsigmoid" if act == "hardswish" else "sigmoid")
+    residual = x if stride == 1 and cin == cout else None
+    return k_conv(gb, y, y_shape, cout=cout, kernel=1, stride=1, act="none", residual=residual)
+
+
+def _shortcut(gb, x, shape, cout, stride):
+    if stride == 1 and shape[1] == cout:
+        return x
+    return k_conv(gb, x, shape, cout=cout, kernel=1, stride=stride, act="none")[0]
+
+
+def b_resnet_basic(gb, x, shape, *, cout, stride):
+    y, y_shape = k_conv(gb, x, shape, cout=cout, kernel=3, stride=stride, act="relu")
+    sc = _shortcut(gb, x, shape, cout, stride)
+    return k_conv(gb, y, y_shape, cout=cout, kernel=3, stride=1, act="relu", residual=sc)
+
+
+def b_resnet_bottleneck(gb, x, shape, *, mid, cout, stride, groups=1):
+    y, y_shape = k_conv(gb, x, shape, cout=mid, kernel=1, stride=1, act="relu")
+    y, y_shape = k_conv(gb, y, y_shape, cout=mid, kernel=3, stride=stride, groups=groups, act="relu")
+    sc = _shortcut(gb, x, shape, cout, stride)
+    return k_conv(gb, y, y_shape, cout=cout, kernel=1, stride=1, act="relu", residual=sc)
+
+
+def b_transformer(gb, x, shape, *, heads, mlp_ratio=4.0):
+    """Pre-norm encoder block on [b, tokens, dim]: x + MHSA(LN(x)); x + MLP(LN(x))."""
+    b, tokens, dim = shape
+    if dim % heads:
+        raise KernelSpecError(f"transformer: dim={dim} must be divisible by heads={heads}")
+    hd = dim // heads
+    y, y_shape = k_layernorm(gb, x, shape)
+    qkv, qkv_shape = k_linear(gb, y, y_shape, cout=3 * dim)
+    qkv, qkv_shape = k_reshape(gb, qkv, qkv_shape, (b, tokens, 3, heads, hd))
+    qkv, qkv_shape = k_transpose(gb, qkv, qkv_shape, perm=(2, 0, 3, 1, 4))  # [3, b, heads, tokens, hd]
+    q, k, v = gb.node("Split", [qkv, gb.const("split", [1, 1, 1])], n_out=3, axis=0)
+    sq = gb.const("axes", [0])
+    q, k, v = (gb.node("Squeeze", [t, sq]) for t in (q, k, v))
+    head_shape = (b, heads, tokens, hd)
+    q = gb.node("Mul", [q, gb.const("scale", 1.0 / math.sqrt(hd), np.float32)])
+    kt, kt_shape = k_transpose(gb, k, head_shape, perm=(0, 1, 3, 2))
+    att, att_shape = k_matmul(gb, q, head_shape, kt, kt_shape)
+    att, att_shape = k_softmax(gb, att, att_shape)
+    o, o_shape = k_matmul(gb, att, att_shape, v, head_shape)
+    o, o_shape = k_transpose(gb, o, o_shape, perm=(0, 2, 1, 3))  # [b, tokens, heads, hd]
+    o, o_shape = k_reshape(gb, o, o_shape, (b, tokens, dim))
+    o, o_shape = k_linear(gb, o, o_shape, cout=dim)
+    x, shape = k_elementwise(gb, x, shape, o, op="add")
+    y, y_shape = k_layernorm(gb, x, shape)
+    y, y_shape = k_linear(gb, y, y_shape, cout=max(1, int(round(dim * mlp_ratio))), act="gelu")
+    y, y_shape = k_linear(gb, y, y_shape, cout=dim)
+    return k_elementwise(gb, x, shape, y, op="add")
+
+
+# ---- one spec -> one graph --------------------------------------------------------
+def _input_shapes(spec: KernelSpec, batch: int) -> list[Shape]:
+    p = spec.params
+    k = spec.kind
+    if k in ("conv", "conv_add", "mbconv", "resnet_basic", "resnet_bottleneck"):
+        return [(batch, p["cin"], p["h"], p["w"])]
+    if k == "linear":
+        return [(batch, p["cin"])] if p["tokens"] == 1 else [(batch, p["tokens"], p["cin"])]
+    if k == "matmul":
+        return [(batch, p["heads"], p["m"], p["k"]), (batch, p["heads"], p["k"], p["n"])]
+    if k == "softmax":
+        return [(batch, p["heads"], p["m"], p["n"])]
+    if k in ("layernorm", "transformer"):
+        return [(batch, p["tokens"], p["dim"])]
+    if k == "elementwise":
+        second = (batch, p["c"], 1, 1) if p["broadcast"] else (batch, p["c"], p["h"], p["w"])
+        return [(batch, p["c"], p["h"], p["w"]), second]
+    if k == "concat":
+        return [(batch, p["c1"], p["h"], p["w"]), (batch, p["c2"], p["h"], p["w"])]
+    return [(batch, p["c"], p["h"], p["w"])]
+
+
+def _check(spec: KernelSpec) -> None:
+    p = spec.params
+    for name, value in p.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name != "groups":
+            raise KernelSpecError(f"{spec.kind}: {name} must be positive, got {value}")
+    if "kernel" in p and p["kernel"] % 2 == 0 and spec.kind != "pool":  # pools pad (kernel-1)//2
+        raise KernelSpecError(f"{spec.kind}: kernel must be odd (same padding), got {p['kernel']}")
+    if p.get("groups", 1) < 1:
+        raise KernelSpecError(f"{spec.kind}: groups must be >= 1")
+
+
+def _emit_spec(gb: GraphBuilder, spec: KernelSpec, xs: list[str], shapes: list[Shape]) -> tuple[str, Shape]:
+    p, k = spec.params, spec.kind
+    x, shape = xs[0], shapes[0]
+    if k == "conv":
+        return k_conv(gb, x, shape, cout=p["cout"], kernel=p["kernel"], stride=p["stride"],
+                      groups=p["groups"], bn=p["bn"], act=p["act"])
+    if k == "conv_add":
+        # The residual has the conv's output shape: a second graph input.
+        out_shape = (shape[0], p["cout"], conv_out(p["h"], p["kernel"], p["stride"]),
+                     conv_out(p["w"], p["kernel"], p["stride"]))
+        res = gb.input("residual", out_shape)
+        return k_conv(gb, x, shape, cout=p["cout"], kernel=p["kernel"], stride=p["stride"],
+                      groups=p["groups"], bn=p["bn"], act=p["act"], residual=res)
+    if k == "linear":
+        return k_linear(gb, x, shape, cout=p["cout"], act=p["act"], bias=p["bias"])
+    if k == "matmul":
+        return k_matmul(gb, x, shape, xs[1], shapes[1])
+    if k == "softmax":
+        return k_softmax(gb, x, shape)
+    if k == "layernorm":
+        return k_layernorm(gb, x, shape)
+    if k == "pool":
+        return k_pool(gb, x, shape, op=p["op"], kernel=p["kernel"], stride=p["stride"])
+    if k == "global_pool":
+        return k_global_pool(gb, x, shape, op=p["op"])
+    if k == "elementwise":
+        return k_elementwise(gb, x, shape, xs[1], op=p["op"], broadcast=p["broadcast"])
+    if k == "activation":
+        return k_activation(gb, x, shape, act=p["act"])
+    if k == "concat":
+        return k_concat(gb, x, shape, xs[1], shapes[1])
+    if k == "reshape":
+        return k_reshape(gb, x, shape, (shape[0], p["c"], p["h"] * p["w"]))
+    if k == "transpose":
+        return k_transpose(gb, x, shape)
+    if k == "channel_shuffle":
+        return k_channel_shuffle(gb, x, shape, groups=p["groups"])
+    if k == "resize":
+        return k_resize(gb, x, shape, scale=p["scale"], mode=p["mode"])
+    if k == "mbconv":
+        return b_mbconv(gb, x, shape, cout=p["cout"], expand=p["expand"], kernel=p["kernel"],
+                        stride=p["stride"], se=p["se"], act=p["act"])
+    if k == "resnet_basic":
+        return b_resnet_basic(gb, x, shape, cout=p["cout"], stride=p["stride"])
+    if k == "resnet_bottleneck":
+        return b_resnet_bottleneck(gb, x, shape, mid=p["mid"], cout=p["cout"], stride=p["stride"],
+                                   groups=p["groups"])
+    if k == "se":
+        return b_se(gb, x, shape, reduction=p["reduction"])
+    if k == "transformer":
+        return b_transformer(gb, x, shape, heads=p["heads"], mlp_ratio=p["mlp_ratio"])
+    raise KernelSpecError(f"unknown kernel kind {k!r}; valid kinds: {', '.join(KINDS)}")
+
+
+def _build(spec: KernelSpec, batch: int, opset: int) -> tuple[GraphBuilder, list[tuple[str, Shape]]]:
+    if spec.kind not in KINDS:
+        raise KernelSpecError(f"unknown kernel kind {spec.kind!r}; valid kinds: {', '.join(KINDS)}")
+    _check(spec)
+    gb = GraphBuilder(opset)
+    shapes = _input_shapes(spec, batch)
+    names = ["x", "y"][: len(shapes)]
+    xs = [gb.input(n, s) for n, s in zip(names, shapes)]
+    y, y_shape = _emit_spec(gb, spec, xs, shapes)
+    return gb, [(y, y_shape)]
+
+
+def build_model(spec: KernelSpec, batch: int = 1, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """An ONNX model computing `spec` at `batch`, with external (device-filled) weights."""
+    gb, outputs = _build(spec, batch, opset)
+    return gb.model(outputs, graph_name=spec.kind)
+
+
+def decompose(spec: KernelSpec) -> list[KernelSpec]:
+    """The kernel specs `spec` is made of, in graph order ([spec] for a kernel)."""
+    if KINDS[spec.kind].category == "kernel":
+        return [spec]
+    gb, _ = _build(spec, 1, DEFAULT_OPSET)
+    return list(gb.kernels)
+
+
+def output_shapes(model: onnx.ModelProto) -> list[list[int]]:
+    return [[d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
+
+
+def input_shapes(model: onnx.ModelProto) -> list[list[int]]:
+    inits = {t.name for t in model.graph.initializer}
+    return [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input if i.name not in inits]
+
+
+def weight_fills(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """How the runner must fill the external weights file of a model built here."""
+    for entry in model.metadata_props:
+        if entry.key == FILLS_KEY:
+            return json.loads(entry.value)
+    return []
+
+
+def materialize(model: onnx.ModelProto, directory: str, seed: int = 0) -> str:
+    """Write `model` and a random weights file into `directory` (for local tools and tests)."""
+    import os
+    fills = weight_fills(model)
+    rng = np.random.default_rng(seed)
+    size = max((f["offset"] + 4 * f["numel"] for f in fills), default=0)
+    buf = np.zeros(size // 4 + 16, dtype=np.float32)
+    for f in fills:
+        n, o = f["numel"], f["offset"] // 4
+        if f["fill"] == "positive":
+            buf[o:o + n] = rng.uniform(0.5, 1.5, n)
+        elif f["fill"] == "small":
+            buf[o:o + n] = rng.standard_normal(n) * 0.01
+        else:
+            buf[o:o + n] = rng.standard_normal(n) * f["scale"]
+    path = os.path.join(directory, "model.onnx")
+    with open(os.path.join(directory, WEIGHTS_FILE), "wb") as fh:
+        fh.write(buf.tobytes())
+    with open(path, "wb") as fh:
+        fh.write(model.SerializeToString())
+    return path
+
+
+__all__ = ["build_model", "decompose", "GraphBuilder", "se_channels", "conv_out", "weight_fills",
+           "input_shapes", "output_shapes", "materialize", "WEIGHTS_FILE", "DEFAULT_OPSET"]
