@@ -1,0 +1,117 @@
+"""The efficient frontier and its files: frontier.csv, frontier.json, frontier.png, best.json."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Sequence
+
+from search.problem import Candidate, Formulation, pareto_front
+
+CSV_COLUMNS = ["arch", "estimated_accuracy", "predicted_ms", "predicted_low_ms", "predicted_high_ms",
+               "raw_predicted_ms", "measured_ms", "dropped", "generation", "encoding"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def frontier_points(cands: Sequence[Candidate]) -> list[Candidate]:
+    """The frontier on the best latency known (measured where verified), plus every verified
+    finalist (kept, with its measurement and the reason it was dropped, if it was)."""
+    front = pareto_front(cands, use_measured=True)
+    keys = {c.key for c in front}
+    extra = [c for c in cands if c.measured_ms is not None and c.key not in keys]
+    return sorted(front + extra, key=lambda c: c.latency_ms)
+
+
+def write_frontier(out: Path, cands: Sequence[Candidate], meta: dict) -> list[Candidate]:
+    pts = frontier_points(cands)
+    rows = [c.to_dict() for c in pts]
+    with open(out / "frontier.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            r = dict(r)
+            r["encoding"] = " ".join(f"{x:g}" for x in r["encoding"])
+            r["measured_ms"] = "" if r["measured_ms"] is None else r["measured_ms"]
+            r["dropped"] = r["dropped"] or ""
+            w.writerow({k: r[k] for k in CSV_COLUMNS})
+    os.replace(out / "frontier.csv.tmp", out / "frontier.csv")
+    _atomic_write(out / "frontier.json", json.dumps({**meta, "frontier": rows}, indent=2))
+    return pts
+
+
+def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulation,
+                  best: Candidate | None, title: str, accuracy_label: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
+    xs = [c.predicted_ms for c in cands]
+    ys = [c.accuracy for c in cands]
+    ax.scatter(xs, ys, s=9, c="#9aa5b1", alpha=0.6, label=f"candidates ({len(cands)})", zorder=1)
+    front = pareto_front(cands, use_measured=True)
+    if front:
+        ax.step([c.latency_ms for c in front], [c.accuracy for c in front], where="post",
+                color="#1f77b4", lw=1.6, label=f"frontier ({len(front)})", zorder=2)
+        ax.scatter([c.latency_ms for c in front], [c.accuracy for c in front], s=18, color="#1f77b4", zorder=3)
+    verified = [c for c in cands if c.measured_ms is not None]
+    for i, c in enumerate(verified):
+        col = "#d62728" if c.dropped else "#2ca02c"
+        ax.annotate("", xy=(c.measured_ms, c.accuracy), xytext=(c.predicted_ms, c.accuracy),
+                    arrowprops=dict(arrowstyle="->", color=col, lw=1.3), zorder=4)
+        ax.scatter([c.measured_ms], [c.accuracy], marker="D", s=36, color=col, zorder=5,
+                   label=("verified: predicted → measured" if i == 0 else None))
+    if any(c.dropped for c in verified):
+        ax.scatter([], [], marker="D", color="#d62728", label="dropped (measured over budget)")
+    if formulation.latency_budget_ms is not None:
+        ax.axvline(formulation.latency_budget_ms, color="#ff7f0e", ls="--", lw=1.2,
+                   label=f"budget {formulation.latency_budget_ms:g} ms")
+    if formulation.min_accuracy is not None:
+        ax.axhline(formulation.min_accuracy, color="#ff7f0e", ls="--", lw=1.2,
+                   label=f"min accuracy {formulation.min_accuracy:g}")
+    if best is not None:
+        ax.scatter([best.latency_ms], [best.accuracy], marker="*", s=220, color="gold",
+                   edgecolor="black", zorder=6, label="chosen")
+    ax.set_xlabel("latency (ms): predicted for candidates, measured for verified finalists")
+    ax.set_ylabel(accuracy_label)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_best(out: Path, best: Candidate | None, space_name: str, meta: dict) -> None:
+    if best is None:
+        data = {"space": space_name, "arch": None, **meta}
+    else:
+        data = {"space": space_name, "arch": best.key,
+                "estimated_accuracy": best.accuracy,
+                "predicted_ms": best.predicted_ms,
+                "predicted_interval_ms": [best.low_ms, best.high_ms],
+                "raw_predicted_ms": best.raw_predicted_ms,
+                "measured_ms": best.measured_ms,
+                "verified": best.measured_ms is not None,
+                **meta}
+    _atomic_write(out / "best.json", json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(o):
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+__all__ = ["CSV_COLUMNS", "frontier_points", "plot_frontier", "write_best", "write_frontier"]

@@ -1,0 +1,83 @@
+"""report.md: what was searched, what was measured, what was chosen, and why."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _ms(v) -> str:
+    return "—" if v is None else f"{v:.3f}"
+
+
+def write_report(path: Path, config, result, meta: dict, device, data) -> None:
+    f = result.formulation
+    best = result.best
+    L: list[str] = []
+    L.append(f"# hwnas search report{' (interrupted: partial)' if result.interrupted else ''}\n")
+    L.append("## What was searched\n")
+    L.append(f"- space: `{config.space}`; data: {data.name}")
+    L.append(f"- objective: {f.describe()}")
+    L.append(f"- algorithm: {config.algorithm} (population {config.population}, up to {config.generations} "
+             f"generations, {config.budget_minutes:g}-minute cap, seed {config.seed})")
+    L.append(f"- accuracy estimate: {meta['accuracy_estimator']}")
+    L.append(f"- latency: {meta['latency_model']}")
+    L.append(f"- device for finalists: {device.name}" + (f" ({device.how})" if getattr(device, "how", None) else ""))
+    L.append(f"- {result.n_evaluated} architectures scored in {result.elapsed_s:.0f} s; "
+             f"frontier of {len(result.frontier)} points\n")
+    L.append("## What was measured\n")
+    measured = [c for c in result.candidates if c.measured_ms is not None]
+    if not measured:
+        L.append("Nothing was measured on the device" + (" (interrupted before verification)." if result.interrupted else "."))
+    else:
+        L.append(f"{result.n_measurements} measurement(s) on {device.name}. Predicted is the prediction "
+                 f"(after the correction fit on earlier measurements) when the finalist was picked; raw is "
+                 f"the predictor's own number.\n")
+        L.append("| round | arch | est. accuracy | raw predicted ms | measured ms | measured/raw | verdict |")
+        L.append("| --- | --- | --- | --- | --- | --- | --- |")
+        by_key = {}
+        for r in result.rounds:
+            for m in r.measured:
+                by_key[m["arch"]] = r.round
+        for c in sorted(measured, key=lambda c: (by_key.get(c.key, 0), c.measured_ms)):
+            ratio = c.measured_ms / c.raw_predicted_ms if c.raw_predicted_ms else float("nan")
+            verdict = c.dropped or ("kept" if by_key.get(c.key) else "calibration")
+            L.append(f"| {by_key.get(c.key, 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
+                     f"{_ms(c.measured_ms)} | {ratio:.2f} | {verdict} |")
+        L.append("")
+        L.append(f"Predictor correction for the rest of the run: {result.correction}.\n")
+    L.append("## What was chosen, and why\n")
+    if best is None:
+        L.append("No architecture was chosen" + (": the search was interrupted before any candidate met the "
+                                                 "constraint." if result.interrupted else "."))
+    else:
+        L.append(f"`{best.key}`\n")
+        L.append(f"- estimated accuracy {best.accuracy:.2f}; predicted {best.predicted_ms:.3f} ms "
+                 f"(interval {best.low_ms:.3f}–{best.high_ms:.3f}, raw {best.raw_predicted_ms:.3f}); "
+                 f"measured {_ms(best.measured_ms)} ms")
+        if f.kind == "budget":
+            why = (f"the highest estimated accuracy among candidates whose "
+                   f"{'measured' if best.measured_ms is not None else 'corrected predicted'} latency is within "
+                   f"{f.latency_budget_ms:g} ms")
+        elif f.kind == "min_accuracy":
+            why = (f"the lowest {'measured' if best.measured_ms is not None else 'predicted'} latency among "
+                   f"candidates with estimated accuracy >= {f.min_accuracy:g}")
+        else:
+            why = "the knee of the frontier (farthest above the line joining its ends, log latency)"
+        L.append(f"- why: {why}")
+        L.append("- files: `best.json` (architecture), `best.onnx` and `best.pt` (ready to fine-tune), "
+                 "`frontier.csv`/`frontier.json`/`frontier.png`")
+    gt = result.ground_truth
+    if gt is not None:
+        L.append("\n## Benchmark ground truth (read only after the choice, for this report)\n")
+        L.append(f"- best `val_acc` under the budget: {gt.best_val_acc:.2f} (`{gt.best_arch}`; "
+                 f"{gt.n_under_budget} cells under budget)")
+        L.append(f"- chosen cell: `val_acc` {gt.chosen_val_acc}, latency {gt.chosen_ms} ms; "
+                 f"gap {gt.gap:.2f} points; {result.n_measurements} measurements")
+    if result.notes:
+        L.append("\n## Notes\n")
+        L.extend(f"- {n}" for n in result.notes)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(L) + "\n")
+    tmp.replace(path)
+
+
+__all__ = ["write_report"]

@@ -1,0 +1,309 @@
+"""The top-level search API: `run_search(SearchConfig(...)) -> SearchResult`.
+
+    from search.run import SearchConfig, run_search
+    res = run_search(SearchConfig(space="nb201", predictor="data/predictors/local-cpu.lgb",
+                                  data="digits", latency_budget_ms=2.0, out="runs/s1"))
+    res.best.key, res.best.measured_ms, res.out_dir
+
+Stages: load the data, the space, the predictor (refusing one built for another target
+unless `force`) and the accuracy estimator; NSGA-II over (estimated accuracy, predicted
+latency); hardware in the loop on the finalists; outputs. Ctrl-C during the search or the
+verification stops it and still writes every output from what was found so far.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from search.algorithms import GenerationInfo, run_nsga2, run_random
+from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
+from search.frontier import frontier_points, plot_frontier, write_best, write_frontier
+from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
+                            SearchError, pareto_front)
+from search.verify import (FeatureCorrection, OnnxDevice, VerifyRound, best_verified, feasible,
+                           rank_key, verify_finalists)
+
+DEFAULT_PROXIES = ("jacov", "nwot", "synflow")
+
+
+@dataclass
+class SearchConfig:
+    space: str = "nb201"
+    predictor: str | Path | None = None     # .lgb; optional only in benchmark mode
+    data: str = "digits"                    # DIR (image folders) | NPZ | digits
+    latency_budget_ms: float | None = None
+    min_accuracy: float | None = None
+    target: str | None = None               # default: the predictor's own target
+    targets_file: str | Path | None = None
+    host: str | None = None                 # user@device: measure finalists over SSH
+    finalists: int = 3                      # K finalists per verification round
+    verify_rounds: int = 2
+    out: str | Path = "runs/search"
+    budget_minutes: float = 5.0             # wall-clock cap of the search phase
+    seed: int = 0
+    force: bool = False
+    benchmark: str | None = None            # CSV:DEVICE (NB201 benchmark mode)
+    max_measurements: int = 50              # benchmark mode: lookups allowed
+    calibration: int | None = None          # cells measured before the search (benchmark: 10)
+    algorithm: str = "nsga2"                # nsga2 | random
+    population: int = 24
+    generations: int = 12
+    accuracy: str = "auto"                  # auto | proxies | supernet
+    proxies: tuple[str, ...] = DEFAULT_PROXIES
+    proxy_batch: int = 64
+    supernet_epochs: int | None = None
+    cache_dir: str | Path | None = None     # per-cell proxy score cache (default: ~/.cache/hwnas)
+    export_best: bool = True
+    progress: bool = True
+    space_options: dict = field(default_factory=dict)
+
+
+@dataclass
+class SearchResult:
+    best: Candidate | None
+    frontier: list[Candidate]
+    candidates: list[Candidate]
+    out_dir: Path
+    formulation: Formulation
+    n_evaluated: int
+    n_measurements: int
+    rounds: list[VerifyRound]
+    interrupted: bool
+    elapsed_s: float
+    correction: str
+    notes: list[str]
+    ground_truth: Any = None
+
+
+class _Progress:
+    def __init__(self, enabled: bool):
+        from rich.console import Console
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.enabled = enabled
+
+    def log(self, msg: str) -> None:
+        if self.enabled:
+            self.console.print(msg)
+
+
+def _cache_dir(config: SearchConfig) -> Path:
+    if config.cache_dir:
+        return Path(config.cache_dir)
+    import os
+    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
+
+
+def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None
+               ) -> SearchResult:
+    from search import setup  # the adapters over data, spaces, predictor, estimator
+
+    t0 = time.monotonic()
+    ui = _Progress(config.progress)
+    formulation = Formulation(config.latency_budget_ms, config.min_accuracy)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    # ---- set-up: every check that can fail does so before any long work
+    bench = None
+    if config.benchmark:
+        csv_path, dev_name = parse_benchmark(config.benchmark)
+        bench = BenchmarkDevice(csv_path, dev_name, config.max_measurements)
+    predictor, target = setup.load_predictor_and_target(config, benchmark=bench is not None)
+    data = setup.load_data(config.data, config.seed)
+    space = setup.make_space(config.space, data, config.space_options)
+    latency = setup.latency_model(predictor, space, config.predictor)
+    ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
+           f"latency from {latency.name}; {formulation.describe()}")
+    accuracy = setup.accuracy_model(config, space, data, _cache_dir(config), ui.log)
+    device = bench if bench is not None else OnnxDevice(target, config.host, workdir=out / "finalists")
+    correction = FeatureCorrection(space) if bench is not None else Correction()
+    evaluator = Evaluator(space, accuracy, latency, correction=correction)
+
+    interrupted = False
+    rounds: list[VerifyRound] = []
+    info = GenerationInfo(0, 0, 0.0)
+    deadline = t0 + config.budget_minutes * 60.0
+
+    def gen_callback(i: GenerationInfo):
+        cands = evaluator.candidates
+        front = pareto_front(cands, use_measured=True)
+        ok = [c for c in cands if feasible(c, formulation)]
+        best = min(ok, key=rank_key(formulation)) if ok else None
+        best_s = "none yet" if best is None else \
+            f"{best.accuracy:.2f} @ {best.predicted_ms:.3f} ms  {best.key}"
+        label = {"budget": "best under budget", "min_accuracy": "fastest above threshold",
+                 "frontier": "most accurate"}[formulation.kind]
+        ui.log(f"gen {i.generation + 1:>3}/{config.generations}  evaluated {i.n_evaluated:>5}  "
+               f"frontier {len(front):>3}  {label}: {best_s}  [{i.elapsed_s:.0f}s]")
+        # partial outputs every generation: a killed run still leaves a frontier
+        write_frontier(out, cands, _meta(config, formulation, evaluator, device, interrupted=True,
+                                         partial=True))
+        if on_generation:
+            on_generation(i, cands)
+
+    try:
+        # ---- benchmark mode: a few measurements first adapt the predictor to the device
+        n_cal = config.calibration if config.calibration is not None else (10 if bench is not None else 0)
+        if n_cal:
+            _calibrate(space, evaluator, device, n_cal, config.seed, ui)
+        # ---- the search
+        if config.algorithm == "random":
+            info = run_random(space, evaluator, n=config.population * config.generations,
+                              batch=config.population, seed=config.seed, callback=gen_callback, deadline=deadline)
+        elif config.algorithm == "nsga2":
+            info = run_nsga2(space, evaluator, formulation, pop_size=config.population,
+                             generations=config.generations, seed=config.seed, callback=gen_callback,
+                             deadline=deadline)
+        else:
+            raise SearchError(f"unknown algorithm {config.algorithm!r}; use nsga2 or random")
+        if time.monotonic() >= deadline:
+            notes.append(f"the search stopped at the {config.budget_minutes:g}-minute budget "
+                         f"after generation {info.generation + 1}")
+        _check_budget(evaluator, formulation)
+        # ---- hardware in the loop
+        if config.finalists > 0:
+            ui.log(f"verifying finalists on {device.name} ...")
+            max_meas = config.max_measurements if bench is not None else None
+            rounds_allowed = config.verify_rounds if bench is None else 100
+
+            def on_measure(c: Candidate, r: int):
+                verdict = f"[red]dropped[/] ({c.dropped})" if c.dropped else "[green]kept[/]"
+                ui.log(f"  round {r}: {c.key}  predicted {c.predicted_ms:.3f} ms "
+                       f"(raw {c.raw_predicted_ms:.3f}) → measured {c.measured_ms:.3f} ms  {verdict}")
+            try:
+                rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
+                                          max_rounds=rounds_allowed, max_measurements=max_meas,
+                                          on_measure=on_measure)
+            except MeasurementLimitReached:
+                pass
+            ui.log(f"predictor correction: {evaluator.correction.describe()}")
+    except KeyboardInterrupt:
+        interrupted = True
+        notes.append("interrupted (Ctrl-C): outputs hold what was found until then")
+        ui.log("[yellow]interrupted: writing what was found so far ...[/]")
+    except BudgetTooLowError as e:
+        _finish(config, out, space, evaluator, device, formulation, None, rounds, interrupted,
+                notes + [str(e)], t0, data, accuracy, latency, bench)
+        raise
+
+    best = choose_best(evaluator.candidates, formulation)
+    if best is not None and best.measured_ms is None and config.finalists > 0 and not interrupted:
+        notes.append("no finalist was verified within the constraint; the choice rests on the corrected prediction")
+    return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
+                   notes, t0, data, accuracy, latency, bench)
+
+
+def choose_best(cands: list[Candidate], formulation: Formulation) -> Candidate | None:
+    """Verified and feasible first; else feasible on the corrected prediction; frontier: knee."""
+    if formulation.kind == "frontier":
+        front = pareto_front(cands, use_measured=True)
+        if not front:
+            return None
+        verified = [c for c in front if c.measured_ms is not None]
+        pool = verified if len(verified) >= 2 else front
+        return _knee(pool)
+    best = best_verified(cands, formulation)
+    if best is not None:
+        return best
+    ok = [c for c in cands if feasible(c, formulation)]
+    return min(ok, key=rank_key(formulation)) if ok else None
+
+
+def _knee(front: list[Candidate]) -> Candidate:
+    """The frontier point farthest from the line between its two ends (normalised axes)."""
+    if len(front) <= 2:
+        return front[-1]
+    x = np.log(np.array([c.latency_ms for c in front]))
+    y = np.array([c.accuracy for c in front])
+    x = (x - x.min()) / (np.ptp(x) or 1.0)
+    y = (y - y.min()) / (np.ptp(y) or 1.0)
+    d = y - x  # distance above the diagonal from (0,0) to (1,1)
+    return front[int(np.argmax(d))]
+
+
+def _check_budget(evaluator: Evaluator, formulation: Formulation) -> None:
+    if formulation.kind != "budget" or not evaluator.cache:
+        return
+    cands = evaluator.candidates
+    fastest = min(cands, key=lambda c: c.latency_ms)
+    if fastest.low_ms > formulation.latency_budget_ms:
+        raise BudgetTooLowError(
+            f"the latency budget {formulation.latency_budget_ms:g} ms is below the fastest candidate found: "
+            f"{fastest.key} at {fastest.predicted_ms:.3f} ms predicted (interval {fastest.low_ms:.3f}-"
+            f"{fastest.high_ms:.3f} ms), estimated accuracy {fastest.accuracy:.2f}. Raise the budget "
+            f"to at least {fastest.predicted_ms:.3f} ms, or search a smaller space.", fastest)
+
+
+def _calibrate(space, evaluator: Evaluator, device, n: int, seed: int, ui: _Progress) -> None:
+    """Measure n cells spread over the predicted latency range and fit the correction."""
+    rng = np.random.default_rng(seed + 777)
+    pool, keys = [], set()
+    while len(pool) < 20 * n:
+        a = space.sample(rng)
+        k = space.to_string(a)
+        if k not in keys:
+            keys.add(k)
+            pool.append(a)
+    med, _, _ = evaluator.latency.predict(pool)
+    order = np.argsort(med)
+    picks = [pool[order[int(i)]] for i in np.linspace(0, len(pool) - 1, n).round()]
+    cands = evaluator.evaluate(picks)
+    for c in cands:
+        evaluator.add_measurement(c, device.measure(space, c))
+    evaluator.recorrect()
+    ui.log(f"calibration: measured {n} cells spread over the predicted range; "
+           f"correction {evaluator.correction.describe()}")
+
+
+def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, device,
+          interrupted: bool, partial: bool = False) -> dict:
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+    return {"config": cfg, "formulation": formulation.kind, "constraint": formulation.describe(),
+            "accuracy_estimator": evaluator.accuracy.name, "latency_model": evaluator.latency.name,
+            "device": device.name, "n_evaluated": len(evaluator.cache),
+            "n_measurements": device.n_measurements, "correction": evaluator.correction.describe(),
+            "interrupted": interrupted, "partial": partial}
+
+
+def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
+            data, accuracy, latency, bench) -> SearchResult:
+    from search import setup
+    from search.report import write_report
+
+    cands = evaluator.candidates
+    meta = _meta(config, formulation, evaluator, device, interrupted)
+    front = write_frontier(out, cands, meta) if cands else []
+    if not cands:
+        (out / "frontier.csv").write_text("")
+    title = f"{config.space} on {device.name}: {formulation.describe()}"
+    plot_frontier(out / "frontier.png", cands, formulation, best, title, getattr(accuracy, "unit", accuracy.name))
+    gt = None
+    if bench is not None and best is not None:
+        gt = ground_truth(bench.csv_path, bench.device, formulation.latency_budget_ms, best.key)
+    best_meta = {"formulation": formulation.describe(), "device": device.name,
+                 "accuracy_estimator": accuracy.name, "interrupted": interrupted}
+    write_best(out, best, config.space, best_meta)
+    if best is not None and config.export_best:
+        try:
+            setup.export_best(space, best, accuracy, out)
+        except KeyboardInterrupt:
+            notes.append("best.onnx/best.pt were not written (interrupted)")
+        except Exception as e:  # the outputs above stay usable
+            notes.append(f"best.onnx/best.pt could not be written: {e}")
+    result = SearchResult(best=best, frontier=pareto_front(cands, use_measured=True), candidates=cands,
+                          out_dir=out, formulation=formulation, n_evaluated=len(cands),
+                          n_measurements=device.n_measurements, rounds=rounds, interrupted=interrupted,
+                          elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
+                          notes=notes, ground_truth=gt)
+    write_report(out / "report.md", config, result, meta, device, data)
+    return result
+
+
+__all__ = ["DEFAULT_PROXIES", "SearchConfig", "SearchResult", "choose_best", "run_search"]
