@@ -28,7 +28,7 @@ class Data:
     raw: Any = None  # the data package's own object, when it provided one
 
 
-def load_data(spec: str, seed: int = 0) -> Data:
+def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500) -> Data:
     """`digits`, an .npz file (x, y arrays) or an image-folder directory; clear errors."""
     import torch
     if spec != "digits":
@@ -47,20 +47,28 @@ def load_data(spec: str, seed: int = 0) -> Data:
         elif p.suffix != ".npz":
             raise SearchError(f"--data {spec}: expected a directory or an .npz file")
     try:
-        from search import data as data_mod  # type: ignore
+        from search.data import DataError, load_dataset  # type: ignore
     except ImportError:
-        data_mod = None
-    if data_mod is not None:
-        loader = next((getattr(data_mod, n) for n in ("load_dataset", "load_data", "load") if hasattr(data_mod, n)), None)
-        if loader is not None:
-            try:
-                ds = loader(spec)
-            except SearchError:
-                raise
-            except Exception as e:
-                raise SearchError(f"--data {spec}: {e}") from None
-            return _from_data_module(ds, spec, seed)
-    return _fallback_load(spec, seed)
+        return _fallback_load(spec, seed)
+    split = None
+    if spec != "digits" and Path(spec).is_dir() and (Path(spec) / "train").is_dir():
+        split = "train"
+    try:
+        ds = load_dataset(spec, split=split, max_per_class=max_per_class, seed=seed)
+    except DataError as e:
+        raise SearchError(f"--data {spec}: {e}") from None
+    except OSError as e:
+        raise SearchError(f"--data {spec}: cannot read it: {e}") from None
+    train, val = ds.split(0.2, seed=seed)
+    mean, std = train.stats()
+    train, val = train.normalized(mean, std), val.normalized(mean, std)
+    c, h, w = ds.shape
+    name = ds.name or spec
+    if spec == "digits":
+        name = "digits (scikit-learn, 1,797 8x8 images)"
+    elif split:
+        name = f"{spec} (train split)"
+    return Data(name, train.x, train.y, val.x, val.y, ds.num_classes, c, h, raw=(train, val))
 
 
 def _from_data_module(ds, spec, seed) -> Data:
@@ -162,10 +170,16 @@ def make_space(name: str, data: Data, options: dict | None = None):
     opts.setdefault("in_channels", data.in_channels)
     opts.setdefault("resolution", data.resolution)
     if get_space is not None:
-        try:
-            return get_space(name, **opts)
-        except TypeError:
-            return get_space(name)
+        from search.spaces.base import SpaceError
+        last = None
+        for drop in ((), ("resolution",), ("resolution", "in_channels")):
+            try:
+                return get_space(name, **{k: v for k, v in opts.items() if k not in drop})
+            except TypeError as e:
+                last = e
+            except SpaceError as e:
+                raise SearchError(str(e)) from None
+        raise SearchError(f"space {name!r} does not accept the data's shape options: {last}")
     if name == "nb201":
         from search.spaces.nb201 import NB201Space
         return NB201Space(**opts)

@@ -1,0 +1,123 @@
+"""`search`: find the accuracy/latency frontier of a space on your data, verify finalists on the device."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+EPILOG = """\b
+Examples:
+  search --predictor data/predictors/local-cpu.lgb --space nb201 --data digits --latency-budget 2
+  search --predictor pi4.lgb --space mbv3 --data ./my_images --min-accuracy 90 --host pi@raspberrypi
+  search --space nb201 --benchmark ../shared/data/nb201/nb201_cifar10.csv:edgegpu \\
+         --data ./cifar10/train --latency-budget 5
+
+\b
+Outputs in --out: frontier.csv, frontier.json, frontier.png, best.json, best.onnx, best.pt, report.md.
+Ctrl-C stops the search and still writes every output from what was found so far.
+Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate, 130 interrupted.
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
+@click.option("--predictor", type=click.Path(dir_okay=False), help="Latency predictor (.lgb from train-predictor) "
+              "of the target device. Required, except in --benchmark mode.")
+@click.option("--space", type=click.Choice(["nb201", "mbv3", "resnet"]), default="nb201", show_default=True,
+              help="Search space.")
+@click.option("--latency-budget", "latency_budget", type=float, metavar="MS",
+              help="Maximise accuracy subject to latency <= MS milliseconds.")
+@click.option("--min-accuracy", type=float, metavar="A",
+              help="Minimise latency subject to estimated accuracy >= A (same unit as the estimator: "
+                   "%% with a supernet, a 0-100 rank score with proxies). Without either: the whole frontier.")
+@click.option("--data", default="digits", show_default=True, metavar="DIR|NPZ|digits",
+              help="Your data: an image-folder directory (class sub-directories, optionally under train/), "
+                   "an .npz with x and y, or the bundled scikit-learn 'digits'.")
+@click.option("--target", help="Target name (default: the predictor's own). A predictor built for another "
+              "target is refused unless --force.")
+@click.option("--targets-file", type=click.Path(dir_okay=False), help="TOML file with user targets.")
+@click.option("--host", metavar="USER@DEVICE", help="Measure finalists over SSH on this device instead of locally.")
+@click.option("--finalists", type=int, default=3, show_default=True, metavar="K",
+              help="Finalists measured on the device per verification round (0: no verification).")
+@click.option("--rounds", "verify_rounds", type=int, default=2, show_default=True,
+              help="Verification rounds (each re-fits the predictor correction and re-ranks).")
+@click.option("--out", default="runs/search", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory.")
+@click.option("--budget-minutes", type=float, default=5.0, show_default=True, metavar="M",
+              help="Wall-clock cap of the search phase.")
+@click.option("--population", type=int, default=24, show_default=True, help="NSGA-II population size.")
+@click.option("--generations", type=int, default=12, show_default=True, help="NSGA-II generations.")
+@click.option("--algorithm", type=click.Choice(["nsga2", "random"]), default="nsga2", show_default=True)
+@click.option("--accuracy", type=click.Choice(["auto", "proxies", "supernet"]), default="auto", show_default=True,
+              help="Accuracy estimator: a supernet where available, else zero-cost proxies.")
+@click.option("--benchmark", metavar="CSV:DEVICE", help="NB201 benchmark mode: the DEVICE_ms column of CSV "
+              "(keyed by arch) is the device; each lookup is one measurement.")
+@click.option("--max-measurements", type=int, default=50, show_default=True,
+              help="Benchmark mode: measurements allowed.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-cell proxy score cache "
+              "(default ~/.cache/hwnas, or $HWNAS_CACHE).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Use a predictor built for another target than --target.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def main(**kw):
+    """Search the efficient frontier of accuracy against latency, verify the finalists on the device.
+
+    NSGA-II explores the space on estimated accuracy (supernet or zero-cost proxies on --data) and
+    predicted latency (the predictor's batch path, no export). Only the top-K finalists near the
+    constraint are exported to ONNX and measured on the target (locally, or over --host); one over
+    the budget is dropped, and the measurements correct the predictor for the rest of the run.
+    """
+    from search.problem import BudgetTooLowError, SearchError
+    from search.run import SearchConfig, run_search
+
+    quiet = kw.pop("quiet")
+    if kw["latency_budget"] is not None and kw["min_accuracy"] is not None:
+        raise click.UsageError("give --latency-budget or --min-accuracy, not both")
+    if kw["benchmark"] is None and not kw["predictor"]:
+        raise click.UsageError("--predictor is required (a .lgb from train-predictor; see data/predictors/), "
+                               "except with --benchmark")
+    cfg = SearchConfig(
+        space=kw["space"], predictor=kw["predictor"], data=kw["data"], latency_budget_ms=kw["latency_budget"],
+        min_accuracy=kw["min_accuracy"], target=kw["target"], targets_file=kw["targets_file"], host=kw["host"],
+        finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], out=kw["out"],
+        budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
+        max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],
+        generations=kw["generations"], accuracy=kw["accuracy"], cache_dir=kw["cache_dir"], progress=not quiet)
+    try:
+        res = run_search(cfg)
+    except BudgetTooLowError as e:
+        click.echo(f"error: {e}", err=True)
+        click.echo(f"(the frontier found is in {cfg.out}/)", err=True)
+        sys.exit(3)
+    except SearchError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    summarize(res)
+    if res.interrupted:
+        sys.exit(130)
+
+
+def summarize(res) -> None:
+    b = res.best
+    click.echo(f"\nsearched {res.n_evaluated} architectures in {res.elapsed_s:.0f} s, "
+               f"{res.n_measurements} measured on the device; frontier of {len(res.frontier)} points")
+    if b is None:
+        click.echo("no architecture meets the constraint")
+    else:
+        meas = "not verified" if b.measured_ms is None else f"measured {b.measured_ms:.3f} ms"
+        click.echo(f"best: {b.key}")
+        click.echo(f"      estimated accuracy {b.accuracy:.2f}, predicted {b.predicted_ms:.3f} ms "
+                   f"(raw {b.raw_predicted_ms:.3f}), {meas}")
+    if res.ground_truth is not None:
+        g = res.ground_truth
+        click.echo(f"benchmark: chosen val_acc {g.chosen_val_acc}, best under budget {g.best_val_acc} "
+                   f"(gap {g.gap:.2f})")
+    for n in res.notes:
+        click.echo(f"note: {n}")
+    click.echo(f"outputs in {res.out_dir}/ (report.md explains the choice)")
+
+
+if __name__ == "__main__":
+    main()
