@@ -1,0 +1,611 @@
+"""`Profiler`: measure a device into a latency table (the API behind `profile-device`).
+
+    from profiling.profiler import Profiler
+    summary = Profiler("local-cpu", "table.parquet", max_configs=500, networks=30).run()
+
+One or more runners (a local subprocess, or one per `--host` over SSH) take jobs from
+one scheduler: kernel and block configurations drawn by `profiling.sampling` (prior +
+uniform first, then adaptive refinement), whole networks from `profiling.networks`
+interleaved with them, and a sentinel kernel every `sentinel_every` configurations or
+seconds. A sentinel more than `drift_threshold` away from its baseline is a drift event:
+the configurations that runner measured since its last good sentinel go back in the
+queue, and are measured again (`remeasured=True`) once the sentinel is back to normal.
+Every row is made durable as soon as it is measured (`profiling.table.TableWriter`).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import sampling
+from .builders import build_model, input_shapes, output_shapes, weight_fills
+from .errors import ProfilingError
+from .fingerprint import default_table_name, describe_diff, diff_fingerprints, fingerprint_hash, make_fingerprint
+from .kernels import KINDS, KernelSpec
+from .networks import FAMILIES, build_network, network_id, sample_network
+from .onnx_stats import model_stats
+from .table import TableWriter, utc_now
+from .targets import Target, TargetError, get_target
+from .transport import RunnerConnection, local_runner, ssh_runner
+
+SENTINEL = KernelSpec.make("conv", cin=64, cout=64, h=28, w=28, kernel=3, stride=1, act="relu")
+KERNEL_STOP = {"max_s": 1.0}
+NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
+DEFAULT_MAX_CONFIGS = 5000
+NETWORK_SHARE = 0.06  # networks per kernel configuration when --networks is not given
+INITIAL_SHARE = 0.6   # of the kernel budget drawn before adaptive refinement starts
+
+
+@dataclass
+class ProfileSummary:
+    out_path: str
+    target: str
+    fingerprint_hash: str
+    hosts: list[str]
+    rows_total: int = 0
+    rows_new: int = 0
+    resumed: int = 0
+    kernels: int = 0
+    blocks: int = 0
+    networks: int = 0
+    new_kernels: int = 0
+    new_networks: int = 0
+    elapsed_s: float = 0.0
+    drift_events: list[dict[str, Any]] = field(default_factory=list)
+    remeasured: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    stopped_by: str = ""
+    refined: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Job:
+    config_id: str
+    category: str
+    kind: str
+    payload: dict[str, Any]
+    row: dict[str, Any]
+    remeasure: bool = False
+    sentinel: bool = False
+
+
+class _RunnerState:
+    def __init__(self, conn: RunnerConnection, label: str):
+        self.conn = conn
+        self.label = label
+        self.baseline: float | None = None
+        self.since_good: list[Job] = []
+        self.last_sentinel_t = time.monotonic()
+        self.since_sentinel = 0
+        self.bad_streak = 0
+        self.sentinel_count = 0
+        self.needs_sentinel = True  # the first job of every runner is its baseline
+        self.cooldown_s = 0.0
+        self.alive = True
+
+
+def _b64(model) -> str:
+    return base64.b64encode(model.SerializeToString()).decode()
+
+
+class Profiler:
+    """Profile a target into a table; see the module docstring. `run()` does the work."""
+
+    def __init__(self, target: str | Target = "local-cpu", out_path: str | os.PathLike | None = None, *,
+                 hosts: list[str] | tuple[str, ...] = (), kinds: list[str] | None = None,
+                 budget_minutes: float | None = None, max_configs: int | None = None,
+                 networks: int | None = None, families: list[str] | None = None, seed: int = 0,
+                 resume: bool = True, targets_file: str | os.PathLike | None = None,
+                 ssh_config: str | os.PathLike | None = None, remote_python: str = "python3",
+                 runner_python: str | None = None, progress: Callable[..., None] | None = None,
+                 sentinel_every: int = 40, sentinel_every_s: float = 20.0, drift_threshold: float = 0.10,
+                 stop_rule: dict[str, Any] | None = None, network_stop_rule: dict[str, Any] | None = None,
+                 compact_rows: int = 250, compact_seconds: float = 60.0,
+                 _slow_sentinels: dict[int, float] | None = None):
+        try:
+            self.target = target if isinstance(target, Target) else get_target(target, targets_file)
+        except TargetError as e:
+            raise ProfilingError(str(e)) from None
+        if self.target.runtime != "onnxruntime":
+            raise ProfilingError(f"target {self.target.name}: runtime {self.target.runtime!r} is not supported "
+                                 "(the profiler drives onnxruntime)")
+        if self.target.precision == "int8":
+            raise ProfilingError(f"target {self.target.name}: int8 profiling is not supported yet (use fp32 or fp16)")
+        kinds = list(kinds) if kinds else list(KINDS)
+        bad = [k for k in kinds if k not in KINDS and k != "network"]
+        if bad:
+            raise ProfilingError(f"unknown kind(s) {', '.join(bad)}; valid kinds: {', '.join(KINDS)}")
+        self.only_networks = kinds == ["network"]
+        self.kinds = [k for k in kinds if k != "network"]
+        families = list(families) if families else list(FAMILIES)
+        bad = [f for f in families if f not in FAMILIES]
+        if bad:
+            raise ProfilingError(f"unknown network family {', '.join(bad)}; valid families: {', '.join(FAMILIES)}")
+        self.families = families
+        if budget_minutes is not None and budget_minutes <= 0:
+            raise ProfilingError("--budget-minutes must be positive")
+        if max_configs is not None and max_configs < 0:
+            raise ProfilingError("--max-configs must be >= 0")
+        if networks is not None and networks < 0:
+            raise ProfilingError("--networks must be >= 0")
+        self.out_path = Path(out_path) if out_path else None
+        self.hosts = list(hosts)
+        self.budget_s = budget_minutes * 60 if budget_minutes else None
+        if max_configs is None and budget_minutes is None:
+            max_configs = DEFAULT_MAX_CONFIGS
+        if self.only_networks:
+            max_configs = 0
+        self.max_configs = max_configs
+        self.networks = networks
+        self.seed = seed
+        self.resume = resume
+        self.ssh_config = ssh_config
+        self.remote_python = remote_python
+        self.runner_python = runner_python
+        self.progress = progress or (lambda event, **info: None)
+        self.sentinel_every = sentinel_every
+        self.sentinel_every_s = sentinel_every_s
+        self.drift_threshold = drift_threshold
+        self.stop_rule = dict(KERNEL_STOP, **(stop_rule or {}))
+        self.network_stop_rule = dict(NETWORK_STOP, **(network_stop_rule or {}))
+        self.compact_rows = compact_rows
+        self.compact_seconds = compact_seconds
+        self._slow_sentinels = dict(_slow_sentinels or {})
+
+    # ---- set-up ------------------------------------------------------------------------
+    def _connect(self) -> list[_RunnerState]:
+        if not self.hosts:
+            try:
+                self.target.check_local_support()
+            except TargetError as e:
+                raise ProfilingError(str(e)) from None
+            conn = local_runner(self.runner_python)
+            try:
+                conn.hello()
+            except ProfilingError:
+                conn.kill()
+                raise
+            return [_RunnerState(conn, "local")]
+        conns: list[RunnerConnection | None] = [None] * len(self.hosts)
+        errors: list[str | None] = [None] * len(self.hosts)
+
+        def connect(i: int, host: str) -> None:
+            try:
+                c = ssh_runner(host, remote_python=self.remote_python, ssh_config=self.ssh_config)
+                conns[i] = c
+                c.hello()
+            except ProfilingError as e:
+                errors[i] = str(e)
+
+        threads = [threading.Thread(target=connect, args=(i, h), daemon=True) for i, h in enumerate(self.hosts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        failed = [e for e in errors if e]
+        if failed:
+            for c in conns:
+                if c is not None:
+                    c.kill()
+            raise ProfilingError("\n".join(failed))
+        return [_RunnerState(c, c.label) for c in conns]  # type: ignore[union-attr]
+
+    def _check_device(self, state: _RunnerState) -> None:
+        facts = state.conn.facts or {}
+        t = self.target
+        problems = []
+        if t.arch and facts.get("machine") != t.arch:
+            problems.append(f"the {t.arch} architecture (it is {facts.get('machine')})")
+        available = facts.get("providers", [])
+        accel = [p for p in t.providers if p != "CPUExecutionProvider"] or list(t.providers)
+        if not any(p in available for p in accel):
+            wanted = " or ".join(p.replace("ExecutionProvider", "") for p in accel)
+            pkg = "onnxruntime-gpu" if any(p != "CPUExecutionProvider" for p in accel) else "onnxruntime"
+            problems.append(f"the {wanted} execution provider (it has {', '.join(available) or 'none'}; "
+                            f"install {pkg} there)")
+        if problems:
+            raise ProfilingError(f"{state.label} cannot measure target {t.name}: it lacks " + " and ".join(problems))
+
+    # ---- jobs --------------------------------------------------------------------------
+    def _session(self, facts: dict[str, Any], threads: int) -> dict[str, Any]:
+        available = facts.get("providers", [])
+        providers = [p for p in self.target.providers if p in available] or ["CPUExecutionProvider"]
+        return {"providers": providers, "threads": threads, "fp16": self.target.precision == "fp16"}
+
+    def _kernel_job(self, spec: KernelSpec, model=None, stats=None) -> Job:
+        if model is None:
+            model = build_model(spec, self.target.batch)
+            stats = model_stats(model)
+        row = {"config_id": spec.key(), "category": spec.category, "kind": spec.kind, **spec.params,
+               "input_shapes": json.dumps(input_shapes(model)), "output_shapes": json.dumps(output_shapes(model)),
+               "flops": stats.flops, "params": stats.params, "bytes": stats.bytes}
+        payload = {"model": _b64(model), "fills": weight_fills(model),
+                   "inputs": [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim]}
+                              for i in model.graph.input],
+                   "stop": self.stop_rule, "seed": self.seed}
+        return Job(row["config_id"], spec.category, spec.kind, payload, row)
+
+    def _network_job(self, spec: dict[str, Any]) -> Job:
+        model = build_network(spec, self.target.batch)
+        stats = model_stats(model)
+        row = {"config_id": network_id(spec), "category": "network", "kind": "network", "family": spec["family"],
+               "network_spec": json.dumps(spec, sort_keys=True),
+               "input_shapes": json.dumps(input_shapes(model)), "output_shapes": json.dumps(output_shapes(model)),
+               "flops": stats.flops, "params": stats.params, "bytes": stats.bytes}
+        payload = {"model": _b64(model), "fills": weight_fills(model),
+                   "inputs": [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim]}
+                              for i in model.graph.input],
+                   "stop": self.network_stop_rule, "seed": self.seed}
+        return Job(row["config_id"], "network", "network", payload, row)
+
+    # ---- the run -----------------------------------------------------------------------
+    def run(self) -> ProfileSummary:
+        t_start = time.monotonic()
+        runners = self._connect()
+        try:
+            for r in runners:
+                self._check_device(r)
+            fps = [make_fingerprint(r.conn.facts or {}, self.target) for r in runners]
+            for r, fp in zip(runners[1:], fps[1:]):
+                diff = diff_fingerprints(fps[0], fp)
+                if diff:
+                    raise ProfilingError(f"--host devices must be identical, but {runners[0].label} and {r.label} "
+                                         f"differ: {describe_diff(diff, runners[0].label, r.label)}")
+            fp = fps[0]
+            out = self.out_path
+            if out is None or (out.exists() and out.is_dir()) or str(out).endswith(os.sep):
+                out = (out or Path(".")) / default_table_name(self.target, fp)
+            writer = TableWriter(out, fp, self.target.to_dict(), resume=self.resume,
+                                 compact_rows=self.compact_rows, compact_seconds=self.compact_seconds)
+            return _Run(self, runners, writer, fp, t_start).execute()
+        finally:
+            for r in runners:
+                r.conn.close()
+
+
+class _Run:
+    """The state of one `Profiler.run()`: scheduler, drift bookkeeping and results."""
+
+    def __init__(self, p: Profiler, runners: list[_RunnerState], writer: TableWriter, fp: dict[str, Any],
+                 t_start: float):
+        self.p = p
+        self.runners = runners
+        self.writer = writer
+        self.fp = fp
+        self.t_start = t_start
+        self.lock = threading.Lock()
+        self.rng = np.random.default_rng(p.seed)
+        self.net_rng = np.random.default_rng(p.seed + 7919)
+        self.requeue: deque[Job] = deque()
+        self.planned: set[str] = set()
+        self.in_flight: dict[str, Job] = {}
+        self.summary = ProfileSummary(str(writer.path), p.target.name, fingerprint_hash(fp),
+                                      [r.label for r in runners], resumed=writer.resumed)
+        rows = list(writer.rows.values())
+        self.kernel_rows = sum(1 for r in rows if r.get("category") in ("kernel", "block"))
+        self.network_rows = sum(1 for r in rows if r.get("category") == "network")
+        self.kernel_target = p.max_configs  # total in the table; None: until the budget ends
+        if p.networks is not None:
+            self.network_target: int | None = p.networks
+        elif self.kernel_target is not None:
+            self.network_target = int(math.ceil(NETWORK_SHARE * self.kernel_target))
+        else:
+            self.network_target = None  # NETWORK_SHARE of the kernels measured
+        self.kind_w = sampling.kind_weights(p.kinds) if p.kinds else None
+        self.refine_queue: deque[KernelSpec] = deque()
+        self.refine_rounds = 0
+        self.new_kernels_since_refine = 0
+        self.stop_reason = ""
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.fail_streak = 0
+        self.drift_log: list[dict[str, Any]] = list(writer.metadata.get("drift_events", []))
+        self.threads = fp["threads"]
+
+    # ---- planning ----------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t_start
+
+    def _kernels_left(self) -> bool:
+        if not self.p.kinds:
+            return False
+        return self.kernel_target is None or self.kernel_rows + self._in_flight("kernel") < self.kernel_target
+
+    def _in_flight(self, what: str) -> int:
+        cats = ("network",) if what == "network" else ("kernel", "block")
+        return sum(1 for j in self.in_flight.values() if j.category in cats and not j.remeasure)
+
+    def _network_due(self) -> bool:
+        done = self.network_rows + self._in_flight("network")
+        if self.network_target is not None:
+            if done >= self.network_target:
+                return False
+            if not self._kernels_left():
+                return True
+            if self.kernel_target:
+                frac = (self.kernel_rows + 1) / max(1, self.kernel_target)
+            else:
+                frac = self.elapsed() / self.p.budget_s if self.p.budget_s else 1.0
+            if self.p.budget_s:
+                frac = max(frac, self.elapsed() / self.p.budget_s)
+            return done < self.network_target * min(1.0, frac)
+        return done < NETWORK_SHARE * self.kernel_rows
+
+    def _initial_phase(self) -> bool:
+        if self.kernel_target is not None:
+            return self.kernel_rows < INITIAL_SHARE * self.kernel_target
+        return self.elapsed() < INITIAL_SHARE * (self.p.budget_s or 0)
+
+    def _refill_refinement(self) -> None:
+        """One round of adaptive refinement: new configs near the worst-predicted points."""
+        import pandas as pd
+        rows = [r for r in self.writer.rows.values() if r.get("category") in ("kernel", "block")]
+        if not rows:
+            return
+        df = pd.DataFrame(rows)
+        if self.kernel_target is not None:
+            batch = max(40, int(0.08 * self.kernel_target))
+        else:
+            batch = max(40, int(0.08 * len(rows)))
+        for kind, w in zip(self.p.kinds, self.kind_w):
+            n = max(2, int(round(batch * w * 0.7)))
+            try:
+                new = sampling.refine(df, kind, self.rng, n, seed=self.p.seed + self.refine_rounds)
+            except Exception:  # refinement is an optimisation; never fail a profile on it
+                new = []
+            self.refine_queue.extend(new)
+        order = self.rng.permutation(len(self.refine_queue))
+        items = list(self.refine_queue)
+        self.refine_queue = deque(items[i] for i in order)
+        self.refine_rounds += 1
+        self.new_kernels_since_refine = 0
+
+    def _next_spec(self) -> tuple[KernelSpec, Any, Any] | None:
+        for _ in range(400):
+            spec = None
+            if not self._initial_phase():
+                if not self.refine_queue and (self.refine_rounds == 0 or self.new_kernels_since_refine >= 40):
+                    self._refill_refinement()
+                if self.refine_queue and self.rng.random() < 0.7:
+                    spec = self.refine_queue.popleft()
+                    self.summary.refined += 1
+            if spec is None:
+                kind = self.p.kinds[int(self.rng.choice(len(self.p.kinds), p=self.kind_w))]
+                spec = sampling.sample_spec(self.rng, kind)
+            key = spec.key()
+            if key in self.writer or key in self.planned:
+                continue
+            prepared = sampling.prepare(spec, self.p.target.batch)
+            if prepared is None:
+                continue
+            self.planned.add(key)
+            return spec, prepared[0], prepared[1]
+        return None
+
+    def _next_network(self) -> Job | None:
+        for _ in range(50):
+            fam = self.p.families[int(self.net_rng.integers(len(self.p.families)))]
+            spec = sample_network(self.net_rng, fam)
+            key = network_id(spec)
+            if key in self.writer or key in self.planned:
+                continue
+            self.planned.add(key)
+            return self.p._network_job(spec)
+        return None
+
+    def _sentinel_job(self, state: _RunnerState) -> Job:
+        job = self.p._kernel_job(SENTINEL)
+        job.sentinel = True
+        job.payload["cache_key"] = "sentinel"
+        delay = self.p._slow_sentinels.get(state.sentinel_count)
+        if delay:
+            job.payload["delay_ms"] = delay
+        return job
+
+    def next_job(self, state: _RunnerState) -> Job | None:
+        with self.lock:
+            if self.stop.is_set():
+                return None
+            if state.needs_sentinel or state.since_sentinel >= self.p.sentinel_every or \
+                    time.monotonic() - state.last_sentinel_t >= self.p.sentinel_every_s:
+                return self._sentinel_job(state)
+            if self.requeue:
+                return self.requeue.popleft()
+            if self.p.budget_s is not None and self.elapsed() >= self.p.budget_s:
+                self.stop_reason = self.stop_reason or "budget"
+                return None
+            if self._network_due():
+                job = self._next_network()
+                if job is not None:
+                    return job
+            if self._kernels_left():
+                nxt = self._next_spec()
+                if nxt is not None:
+                    return self.p._kernel_job(*nxt)
+                self.stop_reason = self.stop_reason or "exhausted"
+                return None
+            if self.network_target is not None and self.network_rows + self._in_flight("network") < self.network_target:
+                job = self._next_network()
+                if job is not None:
+                    return job
+            if self.in_flight:
+                return "wait"  # type: ignore[return-value]  # another runner may requeue work
+            self.stop_reason = self.stop_reason or ("max_configs" if self.kernel_target is not None else "done")
+            return None
+
+    # ---- results -----------------------------------------------------------------------
+    def complete(self, state: _RunnerState, job: Job, answer: dict[str, Any]) -> None:
+        with self.lock:
+            self.in_flight.pop(job.config_id, None)
+            if not answer.get("ok"):
+                if job.sentinel:
+                    raise ProfilingError(f"{state.label} cannot measure the sentinel kernel: {answer.get('error')}")
+                self.summary.failed.append({"config_id": job.config_id, "kind": job.kind,
+                                            "error": answer.get("error"), "host": state.label})
+                self.fail_streak += 1
+                if self.fail_streak >= 20:
+                    raise ProfilingError(f"{state.label}: 20 configurations in a row failed; the last error: "
+                                         f"{answer.get('error')}")
+                return
+            self.fail_streak = 0
+            stats = answer["stats"]
+            if job.sentinel:
+                self._sentinel_result(state, stats["median_ms"])
+                return
+            row = dict(job.row)
+            row.update({k: stats[k] for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "runs", "ci_rel")})
+            row["remeasured"] = bool(job.remeasure)
+            row["host"] = state.label
+            row["measured_at"] = utc_now()
+            new = job.config_id not in self.writer
+            self.writer.add(row)
+            state.since_good.append(job)
+            state.since_sentinel += 1
+            if new:
+                if job.category == "network":
+                    self.network_rows += 1
+                    self.summary.new_networks += 1
+                else:
+                    self.kernel_rows += 1
+                    self.summary.new_kernels += 1
+                    self.new_kernels_since_refine += 1
+                self.summary.rows_new += 1
+            if job.remeasure:
+                self.summary.remeasured += 1
+            self.p.progress("row", row=row, new=new, kernel_rows=self.kernel_rows, network_rows=self.network_rows,
+                            elapsed=self.elapsed())
+
+    def _sentinel_result(self, state: _RunnerState, median: float) -> None:
+        state.sentinel_count += 1
+        state.last_sentinel_t = time.monotonic()
+        state.since_sentinel = 0
+        if state.baseline is None:
+            state.baseline = median
+            state.needs_sentinel = False
+            self.p.progress("note", message=f"{state.label}: sentinel baseline {median:.3f} ms")
+            return
+        ratio = median / state.baseline
+        if abs(ratio - 1.0) <= self.p.drift_threshold:
+            state.needs_sentinel = False
+            state.bad_streak = 0
+            state.since_good = []
+            return
+        state.bad_streak += 1
+        if state.bad_streak == 1:
+            redo = [j for j in state.since_good]
+            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
+                     "sentinel_ms": median, "baseline_ms": state.baseline, "ratio": ratio,
+                     "remeasure": len(redo)}
+            self.summary.drift_events.append(event)
+            self.drift_log.append(event)
+            self.writer.metadata["drift_events"] = self.drift_log[-200:]
+            for j in redo:
+                j.remeasure = True
+                self.requeue.append(j)
+            state.since_good = []
+            self.p.progress("drift", event=event)
+        if state.bad_streak >= 6:
+            # A lasting change (a new thermal state, a governor): accept it as the new normal.
+            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
+                     "baseline_reset": True, "old_baseline_ms": state.baseline, "baseline_ms": median}
+            self.summary.drift_events.append(event)
+            self.drift_log.append(event)
+            self.writer.metadata["drift_events"] = self.drift_log[-200:]
+            state.baseline = median
+            state.bad_streak = 0
+            state.needs_sentinel = False
+            self.p.progress("drift", event=event)
+            return
+        state.needs_sentinel = True  # measure nothing else until the device is back to normal
+        state.cooldown_s = min(2.0, 0.25 * state.bad_streak)
+
+    # ---- workers -----------------------------------------------------------------------
+    def worker(self, state: _RunnerState) -> None:
+        try:
+            while not self.stop.is_set():
+                job = self.next_job(state)
+                if job is None:
+                    break
+                if job == "wait":
+                    time.sleep(0.05)
+                    continue
+                with self.lock:
+                    if not job.sentinel:
+                        self.in_flight[job.config_id] = job
+                payload = dict(job.payload, id=job.config_id,
+                               session=self.p._session(state.conn.facts or {}, self.threads))
+                try:
+                    answer = state.conn.measure(payload)
+                except ProfilingError as e:
+                    with self.lock:
+                        state.alive = False
+                        self.in_flight.pop(job.config_id, None)
+                        if not job.sentinel:
+                            self.requeue.appendleft(job)
+                            self.planned.discard(job.config_id)
+                        if not any(r.alive for r in self.runners):
+                            self.error = e
+                            self.stop.set()
+                        else:
+                            self.p.progress("note", message=f"{state.label} stopped, continuing without it: {e}")
+                    return
+                self.complete(state, job, answer)
+                if state.cooldown_s:
+                    time.sleep(state.cooldown_s)  # let a drifting device settle
+                    state.cooldown_s = 0.0
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            with self.lock:
+                self.error = self.error or e
+                self.stop.set()
+
+    def execute(self) -> ProfileSummary:
+        p = self.p
+        p.progress("start", target=p.target.name, out=str(self.writer.path), fingerprint=self.fp,
+                   resumed=self.writer.resumed, kernel_rows=self.kernel_rows, network_rows=self.network_rows,
+                   kernel_target=self.kernel_target, network_target=self.network_target, budget_s=p.budget_s,
+                   hosts=[r.label for r in self.runners])
+        threads = [threading.Thread(target=self.worker, args=(r,), daemon=True) for r in self.runners]
+        for t in threads:
+            t.start()
+        interrupted = False
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            interrupted = True
+            self.stop.set()
+            for r in self.runners:
+                r.conn.kill()
+            for t in threads:
+                t.join(5)
+        self.writer.close()
+        s = self.summary
+        s.elapsed_s = self.elapsed()
+        rows = list(self.writer.rows.values())
+        cats = Counter(r.get("category") for r in rows)
+        s.rows_total, s.kernels, s.blocks, s.networks = len(rows), cats["kernel"], cats["block"], cats["network"]
+        s.stopped_by = "interrupted" if interrupted else (self.stop_reason or ("error" if self.error else "done"))
+        if self.error is not None and not interrupted:
+            if isinstance(self.error, ProfilingError):
+                raise ProfilingError(f"{self.error} (the table {self.writer.path} keeps its {len(rows)} rows; "
+                                     f"run again to resume)")
+            raise self.error
+        p.progress("end", summary=s)
+        return s
+
+
+__all__ = ["Profiler", "ProfileSummary", "ProfilingError", "SENTINEL"]

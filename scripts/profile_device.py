@@ -1,0 +1,175 @@
+"""`profile-device`: measure a device into a per-hardware latency table.
+
+A thin layer over `profiling.profiler.Profiler`: it parses options, shows a progress bar
+with an ETA and prints a summary. Every user error is a one-line message and a non-zero
+exit status, never a traceback.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from profiling.errors import ProfilingError
+from profiling.kernels import KINDS
+from profiling.targets import TargetError, list_targets
+
+
+def _print_targets(console: Console, targets_file) -> None:
+    targets = list(list_targets(targets_file).values())
+    width = max(len(t.name) for t in targets)
+    for t in targets:
+        providers = "+".join(p.replace("ExecutionProvider", "") for p in t.providers)
+        console.print(f"{t.name:<{width}}  {providers}, {t.precision}, threads={t.threads or 'all'}, "
+                      f"batch={t.batch}, arch={t.arch or 'any'}", soft_wrap=True)
+        console.print(f"{'':<{width}}  {t.description}", soft_wrap=True, style="dim")
+
+
+class _Progress:
+    """Turns Profiler events into a rich progress bar."""
+
+    def __init__(self, console: Console, quiet: bool):
+        self.console = console
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+        self.by_time = False
+        self.t0 = time.monotonic()
+        self.total = 0
+
+    def __call__(self, event: str, **info) -> None:
+        if event == "start":
+            fp = info["fingerprint"]
+            self.console.print(f"[bold]profiling[/] target [cyan]{info['target']}[/] on "
+                               f"{', '.join(info['hosts'])}: {fp.get('cpu_model')}"
+                               + (f", {fp['gpu']}" if fp.get("gpu") else "")
+                               + f", {fp['runtime']} {fp['runtime_version']} {fp['provider']}, "
+                               f"{fp['threads']} thread(s), {fp['precision']}, batch {fp['batch']}")
+            self.console.print(f"table: {info['out']}" + (f" (resuming: {info['resumed']} rows already measured)"
+                                                           if info["resumed"] else ""))
+            kt, nt = info["kernel_target"], info["network_target"]
+            if kt is not None and nt is not None and not info["budget_s"]:
+                self.total = max(0, kt - info["kernel_rows"]) + max(0, nt - info["network_rows"])
+                self.by_time = False
+            else:
+                self.total = int(info["budget_s"] or 1)
+                self.by_time = True
+            if not self.quiet:
+                self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                    TextColumn("{task.fields[rows]}"), MofNCompleteColumn() if not self.by_time
+                                    else TextColumn(""), TimeElapsedColumn(), TextColumn("ETA"),
+                                    TimeRemainingColumn(), console=self.console, transient=False)
+                self.bar.start()
+                self.task = self.bar.add_task("measuring", total=self.total, rows="")
+        elif event == "row" and self.bar is not None:
+            rows = f"{info['kernel_rows']} kernels+blocks, {info['network_rows']} networks"
+            if self.by_time:
+                self.bar.update(self.task, completed=min(self.total, info["elapsed"]), rows=rows)
+            elif info["new"]:
+                self.bar.update(self.task, advance=1, rows=rows)
+            else:
+                self.bar.update(self.task, rows=rows)
+        elif event == "drift":
+            e = info["event"]
+            msg = (f"[yellow]drift[/] on {e['host']}: baseline reset to {e['baseline_ms']:.3f} ms"
+                   if e.get("baseline_reset") else
+                   f"[yellow]drift[/] on {e['host']}: sentinel {e['sentinel_ms']:.3f} ms vs baseline "
+                   f"{e['baseline_ms']:.3f} ms ({(e['ratio'] - 1) * 100:+.0f}%): re-measuring {e['remeasure']} configurations")
+            self.console.print(msg)
+        elif event == "note" and not self.quiet:
+            self.console.print(f"[dim]{info['message']}[/]")
+        elif event == "end":
+            self.stop()
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            if self.by_time and self.task is not None:
+                self.bar.update(self.task, completed=self.total)
+            self.bar.stop()
+            self.bar = None
+
+
+def _print_summary(console: Console, s) -> None:
+    console.print(f"[bold green]done[/] ({s.stopped_by}) in {s.elapsed_s:.0f} s: {s.rows_new} new rows "
+                  f"({s.new_kernels} kernels+blocks, {s.new_networks} networks"
+                  + (f", {s.refined} from adaptive refinement" if s.refined else "") + ")")
+    console.print(f"table {s.out_path}: {s.rows_total} rows ({s.kernels} kernels, {s.blocks} blocks, "
+                  f"{s.networks} networks), fingerprint {s.fingerprint_hash}")
+    drift = [e for e in s.drift_events if not e.get("baseline_reset")]
+    resets = len(s.drift_events) - len(drift)
+    console.print(f"drift events: {len(drift)}" + (f" (+{resets} baseline resets)" if resets else "")
+                  + f", re-measured configurations: {s.remeasured}"
+                  + (f", failed configurations: {len(s.failed)}" if s.failed else ""))
+    for f in s.failed[:5]:
+        console.print(f"  [red]failed[/] {f['kind']} {f['config_id']}: {f['error']}")
+
+
+def _parse_kinds(text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    bad = [k for k in kinds if k not in KINDS and k != "network"]
+    if bad:
+        raise click.BadParameter(f"unknown kind(s) {', '.join(bad)}; valid kinds: {', '.join(KINDS)}, network",
+                                 param_hint="--kinds")
+    return kinds
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--target", "target_name", default="local-cpu", show_default=True, help="Target preset (see --list-targets).")
+@click.option("--targets-file", type=click.Path(dir_okay=False), help="TOML file with [targets.NAME] tables.")
+@click.option("--list-targets", "show_targets", is_flag=True, help="List the targets and exit.")
+@click.option("--host", "hosts", multiple=True, metavar="USER@HOST[:PORT]",
+              help="Measure on this device over SSH; repeat for several identical devices.")
+@click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (passed as ssh -F).")
+@click.option("--remote-python", default="python3", show_default=True, help="Python on the device.")
+@click.option("--out", type=click.Path(), help="Output table (.parquet) or directory; default: a name from the fingerprint.")
+@click.option("--budget-minutes", type=float, help="Stop after this many minutes.")
+@click.option("--max-configs", type=int, help="Kernel and block configurations in the table (default 5000 without a budget).")
+@click.option("--networks", type=int, help="Whole networks in the table (default: 6%% of --max-configs).")
+@click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
+         max_configs, networks, kinds_text, seed, resume, quiet):
+    """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
+    console = Console(stderr=False, highlight=False)
+    err = Console(stderr=True, highlight=False)
+    if show_targets:
+        try:
+            _print_targets(console, targets_file)
+        except TargetError as e:
+            err.print(f"[red]error:[/] {e}", soft_wrap=True)
+            sys.exit(2)
+        return
+    from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
+
+    kinds = _parse_kinds(kinds_text)
+    progress = _Progress(console, quiet)
+    try:
+        profiler = Profiler(target_name, out, hosts=list(hosts), kinds=kinds, budget_minutes=budget_minutes,
+                            max_configs=max_configs, networks=networks, seed=seed, resume=resume,
+                            targets_file=targets_file, ssh_config=ssh_config, remote_python=remote_python,
+                            progress=progress)
+        summary = profiler.run()
+    except ProfilingError as e:
+        progress.stop()
+        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        progress.stop()
+        err.print("interrupted: the table keeps every row measured so far; run the same command to resume")
+        sys.exit(130)
+    progress.stop()
+    _print_summary(console, summary)
+    if summary.stopped_by == "interrupted":
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
