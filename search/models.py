@@ -124,10 +124,13 @@ def load_predictor(path: str | Path):
         from predictors import Predictor  # type: ignore
     except ImportError:
         try:
-            from predictors.predictor import Predictor  # type: ignore
+            from predictors.model import Predictor  # type: ignore
         except ImportError as e:
             raise SearchError(f"the predictors package cannot load {p}: {e}") from None
-    return Predictor.load(p)
+    try:
+        return Predictor.load(p)
+    except Exception as e:
+        raise SearchError(f"cannot load predictor {p}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- accuracy

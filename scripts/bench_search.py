@@ -1,0 +1,140 @@
+"""NB201 benchmark of the search: budgets at the 25th/50th/75th latency percentile of each device.
+
+    python -m scripts.bench_search [--shared ../shared] [--work /tmp/hwnas-bench] [--out bench.json]
+
+For every (device, budget) it runs `search --space nb201 --benchmark CSV:DEVICE` (NSGA-II on
+proxy-estimated accuracy and the few-shot-adapted latency, at most 50 lookups) and the random-
+search baseline with the same number of lookups (random cells measured, the one with the
+highest estimated accuracy under budget chosen). It reports, from the CSV's `val_acc` read
+only after the choice, the gap to the best cell under the budget. Proxy scores are computed on
+demand on a CIFAR-10 batch (the shared JPEG tarball, extracted under --work) and cached per
+cell there, so the cells the searches visit are scored once across all runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+DEVICES = ("edgegpu", "raspi4", "edgetpu", "pixel3")
+PERCENTILES = (25, 50, 75)
+
+
+def extract_cifar(shared: Path, work: Path) -> Path:
+    root = work / "cifar10"
+    if (root / ".done").exists():
+        return root
+    tar = shared / "data" / "cifar10" / "cifar10-jpeg.tar.gz"
+    if not tar.exists():
+        raise click.ClickException(f"{tar} not found: pass --shared")
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tar) as t:
+        t.extractall(root, filter="data")
+    (root / ".done").write_text("ok")
+    return root
+
+
+def find_train_dir(root: Path) -> Path:
+    for p in [root, *sorted(root.rglob("*"))]:
+        if p.is_dir() and (p / "train").is_dir():
+            return p
+    raise click.ClickException(f"no train/ directory under {root}")
+
+
+def random_baseline(space, evaluator, device, budget, n_measure, seed):
+    """Random search with n_measure lookups: measure random cells, keep the best estimated under budget."""
+    rng = np.random.default_rng(seed)
+    seen, cands = set(), []
+    while len(cands) < n_measure:
+        a = space.sample(rng)
+        k = space.to_string(a)
+        if k in seen:
+            continue
+        seen.add(k)
+        cands.append(a)
+    cs = evaluator.evaluate(cands)
+    ok = []
+    for c in cs:
+        ms = device.lookup(c.key)
+        if ms <= budget:
+            ok.append(c)
+    return max(ok, key=lambda c: c.accuracy) if ok else None
+
+
+@click.command()
+@click.option("--shared", type=click.Path(file_okay=False), default="../shared", show_default=True)
+@click.option("--work", type=click.Path(file_okay=False), default="/tmp/hwnas-bench", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="JSON results (default WORK/bench.json)")
+@click.option("--devices", default=",".join(DEVICES), show_default=True)
+@click.option("--population", type=int, default=16, show_default=True)
+@click.option("--generations", type=int, default=5, show_default=True)
+@click.option("--max-measurements", type=int, default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def main(shared, work, out, devices, population, generations, max_measurements, seed):
+    import torch
+    torch.set_num_threads(1)
+    from search.benchmark import BenchmarkDevice, ground_truth
+    from search.problem import Evaluator
+    from search.run import SearchConfig, run_search
+
+    shared, work = Path(shared), Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    csv = shared / "data" / "nb201" / "nb201_cifar10.csv"
+    data_dir = find_train_dir(extract_cifar(shared, work))
+    rows = []
+    t_all = time.monotonic()
+    for dev in devices.split(","):
+        probe = BenchmarkDevice(csv, dev)
+        for q in PERCENTILES:
+            budget = probe.percentile(q)
+            t0 = time.monotonic()
+            cfg = SearchConfig(space="nb201", data=str(data_dir), benchmark=f"{csv}:{dev}", latency_budget_ms=budget,
+                               population=population, generations=generations, max_measurements=max_measurements,
+                               finalists=5, out=str(work / "runs" / f"{dev}-p{q}"), cache_dir=str(work / "cache"),
+                               seed=seed, budget_minutes=30, progress=False, export_best=False,
+                               data_max_per_class=100, proxy_batch=32)
+            res = run_search(cfg)
+            gt = res.ground_truth
+            # random search with the same number of lookups, same accuracy estimator
+            rdev = BenchmarkDevice(csv, dev, max_measurements=res.n_measurements)
+            from search import setup
+            data = setup.load_data(cfg.data, cfg.seed, max_per_class=cfg.data_max_per_class)
+            space = setup.make_space("nb201", data)
+            acc = setup.accuracy_model(cfg, space, data, Path(cfg.cache_dir), lambda m: None)
+            ev = Evaluator(space, acc, setup.latency_model(None, space, None))
+            rbest = random_baseline(space, ev, rdev, budget, res.n_measurements, seed + 1)
+            rgt = ground_truth(csv, dev, budget, rbest.key if rbest else None)
+            row = {"device": dev, "percentile": q, "budget_ms": round(budget, 4),
+                   "best_val_acc": gt.best_val_acc, "chosen": res.best.key if res.best else None,
+                   "chosen_val_acc": gt.chosen_val_acc, "chosen_ms": gt.chosen_ms,
+                   "gap": None if gt.gap is None else round(gt.gap, 2),
+                   "measurements": res.n_measurements, "evaluated": res.n_evaluated,
+                   "random_val_acc": rgt.chosen_val_acc,
+                   "random_gap": None if rgt.gap is None else round(rgt.gap, 2),
+                   "seconds": round(time.monotonic() - t0, 1)}
+            rows.append(row)
+            click.echo(json.dumps(row))
+    gaps = [r["gap"] for r in rows if r["gap"] is not None]
+    rgaps = [r["random_gap"] for r in rows if r["random_gap"] is not None]
+    summary = {"runs": len(rows), "mean_gap": float(np.mean(gaps)) if gaps else None,
+               "within_0.5": int(sum(g <= 0.5 for g in gaps)),
+               "mean_random_gap": float(np.mean(rgaps)) if rgaps else None,
+               "max_measurements": max(r["measurements"] for r in rows) if rows else 0,
+               "seconds": round(time.monotonic() - t_all, 1)}
+    click.echo(json.dumps(summary))
+    out = Path(out) if out else work / "bench.json"
+    out.write_text(json.dumps({"rows": rows, "summary": summary}, indent=2))
+    click.echo("| device | pct | budget ms | best val_acc | chosen val_acc | gap | lookups | random gap |")
+    click.echo("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        click.echo(f"| {r['device']} | {r['percentile']} | {r['budget_ms']:.3f} | {r['best_val_acc']:.2f} | "
+                   f"{r['chosen_val_acc']} | {r['gap']} | {r['measurements']} | {r['random_gap']} |")
+
+
+if __name__ == "__main__":
+    main()
