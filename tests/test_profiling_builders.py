@@ -1,0 +1,125 @@
+"""Every kind builds a valid ONNX graph that onnxruntime runs, with the right shapes."""
+import time
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from profiling.builders import build_model, decompose, materialize, output_shapes, weight_fills
+from profiling.kernels import KINDS, KernelSpec
+from profiling.networks import FAMILIES, build_network, network_kernels, sample_network
+from profiling.onnx_stats import model_stats
+
+SPECS = {
+    "conv": [dict(cin=16, cout=32, h=20, w=20, kernel=3, stride=2),
+             dict(cin=24, cout=24, h=14, w=14, kernel=5, stride=1, groups=24, act="silu"),
+             dict(cin=16, cout=32, h=9, w=9, kernel=3, stride=1, groups=4, bn=False, act="gelu")],
+    "conv_add": [dict(cin=16, cout=16, h=14, w=14, kernel=1, stride=1, act="none"),
+                 dict(cin=8, cout=16, h=15, w=15, kernel=3, stride=2, act="relu6")],
+    "linear": [dict(tokens=1, cin=64, cout=10, act="hardswish"), dict(tokens=17, cin=32, cout=96, act="gelu")],
+    "matmul": [dict(heads=2, m=17, k=16, n=17)],
+    "softmax": [dict(heads=2, m=17, n=17)],
+    "layernorm": [dict(tokens=17, dim=32)],
+    "pool": [dict(op="max", c=8, h=15, w=15, kernel=3, stride=2), dict(op="avg", c=8, h=16, w=16, kernel=2, stride=2)],
+    "global_pool": [dict(c=8, h=7, w=7), dict(op="max", c=8, h=5, w=3)],
+    "elementwise": [dict(op="mul", c=8, h=7, w=7, broadcast=True), dict(op="add", c=8, h=7, w=7)],
+    "activation": [dict(act=a, c=4, h=5, w=5) for a in ("relu", "relu6", "hardswish", "silu", "gelu", "sigmoid", "hardsigmoid")],
+    "concat": [dict(c1=8, c2=4, h=6, w=6)],
+    "reshape": [dict(c=8, h=6, w=5)],
+    "transpose": [dict(c=8, h=6, w=5)],
+    "channel_shuffle": [dict(c=12, h=5, w=5, groups=3)],
+    "resize": [dict(c=4, h=7, w=7, scale=2), dict(c=4, h=5, w=5, scale=4, mode="linear")],
+    "mbconv": [dict(cin=16, cout=16, h=14, w=14, expand=4, kernel=5, stride=1, se=True, act="hardswish"),
+               dict(cin=16, cout=24, h=14, w=14, expand=1, kernel=3, stride=2)],
+    "resnet_basic": [dict(cin=16, cout=32, h=16, w=16, stride=2), dict(cin=16, cout=16, h=8, w=8, stride=1)],
+    "resnet_bottleneck": [dict(cin=32, mid=16, cout=64, h=8, w=8, stride=1, groups=4)],
+    "se": [dict(c=32, h=7, w=7)],
+    "transformer": [dict(tokens=17, dim=32, heads=4, mlp_ratio=2.0)],
+}
+CASES = [KernelSpec.make(k, **p) for k, ps in SPECS.items() for p in ps]
+
+
+def _run(model, tmp_path, batch=1):
+    path = materialize(model, str(tmp_path))
+    onnx.checker.check_model(path, full_check=True)  # with its (random) external weights in place
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feeds = {i.name: np.random.default_rng(0).uniform(-1, 1, i.shape).astype(np.float32) for i in sess.get_inputs()}
+    return sess.run(None, feeds)
+
+
+def test_every_kind_is_covered():
+    assert set(SPECS) == set(KINDS)
+
+
+@pytest.mark.parametrize("spec", CASES, ids=lambda s: s.kind)
+def test_builds_and_runs(spec, tmp_path):
+    model = build_model(spec)
+    out = _run(model, tmp_path)
+    assert list(out[0].shape) == output_shapes(model)[0]
+    assert np.isfinite(out[0]).all()
+
+
+def test_batch_and_expected_shapes(tmp_path):
+    spec = KernelSpec.make("conv", cin=8, cout=16, h=15, w=15, kernel=3, stride=2)
+    out = _run(build_model(spec, batch=3), tmp_path)
+    assert out[0].shape == (3, 16, 8, 8)
+    t = KernelSpec.make("transformer", tokens=10, dim=24, heads=3)
+    assert _run(build_model(t, batch=2), tmp_path)[0].shape == (2, 10, 24)
+
+
+def test_weights_are_external_and_building_is_cheap():
+    spec = KernelSpec.make("conv", cin=1024, cout=1024, h=7, w=7, kernel=3, stride=1)
+    model = build_model(spec)
+    assert len(model.SerializeToString()) < 4000  # 9.4M weights, none of them shipped
+    fills = {f["fill"] for f in weight_fills(model)}
+    assert fills == {"normal", "positive", "small"}  # BN variance and scale positive
+    w = next(f for f in weight_fills(model) if f["numel"] == 1024 * 1024 * 9)
+    assert w["scale"] == pytest.approx(1 / np.sqrt(1024 * 9))
+    t0 = time.perf_counter()
+    for s in CASES:
+        build_model(s)
+    assert (time.perf_counter() - t0) / len(CASES) < 0.02
+
+
+def test_flops_columns():
+    spec = KernelSpec.make("conv", cin=16, cout=32, h=20, w=20, kernel=3, stride=2, bn=False, act="none")
+    st = model_stats(build_model(spec))
+    macs = 32 * 10 * 10 * 16 * 9
+    assert st.flops == 2 * macs + 32 * 10 * 10  # FLOPs = 2 x MACs (+ bias)
+    assert st.params == 32 * 16 * 9 + 32
+    lin = model_stats(build_model(KernelSpec.make("linear", tokens=1, cin=64, cout=10)))
+    assert lin.flops == 2 * 64 * 10 + 10
+
+
+def test_decompose_blocks_chain_kernels():
+    for spec in CASES:
+        parts = decompose(spec)
+        if spec.category == "kernel":
+            assert parts == [spec]
+        else:
+            assert all(p.category == "kernel" for p in parts) and len(parts) >= 2
+    mb = KernelSpec.make("mbconv", cin=16, cout=16, h=14, w=14, expand=4, kernel=5, stride=1, se=True, act="hardswish")
+    assert [p.kind for p in decompose(mb)] == ["conv", "conv", "global_pool", "conv", "conv", "elementwise", "conv_add"]
+    dw = decompose(mb)[1]
+    assert dw.params["groups"] == dw.params["cin"] == 64 and dw.params["kernel"] == 5
+    assert decompose(mb)[4].params["act"] == "hardsigmoid"  # SE gate of a hardswish MBConv
+    # The decomposition's FLOPs add up to the block's.
+    block = model_stats(build_model(mb)).flops
+    parts = sum(model_stats(build_model(p)).flops for p in decompose(mb))
+    assert parts == pytest.approx(block, rel=0.01)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_networks_build_and_run(family, tmp_path):
+    rng = np.random.default_rng(3)
+    spec = sample_network(rng, family, max_flops=3e8)
+    assert sample_network(np.random.default_rng(3), family, max_flops=3e8) == spec  # deterministic
+    import json
+    assert json.loads(json.dumps(spec)) == spec
+    model = build_network(spec)
+    out = _run(model, tmp_path)
+    assert out[0].shape == (1, spec["num_classes"]) and np.isfinite(out[0]).all()
+    assert len(network_kernels(spec)) >= 5
