@@ -1,0 +1,196 @@
+"""Accuracy-estimation benchmarks: zero-cost proxies and the supernet on NAS-Bench-201 / CIFAR-10.
+
+Needs the reference data at ``../shared`` (see ``../shared/README.md``). Expensive results are
+cached as CSV files under ``--cache`` (default ``/tmp/hwnas-bench``), so a rerun only prints.
+
+    taskset -c 0 python -m scripts.bench_accuracy proxies   # 11 proxies on 1,000 NB201 cells
+    taskset -c 0 python -m scripts.bench_accuracy supernet  # supernet ranking (Kendall tau)
+    taskset -c 0 python -m scripts.bench_accuracy report    # prints every figure from the caches
+
+Subcommands ``proxies`` and ``supernet`` also print their figures when done.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+NB201_CSV = SHARED / "nb201" / "nb201_cifar10.csv"
+ZC_CSV = SHARED / "nb201" / "nb201_zc_proxies_cifar10.csv"
+CIFAR_TGZ = SHARED / "cifar10" / "cifar10-jpeg.tar.gz"
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+#: our proxy name -> the reference table's column
+REF_COLUMN = {"flops": "flops", "params": "params", "synflow": "synflow", "nwot": "nwot", "jacob_cov": "jacov",
+              "snip": "snip", "grad_norm": "grad_norm", "fisher": "fisher", "grasp": "grasp", "zen": "zen"}
+
+
+def _need_shared() -> None:
+    missing = [p for p in (NB201_CSV, ZC_CSV, CIFAR_TGZ) if not p.exists()]
+    if missing:
+        sys.exit(f"reference data missing: {', '.join(map(str, missing))} (expected ../shared, see shared/README.md)")
+
+
+def cifar_dir(cache: Path) -> Path:
+    """CIFAR-10 extracted once under the cache directory (never inside the repository)."""
+    d = cache / "cifar10"
+    if not (d / "train").is_dir():
+        d.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(CIFAR_TGZ) as tf:
+            tf.extractall(d, filter="data")
+    if not (d / "train").is_dir():  # the archive may hold a top-level folder
+        sub = [p for p in d.iterdir() if (p / "train").is_dir()]
+        if sub:
+            return sub[0]
+    return d
+
+
+def proxy_batch(cache: Path, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    from search.data import load_dataset
+    ds = load_dataset(cifar_dir(cache), split="train", max_per_class=50, seed=seed).normalized(CIFAR_MEAN, CIFAR_STD)
+    return ds.batch(n, seed=seed)
+
+
+def bench_cells(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` random cells of the reference proxy table joined with their accuracies."""
+    ref = pd.read_csv(ZC_CSV)
+    acc = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc", "test_acc"])
+    df = ref.merge(acc, on="arch")
+    return df.sample(n=n, random_state=seed).reset_index(drop=True)
+
+
+def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_s: float, timing_cells: int = 30) -> Path:
+    from search.proxies import PROXIES, compute_proxies
+    from search.spaces import get_space
+    torch.set_num_threads(1)
+    cache.mkdir(parents=True, exist_ok=True)
+    out = cache / f"nb201_proxies_b{batch}.csv"
+    cells = bench_cells(n_cells)
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["arch"])
+    have = set(done["arch"])
+    x, y = proxy_batch(cache, batch)
+    space = get_space("nb201")
+    names = [p for p in PROXIES if p != "grasp"]
+    t_start = time.time()
+    rows = []
+    for k, arch in enumerate(cells["arch"]):
+        if arch in have:
+            continue
+        if time.time() - t_start > budget_s:
+            click.echo(f"time budget reached after {len(rows)} new cells")
+            break
+        torch.manual_seed(0)
+        net = space.build(space.from_string(arch))
+        row: dict = {"arch": arch}
+        if k < timing_cells:  # each proxy on its own, timed
+            for p in names + (["grasp"] if k < grasp_cells else []):
+                t = time.perf_counter()
+                row[p] = compute_proxies(net, x, y, [p], seed=0)[p]
+                row[f"t_{p}"] = time.perf_counter() - t
+        else:  # all together: snip, grad_norm and fisher share one backward pass (same values)
+            t = time.perf_counter()
+            row.update(compute_proxies(net, x, y, names + (["grasp"] if k < grasp_cells else []), seed=0))
+            row["t_all"] = time.perf_counter() - t
+        rows.append(row)
+        if len(rows) % 20 == 0:
+            pd.concat([done, pd.DataFrame(rows)]).to_csv(out, index=False)
+            click.echo(f"{len(have) + len(rows)}/{n_cells} cells, {time.time() - t_start:.0f} s")
+    pd.concat([done, pd.DataFrame(rows)]).to_csv(out, index=False)
+    return out
+
+
+def proxy_report(cache: Path, batch: int, n_cells: int = 1000, n_labels: int = 100, reps: int = 10) -> dict:
+    from search.estimator import DEFAULT_ENSEMBLE, RankEnsemble, SupervisedEstimator
+    from search.spaces import get_space
+    path = cache / f"nb201_proxies_b{batch}.csv"
+    if not path.exists():
+        sys.exit(f"no cached proxies at {path}; run the 'proxies' subcommand first")
+    mine = pd.read_csv(path)
+    ref_cols = ["epe_nas", "fisher", "flops", "grad_norm", "grasp", "jacov", "l2_norm", "nwot", "params", "plain",
+                "snip", "synflow", "zen"]
+    cells = bench_cells(n_cells).rename(columns={c: "ref_" + c for c in ref_cols})
+    df = cells.merge(mine, on="arch")
+    click.echo(f"NB201 CIFAR-10: {len(df)} cells (fully reachable), one CIFAR-10 batch of {batch}")
+    click.echo(f"{'proxy':<10} {'n':>5} {'rho(ref)':>9} {'rho(val) ours':>14} {'rho(val) ref':>13} {'ms/arch':>8}")
+    res: dict = {"cells": len(df), "proxies": {}}
+    for p in list(REF_COLUMN) + ["zico"]:
+        if p not in df or not df[p].notna().any():
+            continue
+        sub = df[df[p].notna()]
+        ref_col = sub["ref_" + REF_COLUMN[p]] if p in REF_COLUMN else None
+        r_ref = spearmanr(sub[p], ref_col, nan_policy="omit").statistic if ref_col is not None else float("nan")
+        r_val = spearmanr(sub[p], sub["val_acc"], nan_policy="omit").statistic
+        r_val_ref = spearmanr(ref_col, sub["val_acc"], nan_policy="omit").statistic if ref_col is not None else float("nan")
+        ms = 1000 * sub[f"t_{p}"].mean()  # timed on the first cells only
+        res["proxies"][p] = {"n": len(sub), "spearman_ref": float(r_ref), "spearman_val": float(r_val),
+                             "ref_spearman_val": float(r_val_ref), "ms": float(ms)}
+        click.echo(f"{p:<10} {len(sub):>5} {r_ref:>9.3f} {r_val:>14.3f} {r_val_ref:>13.3f} {ms:>8.0f}")
+    ens = RankEnsemble(DEFAULT_ENSEMBLE)
+    r_ens = spearmanr(ens.predict(df), df["val_acc"]).statistic
+    click.echo(f"unsupervised rank ensemble {DEFAULT_ENSEMBLE}: Spearman with val_acc = {r_ens:.3f}")
+    res["ensemble"] = {"columns": list(DEFAULT_ENSEMBLE), "spearman_val": r_ens}
+    # supervised: n_labels random cells with val_acc as labels, scored on the rest
+    space = get_space("nb201")
+    enc = space.encode_batch([space.from_string(a) for a in df["arch"]])
+    feats = [p for p in REF_COLUMN if p != "grasp"] + ["zico"]
+    rhos = []
+    for rep in range(reps):
+        rng = np.random.default_rng(rep)
+        idx = rng.permutation(len(df))
+        tr, te = idx[:n_labels], idx[n_labels:]
+        est = SupervisedEstimator(seed=rep).fit(df.iloc[tr][feats], df.iloc[tr]["val_acc"].to_numpy(), encodings=enc[tr])
+        rhos.append(spearmanr(est.predict(df.iloc[te][feats], encodings=enc[te]), df.iloc[te]["val_acc"]).statistic)
+    click.echo(f"supervised (LightGBM on proxies + encoding, {n_labels} labels, scored on the other {len(df) - n_labels}): "
+               f"Spearman {np.mean(rhos):.3f} +- {np.std(rhos):.3f} over {reps} draws")
+    res["supervised"] = {"labels": n_labels, "spearman_mean": float(np.mean(rhos)), "spearman_std": float(np.std(rhos))}
+    total_ms = sum(v["ms"] for v in res["proxies"].values())
+    click.echo(f"all {len(res['proxies'])} proxies: {total_ms / 1000:.2f} s per architecture "
+               f"(1 core, batch {batch}, each proxy computed separately)")
+    return res
+
+
+@click.group()
+def main() -> None:
+    """Accuracy-estimation benchmarks (see the module docstring)."""
+    _need_shared()
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-bench"), show_default=True)
+@click.option("--cells", default=1000, show_default=True, help="NB201 cells (from the reference proxy table)")
+@click.option("--grasp-cells", default=200, show_default=True, help="grasp (the costliest proxy) on the first N cells only")
+@click.option("--batch", default=64, show_default=True)
+@click.option("--budget-s", default=1e9, help="stop computing after this many seconds (cached rows are kept)")
+def proxies(cache: Path, cells: int, grasp_cells: int, batch: int, budget_s: float) -> None:
+    """Compute (or complete) the cached proxies, then print the report."""
+    run_proxies(cache, cells, grasp_cells, batch, budget_s)
+    proxy_report(cache, batch, cells)
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-bench"), show_default=True)
+@click.option("--batch", default=64, show_default=True)
+def report(cache: Path, batch: int) -> None:
+    """Print every figure from the caches."""
+    res = {"proxies": proxy_report(cache, batch)}
+    sn = cache / "supernet" / "result.json"
+    if sn.exists():
+        res["supernet"] = json.loads(sn.read_text())
+        click.echo(json.dumps(res["supernet"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
