@@ -1,0 +1,205 @@
+"""Features of kernel specs and of whole candidate networks.
+
+One code path for profiled and detected kernels: a table row is turned back into its
+`KernelSpec` (`KernelSpec.from_dict`) and a detected kernel already is one, and both go
+through `spec_features(spec, batch)`, cached by `spec.key()`-equivalent tuples. FLOPs,
+parameters and bytes follow `profiling.onnx_stats` (FLOPs = 2 x MACs, bytes = inputs +
+weights + outputs in fp32) but are computed from the spec's parameters, so the batch path
+needs no ONNX graph; `tests/test_predictor.py` checks them against `model_stats` of the
+profiling builders' graphs.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+from profiling.kernels import ACTIVATIONS, KINDS, KernelSpec
+
+NUMERIC_PARAMS = ("cin", "cout", "h", "w", "kernel", "stride", "groups", "tokens", "heads", "m", "k", "n",
+                  "dim", "c", "c1", "c2", "scale")
+CATEGORICAL = {"act": ACTIVATIONS, "op": ("max", "avg", "add", "mul"), "mode": ("nearest", "linear")}
+FLAGS = ("bn", "bias", "broadcast")
+DERIVED = ("log_flops", "log_bytes", "log_params", "intensity", "log_in", "log_out", "log_out_hw",
+           "depthwise", "cin_per_group", "log_macs_per_out")
+KERNEL_FEATURES: tuple[str, ...] = (*NUMERIC_PARAMS, *CATEGORICAL, *FLAGS, *DERIVED)
+KERNEL_KINDS = tuple(k for k, s in KINDS.items() if s.category == "kernel")
+
+# Coarse groups of kernels: the graph model's and the adapter's features sum per group.
+GROUPS = ("conv1x1", "convkxk", "dwconv", "linear", "attention", "norm", "memory", "pool", "unknown")
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def spec_group(spec: KernelSpec) -> str:
+    k, p = spec.kind, spec.params
+    if k in ("conv", "conv_add"):
+        if p["groups"] > 1 and p["groups"] == p["cin"]:
+            return "dwconv"
+        return "conv1x1" if p["kernel"] == 1 else "convkxk"
+    if k == "linear":
+        return "linear"
+    if k in ("matmul", "softmax"):
+        return "attention"
+    if k == "layernorm":
+        return "norm"
+    if k in ("pool", "global_pool"):
+        return "pool"
+    return "memory"
+
+
+def spec_stats(spec: KernelSpec, batch: int = 1) -> tuple[float, float, float, float, float]:
+    """(flops, params, bytes, input elements, output elements) of one kernel spec."""
+    k, p = spec.kind, spec.params
+    if k in ("conv", "conv_add"):
+        oh, ow = conv_out(p["h"], p["kernel"], p["stride"]), conv_out(p["w"], p["kernel"], p["stride"])
+        out = batch * p["cout"] * oh * ow
+        inp = batch * p["cin"] * p["h"] * p["w"]
+        wparams = p["cout"] * (p["cin"] // p["groups"]) * p["kernel"] ** 2
+        params = wparams + (p["cout"] if p["bn"] else 0)
+        flops = 2.0 * out * (p["cin"] // p["groups"]) * p["kernel"] ** 2 + (out if p["bn"] else 0)
+        if k == "conv_add":
+            inp += out
+            flops += out
+        flops += out * _ACT_COST.get(p["act"], 0)
+    elif k == "linear":
+        rows = batch * p["tokens"]
+        inp, out = rows * p["cin"], rows * p["cout"]
+        params = p["cin"] * p["cout"] + (p["cout"] if p["bias"] else 0)
+        flops = 2.0 * out * p["cin"] + (out if p["bias"] else 0) + out * _ACT_COST.get(p["act"], 0)
+    elif k == "matmul":
+        inp = batch * p["heads"] * (p["m"] * p["k"] + p["k"] * p["n"])
+        out = batch * p["heads"] * p["m"] * p["n"]
+        params, flops = 0, 2.0 * out * p["k"]
+    elif k == "softmax":
+        inp = out = batch * p["heads"] * p["m"] * p["n"]
+        params, flops = 0, 5.0 * out
+    elif k == "layernorm":
+        inp = out = batch * p["tokens"] * p["dim"]
+        params, flops = 2 * p["dim"], 8.0 * out
+    elif k == "pool":
+        oh, ow = conv_out(p["h"], p["kernel"], p["stride"]), conv_out(p["w"], p["kernel"], p["stride"])
+        inp, out = batch * p["c"] * p["h"] * p["w"], batch * p["c"] * oh * ow
+        params, flops = 0, float(out * p["kernel"] ** 2)
+    elif k == "global_pool":
+        inp, out = batch * p["c"] * p["h"] * p["w"], batch * p["c"]
+        params, flops = 0, float(inp)
+    elif k == "elementwise":
+        out = batch * p["c"] * p["h"] * p["w"]
+        inp = out + (batch * p["c"] if p["broadcast"] else out)
+        params, flops = 0, float(out)
+    elif k == "activation":
+        inp = out = batch * p["c"] * p["h"] * p["w"]
+        params, flops = 0, float(out * max(1, _ACT_COST.get(p["act"], 1)))
+    elif k == "concat":
+        inp = out = batch * (p["c1"] + p["c2"]) * p["h"] * p["w"]
+        params, flops = 0, 0.0
+    elif k in ("reshape", "transpose", "channel_shuffle"):
+        inp = out = batch * p["c"] * p["h"] * p["w"]
+        params, flops = 0, 0.0
+    elif k == "resize":
+        inp = batch * p["c"] * p["h"] * p["w"]
+        out = inp * p["scale"] ** 2
+        params, flops = 0, float(out * (1 if p["mode"] == "nearest" else 4))
+    else:
+        raise ValueError(f"spec_stats: {k} is a block; expand it with profiling.builders.decompose first")
+    nbytes = 4.0 * (inp + out + params)
+    return float(flops), float(params), nbytes, float(inp), float(out)
+
+
+_ACT_COST = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 4, "hardsigmoid": 3, "sigmoid": 4, "silu": 5,
+             "gelu": 8}
+
+
+def _log(x: float) -> float:
+    return math.log2(x + 1.0)
+
+
+def spec_key(spec: KernelSpec) -> tuple:
+    return (spec.kind, *spec.params.values())
+
+
+@lru_cache(maxsize=200_000)
+def _features_cached(key: tuple, batch: int) -> tuple:
+    spec = KernelSpec(key[0], dict(zip(KINDS[key[0]].params, key[1:])))
+    return tuple(_features(spec, batch))
+
+
+def _features(spec: KernelSpec, batch: int) -> list[float]:
+    p = spec.params
+    row = [float(p[n]) if n in p else math.nan for n in NUMERIC_PARAMS]
+    for name, values in CATEGORICAL.items():
+        row.append(float(values.index(p[name])) if name in p and p[name] in values else math.nan)
+    row += [float(bool(p[f])) if f in p else math.nan for f in FLAGS]
+    flops, params, nbytes, inp, out = spec_stats(spec, batch)
+    groups = p.get("groups", 1)
+    cin = p.get("cin", p.get("c", 0))
+    depthwise = float(groups > 1 and groups == cin)
+    out_hw = out / max(1.0, float(p.get("cout", p.get("c", 1))) * batch)
+    row += [_log(flops), _log(nbytes), _log(params), flops / nbytes if nbytes else 0.0, _log(inp), _log(out),
+            _log(out_hw), depthwise, float(cin / groups) if cin else math.nan,
+            _log(flops / max(out, 1.0))]
+    return row
+
+
+def spec_features(spec: KernelSpec, batch: int = 1) -> tuple:
+    """The feature row of one kernel spec (KERNEL_FEATURES order); cached."""
+    return _features_cached(spec_key(spec), batch)
+
+
+def feature_matrix(specs, batch: int = 1) -> np.ndarray:
+    return np.array([spec_features(s, batch) for s in specs], dtype=np.float64).reshape(len(specs), len(KERNEL_FEATURES))
+
+
+# ---- graph-level features ---------------------------------------------------------------
+# Per spec: a row of additive quantities; a candidate's features are sums (and one max)
+# over its specs, so the batch path computes them with one reduceat.
+ADDITIVE = ("ms", "flops", "bytes", "params", "count", "branch", "small",
+            *(f"ms_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS))
+GRAPH_FEATURES = ("log_sum_ms", "log_flops", "log_bytes", "log_params", "n_kernels", "log_peak_act",
+                  "branching", "small_share", "log_mean_ms", "intensity",
+                  *(f"share_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS))
+_GI = {g: i for i, g in enumerate(GROUPS)}
+
+
+def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarray, float]:
+    """The additive row of a kernel (given its predicted ms) and its output size (for the max)."""
+    flops, params, nbytes, _, out = spec_stats(spec, batch)
+    g = _GI[spec_group(spec)]
+    branch = float(spec.kind in ("conv_add", "concat") or
+                   (spec.kind == "elementwise" and spec.params["op"] == "add" and not spec.params["broadcast"]))
+    row = np.zeros(len(ADDITIVE))
+    row[:7] = (ms, flops, nbytes, params, 1.0, branch, float(ms < 0.01))
+    row[7 + g] = ms
+    row[7 + len(GROUPS) + g] = 1.0
+    return row, out
+
+
+def unknown_row(ms: float, flops: float, nbytes: float, out: float) -> tuple[np.ndarray, float]:
+    row = np.zeros(len(ADDITIVE))
+    g = _GI["unknown"]
+    row[:7] = (ms, flops, nbytes, 0.0, 1.0, 0.0, float(ms < 0.01))
+    row[7 + g] = ms
+    row[7 + len(GROUPS) + g] = 1.0
+    return row, out
+
+
+def graph_features(sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
+    """GRAPH_FEATURES from summed additive rows [N, len(ADDITIVE)] and peak output sizes [N]."""
+    sums = np.atleast_2d(sums)
+    ms = np.maximum(sums[:, 0], 1e-6)
+    n = np.maximum(sums[:, 4], 1.0)
+    ng = len(GROUPS)
+    cols = [np.log(ms), np.log2(sums[:, 1] + 1), np.log2(sums[:, 2] + 1), np.log2(sums[:, 3] + 1), sums[:, 4],
+            np.log2(np.asarray(peak, float) + 1), sums[:, 5], sums[:, 6] / n, np.log(ms / n),
+            sums[:, 1] / np.maximum(sums[:, 2], 1.0)]
+    cols += [sums[:, 7 + i] / ms for i in range(ng)]
+    cols += [sums[:, 7 + ng + i] for i in range(ng)]
+    return np.column_stack(cols)
+
+
+__all__ = ["KERNEL_FEATURES", "KERNEL_KINDS", "GROUPS", "GRAPH_FEATURES", "ADDITIVE", "spec_stats", "spec_group",
+           "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features"]

@@ -1,0 +1,629 @@
+"""The latency predictor: per-kernel-kind LightGBM models and a graph-level LightGBM model.
+
+- Kernel models: one LightGBM regressor per kernel kind (log median ms from
+  `features.spec_features`), a pooled one for kinds with few rows, and a bytes/FLOPs
+  roofline fit for ops the vocabulary lacks (reported by name, never dropped).
+- Graph model: LightGBM on graph features (summed kernel predictions per group, kernel
+  count, FLOPs, bytes, parameters, peak activation, branching, ...) learns the log ratio of
+  a whole network's measured latency to its plain kernel sum.
+- Intervals: split-conformal on out-of-fold residuals of the networks, so that about 80%
+  of unseen networks fall inside the 80% interval.
+- Adapters (`predictors.adapt`): few-shot linear corrections for another device.
+
+`Predictor.load(path).predict(model.onnx)` is the ONNX path; `predict_specs(candidates)`
+the batch path for search spaces (lists of KernelSpec, no ONNX export).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from profiling.kernels import KINDS, PARAM_COLUMNS, KernelSpec, KernelSpecError
+
+from . import features as F
+from .fileformat import PredictorFileError, read_predictor_file, write_predictor_file
+from .trees import TreeModel
+
+COVERAGE = 0.8  # the nominal coverage of the intervals
+MIN_KIND_ROWS = 20
+
+
+class PredictorError(ValueError):
+    """Bad input to the predictor (table, target, candidate); the message says how to fix it."""
+
+
+# ---- metrics ----------------------------------------------------------------------------
+def metrics(y: np.ndarray, pred: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None) -> dict:
+    from scipy.stats import spearmanr
+    y, pred = np.asarray(y, float), np.asarray(pred, float)
+    rel = np.abs(pred - y) / y
+    out = {"n": int(len(y)), "within10": float(np.mean(rel <= 0.10)) if len(y) else math.nan,
+           "mape": float(np.mean(rel)) if len(y) else math.nan,
+           "spearman": float(spearmanr(y, pred).correlation) if len(y) > 2 else math.nan}
+    if low is not None and high is not None:
+        out["coverage"] = float(np.mean((y >= np.asarray(low)) & (y <= np.asarray(high)))) if len(y) else math.nan
+    return out
+
+
+# ---- table handling ---------------------------------------------------------------------
+def load_tables(paths: Sequence[str | os.PathLike]) -> tuple[pd.DataFrame, dict]:
+    """Read and concatenate tables measured on the same target; metadata of the first."""
+    from profiling.fingerprint import fingerprint_hash
+    from profiling.table import read_table
+    frames, meta0 = [], None
+    for p in paths:
+        if not Path(p).exists():
+            raise PredictorError(f"table {p} does not exist; profile one with `profile-device --out {p}`")
+        try:
+            df, meta = read_table(p)
+        except Exception as e:
+            raise PredictorError(f"cannot read table {p}: {e}") from None
+        if meta0 is None:
+            meta0 = meta
+        else:
+            a, b = meta0.get("fingerprint", {}), meta.get("fingerprint", {})
+            if fingerprint_hash(a) != fingerprint_hash(b):
+                raise PredictorError(f"table {p} was measured on another device or setting than {paths[0]} "
+                                     "(fingerprints differ); train one predictor per target")
+        frames.append(df)
+    if not frames:
+        raise PredictorError("no table given; pass --table PATH")
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("config_id", keep="last").reset_index(drop=True)
+    return df, meta0 or {}
+
+
+def row_spec(row: dict) -> KernelSpec:
+    d = {"kind": row["kind"]}
+    for p in KINDS[row["kind"]].params:
+        v = row.get(p)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            d[p] = v
+    return KernelSpec.from_dict(d)
+
+
+def network_specs(spec_json: str | dict) -> list[KernelSpec]:
+    """The kernels of a profiled network (`network_spec` column), as the batch path sees them."""
+    from profiling.networks import network_kernels
+    spec = json.loads(spec_json) if isinstance(spec_json, str) else spec_json
+    return network_kernels(spec)
+
+
+# ---- results ----------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    model: str
+    latency_ms: float
+    low_ms: float
+    high_ms: float
+    kernel_sum_ms: float
+    kernels: list[dict] = field(default_factory=list)
+    unknown_ops: list[dict] = field(default_factory=list)
+    folded_ops: int = 0
+
+    def to_dict(self, per_kernel: bool = False) -> dict:
+        d = {"model": self.model, "latency_ms": self.latency_ms, "low_ms": self.low_ms, "high_ms": self.high_ms,
+             "kernel_sum_ms": self.kernel_sum_ms,
+             "kernels": self.kernels if per_kernel else len(self.kernels),
+             "unknown_ops": self.unknown_ops, "folded_ops": self.folded_ops}
+        return d
+
+
+def _lgb():
+    import lightgbm as lgb
+    return lgb
+
+
+def _train(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: Sequence[str]):
+    lgb = _lgb()
+    ds = lgb.Dataset(X, y, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
+    return TreeModel(lgb.train(params, ds, num_boost_round=rounds).model_to_string())
+
+
+def _conformal(residuals: np.ndarray, coverage: float = COVERAGE) -> tuple[float, float]:
+    """Lower/upper quantiles of log residuals with the finite-sample correction."""
+    r = np.sort(np.asarray(residuals, float))
+    n = len(r)
+    if n == 0:
+        return -0.2, 0.2
+    a = (1 - coverage) / 2
+    lo_i = max(0, int(math.floor(a * (n + 1))) - 1)
+    hi_i = min(n - 1, int(math.ceil((1 - a) * (n + 1))) - 1)
+    return float(r[lo_i]), float(r[hi_i])
+
+
+class Predictor:
+    """Kernel-level and graph-level LightGBM latency models of one target."""
+
+    def __init__(self, target: dict | None = None, fingerprint: dict | None = None, batch: int | None = None,
+                 num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300):
+        self.target = dict(target) if target else {"name": "unknown"}
+        self.fingerprint = dict(fingerprint or {})
+        self.batch = int(batch or self.target.get("batch", 1) or 1)
+        self.num_threads = num_threads
+        self.seed = seed
+        self.kernel_rounds, self.graph_rounds = kernel_rounds, graph_rounds
+        self.kernel_models: dict[str, Any] = {}
+        self.kernel_q: dict[str, tuple[float, float]] = {}
+        self.pooled = None
+        self.pooled_q = (-0.3, 0.3)
+        self.fallback = {"t0_ms": 0.005, "ms_per_byte": 1e-8, "ms_per_flop": 1e-9}
+        self.graph_model = None
+        self.graph_q = (-0.15, 0.15)
+        self.adapters: list[dict] = []
+        self.training: dict = {}
+        self.header: dict = {}
+        self._reset_cache()
+
+    # ---- kernel level ------------------------------------------------------------------
+    def _kparams(self, n: int) -> dict:
+        return {"objective": "regression", "learning_rate": 0.05, "num_leaves": 31,
+                "min_data_in_leaf": max(2, min(10, n // 30)), "feature_fraction": 0.9, "lambda_l2": 0.1,
+                "num_threads": self.num_threads, "seed": self.seed, "deterministic": True, "verbose": -1,
+                "min_data_in_bin": 1}
+
+    def fit_kernels(self, specs: Sequence[KernelSpec], ms: np.ndarray) -> "Predictor":
+        ms = np.asarray(ms, float)
+        keep = np.isfinite(ms) & (ms > 0)
+        specs = [s for s, k in zip(specs, keep) if k]
+        ms = ms[keep]
+        if len(specs) < 10:
+            raise PredictorError(f"only {len(specs)} kernel rows with a latency: profile more configurations")
+        X = F.feature_matrix(specs, self.batch)
+        y = np.log(ms)
+        kinds = np.array([s.kind for s in specs])
+        kind_code = np.array([F.KERNEL_KINDS.index(k) for k in kinds], float)
+        Xp = np.column_stack([X, kind_code])
+        pooled_names = [*F.KERNEL_FEATURES, "kind"]
+        rng = np.random.default_rng(self.seed)
+        # out-of-fold residuals give each kind's interval
+        folds = rng.integers(0, 3, len(y))
+        oof = np.zeros(len(y))
+        for f in range(3):
+            tr = folds != f
+            m = _train(Xp[tr], y[tr], self._kparams(tr.sum()), self.kernel_rounds, pooled_names)
+            oof[~tr] = m.predict(Xp[~tr])
+        self.pooled = _train(Xp, y, self._kparams(len(y)), self.kernel_rounds, pooled_names)
+        self.pooled_q = _conformal(y - oof)
+        self.kernel_models, self.kernel_q = {}, {}
+        for kind in sorted(set(kinds)):
+            sel = kinds == kind
+            if sel.sum() < MIN_KIND_ROWS:
+                continue
+            Xk, yk = X[sel], y[sel]
+            fk = rng.integers(0, 3, len(yk))
+            oofk = np.zeros(len(yk))
+            for f in range(3):
+                tr = fk != f
+                if tr.sum() < 5 or (~tr).sum() == 0:
+                    oofk[~tr] = yk[~tr]
+                    continue
+                m = _train(Xk[tr], yk[tr], self._kparams(tr.sum()), self.kernel_rounds, F.KERNEL_FEATURES)
+                oofk[~tr] = m.predict(Xk[~tr])
+            self.kernel_models[kind] = _train(Xk, yk, self._kparams(len(yk)), self.kernel_rounds, F.KERNEL_FEATURES)
+            self.kernel_q[kind] = _conformal(yk - oofk)
+        self.training["kernel_rows"] = int(len(y))
+        self.training["kernel_oof"] = metrics(ms, np.exp(oof))
+        self._fit_fallback(specs, ms)
+        self._reset_cache()
+        return self
+
+    def _fit_fallback(self, specs, ms) -> None:
+        """Roofline for unknown ops: ms = t0 + bytes * a + flops * b, least relative squares, non-negative."""
+        from scipy.optimize import nnls
+        st = np.array([F.spec_stats(s, self.batch) for s in specs])
+        A = np.column_stack([np.ones(len(ms)), st[:, 2], st[:, 0]]) / ms[:, None]
+        scale = A.max(axis=0) + 1e-30
+        coef, _ = nnls(A / scale, np.ones(len(ms)))
+        coef = coef / scale
+        self.fallback = {"t0_ms": float(coef[0]), "ms_per_byte": float(coef[1]), "ms_per_flop": float(coef[2]),
+                         "method": "roofline: t0 + bytes*ms_per_byte + flops*ms_per_flop, fitted on all kernel rows"}
+
+    def fallback_ms(self, flops: float, nbytes: float) -> float:
+        f = self.fallback
+        return float(f["t0_ms"] + nbytes * f["ms_per_byte"] + flops * f["ms_per_flop"])
+
+    def kernel_ms(self, specs: Sequence[KernelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicted (ms, low, high) of kernel specs (blocks are not accepted here)."""
+        n = len(specs)
+        out, lo, hi = np.zeros(n), np.zeros(n), np.zeros(n)
+        if n == 0:
+            return out, lo, hi
+        if self.pooled is None:
+            raise PredictorError("this predictor has no kernel models; fit it or load a .lgb file")
+        by_kind: dict[str, list[int]] = {}
+        for i, s in enumerate(specs):
+            by_kind.setdefault(s.kind, []).append(i)
+        for kind, idx in by_kind.items():
+            X = F.feature_matrix([specs[i] for i in idx], self.batch)
+            model = self.kernel_models.get(kind)
+            if model is not None:
+                p = model.predict(X)
+                q = self.kernel_q[kind]
+            else:
+                code = F.KERNEL_KINDS.index(kind) if kind in F.KERNEL_KINDS else -1
+                p = self.pooled.predict(np.column_stack([X, np.full(len(idx), code, float)]))
+                q = self.pooled_q
+            out[idx] = np.exp(p)
+            lo[idx] = np.exp(p + q[0])
+            hi[idx] = np.exp(p + q[1])
+        return out, lo, hi
+
+    # ---- the spec cache of the batch path ---------------------------------------------
+    def _reset_cache(self) -> None:
+        self._by_id: dict[int, int] = {}
+        self._by_key: dict[tuple, int] = {}
+        self._keep: list = []
+        self._rows = np.zeros((0, len(F.ADDITIVE)))
+        self._peak = np.zeros(0)
+        self._kms = np.zeros(0)
+
+    def _index(self, specs: Iterable[KernelSpec], pending: list) -> list[int]:
+        by_id, by_key = self._by_id, self._by_key
+        out = []
+        n0 = len(self._rows)
+        for s in specs:
+            i = by_id.get(id(s))
+            if i is None:
+                try:
+                    key = (s.kind, *s.params.values())
+                except AttributeError:
+                    raise PredictorError(f"candidate element {s!r} is not a KernelSpec") from None
+                i = by_key.get(key)
+                if i is None:
+                    i = n0 + len(pending)
+                    by_key[key] = i
+                    pending.append(s)
+                by_id[id(s)] = i
+                self._keep.append(s)  # keeps id(s) from being reused while it is a key
+            out.append(i)
+        return out
+
+    def _materialise(self, pending: list[KernelSpec]) -> None:
+        """Additive rows for new specs; blocks are expanded with profiling.builders.decompose."""
+        if not pending:
+            return
+        from profiling.builders import decompose
+        expanded = []
+        for s in pending:
+            if KINDS[s.kind].category == "block":
+                try:
+                    expanded.append(decompose(s))
+                except Exception as e:
+                    raise PredictorError(f"cannot expand block {s.to_dict()}: {e}") from None
+            else:
+                expanded.append([s])
+        flat = [k for ks in expanded for k in ks]
+        ms, _, _ = self.kernel_ms(flat)
+        rows = np.zeros((len(pending), len(F.ADDITIVE)))
+        peak = np.zeros(len(pending))
+        kms = np.zeros(len(pending))
+        j = 0
+        for i, ks in enumerate(expanded):
+            for k in ks:
+                r, o = F.additive_row(k, float(ms[j]), self.batch)
+                rows[i] += r
+                peak[i] = max(peak[i], o)
+                kms[i] += ms[j]
+                j += 1
+        self._rows = np.vstack([self._rows, rows])
+        self._peak = np.concatenate([self._peak, peak])
+        self._kms = np.concatenate([self._kms, kms])
+        if len(self._keep) > 2_000_000:  # bound the identity cache; content keys stay
+            self._by_id.clear()
+            self._keep.clear()
+
+    def _sums(self, cand_indices: list[list[int]], extra_rows: list | None = None):
+        lens = np.array([len(c) for c in cand_indices])
+        if (lens == 0).any():
+            raise PredictorError(f"candidate {int(np.argmax(lens == 0))} has no kernel specs")
+        flat = np.fromiter((i for c in cand_indices for i in c), dtype=np.int64, count=int(lens.sum()))
+        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+        sums = np.add.reduceat(self._rows[flat], starts, axis=0)
+        peak = np.maximum.reduceat(self._peak[flat], starts)
+        if extra_rows:
+            for ci, (row, out) in extra_rows:
+                sums[ci] += row
+                peak[ci] = max(peak[ci], out)
+        return sums, peak
+
+    # ---- graph level -------------------------------------------------------------------
+    def _gparams(self, n: int) -> dict:
+        return {"objective": "regression", "learning_rate": 0.03, "num_leaves": 7,
+                "min_data_in_leaf": max(3, min(20, n // 15)), "feature_fraction": 0.8, "bagging_fraction": 0.9,
+                "bagging_freq": 1, "lambda_l2": 1.0, "num_threads": self.num_threads, "seed": self.seed,
+                "deterministic": True, "verbose": -1, "min_data_in_bin": 1}
+
+    def _graph_inputs(self, candidates: Sequence[Sequence[KernelSpec]]):
+        pending: list = []
+        idx = [self._index(c, pending) for c in candidates]
+        self._materialise(pending)
+        return self._sums(idx)
+
+    def fit_graph(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray, calibrate: bool = True) -> "Predictor":
+        """Fit the graph model on whole networks (lists of kernel specs) and their measured ms."""
+        ms = np.asarray(ms, float)
+        if len(candidates) < 5:
+            self.graph_model = None
+            self.training["graph_note"] = f"only {len(candidates)} networks: plain kernel sum, no graph model"
+            sums, _ = self._graph_inputs(candidates) if len(candidates) else (np.zeros((0, 1)), None)
+            if len(candidates):
+                self.graph_q = _conformal(np.log(ms) - np.log(np.maximum(sums[:, 0], 1e-6)))
+            return self
+        sums, peak = self._graph_inputs(candidates)
+        X = F.graph_features(sums, peak)
+        r = np.log(ms) - np.log(np.maximum(sums[:, 0], 1e-6))
+        params = self._gparams(len(r))
+        if calibrate:
+            k = min(5, len(r))
+            folds = np.random.default_rng(self.seed + 1).permutation(len(r)) % k
+            oof = np.zeros(len(r))
+            for f in range(k):
+                tr = folds != f
+                m = _train(X[tr], r[tr], self._gparams(tr.sum()), self.graph_rounds, F.GRAPH_FEATURES)
+                oof[~tr] = m.predict(X[~tr])
+            self.graph_q = _conformal(r - oof)
+            self.training["graph_oof"] = metrics(ms, np.exp(np.log(np.maximum(sums[:, 0], 1e-6)) + oof))
+        self.graph_model = _train(X, r, params, self.graph_rounds, F.GRAPH_FEATURES)
+        self.training["networks"] = int(len(r))
+        return self
+
+    def _finish(self, sums: np.ndarray, peak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        base = np.maximum(sums[:, 0], 1e-6)
+        if self.graph_model is not None:
+            X = F.graph_features(sums, peak)
+            logp = np.log(base) + self.graph_model.predict(X)
+        else:
+            logp = np.log(base)
+        pred = np.exp(logp)
+        lo, hi = pred * math.exp(self.graph_q[0]), pred * math.exp(self.graph_q[1])
+        if self.adapters:
+            from .adapt import apply_adapters
+            pred, lo, hi = apply_adapters(self.adapters, pred, sums)
+        return pred, lo, hi
+
+    # ---- public prediction API ---------------------------------------------------------
+    def predict_specs(self, candidates: Sequence[Sequence[KernelSpec]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Batch path: (median ms, low, high) arrays for candidates given as lists of KernelSpec."""
+        if len(candidates) == 0:
+            return np.zeros(0), np.zeros(0), np.zeros(0)
+        sums, peak = self._graph_inputs(candidates)
+        return self._finish(sums, peak)
+
+    def kernel_sum_specs(self, candidates: Sequence[Sequence[KernelSpec]]) -> np.ndarray:
+        """The plain sum of kernel predictions of each candidate (no graph model)."""
+        sums, _ = self._graph_inputs(candidates)
+        return sums[:, 0]
+
+    def onnx_inputs(self, model_or_path):
+        """Detection, kernel predictions, unknown-op estimates and the summed graph inputs of an ONNX model."""
+        from .detect import detect_kernels, rules_for
+        from .graph import load_graph
+        g = load_graph(model_or_path, self.batch)
+        det = detect_kernels(g, self.batch, rules_for(self.target))
+        specs = det.specs()
+        ms, lo, hi = self.kernel_ms(specs)
+        pending: list = []
+        idx = self._index(specs, pending)
+        self._materialise(pending)
+        extra, unknown = [], []
+        for u in det.unknown:
+            est = self.fallback_ms(u.flops, u.bytes)
+            out = float(np.prod(u.output_shapes[0])) if u.output_shapes and u.output_shapes[0] else 0.0
+            extra.append((0, F.unknown_row(est, u.flops, u.bytes, out)))
+            unknown.append({"name": u.name, "op_type": u.op_type, "estimate_ms": est, "flops": u.flops,
+                            "bytes": u.bytes, "fallback": "roofline t0 + bytes*a + flops*b fitted on the table's kernels"})
+        if not idx and not extra:
+            raise PredictorError(f"{model_or_path}: the graph has no computing node to predict")
+        if idx:
+            sums, peak = self._sums([idx], extra)
+        else:  # only unknown ops: the fallback sum
+            sums, peak = np.zeros((1, len(F.ADDITIVE))), np.zeros(1)
+            for _, (row, out) in extra:
+                sums[0] += row
+                peak[0] = max(peak[0], out)
+        return det, (ms, lo, hi), unknown, sums, peak
+
+    def predict(self, model_or_path, name: str | None = None) -> Prediction:
+        """ONNX path: detect the kernels of an ONNX model (path or ModelProto) and predict it."""
+        det, (ms, lo, hi), unknown, sums, peak = self.onnx_inputs(model_or_path)
+        pred, plo, phi = self._finish(sums, peak)
+        kernels = [{"kind": k.spec.kind, "params": dict(k.spec.params), "nodes": k.nodes, "ops": k.ops,
+                    "ms": float(m), "low_ms": float(l), "high_ms": float(h)}
+                   for k, m, l, h in zip(det.kernels, ms, lo, hi)]
+        label = name or (str(model_or_path) if not hasattr(model_or_path, "graph") else (model_or_path.graph.name or "<model>"))
+        return Prediction(label, float(pred[0]), float(plo[0]), float(phi[0]), float(sums[0, 0]), kernels, unknown,
+                          len(det.folded))
+
+    # ---- sklearn-style fit on tables ---------------------------------------------------
+    def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None) -> "Predictor":
+        """Fit kernel and graph models on a table (DataFrame, or path(s) to Parquet tables).
+
+        With holdout > 0, that share of the networks is held out first and the report of
+        `holdout_report` is stored in `self.training["holdout"]`; the final graph model is
+        then refitted on all networks.
+        """
+        df, meta = self._table(table, metadata)
+        log = log or (lambda *a: None)
+        kern = df[df["category"] == "kernel"]
+        specs, ms = [], []
+        for row in kern.to_dict("records"):
+            try:
+                specs.append(row_spec(row))
+                ms.append(row["median_ms"])
+            except (KernelSpecError, KeyError, ValueError):
+                continue
+        t0 = time.time()
+        log(f"kernel models: {len(specs)} rows, {len(set(s.kind for s in specs))} kinds")
+        self.fit_kernels(specs, np.array(ms, float))
+        log(f"  done in {time.time() - t0:.1f}s; out-of-fold kernel accuracy: "
+            f"{self.training['kernel_oof']['within10']:.1%} within ±10%, MAPE {self.training['kernel_oof']['mape']:.1%}")
+        nets = self.network_rows(df)
+        blocks = df[df["category"] == "block"]
+        if len(blocks):
+            bspecs, bms = [], []
+            for row in blocks.to_dict("records"):
+                try:
+                    bspecs.append([row_spec(row)])
+                    bms.append(row["median_ms"])
+                except (KernelSpecError, KeyError, ValueError):
+                    continue
+            if bspecs:
+                self.training["blocks_kernel_sum"] = metrics(np.array(bms), self.kernel_sum_specs(bspecs))
+        if holdout > 0 and len(nets) >= 10:
+            self.training["holdout"] = self.holdout_report(nets, holdout)
+        self.fit_graph([n["specs"] for n in nets], np.array([n["ms"] for n in nets]))
+        self.training["table_rows"] = int(len(df))
+        return self
+
+    def _table(self, table, metadata):
+        if isinstance(table, pd.DataFrame):
+            df, meta = table, metadata or {}
+        else:
+            paths = [table] if isinstance(table, (str, os.PathLike)) else list(table)
+            df, meta = load_tables(paths)
+        if meta:
+            self.target = dict(meta.get("target") or self.target)
+            self.fingerprint = dict(meta.get("fingerprint") or self.fingerprint)
+            self.batch = int(self.target.get("batch", self.batch) or 1)
+            self.table_meta = {k: meta.get(k) for k in ("hwnas_version", "created", "updated")}
+        missing = {"category", "kind", "median_ms"} - set(df.columns)
+        if missing:
+            raise PredictorError(f"the table lacks columns {sorted(missing)}; is it an hwnas latency table?")
+        self._reset_cache()
+        return df, meta
+
+    def network_rows(self, df: pd.DataFrame) -> list[dict]:
+        nets = []
+        for row in df[df["category"] == "network"].to_dict("records"):
+            try:
+                specs = network_specs(row["network_spec"])
+            except Exception:
+                continue
+            if not specs or not (row["median_ms"] > 0):
+                continue
+            nets.append({"specs": specs, "ms": float(row["median_ms"]), "flops": float(row.get("flops") or 0),
+                         "family": row.get("family") or "?", "id": row.get("config_id")})
+        return nets
+
+    def holdout_report(self, nets: list[dict], frac: float = 0.2) -> dict:
+        """Fit the graph model on (1-frac) of the networks, report accuracy on the rest.
+
+        Compares a FLOPs-only fit (log-log line), the plain kernel sum and the full model.
+        The graph model and calibration are refitted afterwards by `fit`.
+        """
+        rng = np.random.default_rng(self.seed + 7)
+        order = rng.permutation(len(nets))
+        n_test = max(2, int(round(frac * len(nets))))
+        test, train = order[:n_test], order[n_test:]
+        return self.compare_on(nets, train, test)
+
+    def compare_on(self, nets: list[dict], train: np.ndarray, test: np.ndarray) -> dict:
+        y = np.array([n["ms"] for n in nets])
+        flops = np.array([max(n["flops"], 1.0) for n in nets])
+        if not (flops > 1).all():
+            flops = np.array([sum(F.spec_stats(k, self.batch)[0] for k in self._expand(n["specs"])) for n in nets])
+        a, b = np.polyfit(np.log(flops[train]), np.log(y[train]), 1)
+        flops_pred = np.exp(b + a * np.log(flops[test]))
+        saved = (self.graph_model, self.graph_q, dict(self.training))
+        self.fit_graph([nets[i]["specs"] for i in train], y[train])
+        cands = [nets[i]["specs"] for i in test]
+        ksum = self.kernel_sum_specs(cands)
+        pred, lo, hi = self.predict_specs(cands)
+        self.graph_model, self.graph_q, self.training = saved
+        return {"train_networks": int(len(train)), "test_networks": int(len(test)),
+                "flops_only": metrics(y[test], flops_pred), "kernel_sum": metrics(y[test], ksum),
+                "full": metrics(y[test], pred, lo, hi)}
+
+    def _expand(self, specs):
+        from profiling.builders import decompose
+        out = []
+        for s in specs:
+            out.extend(decompose(s) if KINDS[s.kind].category == "block" else [s])
+        return out
+
+    # ---- target checks -----------------------------------------------------------------
+    @property
+    def target_name(self) -> str:
+        return str(self.target.get("name", "unknown"))
+
+    def check_target(self, target) -> None:
+        """Refuse to predict for another target than the one the predictor was built for."""
+        name = target if isinstance(target, str) else (target.get("name") if isinstance(target, dict) else target.name)
+        if name != self.target_name:
+            raise PredictorError(f"this predictor was built for target {self.target_name!r}, not {name!r}; "
+                                 f"train one on a table of {name} (train-predictor --table ...) or adapt one "
+                                 "(train-predictor --adapt-from ...)")
+
+    # ---- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        if self.pooled is None:
+            raise PredictorError("nothing to save: fit the predictor first")
+        models = {"kernel/_pooled": self.pooled.model_to_string()}
+        for kind, m in self.kernel_models.items():
+            models[f"kernel/{kind}"] = m.model_to_string()
+        if self.graph_model is not None:
+            models["graph"] = self.graph_model.model_to_string()
+        from profiling.table import hwnas_version
+        header = {
+            "kind": "hwnas-latency-predictor",
+            "target": self.target, "fingerprint": self.fingerprint, "batch": self.batch,
+            "feature_schema": {"kernel_features": list(F.KERNEL_FEATURES), "kernel_kinds": list(F.KERNEL_KINDS),
+                               "pooled_features": [*F.KERNEL_FEATURES, "kind"],
+                               "graph_features": list(F.GRAPH_FEATURES), "additive": list(F.ADDITIVE),
+                               "groups": list(F.GROUPS), "kernel_target": "log(median_ms)",
+                               "graph_target": "log(network ms) - log(sum of kernel ms)"},
+            "calibration": {"coverage": COVERAGE, "graph_log_interval": list(self.graph_q),
+                            "kernel_log_interval": {k: list(v) for k, v in self.kernel_q.items()},
+                            "pooled_log_interval": list(self.pooled_q)},
+            "unknown_op_fallback": self.fallback,
+            "adapters": self.adapters,
+            "training": self.training,
+            "hwnas_version": hwnas_version(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_predictor_file(path, header, models)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, num_threads: int = 1) -> "Predictor":
+        header, models = read_predictor_file(path)
+        schema = header.get("feature_schema", {})
+        if list(schema.get("kernel_features", [])) != list(F.KERNEL_FEATURES) or \
+                list(schema.get("graph_features", [])) != list(F.GRAPH_FEATURES):
+            raise PredictorFileError(f"{path} was built with another feature schema than this hwnas uses; "
+                                     "rebuild it with `train-predictor`")
+        p = cls(header.get("target"), header.get("fingerprint"), header.get("batch"), num_threads=num_threads)
+        try:
+            p.pooled = TreeModel(models["kernel/_pooled"])
+            for name, text in models.items():
+                if name.startswith("kernel/") and name != "kernel/_pooled":
+                    p.kernel_models[name.split("/", 1)[1]] = TreeModel(text)
+            p.graph_model = TreeModel(models["graph"]) if "graph" in models else None
+        except KeyError as e:
+            raise PredictorFileError(f"{path} lacks the model {e}; rebuild it with `train-predictor`") from None
+        except Exception as e:
+            raise PredictorFileError(f"{path}: a LightGBM model cannot be read ({e}); rebuild it") from None
+        cal = header.get("calibration", {})
+        p.graph_q = tuple(cal.get("graph_log_interval", p.graph_q))
+        p.kernel_q = {k: tuple(v) for k, v in cal.get("kernel_log_interval", {}).items()}
+        p.pooled_q = tuple(cal.get("pooled_log_interval", p.pooled_q))
+        p.fallback = header.get("unknown_op_fallback", p.fallback)
+        p.adapters = header.get("adapters", [])
+        p.training = header.get("training", {})
+        p.header = header
+        return p
+
+    def adapt(self, candidates, ms, device: str = "new-device", **kw) -> "Predictor":
+        from .adapt import adapt
+        return adapt(self, candidates, ms, device=device, **kw)
+
+
+__all__ = ["Predictor", "Prediction", "PredictorError", "metrics", "load_tables", "row_spec", "network_specs"]
