@@ -26,7 +26,7 @@ demo: $(STAMP)
 # An OpenSSH server on loopback lets the tests profile through a real SSH
 # connection; without root or apt the SSH tests skip and say why.
 ssh-server:
-	@command -v sshd >/dev/null || command -v /usr/sbin/sshd >/dev/null || \
+	@{ command -v sshd >/dev/null || test -x /usr/sbin/sshd; } && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null) ; } || \
 	  echo "note: no sshd and no way to install it; SSH tests will skip"

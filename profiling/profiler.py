@@ -516,7 +516,7 @@ class _Run:
                 j.remeasure = True
                 self.requeue.append(j)
             state.since_good = []
-            self.p.progress("drift", event=event)
+            self.p.progress("drift", drift=event)
         if state.bad_streak >= 6:
             # A lasting change (a new thermal state, a governor): accept it as the new normal.
             event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
@@ -527,7 +527,7 @@ class _Run:
             state.baseline = median
             state.bad_streak = 0
             state.needs_sentinel = False
-            self.p.progress("drift", event=event)
+            self.p.progress("drift", drift=event)
             return
         state.needs_sentinel = True  # measure nothing else until the device is back to normal
         state.cooldown_s = min(2.0, 0.25 * state.bad_streak)

@@ -73,7 +73,7 @@ class _Progress:
             else:
                 self.bar.update(self.task, rows=rows)
         elif event == "drift":
-            e = info["event"]
+            e = info["drift"]
             msg = (f"[yellow]drift[/] on {e['host']}: baseline reset to {e['baseline_ms']:.3f} ms"
                    if e.get("baseline_reset") else
                    f"[yellow]drift[/] on {e['host']}: sentinel {e['sentinel_ms']:.3f} ms vs baseline "

@@ -1,0 +1,143 @@
+"""Profiling through a real OpenSSH server on loopback (the `--host` path).
+
+The fixture starts `/usr/sbin/sshd` on a free 127.0.0.1 port with a throwaway host key,
+a throwaway user key in its own authorized_keys file and an ssh client config passed
+with `--ssh-config` (ssh -F), so the user's ~/.ssh is neither read nor changed. The
+"device" is this machine, and the remote Python is the test interpreter.
+"""
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from profiling.errors import ProfilingError
+from profiling.profiler import Profiler
+from profiling.table import read_table
+from scripts.profile_device import main as cli
+
+pytestmark = pytest.mark.ssh
+FAST = {"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    sshd_bin = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+    if not sshd_bin or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server or client not installed (`make ssh-server` installs them as root on Debian)")
+    d = tmp_path_factory.mktemp("sshd")
+    for key in ("host_key", "user_key", "other_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True)
+    auth = d / "authorized_keys"
+    auth.write_text((d / "user_key.pub").read_text())
+    auth.chmod(0o600)
+    if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege separation directory
+    port = _free_port()
+    cfg = d / "sshd_config"
+    cfg.write_text(f"""Port {port}
+ListenAddress 127.0.0.1
+HostKey {d / 'host_key'}
+AuthorizedKeysFile {auth}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+PidFile {d / 'sshd.pid'}
+LogLevel ERROR
+""")
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.skip(f"sshd did not start: {proc.stderr.read().decode().strip()[-300:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.skip("sshd did not listen within 10 s")
+    user = getpass.getuser()
+    client = d / "ssh_config"
+    client.write_text(f"""Host hwnas-device 127.0.0.1
+    HostName 127.0.0.1
+    Port {port}
+    User {user}
+    IdentityFile {d / 'user_key'}
+    IdentitiesOnly yes
+    UserKnownHostsFile {d / 'known_hosts'}
+    StrictHostKeyChecking no
+    LogLevel ERROR
+""")
+    probe = subprocess.run(["ssh", "-F", str(client), "-o", "BatchMode=yes", "hwnas-device", "true"],
+                           capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        proc.kill()
+        pytest.skip(f"cannot log in to the test sshd: {probe.stderr.strip()[-300:]}")
+    yield {"config": str(client), "port": port, "user": user, "dir": d}
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_profile_through_ssh(sshd, tmp_path):
+    out = tmp_path / "t.parquet"
+    res = CliRunner().invoke(cli, ["--host", f"{sshd['user']}@127.0.0.1:{sshd['port']}", "--ssh-config", sshd["config"],
+                                   "--remote-python", sys.executable, "--max-configs", "5", "--networks", "1",
+                                   "--kinds", "conv,softmax,elementwise", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    df, meta = read_table(out)
+    assert len(df) == 6 and set(df["host"]) == {f"{sshd['user']}@127.0.0.1:{sshd['port']}"}
+    assert meta["fingerprint"]["runtime"] == "onnxruntime" and (df["median_ms"] > 0).all()
+
+
+def test_device_farm_two_hosts(sshd, tmp_path):
+    out = tmp_path / "t.parquet"
+    hosts = ["hwnas-device", f"{sshd['user']}@127.0.0.1:{sshd['port']}"]
+    s = Profiler("local-cpu", out, hosts=hosts, ssh_config=sshd["config"], remote_python=sys.executable,
+                 kinds=["softmax", "elementwise", "layernorm", "activation"], max_configs=16, networks=0,
+                 stop_rule=FAST, seed=3).run()
+    assert s.new_kernels == 16 and s.hosts == hosts
+    df, _ = read_table(out)
+    assert set(df["host"]) == set(hosts)  # both runners took jobs from the one queue
+
+
+def test_failed_authentication_is_clear(sshd, tmp_path):
+    bad = Path(sshd["config"]).read_text().replace("user_key", "other_key")
+    cfg = tmp_path / "bad_config"
+    cfg.write_text(bad)
+    t0 = time.time()
+    with pytest.raises(ProfilingError, match="authentication failed") as e:
+        Profiler("local-cpu", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=cfg,
+                 remote_python=sys.executable).run()
+    assert time.time() - t0 < 30 and "Traceback" not in str(e.value)
+
+
+def test_missing_python_and_runtime_on_the_device(sshd, tmp_path):
+    with pytest.raises(ProfilingError, match="could not start Python"):
+        Profiler("local-cpu", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=sshd["config"],
+                 remote_python="/nonexistent/python3").run()
+    fake = tmp_path / "fake"
+    (fake / "onnxruntime").mkdir(parents=True)
+    (fake / "onnxruntime" / "__init__.py").write_text("raise ImportError('No module named onnxruntime')\n")
+    wrapper = tmp_path / "python-without-ort"
+    wrapper.write_text(f"#!/bin/sh\nPYTHONPATH={fake} exec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    with pytest.raises(ProfilingError, match="pip3 install onnxruntime"):
+        Profiler("local-cpu", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=sshd["config"],
+                 remote_python=str(wrapper)).run()
