@@ -128,6 +128,35 @@ def _train(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: Seque
     return TreeModel(lgb.train(params, ds, num_boost_round=rounds).model_to_string())
 
 
+_LF, _LB = F.KERNEL_FEATURES.index("log_flops"), F.KERNEL_FEATURES.index("log_bytes")
+
+
+class KindModel:
+    """log ms = linear(log FLOPs, log bytes) + LightGBM trees on the residual (extrapolates sanely)."""
+
+    def __init__(self, coef, tree):
+        self.coef = [float(c) for c in coef]
+        self.tree = tree
+
+    def linear(self, X):
+        return self.coef[0] + X[:, _LF] * self.coef[1] + X[:, _LB] * self.coef[2]
+
+    def predict(self, X):
+        return self.linear(X) + self.tree.predict(X)
+
+    def model_to_string(self):
+        return self.tree.model_to_string()
+
+
+def _fit_kind(X, y, params, rounds, names) -> KindModel:
+    A = np.column_stack([np.ones(len(y)), X[:, _LF], X[:, _LB]])
+    lam = 1e-3 * np.eye(3)
+    lam[0, 0] = 0
+    coef = np.linalg.solve(A.T @ A + lam * len(y), A.T @ y)
+    tree = _train(X, y - A @ coef, params, rounds, names)
+    return KindModel(coef, tree)
+
+
 def _conformal(residuals: np.ndarray, coverage: float = COVERAGE) -> tuple[float, float]:
     """Lower/upper quantiles of log residuals with the finite-sample correction."""
     r = np.sort(np.asarray(residuals, float))
@@ -159,6 +188,7 @@ class Predictor:
         self.graph_model = None
         self.graph_q = (-0.15, 0.15)
         self.adapters: list[dict] = []
+        self.overhead_ms = 0.0  # per-run overhead inside every isolated kernel measurement
         self.training: dict = {}
         self.header: dict = {}
         self._reset_cache()
@@ -189,9 +219,9 @@ class Predictor:
         oof = np.zeros(len(y))
         for f in range(3):
             tr = folds != f
-            m = _train(Xp[tr], y[tr], self._kparams(tr.sum()), self.kernel_rounds, pooled_names)
+            m = _fit_kind(Xp[tr], y[tr], self._kparams(tr.sum()), self.kernel_rounds, pooled_names)
             oof[~tr] = m.predict(Xp[~tr])
-        self.pooled = _train(Xp, y, self._kparams(len(y)), self.kernel_rounds, pooled_names)
+        self.pooled = _fit_kind(Xp, y, self._kparams(len(y)), self.kernel_rounds, pooled_names)
         self.pooled_q = _conformal(y - oof)
         self.kernel_models, self.kernel_q = {}, {}
         for kind in sorted(set(kinds)):
@@ -206,9 +236,10 @@ class Predictor:
                 if tr.sum() < 5 or (~tr).sum() == 0:
                     oofk[~tr] = yk[~tr]
                     continue
-                m = _train(Xk[tr], yk[tr], self._kparams(tr.sum()), self.kernel_rounds, F.KERNEL_FEATURES)
+                m = _fit_kind(Xk[tr], yk[tr], self._kparams(tr.sum()), self.kernel_rounds, F.KERNEL_FEATURES)
                 oofk[~tr] = m.predict(Xk[~tr])
-            self.kernel_models[kind] = _train(Xk, yk, self._kparams(len(yk)), self.kernel_rounds, F.KERNEL_FEATURES)
+            self.kernel_models[kind] = _fit_kind(Xk, yk, self._kparams(len(yk)), self.kernel_rounds,
+                                                 F.KERNEL_FEATURES)
             self.kernel_q[kind] = _conformal(yk - oofk)
         self.training["kernel_rows"] = int(len(y))
         self.training["kernel_oof"] = metrics(ms, np.exp(oof))
@@ -226,6 +257,20 @@ class Predictor:
         coef = coef / scale
         self.fallback = {"t0_ms": float(coef[0]), "ms_per_byte": float(coef[1]), "ms_per_flop": float(coef[2]),
                          "method": "roofline: t0 + bytes*ms_per_byte + flops*ms_per_flop, fitted on all kernel rows"}
+
+    def fit_overhead(self, candidates, ms: np.ndarray) -> None:
+        """The per-run overhead each isolated kernel measurement includes, from measured blocks."""
+        best = (math.inf, 0.0)
+        floor = float(np.min(ms)) if len(ms) else 0.0
+        for ovh in np.linspace(0.0, max(floor, 1e-4), 21):
+            self.overhead_ms = float(ovh)
+            self._reset_cache()
+            err = float(np.mean(np.abs(np.log(self.kernel_sum_specs(candidates) / ms))))
+            if err < best[0]:
+                best = (err, float(ovh))
+        self.overhead_ms = best[1]
+        self._reset_cache()
+        self.training["overhead_ms"] = best[1]
 
     def fallback_ms(self, flops: float, nbytes: float) -> float:
         f = self.fallback
@@ -303,6 +348,7 @@ class Predictor:
                 expanded.append([s])
         flat = [k for ks in expanded for k in ks]
         ms, _, _ = self.kernel_ms(flat)
+        ms = np.maximum(ms - self.overhead_ms, 0.1 * ms)  # the network pays the run overhead once
         rows = np.zeros((len(pending), len(F.ADDITIVE)))
         peak = np.zeros(len(pending))
         kms = np.zeros(len(pending))
@@ -356,11 +402,11 @@ class Predictor:
             self.training["graph_note"] = f"only {len(candidates)} networks: plain kernel sum, no graph model"
             sums, _ = self._graph_inputs(candidates) if len(candidates) else (np.zeros((0, 1)), None)
             if len(candidates):
-                self.graph_q = _conformal(np.log(ms) - np.log(np.maximum(sums[:, 0], 1e-6)))
+                self.graph_q = _conformal(np.log(ms) - np.log(self._base(sums)))
             return self
         sums, peak = self._graph_inputs(candidates)
         X = F.graph_features(sums, peak)
-        r = np.log(ms) - np.log(np.maximum(sums[:, 0], 1e-6))
+        r = np.log(ms) - np.log(self._base(sums))
         params = self._gparams(len(r))
         if calibrate:
             k = min(5, len(r))
@@ -371,13 +417,16 @@ class Predictor:
                 m = _train(X[tr], r[tr], self._gparams(tr.sum()), self.graph_rounds, F.GRAPH_FEATURES)
                 oof[~tr] = m.predict(X[~tr])
             self.graph_q = _conformal(r - oof)
-            self.training["graph_oof"] = metrics(ms, np.exp(np.log(np.maximum(sums[:, 0], 1e-6)) + oof))
+            self.training["graph_oof"] = metrics(ms, np.exp(np.log(self._base(sums)) + oof))
         self.graph_model = _train(X, r, params, self.graph_rounds, F.GRAPH_FEATURES)
         self.training["networks"] = int(len(r))
         return self
 
+    def _base(self, sums: np.ndarray) -> np.ndarray:
+        return np.maximum(sums[:, 0] + self.overhead_ms, 1e-6)
+
     def _finish(self, sums: np.ndarray, peak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        base = np.maximum(sums[:, 0], 1e-6)
+        base = self._base(sums)
         if self.graph_model is not None:
             X = F.graph_features(sums, peak)
             logp = np.log(base) + self.graph_model.predict(X)
@@ -401,7 +450,7 @@ class Predictor:
     def kernel_sum_specs(self, candidates: Sequence[Sequence[KernelSpec]]) -> np.ndarray:
         """The plain sum of kernel predictions of each candidate (no graph model)."""
         sums, _ = self._graph_inputs(candidates)
-        return sums[:, 0]
+        return self._base(sums)
 
     def onnx_inputs(self, model_or_path):
         """Detection, kernel predictions, unknown-op estimates and the summed graph inputs of an ONNX model."""
@@ -477,6 +526,7 @@ class Predictor:
                 except (KernelSpecError, KeyError, ValueError):
                     continue
             if bspecs:
+                self.fit_overhead(bspecs, np.array(bms))
                 self.training["blocks_kernel_sum"] = metrics(np.array(bms), self.kernel_sum_specs(bspecs))
         if holdout > 0 and len(nets) >= 10:
             self.training["holdout"] = self.holdout_report(nets, holdout)
@@ -584,6 +634,8 @@ class Predictor:
             "calibration": {"coverage": COVERAGE, "graph_log_interval": list(self.graph_q),
                             "kernel_log_interval": {k: list(v) for k, v in self.kernel_q.items()},
                             "pooled_log_interval": list(self.pooled_q)},
+            "kernel_linear": {"_pooled": self.pooled.coef, **{k: m.coef for k, m in self.kernel_models.items()}},
+            "overhead_ms": self.overhead_ms,
             "unknown_op_fallback": self.fallback,
             "adapters": self.adapters,
             "training": self.training,
@@ -602,10 +654,12 @@ class Predictor:
                                      "rebuild it with `train-predictor`")
         p = cls(header.get("target"), header.get("fingerprint"), header.get("batch"), num_threads=num_threads)
         try:
-            p.pooled = TreeModel(models["kernel/_pooled"])
+            lin = header["kernel_linear"]
+            p.pooled = KindModel(lin["_pooled"], TreeModel(models["kernel/_pooled"]))
             for name, text in models.items():
                 if name.startswith("kernel/") and name != "kernel/_pooled":
-                    p.kernel_models[name.split("/", 1)[1]] = TreeModel(text)
+                    kind = name.split("/", 1)[1]
+                    p.kernel_models[kind] = KindModel(lin[kind], TreeModel(text))
             p.graph_model = TreeModel(models["graph"]) if "graph" in models else None
         except KeyError as e:
             raise PredictorFileError(f"{path} lacks the model {e}; rebuild it with `train-predictor`") from None
@@ -616,6 +670,7 @@ class Predictor:
         p.kernel_q = {k: tuple(v) for k, v in cal.get("kernel_log_interval", {}).items()}
         p.pooled_q = tuple(cal.get("pooled_log_interval", p.pooled_q))
         p.fallback = header.get("unknown_op_fallback", p.fallback)
+        p.overhead_ms = float(header.get("overhead_ms", 0.0))
         p.adapters = header.get("adapters", [])
         p.training = header.get("training", {})
         p.header = header
