@@ -30,11 +30,12 @@ import time
 WEIGHTS_FILE = "weights.bin"
 
 DEFAULT_STOP = {
-    "warmup_runs": 3,      # at least this many untimed runs ...
-    "warmup_s": 0.02,      # ... and at least this long
-    "min_runs": 10,        # never stop on the CI before this many timed runs
+    "warmup_runs": 5,      # at least this many untimed runs ...
+    "warmup_s": 0.05,      # ... and at least this long (caches, arenas, clocks settle)
+    "min_runs": 30,        # never stop on the CI before this many timed runs ...
+    "min_s": 0.05,         # ... or this many timed seconds (averages out short bursts of load)
     "round": 10,           # runs between two checks of the stopping rule
-    "max_runs": 400,       # cap on timed runs
+    "max_runs": 2000,      # cap on timed runs
     "max_s": 1.5,          # cap on timed seconds (at least `hard_min_runs` runs)
     "hard_min_runs": 3,
     "ci_target": 0.02,     # stop once the 95% CI of the median is within +-2%
@@ -84,7 +85,7 @@ def should_stop(samples, elapsed_s, rule):
         return True, "max_runs"
     if elapsed_s >= rule["max_s"] and n >= rule["hard_min_runs"]:
         return True, "max_s"
-    if n >= rule["min_runs"] and ci_rel(samples) <= rule["ci_target"]:
+    if n >= rule["min_runs"] and elapsed_s >= rule.get("min_s", 0.0) and ci_rel(samples) <= rule["ci_target"]:
         return True, "ci"
     return False, ""
 
@@ -119,14 +120,15 @@ def measure_callable(run, rule, delay_ms=0.0):
 
     t_start = clock()
     warm = 0
-    while warm < r["warmup_runs"] or (clock() - t_start < r["warmup_s"] and warm < 50):
+    while warm < r["warmup_runs"] or (clock() - t_start < r["warmup_s"] and warm < 2000):
         timed()
         warm += 1
     samples = []
     t0 = clock()
     reason = ""
     while True:
-        for _ in range(int(r["round"])):
+        for _ in range(min(max(int(r["round"]), len(samples) // 5),  # checks get rarer as runs grow
+                           max(1, int(r["max_runs"]) - len(samples)))):
             samples.append(timed())
             if clock() - t0 >= r["max_s"] and len(samples) >= r["hard_min_runs"]:
                 break

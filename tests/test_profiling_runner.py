@@ -29,12 +29,13 @@ def test_runner_is_python36_compatible():
 
 
 def test_median_ci_and_stopping_rule():
-    rule = dict(dr.DEFAULT_STOP)
+    rule = dict(dr.DEFAULT_STOP, min_runs=10, min_s=0.0)
     steady = [1.0 + 0.001 * (i % 5) for i in range(10)]
     assert dr.should_stop(steady, 0.01, rule) == (True, "ci")
     noisy = list(np.random.default_rng(0).lognormal(0, 0.5, 10))
     assert dr.should_stop(noisy, 0.01, rule)[0] is False
-    assert dr.should_stop(noisy * 40, 0.01, rule) == (True, "max_runs")
+    assert dr.should_stop(noisy * 200, 0.01, rule) == (True, "max_runs")
+    assert dr.should_stop(steady, 0.01, dict(rule, min_s=0.05)) == (False, "")  # too short yet
     assert dr.should_stop(noisy[:3], 5.0, rule) == (True, "max_s")
     s = dr.summarize([3.0, 1.0, 2.0, 4.0, 5.0])
     assert s["median_ms"] == 3.0 and s["runs"] == 5 and s["p10_ms"] < s["median_ms"] < s["p90_ms"]
@@ -43,7 +44,7 @@ def test_median_ci_and_stopping_rule():
 def test_measure_callable_on_real_work():
     a = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     out = dr.measure_callable(lambda: a @ a, {"max_s": 0.5})
-    assert out["runs"] >= 10 and out["warmup_runs"] >= 3
+    assert out["runs"] >= 30 and out["warmup_runs"] >= 5
     assert out["stop_reason"] in ("ci", "max_s", "max_runs")
     assert out["p10_ms"] <= out["median_ms"] <= out["p90_ms"]
     slow = dr.measure_callable(lambda: time.sleep(0.02), {"max_s": 0.05, "warmup_runs": 1, "warmup_s": 0})

@@ -1,0 +1,89 @@
+"""Benchmark of the profiling stage (the figures of docs/benchmarks.md).
+
+1. Throughput: profile `local-cpu` (kernels and blocks) for a fixed budget, 20 minutes
+   by default, and count the configurations measured.
+2. Reproducibility: re-measure 50 random rows of that table with a fresh runner and
+   report the share whose median is within +-5% of the table's.
+
+    python -m scripts.bench_profiling                 # the full benchmark (about 22 minutes)
+    python -m scripts.bench_profiling --minutes 2     # a short check
+
+Run it on a quiet machine: latency is sensitive to load (`taskset -c 1` pins it).
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from profiling.kernels import KernelSpec
+from profiling.profiler import Profiler
+from profiling.table import read_table
+from profiling.transport import local_runner
+
+
+def remeasure(table: Path, n: int, seed: int, tolerance: float) -> dict:
+    df, meta = read_table(table)
+    rows = df[df["category"].isin(["kernel", "block"])]
+    rows = rows.sample(min(n, len(rows)), random_state=seed)
+    prof = Profiler(meta["target"]["name"], table)  # only used to build jobs with the same settings
+    runner = local_runner()
+    runner.hello()
+    threads = meta["fingerprint"]["threads"]
+    ratios = []
+    try:
+        for _, row in rows.iterrows():
+            spec = KernelSpec.from_dict(row.to_dict())
+            job = prof._kernel_job(spec)
+            payload = dict(job.payload, id=job.config_id, session=prof._session(runner.facts, threads))
+            answer = runner.measure(payload)
+            if answer.get("ok"):
+                ratios.append(answer["stats"]["median_ms"] / row["median_ms"])
+    finally:
+        runner.close()
+    ratios = np.array(ratios)
+    within = float(np.mean(np.abs(ratios - 1) <= tolerance)) if len(ratios) else 0.0
+    return {"rows": len(ratios), "within": within, "tolerance": tolerance,
+            "median_abs_dev": float(np.median(np.abs(ratios - 1))) if len(ratios) else None,
+            "worst": float(np.max(np.abs(ratios - 1))) if len(ratios) else None}
+
+
+@click.command()
+@click.option("--minutes", type=float, default=20.0, show_default=True, help="Profiling budget.")
+@click.option("--networks", type=int, default=0, show_default=True, help="Whole networks to measure too.")
+@click.option("--rows", type=int, default=50, show_default=True, help="Rows to re-measure.")
+@click.option("--out", type=click.Path(), help="Keep the table here (default: a temporary file).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_out", type=click.Path(), help="Also write the figures as JSON.")
+def main(minutes, networks, rows, out, seed, json_out):
+    """Profiling throughput and reproducibility at local-cpu."""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(out) if out else Path(tmp) / "bench.parquet"
+        print(f"[1/2] profiling local-cpu for {minutes:g} min into {table} ...", flush=True)
+        t0 = time.monotonic()
+        s = Profiler("local-cpu", table, budget_minutes=minutes, networks=networks, seed=seed,
+                     resume=False).run()
+        wall = time.monotonic() - t0
+        per20 = s.new_kernels / (s.elapsed_s / 60) * 20 if s.elapsed_s else 0
+        print(f"      kernel+block configurations measured: {s.new_kernels} in {s.elapsed_s:.0f} s "
+              f"({s.new_kernels / max(s.elapsed_s, 1e-9):.2f}/s, {per20:.0f} per 20 min); networks: {s.new_networks}; "
+              f"drift events: {len([e for e in s.drift_events if not e.get('baseline_reset')])}; "
+              f"re-measured: {s.remeasured}; from refinement: {s.refined}", flush=True)
+        print(f"[2/2] re-measuring {rows} random rows ...", flush=True)
+        rep = remeasure(table, rows, seed, 0.05)
+        print(f"      within +-5%: {rep['within'] * 100:.0f}% of {rep['rows']} rows "
+              f"(median |deviation| {rep['median_abs_dev'] * 100:.1f}%, worst {rep['worst'] * 100:.1f}%)", flush=True)
+        figures = {"minutes": minutes, "configs": s.new_kernels, "networks": s.new_networks, "elapsed_s": s.elapsed_s,
+                   "wall_s": wall, "configs_per_20min": per20, "drift_events": len(s.drift_events),
+                   "remeasured": s.remeasured, "refined": s.refined, "reproducibility": rep}
+        print("RESULT " + json.dumps(figures))
+        if json_out:
+            Path(json_out).write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
