@@ -49,6 +49,8 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
 @click.option("--algorithm", type=click.Choice(["nsga2", "random"]), default="nsga2", show_default=True)
 @click.option("--accuracy", type=click.Choice(["auto", "proxies", "supernet"]), default="auto", show_default=True,
               help="Accuracy estimator: a supernet where available, else zero-cost proxies.")
+@click.option("--proxies", default="jacov,nwot,synflow", show_default=True,
+              help="Zero-cost proxies of the rank ensemble (comma-separated).")
 @click.option("--benchmark", metavar="CSV:DEVICE", help="NB201 benchmark mode: the DEVICE_ms column of CSV "
               "(keyed by arch) is the device; each lookup is one measurement.")
 @click.option("--max-measurements", type=int, default=50, show_default=True,
@@ -81,7 +83,8 @@ def main(**kw):
         finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], out=kw["out"],
         budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
         max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],
-        generations=kw["generations"], accuracy=kw["accuracy"], cache_dir=kw["cache_dir"], progress=not quiet)
+        generations=kw["generations"], accuracy=kw["accuracy"],
+        proxies=tuple(p.strip() for p in kw["proxies"].split(",") if p.strip()), cache_dir=kw["cache_dir"], progress=not quiet)
     try:
         res = run_search(cfg)
     except BudgetTooLowError as e:

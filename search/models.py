@@ -151,7 +151,7 @@ class ProxyAccuracy:
     """
 
     def __init__(self, space, inputs, targets, names: Sequence[str], cache_file: str | Path | None = None,
-                 n_ref: int = 48, seed: int = 0, compute=None):
+                 n_ref: int = 32, seed: int = 0, compute=None):
         self.space = space
         self.inputs, self.targets = inputs, targets
         self.names = list(names)

@@ -1,0 +1,197 @@
+"""Search engine tests: real NB201 space, real LightGBM predictor, real ONNX sessions, small sizes."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+NB201_CSV = SHARED / "data" / "nb201" / "nb201_cifar10.csv"
+
+
+@pytest.fixture(scope="session")
+def predictor_path(tmp_path_factory) -> Path:
+    """The shipped local-cpu predictor if there is one, else a real LightGBM predictor fit on
+    the kernels of random NB201 cells (targets from a roofline of their FLOPs and bytes,
+    standing in for a profiled table, which the repository does not ship yet)."""
+    shipped = sorted((ROOT / "data" / "predictors").glob("*.lgb"))
+    if shipped:
+        return shipped[0]
+    from predictors import features as F
+    from predictors.model import Predictor
+    from profiling.targets import get_target
+    from search.spaces import get_space
+    space = get_space("nb201", resolution=8)
+    rng = np.random.default_rng(0)
+    specs = list({s for _ in range(40) for s in space.kernel_specs(space.sample(rng))})
+    st = np.array([F.spec_stats(s, 1) for s in specs])
+    ms = 0.004 + st[:, 0] * 2e-9 + st[:, 2] * 5e-9
+    p = Predictor(target=get_target("local-cpu").to_dict(), kernel_rounds=30)
+    p.fit_kernels(specs, ms * rng.uniform(0.9, 1.1, len(ms)))
+    path = tmp_path_factory.mktemp("pred") / "local-cpu.lgb"
+    p.save(path)
+    return path
+
+
+def _cfg(tmp_path, predictor_path, **kw):
+    from search.run import SearchConfig
+    base = dict(space="nb201", predictor=str(predictor_path), data="digits", population=8, generations=2,
+                finalists=2, verify_rounds=1, out=str(tmp_path / "out"), cache_dir=str(tmp_path / "cache"),
+                progress=False, proxies=("nwot", "synflow"), proxy_batch=16)
+    base.update(kw)
+    return SearchConfig(**base)
+
+
+def _budget(predictor_path, q=50):
+    from search import setup
+    from search.run import SearchConfig
+    pred = setup.load_predictor_and_target(SearchConfig(predictor=str(predictor_path)))[0]
+    data = setup.load_data("digits")
+    space = setup.make_space("nb201", data)
+    lat = setup.latency_model(pred, space, predictor_path)
+    med, _, _ = lat.predict([space.sample(np.random.default_rng(1)) for _ in range(100)])
+    return float(np.percentile(med, q))
+
+
+def test_budget_search_writes_every_output_and_verifies(tmp_path, predictor_path):
+    import onnxruntime as ort
+    from search.run import run_search
+    from search.spaces import get_space
+    budget = _budget(predictor_path)
+    res = run_search(_cfg(tmp_path, predictor_path, latency_budget_ms=budget))
+    out = tmp_path / "out"
+    for f in ("frontier.csv", "frontier.json", "frontier.png", "best.json", "best.onnx", "best.pt", "report.md"):
+        assert (out / f).exists() and (out / f).stat().st_size > 0, f
+    best = json.loads((out / "best.json").read_text())
+    get_space("nb201").from_string(best["arch"])  # the space's own notation
+    assert res.best is not None and res.best.key == best["arch"]
+    # finalists were measured on this machine through real ONNX sessions
+    measured = [c for c in res.candidates if c.measured_ms is not None]
+    assert 1 <= len(measured) <= 2 and res.n_measurements == len(measured)
+    for c in measured:
+        assert c.measured_ms > 0
+        assert (c.dropped is not None) == (c.measured_ms > budget)
+    if res.best.measured_ms is not None:
+        assert res.best.measured_ms <= budget
+    assert res.correction.startswith("measured =")
+    sess = ort.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
+    shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
+    assert sess.run(None, {sess.get_inputs()[0].name: np.zeros(shape, np.float32)})[0].shape == (1, 10)
+    ck = torch.load(out / "best.pt", weights_only=False)
+    assert ck["arch"] == best["arch"] and ck["state_dict"]
+    rows = (out / "frontier.csv").read_text().splitlines()
+    assert rows[0].startswith("arch,estimated_accuracy,predicted_ms") and len(rows) > 1
+    fj = json.loads((out / "frontier.json").read_text())
+    assert any(p["measured_ms"] is not None for p in fj["frontier"])
+    report = (out / "report.md").read_text()
+    assert "What was measured" in report and best["arch"] in report
+
+
+def test_frontier_and_min_accuracy_formulations(tmp_path, predictor_path):
+    from search.run import run_search
+    res = run_search(_cfg(tmp_path, predictor_path, finalists=2, out=str(tmp_path / "f")))
+    assert res.formulation.kind == "frontier" and res.best is not None
+    accs = [c.accuracy for c in res.frontier]
+    lats = [c.latency_ms for c in res.frontier]
+    assert accs == sorted(accs) and lats == sorted(lats)
+    thr = float(np.median([c.accuracy for c in res.candidates]))
+    res2 = run_search(_cfg(tmp_path, predictor_path, min_accuracy=thr, out=str(tmp_path / "m")))
+    assert res2.best is not None and res2.best.accuracy >= thr
+
+
+def test_correction_closes_the_loop(predictor_path):
+    from search.problem import Candidate, Correction
+    cands = [Candidate(key=str(i), arch=None, encoding=np.zeros(1), accuracy=0, predicted_ms=p, low_ms=p,
+                       high_ms=p, raw_predicted_ms=p) for i, p in enumerate([1.0, 2.0, 4.0])]
+    c = Correction()
+    for cand in cands[:2]:
+        c.add(cand, 2.5 * cand.raw_predicted_ms)
+    assert np.allclose(c.apply(cands), [2.5, 5.0, 10.0])
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "scripts.search_cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, **kw)
+
+
+def test_cli_refuses_predictor_of_another_target(tmp_path, predictor_path):
+    from search import setup
+    from search.problem import SearchError
+    from search.run import SearchConfig
+    cfg = SearchConfig(predictor=str(predictor_path), target="raspberry-pi-4")
+    with pytest.raises(SearchError, match="built for target 'local-cpu'.*--force"):
+        setup.load_predictor_and_target(cfg)
+    cfg.force = True
+    _, target = setup.load_predictor_and_target(cfg)
+    assert target.name == "raspberry-pi-4"
+    r = _cli("--predictor", str(predictor_path), "--target", "raspberry-pi-4", "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "--force" in r.stderr
+
+
+def test_cli_clear_errors_for_bad_data(tmp_path, predictor_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = _cli("--predictor", str(predictor_path), "--data", str(empty), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "empty" in r.stderr
+    r = _cli("--predictor", str(predictor_path), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert r.returncode == 1 and "no such file" in r.stderr
+
+
+def test_cli_budget_below_fastest_candidate(tmp_path, predictor_path):
+    r = _cli("--predictor", str(predictor_path), "--latency-budget", "0.0001", "--population", "6",
+             "--generations", "1", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "--quiet",
+             "--proxies", "nwot,synflow")
+    assert r.returncode == 3, r.stderr
+    assert "below the fastest candidate" in r.stderr and "|" in r.stderr  # shows the arch
+
+
+def test_ctrl_c_leaves_usable_partial_output(tmp_path, predictor_path):
+    out = tmp_path / "o"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen([sys.executable, "-m", "scripts.search_cli", "--predictor", str(predictor_path),
+                          "--population", "8", "--generations", "500", "--budget-minutes", "5", "--out", str(out),
+                          "--proxies", "nwot,synflow",
+                          "--cache-dir", str(tmp_path / "c")], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "frontier.json").exists() and time.time() - t0 < 240:
+        time.sleep(0.2)
+    assert (out / "frontier.json").exists(), "no generation finished"
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=90)
+    assert p.returncode == 130, stderr
+    for f in ("frontier.csv", "frontier.json", "frontier.png", "best.json", "report.md"):
+        assert (out / f).exists(), f
+    assert "interrupted" in (out / "report.md").read_text()
+    best = json.loads((out / "best.json").read_text())
+    assert best["interrupted"] is True and best["arch"]
+
+
+@pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201/nb201_cifar10.csv is absent")
+def test_benchmark_mode_counts_lookups(tmp_path):
+    from search.benchmark import BenchmarkDevice
+    from search.run import SearchConfig, run_search
+    budget = BenchmarkDevice(NB201_CSV, "edgegpu").percentile(50)
+    res = run_search(SearchConfig(space="nb201", data="digits", benchmark=f"{NB201_CSV}:edgegpu",
+                                  latency_budget_ms=budget, population=8, generations=2, max_measurements=14,
+                                  calibration=6, finalists=3, out=str(tmp_path / "b"),
+                                  cache_dir=str(tmp_path / "c"), progress=False, proxies=("nwot", "synflow"),
+                                  proxy_batch=16, export_best=False))
+    assert 6 <= res.n_measurements <= 14
+    assert res.best is not None and res.best.measured_ms is not None and res.best.measured_ms <= budget
+    gt = res.ground_truth
+    assert gt.chosen_ms <= budget and gt.gap >= 0
+    assert "Benchmark ground truth" in (tmp_path / "b" / "report.md").read_text()
