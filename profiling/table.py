@@ -34,6 +34,9 @@ from .kernels import KINDS, PARAM_COLUMNS
 
 METADATA_KEY = b"hwnas"
 TABLE_FORMAT = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK  # what open() would give; mkstemp's 0600 is too strict for a shared table
 
 
 def hwnas_version() -> str:
@@ -254,6 +257,7 @@ class TableWriter:
         os.close(fd)
         try:
             pq.write_table(table, tmp, compression="zstd")
+            os.chmod(tmp, FILE_MODE)
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)
@@ -271,6 +275,7 @@ class TableWriter:
         jh = getattr(self, "_jfh", None)
         try:
             fd, jtmp = tempfile.mkstemp(prefix=f".{self.journal.name}.", dir=self.path.parent)
+            os.chmod(jtmp, FILE_MODE)
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 fh.write(json.dumps({"journal": 1, "fingerprint_hash": self.fp_hash}) + "\n")
                 fh.flush()

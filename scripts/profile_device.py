@@ -6,6 +6,7 @@ exit status, never a traceback.
 """
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -103,6 +104,8 @@ def _print_summary(console: Console, s) -> None:
     console.print(f"drift events: {len(drift)}" + (f" (+{resets} baseline resets)" if resets else "")
                   + f", re-measured configurations: {s.remeasured}"
                   + (f", failed configurations: {len(s.failed)}" if s.failed else ""))
+    if s.stopped_by == "interrupted":
+        console.print("interrupted: every measured row is in the table; run the same command again to resume")
     for f in s.failed[:5]:
         console.print(f"  [red]failed[/] {f['kind']} {f['config_id']}: {f['error']}")
 
@@ -138,8 +141,8 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
          max_configs, networks, kinds_text, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
-    console = Console(stderr=False, highlight=False)
-    err = Console(stderr=True, highlight=False)
+    console = Console(stderr=False, highlight=False, soft_wrap=True)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     if show_targets:
         try:
             _print_targets(console, targets_file)
@@ -151,6 +154,10 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
 
     kinds = _parse_kinds(kinds_text)
     progress = _Progress(console, quiet)
+
+    def _terminate(signum, frame):  # SIGTERM (kill, timeout) stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         profiler = Profiler(target_name, out, hosts=list(hosts), kinds=kinds, budget_minutes=budget_minutes,
                             max_configs=max_configs, networks=networks, seed=seed, resume=resume,
