@@ -254,7 +254,7 @@ class _Detector:
         if w is None or x is None or len(x) < 3:
             raise _Unmapped
         group, out = [i], n.output[0]
-        bn = len(n.input) > 2 and bool(n.input[2])
+        bn = False  # bn=True only with a BatchNormalization node (torch exports fold BN into the bias)
         j = self.free_consumer(out, "BatchNormalization") if self.rules.conv_bn else None
         if j is not None:
             group.append(j)
@@ -263,7 +263,11 @@ class _Detector:
         j = self.free_consumer(out, "Add") if self.rules.conv_add else None
         if j is not None:
             other = [t for t in g.nodes[j].input if t != out]
-            if len(other) == 1 and not g.is_const(other[0]) and g.shape(other[0]) == g.shape(out):
+            rival = g.producer.get(other[0]) if len(other) == 1 else None
+            # like the builders: the Add goes to the conv on its first input when both come from convs
+            rival_conv = rival is not None and rival not in self.used and g.nodes[rival].op_type in ("Conv", "BatchNormalization")
+            if len(other) == 1 and not g.is_const(other[0]) and g.shape(other[0]) == g.shape(out) and \
+                    (g.nodes[j].input[0] == out or not rival_conv):
                 group.append(j)
                 out, kind = g.nodes[j].output[0], "conv_add"
         act = "none"
@@ -680,7 +684,8 @@ def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: Fus
             sess.run(None, feeds)
         prof = sess.end_profiling()
         events = json.load(open(prof))
-    node_out = {n.name: [_strip(t) for t in n.output] for n in opt.graph.node}
+    node_out = {n.name: [_strip(t) for t in n.output] + ([_strip(n.name)] if n.name.endswith("_nchwc") else [])
+                for n in opt.graph.node}
     counted: dict[str, list[float]] = {}
     for ev in events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):

@@ -20,7 +20,7 @@ from profiling.kernels import ACTIVATIONS, KINDS, KernelSpec
 NUMERIC_PARAMS = ("cin", "cout", "h", "w", "kernel", "stride", "groups", "tokens", "heads", "m", "k", "n",
                   "dim", "c", "c1", "c2", "scale")
 CATEGORICAL = {"act": ACTIVATIONS, "op": ("max", "avg", "add", "mul"), "mode": ("nearest", "linear")}
-FLAGS = ("bn", "bias", "broadcast")
+FLAGS = ("bias", "broadcast")  # not bn: onnxruntime folds BatchNormalization into the conv
 DERIVED = ("log_flops", "log_bytes", "log_params", "intensity", "log_in", "log_out", "log_out_hw",
            "depthwise", "cin_per_group", "log_macs_per_out")
 KERNEL_FEATURES: tuple[str, ...] = (*NUMERIC_PARAMS, *CATEGORICAL, *FLAGS, *DERIVED)

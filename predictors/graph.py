@@ -59,7 +59,10 @@ class OnnxGraph:
             return self._values[tensor]
         val = None
         if tensor in self.initializers:
-            val = numpy_helper.to_array(self.initializers[tensor])
+            try:
+                val = numpy_helper.to_array(self.initializers[tensor])
+            except Exception:  # external data that is not at hand
+                val = None
         elif tensor in self.producer:
             node = self.nodes[self.producer[tensor]]
             if node.op_type == "Constant":
@@ -181,8 +184,13 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
     """
     vals: dict[str, np.ndarray] = dict(known)
     for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # weights kept outside the file (profiling builders): never shape data
         if init.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) or int(np.prod(init.dims)) <= 16:
-            vals[init.name] = numpy_helper.to_array(init)
+            try:
+                vals[init.name] = numpy_helper.to_array(init)
+            except Exception:
+                continue
     new: dict[str, np.ndarray] = {}
 
     def attr(n, name, default=None):
@@ -245,6 +253,9 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
                         val = f[op](x[0], x[1])
                 elif op == "Reshape":
                     val = x[0].reshape([d if d != 0 else x[0].shape[i] for i, d in enumerate(x[1])])
+                elif op == "Transpose":
+                    perm = attr(n, "perm")
+                    val = np.transpose(x[0], perm)
                 elif op in ("Neg", "Abs", "Floor", "Ceil", "Sqrt", "Identity"):
                     val = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil,
                            "Sqrt": np.sqrt, "Identity": np.asarray}[op](x[0])

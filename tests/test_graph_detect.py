@@ -1,0 +1,138 @@
+"""Graph IR and kernel detection on real ONNX graphs (onnx.helper and torch exports), checked
+against onnxruntime's own optimizer."""
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from onnx import TensorProto, helper, numpy_helper
+
+from predictors.detect import compare_with_ort, detect_kernels, ort_kernel_timings
+from predictors.graph import GraphError, load_graph
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.dw, self.b3 = nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.BatchNorm2d(16)
+        self.pw = nn.Conv2d(16, 32, 1)
+        self.ln = nn.LayerNorm(32)
+        self.fc1, self.fc2 = nn.Linear(32, 64), nn.Linear(64, 32)
+        self.att = nn.MultiheadAttention(32, 2, batch_first=True)
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(y)) + y)
+        y = nn.functional.hardswish(self.b3(self.dw(y)))
+        y = nn.functional.relu6(self.pw(y))
+        y = y * torch.sigmoid(y)
+        t = self.ln(y.flatten(2).transpose(1, 2))
+        t = t + self.att(t, t, t, need_weights=False)[0]
+        t = self.fc2(nn.functional.gelu(self.fc1(t)))
+        return t.mean(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny")
+    paths = {}
+    for opset in (14, 17, 21):
+        p = d / f"tiny{opset}.onnx"
+        torch.onnx.export(Tiny().eval(), torch.randn(1, 3, 8, 8), str(p), dynamo=False, opset_version=opset,
+                          input_names=["x"], dynamic_axes={"x": {0: "batch"}})
+        paths[opset] = p
+    return paths
+
+
+def _conv_relu_model(opset: int, dynamic_batch=True):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["y"])]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N" if dynamic_batch else 1, 3, 16, 16])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph(nodes, "g", [x], [y], [w])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("opset", [11, 21])
+def test_opsets_11_and_21_load_with_the_targets_batch(opset):
+    g = load_graph(_conv_relu_model(opset), batch=4)
+    assert g.opset == opset
+    assert g.shape("x") == (4, 3, 16, 16)
+    assert g.shape("r") == (4, 8, 16, 16)
+    det = detect_kernels(g, batch=4)
+    kinds = [k.spec.kind for k in det.kernels]
+    assert kinds == ["conv", "global_pool", "reshape"]
+    conv = det.kernels[0].spec.params
+    assert (conv["cin"], conv["cout"], conv["h"], conv["kernel"], conv["act"]) == (3, 8, 16, 3, "relu")
+
+
+def test_dynamic_spatial_dims_and_garbage_fail_clearly(tmp_path):
+    m = _conv_relu_model(17)
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    with pytest.raises(GraphError, match="dynamic dimension 'H'"):
+        load_graph(m)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(GraphError, match="not a readable ONNX model"):
+        load_graph(bad)
+    with pytest.raises(GraphError, match="does not exist"):
+        load_graph(tmp_path / "missing.onnx")
+
+
+@pytest.mark.parametrize("opset", [14, 17, 21])
+def test_torch_export_fusions_follow_the_design_conventions(tiny_onnx, opset):
+    det = detect_kernels(tiny_onnx[opset])
+    by_kind = Counter(k.spec.kind for k in det.kernels)
+    assert by_kind["conv"] == 3 and by_kind["conv_add"] == 1
+    acts = sorted(k.spec.params["act"] for k in det.kernels if k.spec.kind in ("conv", "conv_add"))
+    assert acts == ["hardswish", "relu", "relu", "relu6"]
+    assert any(k.spec.kind == "activation" and k.spec.params["act"] == "silu" for k in det.kernels)
+    assert by_kind["layernorm"] == 1  # a LayerNormalization op, or the opset-14 decomposition
+    assert by_kind["softmax"] == 1 and by_kind["matmul"] == 2
+    gelu = [k for k in det.kernels if k.spec.kind == "linear" and k.spec.params["act"] == "gelu"]
+    assert len(gelu) == 1 and gelu[0].spec.params["tokens"] == 64
+    # every node is accounted for: in a kernel, folded at load, or reported as unknown
+    n_nodes = len(onnx.load(str(tiny_onnx[opset])).graph.node)
+    assert sum(len(k.nodes) for k in det.kernels) + len(det.folded) + len(det.unknown) == n_nodes
+    assert all(u.bytes > 0 for u in det.unknown)
+
+
+def test_conv_fusions_agree_with_onnxruntimes_optimized_model(tiny_onnx, tmp_path):
+    rep = compare_with_ort(tiny_onnx[17], optimized_path=str(tmp_path / "opt.onnx"))
+    assert (tmp_path / "opt.onnx").exists()
+    assert rep.conv_only_ours == {} and rep.conv_only_ort == {}
+    assert rep.kernels > 10
+
+
+def test_ort_per_node_profiler_attributes_time_to_kernels(tiny_onnx):
+    det, times, unclaimed = ort_kernel_timings(tiny_onnx[17], runs=5)
+    assert len(times) == len(det.kernels)
+    conv_time = sum(t for k, t in zip(det.kernels, times) if k.spec.kind in ("conv", "conv_add"))
+    assert conv_time > 0
+    assert unclaimed >= 0
+
+
+def test_detection_of_builder_networks_matches_their_kernel_lists():
+    from profiling.networks import build_network, network_kernels, sample_network
+    rng = np.random.default_rng(3)
+    for family in ("mobilenet", "resnet"):
+        spec = sample_network(rng, family)
+        det = detect_kernels(build_network(spec))
+        assert not det.unknown, [u.op_type for u in det.unknown]
+        assert Counter(det.specs()) == Counter(network_kernels(spec)), family
+    # transformers: the compute kernels agree; the builders' q/k/v Split has no kind (reported as
+    # unknown) and the K transpose that ORT folds into its FusedMatMul is listed by the builders
+    spec = sample_network(rng, "vit")
+    det = detect_kernels(build_network(spec))
+    heavy = ("conv", "linear", "matmul", "softmax", "layernorm")
+    assert Counter(s for s in det.specs() if s.kind in heavy) == \
+        Counter(s for s in network_kernels(spec) if s.kind in heavy)
+    assert {u.op_type for u in det.unknown} <= {"Split"}

@@ -1,0 +1,228 @@
+"""The latency predictor on a small real table measured here (session fixture, under a minute)."""
+import json
+import math
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn as nn
+from click.testing import CliRunner
+
+from predictors import Predictor, PredictorError, PredictorFileError
+from predictors.features import spec_stats
+from predictors.trees import TreeModel
+from profiling.kernels import KernelSpec
+
+
+@pytest.fixture(scope="session")
+def table(tmp_path_factory):
+    from profiling.profiler import Profiler
+    path = tmp_path_factory.mktemp("table") / "t.parquet"
+    fast = {"max_s": 0.05, "min_runs": 5, "hard_min_runs": 5, "warmup_runs": 2, "warmup_s": 0.0}
+    Profiler("local-cpu", path, max_configs=170, networks=16, seed=1, stop_rule=fast,
+             network_stop_rule={"max_s": 0.15, "min_runs": 5, "hard_min_runs": 5, "warmup_runs": 2,
+                                "warmup_s": 0.0},
+             sentinel_every=1000, sentinel_every_s=1e9).run()
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained(table, tmp_path_factory):
+    p = Predictor(kernel_rounds=60, graph_rounds=60).fit([table], holdout=0.25)
+    path = tmp_path_factory.mktemp("pred") / "p.lgb"
+    p.save(path)
+    return p, path
+
+
+class Small(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16)
+        self.c2, self.b2 = nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = torch.relu(self.b1(self.c1(x)))
+        y = torch.relu(self.b2(self.c2(y)) + y)
+        y = torch.nn.functional.pad(y, (1, 1, 1, 1))  # a Pad: outside the kernel vocabulary
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="session")
+def small_onnx(tmp_path_factory):
+    p = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    torch.onnx.export(Small().eval(), torch.randn(1, 3, 32, 32), str(p), dynamo=False, opset_version=17)
+    return p
+
+
+def test_analytic_stats_match_onnx_stats_of_the_builders_graphs():
+    from profiling.builders import build_model
+    from profiling.onnx_stats import model_stats
+    specs = [KernelSpec.make("conv", cin=16, cout=32, h=28, w=28, kernel=3, stride=2),
+             KernelSpec.make("conv", cin=32, cout=32, h=14, w=14, kernel=5, stride=1, groups=32, act="hardswish"),
+             KernelSpec.make("linear", tokens=49, cin=64, cout=128, act="gelu"),
+             KernelSpec.make("matmul", heads=4, m=49, k=16, n=49),
+             KernelSpec.make("pool", op="max", c=16, h=32, w=32, kernel=3, stride=2),
+             KernelSpec.make("elementwise", op="mul", c=32, h=8, w=8, broadcast=True)]
+    for s in specs:
+        flops, params, nbytes, _, _ = spec_stats(s)
+        st = model_stats(build_model(s))
+        assert flops == pytest.approx(st.flops, rel=0.15), s
+        assert params == pytest.approx(st.params, rel=0.15, abs=2 * s.params.get("cout", 0) + 1), s
+
+
+def test_fit_reports_held_out_networks_and_intervals(trained):
+    p, _ = trained
+    h = p.training["holdout"]
+    for name in ("flops_only", "kernel_sum", "full"):
+        assert 0 <= h[name]["within10"] <= 1 and h[name]["mape"] >= 0
+    assert 0 <= h["full"]["coverage"] <= 1
+    lo, hi = p.graph_q
+    assert lo < 0 < hi
+
+
+def test_save_load_roundtrip_gives_identical_predictions(trained, small_onnx):
+    p, path = trained
+    q = Predictor.load(path)
+    assert q.target_name == "local-cpu" and q.fingerprint == p.fingerprint
+    a, b = p.predict(small_onnx), q.predict(small_onnx)
+    assert a.latency_ms == pytest.approx(b.latency_ms, rel=1e-9)
+    assert a.low_ms <= a.latency_ms <= a.high_ms
+
+
+def test_numpy_tree_evaluator_matches_lightgbm():
+    import lightgbm as lgb
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 5))
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = np.nan_to_num(X[:, 0]) * 2 + np.sin(np.nan_to_num(X[:, 1]))
+    b = lgb.train({"objective": "regression", "verbose": -1, "num_threads": 1, "num_leaves": 15},
+                  lgb.Dataset(X, y), num_boost_round=30)
+    np.testing.assert_allclose(TreeModel(b.model_to_string()).predict(X), b.predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_unknown_ops_are_reported_with_a_fallback_estimate(trained, small_onnx):
+    p, _ = trained
+    r = p.predict(small_onnx)
+    assert [u["op_type"] for u in r.unknown_ops] == ["Pad"]
+    assert r.unknown_ops[0]["estimate_ms"] > 0 and r.unknown_ops[0]["name"]
+    kinds = [k["kind"] for k in r.kernels]
+    assert kinds.count("conv") == 1 and kinds.count("conv_add") == 1 and "linear" in kinds
+
+
+def test_batch_path_matches_the_onnx_path_and_is_fast(trained):
+    from profiling.networks import build_network, network_kernels, sample_network
+    p, _ = trained
+    spec = sample_network(np.random.default_rng(5), "mobilenet")
+    med, lo, hi = p.predict_specs([network_kernels(spec)])
+    r = p.predict(build_network(spec))
+    assert med[0] == pytest.approx(r.latency_ms, rel=1e-6)
+    assert lo[0] <= med[0] <= hi[0]
+    cands = [network_kernels(spec)] * 2000
+    p.predict_specs(cands[:10])
+    t0 = time.perf_counter()
+    m2, _, _ = p.predict_specs(cands)
+    rate = len(cands) / (time.perf_counter() - t0)
+    assert np.allclose(m2, med[0])
+    assert rate > 1000  # the benchmark reports the real figure; this only guards regressions
+
+
+def test_blocks_in_candidates_are_expanded(trained):
+    p, _ = trained
+    block = KernelSpec.make("mbconv", cin=16, cout=24, h=28, w=28, expand=4.0, kernel=3, stride=2)
+    from profiling.builders import decompose
+    a = p.predict_specs([[block]])[0][0]
+    b = p.predict_specs([decompose(block)])[0][0]
+    assert a == pytest.approx(b, rel=1e-9)
+    with pytest.raises(PredictorError, match="no kernel specs"):
+        p.predict_specs([[]])
+
+
+def test_file_corruption_truncation_and_newer_schema_fail_clearly(trained, tmp_path):
+    _, path = trained
+    raw = path.read_bytes()
+    (tmp_path / "trunc.lgb").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(PredictorFileError, match="truncated"):
+        Predictor.load(tmp_path / "trunc.lgb")
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0x01
+    (tmp_path / "bad.lgb").write_bytes(bytes(flipped))
+    with pytest.raises(PredictorFileError, match="corrupted"):
+        Predictor.load(tmp_path / "bad.lgb")
+    from predictors.fileformat import read_predictor_file, write_predictor_file
+    header, models = read_predictor_file(path)
+    write_predictor_file(tmp_path / "new.lgb", header, models)
+    text = (tmp_path / "new.lgb").read_bytes()
+    first, rest = text.split(b"\n", 1)
+    (tmp_path / "newer.lgb").write_bytes(first.replace(b" 1", b" 9") + b"\n" + rest)
+    with pytest.raises(PredictorFileError, match="newer"):
+        Predictor.load(tmp_path / "newer.lgb")
+    (tmp_path / "pickle.lgb").write_bytes(b"\x80\x04\x95 pickled")
+    with pytest.raises(PredictorFileError, match="not an hwnas predictor"):
+        Predictor.load(tmp_path / "pickle.lgb")
+
+
+def test_schema_version_from_the_future_is_refused(trained, tmp_path, monkeypatch):
+    _, path = trained
+    import predictors.fileformat as ff
+    header, models = ff.read_predictor_file(path)
+    monkeypatch.setattr(ff, "SCHEMA_VERSION", 99)
+    ff.write_predictor_file(tmp_path / "v99.lgb", header, models)
+    monkeypatch.setattr(ff, "SCHEMA_VERSION", 1)
+    with pytest.raises(PredictorFileError, match="schema version 99"):
+        Predictor.load(tmp_path / "v99.lgb")
+
+
+def test_target_check_refuses_another_target(trained):
+    p, _ = trained
+    p.check_target("local-cpu")
+    with pytest.raises(PredictorError, match="built for target 'local-cpu'"):
+        p.check_target("raspberry-pi-4")
+
+
+def test_few_shot_adaptation_learns_a_slower_device(trained, tmp_path):
+    from profiling.networks import network_kernels, sample_network
+    p, path = trained
+    rng = np.random.default_rng(11)
+    nets = [network_kernels(sample_network(rng, f)) for f in ("mobilenet", "resnet") * 10]
+    base = p.predict_specs(nets)[0]
+    # a real device: local measurements, but every conv group 3x slower (a proxy with known truth)
+    sums, _ = p._graph_inputs(nets)
+    from predictors.features import GROUPS
+    conv = sum(sums[:, 7 + GROUPS.index(g)] for g in ("conv1x1", "convkxk", "dwconv"))
+    truth = base + 2.0 * conv
+    new = p.adapt(nets[:14], truth[:14], device="slow-device")
+    pred = new.predict_specs(nets[14:])[0]
+    assert np.mean(np.abs(pred / truth[14:] - 1)) < 0.5 * np.mean(np.abs(base[14:] / truth[14:] - 1))
+    assert new.target_name == "slow-device"
+    # through the CLI and the measured-networks file
+    import pandas as pd
+    f = tmp_path / "measured.csv"
+    pd.DataFrame({"kernel_specs": [json.dumps([s.to_dict() for s in n]) for n in nets[:14]],
+                  "latency_ms": truth[:14]}).to_csv(f, index=False)
+    from scripts.train_predictor import main
+    res = CliRunner().invoke(main, ["--adapt-from", str(path), "--networks", str(f), "--out",
+                                    str(tmp_path / "a.lgb"), "--device", "slow-device"])
+    assert res.exit_code == 0, res.output
+    assert "leave-one-out" in res.output
+    assert Predictor.load(tmp_path / "a.lgb").target_name == "slow-device"
+
+
+def test_clis_print_json_and_clear_errors(table, trained, small_onnx, tmp_path):
+    from scripts.predict_latency import main as predict_main
+    from scripts.train_predictor import main as train_main
+    _, path = trained
+    res = CliRunner().invoke(predict_main, [str(small_onnx), "--predictor", str(path), "--json", "--per-kernel"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output)
+    assert set(out[0]) >= {"model", "latency_ms", "low_ms", "high_ms", "kernels", "unknown_ops"}
+    assert isinstance(out[0]["kernels"], list) and out[0]["unknown_ops"][0]["op_type"] == "Pad"
+    res = CliRunner().invoke(predict_main, [str(small_onnx), "--predictor", str(tmp_path / "none.lgb")])
+    assert res.exit_code == 2 and "does not exist" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(train_main, ["--table", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "x.lgb")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(train_main, ["--table", str(table), "--out", str(tmp_path / "t.lgb")])
+    assert res.exit_code == 0, res.output
+    assert "full predictor" in res.output and (tmp_path / "t.lgb").exists()
