@@ -38,7 +38,13 @@ from .table import TableWriter, utc_now
 from .targets import Target, TargetError, get_target
 from .transport import RunnerConnection, local_runner, ssh_runner
 
-SENTINEL = KernelSpec.make("conv", cin=64, cout=64, h=28, w=28, kernel=3, stride=1, act="relu")
+# A compute-bound and a memory-bound sentinel: a neighbour that competes for the shared
+# cache or memory bus slows the second one even when the first does not notice.
+SENTINELS = {
+    "conv": KernelSpec.make("conv", cin=64, cout=64, h=28, w=28, kernel=3, stride=1, act="relu"),
+    "memory": KernelSpec.make("elementwise", op="add", c=128, h=56, w=56),
+}
+SENTINEL = SENTINELS["conv"]
 KERNEL_STOP = {"max_s": 1.0}
 NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
 DEFAULT_MAX_CONFIGS = 5000
@@ -86,7 +92,9 @@ class _RunnerState:
     def __init__(self, conn: RunnerConnection, label: str):
         self.conn = conn
         self.label = label
-        self.baseline: float | None = None
+        self.baseline: dict[str, float] = {}
+        self.pending: list[str] = []          # sentinels still to measure in the current check
+        self.check: dict[str, float] = {}     # their medians so far
         self.since_good: list[Job] = []
         self.last_sentinel_t = time.monotonic()
         self.since_sentinel = 0
@@ -407,9 +415,14 @@ class _Run:
         return None
 
     def _sentinel_job(self, state: _RunnerState) -> Job:
-        job = self.p._kernel_job(SENTINEL)
+        if not state.pending:
+            state.pending = list(SENTINELS)
+            state.check = {}
+        name = state.pending.pop(0)
+        job = self.p._kernel_job(SENTINELS[name])
         job.sentinel = True
-        job.payload["cache_key"] = "sentinel"
+        job.kind = name
+        job.payload["cache_key"] = "sentinel-" + name
         delay = self.p._slow_sentinels.get(state.sentinel_count)
         if delay:
             job.payload["delay_ms"] = delay
@@ -419,7 +432,7 @@ class _Run:
         with self.lock:
             if self.stop.is_set():
                 return None
-            if state.needs_sentinel or state.since_sentinel >= self.p.sentinel_every or \
+            if state.pending or state.needs_sentinel or state.since_sentinel >= self.p.sentinel_every or \
                     time.monotonic() - state.last_sentinel_t >= self.p.sentinel_every_s:
                 return self._sentinel_job(state)
             if self.requeue:
@@ -463,7 +476,9 @@ class _Run:
             self.fail_streak = 0
             stats = answer["stats"]
             if job.sentinel:
-                self._sentinel_result(state, stats["median_ms"])
+                state.check[job.kind] = stats["median_ms"]
+                if not state.pending:
+                    self._sentinel_result(state, dict(state.check))
                 return
             row = dict(job.row)
             row.update({k: stats[k] for k in ("median_ms", "p10_ms", "p90_ms", "mean_ms", "runs", "ci_rel")})
@@ -488,17 +503,20 @@ class _Run:
             self.p.progress("row", row=row, new=new, kernel_rows=self.kernel_rows, network_rows=self.network_rows,
                             elapsed=self.elapsed())
 
-    def _sentinel_result(self, state: _RunnerState, median: float) -> None:
+    def _sentinel_result(self, state: _RunnerState, medians: dict[str, float]) -> None:
+        """Judge one complete sentinel check (every sentinel measured once)."""
         state.sentinel_count += 1
         state.last_sentinel_t = time.monotonic()
         state.since_sentinel = 0
-        if state.baseline is None:
-            state.baseline = median
+        if not state.baseline:
+            state.baseline = dict(medians)
             state.needs_sentinel = False
-            self.p.progress("note", message=f"{state.label}: sentinel baseline {median:.3f} ms")
+            self.p.progress("note", message=f"{state.label}: sentinel baselines "
+                            + ", ".join(f"{k} {v:.3f} ms" for k, v in medians.items()))
             return
-        ratio = median / state.baseline
-        if abs(ratio - 1.0) <= self.p.drift_threshold:
+        ratios = {k: v / state.baseline[k] for k, v in medians.items()}
+        worst = max(ratios, key=lambda k: abs(ratios[k] - 1.0))
+        if abs(ratios[worst] - 1.0) <= self.p.drift_threshold:
             state.needs_sentinel = False
             state.bad_streak = 0
             state.since_good = []
@@ -507,8 +525,8 @@ class _Run:
         if state.bad_streak == 1:
             redo = [j for j in state.since_good]
             event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
-                     "sentinel_ms": median, "baseline_ms": state.baseline, "ratio": ratio,
-                     "remeasure": len(redo)}
+                     "sentinel": worst, "sentinel_ms": medians[worst], "baseline_ms": state.baseline[worst],
+                     "ratio": ratios[worst], "ratios": ratios, "remeasure": len(redo)}
             self.summary.drift_events.append(event)
             self.drift_log.append(event)
             self.writer.metadata["drift_events"] = self.drift_log[-200:]
@@ -520,11 +538,12 @@ class _Run:
         if state.bad_streak >= 6:
             # A lasting change (a new thermal state, a governor): accept it as the new normal.
             event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
-                     "baseline_reset": True, "old_baseline_ms": state.baseline, "baseline_ms": median}
+                     "baseline_reset": True, "sentinel": worst, "old_baseline_ms": state.baseline[worst],
+                     "baseline_ms": medians[worst]}
             self.summary.drift_events.append(event)
             self.drift_log.append(event)
             self.writer.metadata["drift_events"] = self.drift_log[-200:]
-            state.baseline = median
+            state.baseline = dict(medians)
             state.bad_streak = 0
             state.needs_sentinel = False
             self.p.progress("drift", drift=event)
@@ -608,4 +627,4 @@ class _Run:
         return s
 
 
-__all__ = ["Profiler", "ProfileSummary", "ProfilingError", "SENTINEL"]
+__all__ = ["Profiler", "ProfileSummary", "ProfilingError", "SENTINEL", "SENTINELS"]

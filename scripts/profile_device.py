@@ -75,9 +75,9 @@ class _Progress:
                 self.bar.update(self.task, rows=rows)
         elif event == "drift":
             e = info["drift"]
-            msg = (f"[yellow]drift[/] on {e['host']}: baseline reset to {e['baseline_ms']:.3f} ms"
+            msg = (f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel baseline reset to {e['baseline_ms']:.3f} ms"
                    if e.get("baseline_reset") else
-                   f"[yellow]drift[/] on {e['host']}: sentinel {e['sentinel_ms']:.3f} ms vs baseline "
+                   f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel {e['sentinel_ms']:.3f} ms vs baseline "
                    f"{e['baseline_ms']:.3f} ms ({(e['ratio'] - 1) * 100:+.0f}%): re-measuring {e['remeasure']} configurations")
             self.console.print(msg)
         elif event == "note" and not self.quiet:
