@@ -1,7 +1,7 @@
 """Accuracy-estimation benchmarks: zero-cost proxies and the supernet on NAS-Bench-201 / CIFAR-10.
 
 Needs the reference data at ``../shared`` (see ``../shared/README.md``). Expensive results are
-cached as CSV files under ``--cache`` (default ``/tmp/hwnas-bench``), so a rerun only prints.
+cached as CSV files under ``--cache`` (default ``/tmp/hwnas-accbench``), so a rerun only prints.
 
     taskset -c 0 python -m scripts.bench_accuracy proxies   # 11 proxies on 1,000 NB201 cells
     taskset -c 0 python -m scripts.bench_accuracy supernet  # supernet ranking (Kendall tau)
@@ -72,7 +72,7 @@ def bench_cells(n: int, seed: int = 0) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_s: float, timing_cells: int = 30) -> Path:
+def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_s: float, timing_cells: int = 10) -> Path:
     from search.proxies import PROXIES, compute_proxies
     from search.spaces import get_space
     torch.set_num_threads(1)
@@ -169,9 +169,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-bench"), show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True)
 @click.option("--cells", default=1000, show_default=True, help="NB201 cells (from the reference proxy table)")
-@click.option("--grasp-cells", default=200, show_default=True, help="grasp (the costliest proxy) on the first N cells only")
+@click.option("--grasp-cells", default=100, show_default=True, help="grasp (the costliest proxy) on the first N cells only")
 @click.option("--batch", default=64, show_default=True)
 @click.option("--budget-s", default=1e9, help="stop computing after this many seconds (cached rows are kept)")
 def proxies(cache: Path, cells: int, grasp_cells: int, batch: int, budget_s: float) -> None:
@@ -181,7 +181,7 @@ def proxies(cache: Path, cells: int, grasp_cells: int, batch: int, budget_s: flo
 
 
 @main.command()
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-bench"), show_default=True)
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True)
 @click.option("--batch", default=64, show_default=True)
 def report(cache: Path, batch: int) -> None:
     """Print every figure from the caches."""
