@@ -11,7 +11,7 @@ A network is a JSON-serialisable dict::
 `build_network(spec, batch)` builds its ONNX graph deterministically with the same kernel
 and block builders as the profiled configurations (so every layer is one or several
 `KernelSpec`s; `network_kernels(spec)` lists them). Sizes are kept realistic but
-affordable on one CPU thread: inputs 32-224, at most `MAX_NETWORK_FLOPS`.
+affordable on one CPU thread: inputs 32-256, at most `MAX_NETWORK_FLOPS` (6 GFLOPs).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from . import builders as B
 from .kernels import KernelSpec, KernelSpecError
 
 FAMILIES = ("mobilenet", "resnet", "vit", "mixed")
-MAX_NETWORK_FLOPS = 2.5e9
+MAX_NETWORK_FLOPS = 6e9
 MIN_NETWORK_FLOPS = 5e6
 
 
@@ -142,7 +142,7 @@ def _choice(rng, seq, p=None):
 
 def _mobilenet(rng) -> dict[str, Any]:
     res = _choice(rng, [96, 112, 128, 160, 192, 224])
-    wm = _choice(rng, [0.35, 0.5, 0.75, 1.0, 1.25])
+    wm = _choice(rng, [0.35, 0.5, 0.75, 1.0, 1.25, 1.5])
     act = _choice(rng, ["relu", "relu6", "hardswish", "silu"])
     layers: list[dict[str, Any]] = [{"op": "conv", "cout": _div(16 * wm), "kernel": 3, "stride": 2, "act": act}]
     stages = [(16, 1, 1), (24, 2, 2), (40, 3, 2), (80, 3, 2), (112, 3, 1), (160, 3, 2)]
@@ -175,7 +175,7 @@ def _resnet(rng) -> dict[str, Any]:
         layers.append({"op": "pool", "pool": "max", "kernel": 3, "stride": 2})
         classes = 1000
     for i, width in enumerate(widths):
-        for j in range(int(rng.integers(1, 4))):
+        for j in range(int(rng.integers(1, 5))):
             stride = 2 if (j == 0 and i > 0) else 1
             if block == "resnet_basic":
                 layers.append({"op": block, "cout": width, "stride": stride})
@@ -191,8 +191,8 @@ def _vit(rng) -> dict[str, Any]:
     res = _choice(rng, [32, 64, 96, 128, 160, 224])
     patches = [p for p in (4, 8, 16, 32) if res % p == 0 and 16 <= (res // p) ** 2 <= 256]
     patch = int(_choice(rng, patches))
-    dim = int(_choice(rng, [96, 128, 192, 256, 384]))
-    heads = int(_choice(rng, [h for h in (2, 3, 4, 6, 8) if dim % h == 0 and 32 <= dim // h <= 96] or [dim // 64]))
+    dim = int(_choice(rng, [96, 128, 192, 256, 384, 512, 768]))
+    heads = int(_choice(rng, [h for h in (2, 3, 4, 6, 8, 12) if dim % h == 0 and 32 <= dim // h <= 96] or [dim // 64]))
     depth = int(rng.integers(2, 13))
     mlp = float(_choice(rng, [2.0, 3.0, 4.0]))
     layers: list[dict[str, Any]] = [{"op": "patch_embed", "patch": patch, "dim": dim}]

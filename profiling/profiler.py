@@ -49,6 +49,7 @@ KERNEL_STOP = {"max_s": 1.0}
 NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
 DEFAULT_MAX_CONFIGS = 5000
 NETWORK_SHARE = 0.06  # networks per kernel configuration when --networks is not given
+DEFAULT_NETWORKS = 300  # with --kinds network and neither --networks nor a budget
 INITIAL_SHARE = 0.6   # of the kernel budget drawn before adaptive refinement starts
 
 
@@ -308,6 +309,8 @@ class _Run:
         self.kernel_target = p.max_configs  # total in the table; None: until the budget ends
         if p.networks is not None:
             self.network_target: int | None = p.networks
+        elif p.only_networks:
+            self.network_target = None if p.budget_s else DEFAULT_NETWORKS  # networks until the budget ends
         elif self.kernel_target is not None:
             self.network_target = int(math.ceil(NETWORK_SHARE * self.kernel_target))
         else:
@@ -350,6 +353,8 @@ class _Run:
             if self.p.budget_s:
                 frac = max(frac, self.elapsed() / self.p.budget_s)
             return done < self.network_target * min(1.0, frac)
+        if not self.p.kinds:
+            return True  # networks only, until the budget ends
         return done < NETWORK_SHARE * self.kernel_rows
 
     def _initial_phase(self) -> bool:

@@ -141,3 +141,15 @@ def test_missing_python_and_runtime_on_the_device(sshd, tmp_path):
     with pytest.raises(ProfilingError, match="pip3 install onnxruntime"):
         Profiler("local-cpu", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=sshd["config"],
                  remote_python=str(wrapper)).run()
+
+
+def test_remote_device_that_cannot_run_the_target(sshd, tmp_path):
+    targets = tmp_path / "targets.toml"
+    targets.write_text('[targets.arm-board]\narch = "aarch64"\nthreads = 4\n'
+                       '[targets.gpu-board]\nproviders = ["CUDAExecutionProvider", "CPUExecutionProvider"]\n')
+    with pytest.raises(ProfilingError, match=r"hwnas-device cannot measure target arm-board: it lacks the aarch64"):
+        Profiler("arm-board", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=sshd["config"],
+                 remote_python=sys.executable, targets_file=targets).run()
+    with pytest.raises(ProfilingError, match=r"CUDA execution provider .*install onnxruntime-gpu"):
+        Profiler("gpu-board", tmp_path / "t.parquet", hosts=["hwnas-device"], ssh_config=sshd["config"],
+                 remote_python=sys.executable, targets_file=targets).run()
