@@ -151,6 +151,7 @@ class Profiler:
         if networks is not None and networks < 0:
             raise ProfilingError("--networks must be >= 0")
         self.out_path = Path(out_path) if out_path else None
+        self.out_is_dir = bool(out_path) and str(out_path).endswith(("/", os.sep))
         self.hosts = list(hosts)
         self.budget_s = budget_minutes * 60 if budget_minutes else None
         if max_configs is None and budget_minutes is None:
@@ -275,7 +276,7 @@ class Profiler:
                                          f"differ: {describe_diff(diff, runners[0].label, r.label)}")
             fp = fps[0]
             out = self.out_path
-            if out is None or (out.exists() and out.is_dir()) or str(out).endswith(os.sep):
+            if out is None or out.is_dir() or self.out_is_dir:
                 out = (out or Path(".")) / default_table_name(self.target, fp)
             writer = TableWriter(out, fp, self.target.to_dict(), resume=self.resume,
                                  compact_rows=self.compact_rows, compact_seconds=self.compact_seconds)
