@@ -151,7 +151,8 @@ def proxy_report(cache: Path, batch: int, n_cells: int = 1000, n_labels: int = 1
         rng = np.random.default_rng(rep)
         idx = rng.permutation(len(df))
         tr, te = idx[:n_labels], idx[n_labels:]
-        est = SupervisedEstimator(seed=rep).fit(df.iloc[tr][feats], df.iloc[tr]["val_acc"].to_numpy(), encodings=enc[tr])
+        est = SupervisedEstimator(seed=rep).fit(df.iloc[tr][feats], df.iloc[tr]["val_acc"].to_numpy(), encodings=enc[tr],
+                                                reference=df[feats])  # unlabelled proxies of all cells
         rhos.append(spearmanr(est.predict(df.iloc[te][feats], encodings=enc[te]), df.iloc[te]["val_acc"]).statistic)
     click.echo(f"supervised (LightGBM on proxies + encoding, {n_labels} labels, scored on the other {len(df) - n_labels}): "
                f"Spearman {np.mean(rhos):.3f} +- {np.std(rhos):.3f} over {reps} draws")

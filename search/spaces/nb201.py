@@ -232,10 +232,10 @@ class NB201Space(SearchSpace[NB201Arch]):
 
     @staticmethod
     def is_fully_reachable(arch: NB201Arch) -> bool:
-        """True if no edge is dead (the 9,445 cells of NAS-Bench-Suite-Zero's proxy table)."""
+        """True if no op edge is dead (the 9,445 cells of NAS-Bench-Suite-Zero's proxy table)."""
         plan = cell_plan(arch)
         if plan.zero:
-            return False
+            return all(o == "none" for o in arch)  # the empty cell has no dead edge
         live = {(j, i) for j, ins in plan.nodes for i, _ in ins}
         return all((e in live) == (o != "none") for e, o in zip(EDGES, arch))
 
