@@ -370,10 +370,8 @@ class _Run:
         if not rows:
             return
         df = pd.DataFrame(rows)
-        if self.kernel_target is not None:
-            batch = max(40, int(0.08 * self.kernel_target))
-        else:
-            batch = max(40, int(0.08 * len(rows)))
+        # Large batches keep the refits (about a second each) rare.
+        batch = max(80, int(0.15 * (self.kernel_target if self.kernel_target is not None else len(rows))))
         for kind, w in zip(self.p.kinds, self.kind_w):
             n = max(2, int(round(batch * w * 0.7)))
             try:
@@ -391,7 +389,7 @@ class _Run:
         for _ in range(400):
             spec = None
             if not self._initial_phase():
-                if not self.refine_queue and (self.refine_rounds == 0 or self.new_kernels_since_refine >= 40):
+                if not self.refine_queue and (self.refine_rounds == 0 or self.new_kernels_since_refine >= 80):
                     self._refill_refinement()
                 if self.refine_queue and self.rng.random() < 0.7:
                     spec = self.refine_queue.popleft()
