@@ -181,6 +181,7 @@ class TableWriter:
         self.metadata = {"format": TABLE_FORMAT, "fingerprint": fingerprint, "fingerprint_hash": self.fp_hash,
                          "target": target, "hwnas_version": hwnas_version(), "created": now, "updated": now}
         self._check_writable()
+        self._remove_stale_temporaries()
         if self.path.exists():
             old = read_metadata(self.path)
             diff = diff_fingerprints(old.get("fingerprint", {}), fingerprint)
@@ -213,6 +214,15 @@ class TableWriter:
                                  f"(choose a writable --out)") from None
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise ProfilingError(f"cannot write the table {self.path}: the file is read-only")
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of a compaction that a kill interrupted (never the table itself)."""
+        for pattern in (f".{self.path.name}.*.tmp", f".{self.journal.name}.*"):
+            for stale in self.path.parent.glob(pattern):
+                try:
+                    stale.unlink()
+                except OSError:
+                    pass
 
     def _open_journal(self):
         try:

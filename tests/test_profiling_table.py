@@ -60,7 +60,10 @@ def test_torn_journal_and_resume(tmp_path):
     # no close(): the process "died"
     df, _ = read_table(path)
     assert len(df) == 4
+    stale = tmp_path / ".t.parquet.abc123.tmp"  # a compaction cut short by the kill
+    stale.write_bytes(b"PAR1 partial")
     w2 = TableWriter(path, FP, TARGET)  # resume is the default
+    assert not stale.exists()
     assert w2.resumed == 4 and all(_row(i)["config_id"] in w2 for i in range(4))
     w2.add(_row(4))
     w2.add(_row(0, median=2.0))  # a re-measurement replaces the row
