@@ -163,6 +163,72 @@ def proxy_report(cache: Path, batch: int, n_cells: int = 1000, n_labels: int = 1
     return res
 
 
+def run_supernet(cache: Path, n_subnets: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
+                 standalone_epochs: float, seed: int = 0) -> dict:
+    """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset."""
+    from search.data import load_dataset
+    from search.spaces import get_space
+    from search.supernet import TrainConfig, accuracy, build_supernet, train_standalone
+    torch.set_num_threads(1)
+    work = cache / "supernet"
+    work.mkdir(parents=True, exist_ok=True)
+    root = cifar_dir(cache)
+    t = time.time()
+    train = load_dataset(root, split="train", image_size=size, max_per_class=per_class, seed=seed)
+    val = load_dataset(root, split="test", image_size=size, max_per_class=max(100, per_class // 5), seed=seed)
+    mean, std = train.stats()
+    train, val = train.normalized(mean, std), val.normalized(mean, std)
+    click.echo(f"CIFAR-10 subset: {len(train)} train / {len(val)} held-out images at {size}x{size} "
+               f"(loaded in {time.time() - t:.0f} s)")
+    space = get_space("nb201", C=C, N=N, resolution=size)
+    # subnets: uniform over the cells without dead edges (no trivially broken cells)
+    pool = [a for a in space.all_archs() if space.is_fully_reachable(a) and any(o != "none" for o in a)]
+    rng = np.random.default_rng(seed)
+    archs = [pool[i] for i in rng.choice(len(pool), n_subnets, replace=False)]
+    cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=64, lr=0.05, n_random=2, hflip=True,
+                        checkpoint_every=100, seed=seed)
+    sn = build_supernet(space)
+    t = time.time()
+    info = sn.fit(train, cfg_s, checkpoint=work / f"nb201_C{C}N{N}_r{size}_e{supernet_epochs}.pt",
+                  log=lambda m: click.echo("  supernet " + m))
+    click.echo(f"supernet: {info['steps']} steps ({supernet_epochs} epochs x 4 paths), {time.time() - t:.0f} s this run")
+    sa_path = work / f"standalone_C{C}N{N}_r{size}_e{standalone_epochs}_pc{per_class}.csv"
+    sa = pd.read_csv(sa_path) if sa_path.exists() else pd.DataFrame(columns=["arch", "acc", "seconds"])
+    rows = []
+    for a in archs:
+        key = space.to_string(a)
+        t = time.perf_counter()
+        acc_sn = sn.evaluate(a, val, calib=train, calib_images=500)
+        t_eval = time.perf_counter() - t
+        if key not in set(sa["arch"]):
+            torch.manual_seed(seed)
+            t = time.perf_counter()
+            net = train_standalone(space.build(a), train, TrainConfig(epochs=standalone_epochs, batch_size=64, lr=0.05,
+                                                                     hflip=True, seed=seed))
+            acc = accuracy(net, val)
+            sa = pd.concat([sa, pd.DataFrame([{"arch": key, "acc": acc, "seconds": time.perf_counter() - t}])])
+            sa.to_csv(sa_path, index=False)
+        acc_sa = float(sa.loc[sa["arch"] == key, "acc"].iloc[0])
+        rows.append({"arch": key, "supernet_acc": acc_sn, "standalone_acc": acc_sa, "eval_s": t_eval})
+        click.echo(f"  {key}  supernet {acc_sn:5.1f}  stand-alone {acc_sa:5.1f}  eval {t_eval:.1f} s")
+    df = pd.DataFrame(rows)
+    nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"])
+    df = df.merge(nb, on="arch", how="left")
+    res = {
+        "subnets": len(df), "train_images": len(train), "val_images": len(val), "image_size": size,
+        "space": f"nb201 C={C} N={N}", "supernet_epochs": supernet_epochs, "standalone_epochs": standalone_epochs,
+        "kendall_supernet_vs_standalone": float(kendalltau(df["supernet_acc"], df["standalone_acc"]).statistic),
+        "kendall_supernet_vs_nb201": float(kendalltau(df["supernet_acc"], df["val_acc"]).statistic),
+        "kendall_standalone_vs_nb201": float(kendalltau(df["standalone_acc"], df["val_acc"]).statistic),
+        "eval_seconds_mean": float(df["eval_s"].mean()),
+        "standalone_seconds_mean": float(sa["seconds"].astype(float).mean()),
+    }
+    (work / "result.json").write_text(json.dumps(res, indent=1))
+    df.to_csv(work / "subnets.csv", index=False)
+    click.echo(json.dumps(res, indent=1))
+    return res
+
+
 @click.group()
 def main() -> None:
     """Accuracy-estimation benchmarks (see the module docstring)."""
@@ -179,6 +245,21 @@ def proxies(cache: Path, cells: int, grasp_cells: int, batch: int, budget_s: flo
     """Compute (or complete) the cached proxies, then print the report."""
     run_proxies(cache, cells, grasp_cells, batch, budget_s)
     proxy_report(cache, batch, cells)
+
+
+@main.command()
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True)
+@click.option("--subnets", default=20, show_default=True)
+@click.option("--per-class", default=500, show_default=True, help="CIFAR-10 training images per class")
+@click.option("--size", default=16, show_default=True, help="image size (CIFAR-10 is resized)")
+@click.option("--C", "C", default=8, show_default=True)
+@click.option("--N", "N", default=1, show_default=True)
+@click.option("--supernet-epochs", default=30.0, show_default=True)
+@click.option("--standalone-epochs", default=10.0, show_default=True)
+def supernet(cache: Path, subnets: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
+             standalone_epochs: float) -> None:
+    """Kendall tau between inherited-weight and stand-alone accuracies of NB201 subnets."""
+    run_supernet(cache, subnets, per_class, size, C, N, supernet_epochs, standalone_epochs)
 
 
 @main.command()
