@@ -1,0 +1,166 @@
+"""Datasets and weight-sharing supernets: inheritance, resumable training, BN recalibration."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search.data import DataError, load_dataset
+from search.spaces import get_space
+from search.supernet import (SupernetError, TrainConfig, accuracy, build_supernet, recalibrate_bn)
+
+torch.set_num_threads(1)
+
+TINY = {
+    "nb201": dict(C=4, N=1, resolution=8),
+    "mbv3": dict(resolutions=(8, 12), width_mult=0.35, num_classes=10, depth_choices=(1, 2)),
+    "resnet": dict(resolutions=(8, 12), base_widths=(16, 32), stage_strides=(1, 2), stem_stride=1, stem_channels=8,
+                   num_classes=10, depth_choices=(1, 2)),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, val = load_dataset("digits").split(0.2, seed=0)
+    mean, std = train.stats()
+    return train.normalized(mean, std), val.normalized(mean, std)
+
+
+# ---- data -------------------------------------------------------------------------------
+
+def test_digits_is_bundled_and_split_is_stratified(digits):
+    train, val = digits
+    assert train.shape == (3, 8, 8) and train.num_classes == 10
+    assert len(train) + len(val) == 1797
+    counts = np.bincount(val.y.numpy(), minlength=10)
+    assert counts.min() >= 30  # ~20% of each class
+    assert abs(float(train.x.mean())) < 1e-4  # normalised with its own statistics
+
+
+def test_image_folder_and_npz_sources(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            d = tmp_path / "imgs" / split / cls
+            d.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 255, (10, 12, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    ds = load_dataset(tmp_path / "imgs", split="train", image_size=8)
+    assert ds.x.shape == (6, 3, 8, 8) and ds.classes == ["cat", "dog"] and ds.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert 0.0 <= float(ds.x.min()) and float(ds.x.max()) <= 1.0
+    assert len(load_dataset(tmp_path / "imgs", split="test", image_size=8, max_per_class=2)) == 4
+    x = rng.integers(0, 255, (5, 6, 6, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", x=x, y=np.array([0, 1, 2, 1, 0]))
+    ds = load_dataset(tmp_path / "d.npz")
+    assert ds.x.shape == (5, 3, 6, 6) and ds.num_classes == 3
+    np.testing.assert_allclose(ds.x[1, 2].numpy(), x[1, :, :, 2] / 255.0, rtol=1e-6)
+
+
+def test_unreadable_or_empty_data_gives_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_dataset(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-directories"):
+        load_dataset(tmp_path / "empty")
+    (tmp_path / "noimg" / "a").mkdir(parents=True)
+    (tmp_path / "noimg" / "a" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="no images"):
+        load_dataset(tmp_path / "noimg")
+    (tmp_path / "bad" / "a").mkdir(parents=True)
+    (tmp_path / "bad" / "a" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="cannot read image"):
+        load_dataset(tmp_path / "bad")
+    np.savez(tmp_path / "k.npz", foo=np.zeros(3))
+    with pytest.raises(DataError, match="keys"):
+        load_dataset(tmp_path / "k.npz")
+    (tmp_path / "c.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(tmp_path / "c.npz")
+
+
+# ---- supernets --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_subnet_inherits_the_supernet_weights(name, digits):
+    space = get_space(name, **TINY[name])
+    torch.manual_seed(0)
+    sn = build_supernet(space)
+    train, _ = digits
+    sn.fit(train, TrainConfig(steps=3, batch_size=32, checkpoint_every=100))  # BN statistics become non-trivial
+    sn.eval()
+    rng = np.random.default_rng(0)
+    x = train.x[:8]
+    for _ in range(3):
+        a = space.sample(rng)
+        net = sn.subnet(a).eval()
+        r = space.input_shape(a)[1]
+        xr = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False) if r != 8 else x
+        with torch.no_grad():
+            torch.testing.assert_close(net(xr), sn(x, a), rtol=1e-4, atol=1e-5)
+        # a plain network of the space: same parameter names and shapes as space.build
+        ref = space.build(a)
+        assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def test_training_resumes_from_its_checkpoint_with_identical_results(digits, tmp_path):
+    space = get_space("resnet", **TINY["resnet"])
+    train, _ = digits
+    cfg = TrainConfig(steps=4, batch_size=32, checkpoint_every=2, seed=3)
+    torch.manual_seed(0)
+    straight = build_supernet(space)
+    straight.fit(train, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(msg):
+        if msg.startswith("step 2/"):
+            raise Killed
+
+    torch.manual_seed(0)
+    first = build_supernet(space)
+    with pytest.raises(Killed):
+        first.fit(train, cfg, checkpoint=tmp_path / "sn.pt", log=kill_at_2)
+    torch.manual_seed(1)  # a fresh process would initialise differently: the checkpoint must win
+    again = build_supernet(space)
+    logs = []
+    info = again.fit(train, cfg, checkpoint=tmp_path / "sn.pt", log=logs.append)
+    assert info["resumed_from"] == 2 and logs[0].startswith("resumed")
+    for (k, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+    with pytest.raises(SupernetError, match="other settings"):
+        build_supernet(space).fit(train, TrainConfig(steps=5, batch_size=32), checkpoint=tmp_path / "sn.pt")
+
+
+def test_bn_recalibration_estimates_the_subnet_statistics(digits):
+    space = get_space("nb201", **TINY["nb201"])
+    train, _ = digits
+    torch.manual_seed(0)
+    net = space.build(space.sample(0))
+    recalibrate_bn(net, train, 8, images=len(train), batch_size=len(train))
+    stem_conv, stem_bn = net.stem[0], net.stem[1]
+    with torch.no_grad():
+        z = stem_conv(train.x)
+    torch.testing.assert_close(stem_bn.running_mean, z.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+    assert not net.training
+
+
+def test_supernet_training_learns_and_evaluates_quickly(digits):
+    import time
+    space = get_space("nb201", **TINY["nb201"])
+    train, val = digits
+    torch.manual_seed(0)
+    sn = build_supernet(space)
+    rng = np.random.default_rng(0)
+    archs = [space.from_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")]
+    before = sn.evaluate(archs[0], val, calib=train)
+    sn.fit(train, TrainConfig(steps=60, batch_size=64, lr=0.1))
+    t = time.perf_counter()
+    after = sn.evaluate(archs[0], val, calib=train)
+    assert time.perf_counter() - t < 10
+    assert after > max(40.0, before + 20)  # chance is 10%
+    # a subnet with inherited weights is a plain module that `accuracy` can evaluate too
+    net = recalibrate_bn(sn.subnet(archs[0]), train, 8)
+    assert accuracy(net, val) == pytest.approx(after, abs=1.0)
