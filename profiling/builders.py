@@ -29,6 +29,24 @@ from .onnx_stats import conv_output_size
 WEIGHTS_FILE = "weights.bin"
 FILLS_KEY = "hwnas_fills"  # model metadata: JSON list of how the runner fills each weight
 DEFAULT_OPSET = 17
+MIN_OPSET = 13
+
+# The newest opset each onnxruntime release supports (its ONNX release), oldest first.
+_ORT_OPSETS = (((1, 6), 13), ((1, 8), 14), ((1, 10), 15), ((1, 11), 16), ((1, 12), 17), ((1, 14), 18),
+               ((1, 15), 19), ((1, 17), 20), ((1, 20), 21))
+
+
+def opset_for_runtime(version: str, preferred: int = DEFAULT_OPSET) -> int:
+    """The opset to build with for an onnxruntime version: `preferred`, or less if it is older."""
+    try:
+        v = tuple(int(p) for p in version.split(".")[:2])
+    except ValueError:
+        return preferred
+    best = MIN_OPSET
+    for release, opset in _ORT_OPSETS:
+        if v >= release:
+            best = opset
+    return min(preferred, best)
 
 Shape = tuple[int, ...]
 
@@ -111,7 +129,8 @@ class GraphBuilder:
         graph = helper.make_graph(self.nodes, graph_name, self.inputs, outs, initializer=self.initializers)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)],
                                   producer_name="hwnas")
-        model.ir_version = min(model.ir_version, 8 if self.opset <= 17 else 9)
+        # The IR version of the ONNX release that introduced the opset, so older runtimes load it.
+        model.ir_version = min(model.ir_version, 7 if self.opset <= 14 else 8 if self.opset <= 18 else 9)
         entry = model.metadata_props.add()
         entry.key, entry.value = FILLS_KEY, json.dumps(self.fills, separators=(",", ":"))
         return model
@@ -128,7 +147,9 @@ def apply_act(gb: GraphBuilder, x: str, act: str) -> str:
         hi = gb.const("clip_max", 6.0, np.float32)
         return gb.node("Clip", [x, lo, hi])
     if act == "hardswish":
-        return gb.node("HardSwish", [x])
+        if gb.opset >= 14:
+            return gb.node("HardSwish", [x])
+        return gb.node("Mul", [x, gb.node("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)])
     if act == "hardsigmoid":
         return gb.node("HardSigmoid", [x], alpha=1.0 / 6, beta=0.5)
     if act == "sigmoid":
@@ -206,8 +227,15 @@ def k_softmax(gb, x, shape):
 def k_layernorm(gb, x, shape):
     dim = shape[-1]
     tokens = int(np.prod(shape[1:-1]))
-    y = gb.node("LayerNormalization", [x, gb.weight("ln_scale", (dim,), "positive"),
-                                       gb.weight("ln_bias", (dim,), "small")], axis=-1, epsilon=1e-5)
+    scale, bias = gb.weight("ln_scale", (dim,), "positive"), gb.weight("ln_bias", (dim,), "small")
+    if gb.opset >= 17:
+        y = gb.node("LayerNormalization", [x, scale, bias], axis=-1, epsilon=1e-5)
+    else:  # the pattern onnxruntime fuses back into LayerNormalization (older runtimes, opset < 17)
+        mean = gb.node("ReduceMean", [x], axes=[-1], keepdims=1)
+        d = gb.node("Sub", [x, mean])
+        var = gb.node("ReduceMean", [gb.node("Pow", [d, gb.const("two", 2.0, np.float32)])], axes=[-1], keepdims=1)
+        std = gb.node("Sqrt", [gb.node("Add", [var, gb.const("eps", 1e-5, np.float32)])])
+        y = gb.node("Add", [gb.node("Mul", [gb.node("Div", [d, std]), scale]), bias])
     gb.emit("layernorm", tokens=tokens, dim=dim)
     return y, shape
 
@@ -472,7 +500,13 @@ def _build(spec: KernelSpec, batch: int, opset: int) -> tuple[GraphBuilder, list
 
 
 def build_model(spec: KernelSpec, batch: int = 1, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
-    """An ONNX model computing `spec` at `batch`, with external (device-filled) weights."""
+    """An ONNX model computing `spec` at `batch`, with external (device-filled) weights.
+
+    `opset` is 13 or newer; below 17 LayerNormalization is built from its primitive ops and
+    below 14 HardSwish as x * HardSigmoid(x), which onnxruntime fuses back.
+    """
+    if opset < MIN_OPSET:
+        raise KernelSpecError(f"opset {opset} is too old: the builders need opset {MIN_OPSET} or newer")
     gb, outputs = _build(spec, batch, opset)
     return gb.model(outputs, graph_name=spec.kind)
 
@@ -525,5 +559,5 @@ def materialize(model: onnx.ModelProto, directory: str, seed: int = 0) -> str:
     return path
 
 
-__all__ = ["build_model", "decompose", "GraphBuilder", "se_channels", "conv_out", "weight_fills",
+__all__ = ["build_model", "decompose", "GraphBuilder", "opset_for_runtime", "MIN_OPSET", "se_channels", "conv_out", "weight_fills",
            "input_shapes", "output_shapes", "materialize", "WEIGHTS_FILE", "DEFAULT_OPSET"]

@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import sampling
-from .builders import build_model, input_shapes, output_shapes, weight_fills
+from .builders import DEFAULT_OPSET, build_model, input_shapes, opset_for_runtime, output_shapes, weight_fills
 from .errors import ProfilingError
 from .fingerprint import default_table_name, describe_diff, diff_fingerprints, fingerprint_hash, make_fingerprint
 from .kernels import KINDS, KernelSpec
@@ -174,6 +174,7 @@ class Profiler:
         self.compact_rows = compact_rows
         self.compact_seconds = compact_seconds
         self._slow_sentinels = dict(_slow_sentinels or {})
+        self.opset = DEFAULT_OPSET  # lowered in run() for an older runtime on the device
 
     # ---- set-up ------------------------------------------------------------------------
     def _connect(self) -> list[_RunnerState]:
@@ -237,7 +238,7 @@ class Profiler:
 
     def _kernel_job(self, spec: KernelSpec, model=None, stats=None) -> Job:
         if model is None:
-            model = build_model(spec, self.target.batch)
+            model = build_model(spec, self.target.batch, self.opset)
             stats = model_stats(model)
         row = {"config_id": spec.key(), "category": spec.category, "kind": spec.kind, **spec.params,
                "input_shapes": json.dumps(input_shapes(model)), "output_shapes": json.dumps(output_shapes(model)),
@@ -249,7 +250,7 @@ class Profiler:
         return Job(row["config_id"], spec.category, spec.kind, payload, row)
 
     def _network_job(self, spec: dict[str, Any]) -> Job:
-        model = build_network(spec, self.target.batch)
+        model = build_network(spec, self.target.batch, self.opset)
         stats = model_stats(model)
         row = {"config_id": network_id(spec), "category": "network", "kind": "network", "family": spec["family"],
                "network_spec": json.dumps(spec, sort_keys=True),
@@ -275,6 +276,8 @@ class Profiler:
                     raise ProfilingError(f"--host devices must be identical, but {runners[0].label} and {r.label} "
                                          f"differ: {describe_diff(diff, runners[0].label, r.label)}")
             fp = fps[0]
+            self.opset = opset_for_runtime(fp.get("runtime_version", ""))
+            fp["opset"] = self.opset  # recorded, not part of the identity: it follows from the runtime
             out = self.out_path
             if out is None or out.is_dir() or self.out_is_dir:
                 out = (out or Path(".")) / default_table_name(self.target, fp)
@@ -400,7 +403,7 @@ class _Run:
             key = spec.key()
             if key in self.writer or key in self.planned:
                 continue
-            prepared = sampling.prepare(spec, self.p.target.batch)
+            prepared = sampling.prepare(spec, self.p.target.batch, self.p.opset)
             if prepared is None:
                 continue
             self.planned.add(key)

@@ -286,10 +286,10 @@ def activation_bytes(model) -> float:
     return total
 
 
-def prepare(spec: KernelSpec, batch: int = 1):
+def prepare(spec: KernelSpec, batch: int = 1, opset: int | None = None):
     """(model, stats) of a spec, or None when it is invalid or over the cost caps."""
     try:
-        model = build_model(spec, batch)
+        model = build_model(spec, batch) if opset is None else build_model(spec, batch, opset)
     except KernelSpecError:
         return None
     stats = model_stats(model)

@@ -123,3 +123,16 @@ def test_networks_build_and_run(family, tmp_path):
     out = _run(model, tmp_path)
     assert out[0].shape == (1, spec["num_classes"]) and np.isfinite(out[0]).all()
     assert len(network_kernels(spec)) >= 5
+
+
+@pytest.mark.parametrize("opset", [13, 15, 16])
+def test_older_opsets_for_older_runtimes(opset, tmp_path):
+    for spec in CASES:
+        if spec.kind in ("layernorm", "transformer", "activation", "mbconv", "linear"):
+            model = build_model(spec, opset=opset)
+            assert model.opset_import[0].version == opset
+            out = _run(model, tmp_path)
+            assert list(out[0].shape) == output_shapes(model)[0] and np.isfinite(out[0]).all()
+    from profiling.builders import opset_for_runtime
+    assert opset_for_runtime("1.10.0") == 15 and opset_for_runtime("1.11.1") == 16
+    assert opset_for_runtime("1.32.0") == 17 and opset_for_runtime("1.6.0") == 13

@@ -1,5 +1,6 @@
 """The device runner: Python 3.6 compatibility, the stopping rule, the protocol."""
 import ast
+import os
 import base64
 import re
 import time
@@ -98,3 +99,28 @@ def test_host_spec_and_ssh_command():
     argv = ssh_argv(h, ssh_config="/tmp/cfg")
     assert "BatchMode=yes" in argv and "ConnectTimeout=10" in argv and argv[argv.index("-p") + 1] == "2222"
     assert argv[argv.index("-F") + 1] == "/tmp/cfg" and argv[-2] == "pi@10.0.0.5"
+
+
+PY36 = os.environ.get("HWNAS_TEST_PY36")  # e.g. a Python 3.6 venv with numpy 1.19 and onnxruntime 1.10
+
+
+@pytest.mark.skipif(not PY36, reason="set HWNAS_TEST_PY36 to a Python 3.6 with numpy and onnxruntime "
+                                    "(JetPack 4's Python) to run the runner on it for real")
+def test_runner_on_python36_and_an_old_onnxruntime(tmp_path):
+    from profiling.builders import opset_for_runtime
+    from profiling.kernels import KINDS
+    from tests.test_profiling_builders import CASES
+    r = local_runner(PY36)
+    try:
+        facts = r.hello()
+        assert facts["python"].startswith("3.6")
+        opset = opset_for_runtime(facts["runtime_version"])
+        for spec in CASES:
+            m = build_model(spec, opset=opset)
+            job = _job(spec)
+            job["model"] = base64.b64encode(m.SerializeToString()).decode()
+            a = r.measure(job)
+            assert a["ok"], (spec, a.get("error"))
+        assert {s.kind for s in CASES} == set(KINDS)
+    finally:
+        r.close()
