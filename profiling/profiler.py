@@ -45,6 +45,7 @@ SENTINELS = {
     "memory": KernelSpec.make("elementwise", op="add", c=128, h=56, w=56),
 }
 SENTINEL = SENTINELS["conv"]
+OVERHEAD_PROBE = KernelSpec.make("activation", act="relu", c=1, h=1, w=1)
 KERNEL_STOP = {"max_s": 1.0}
 NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
 DEFAULT_MAX_CONFIGS = 5000
@@ -597,8 +598,21 @@ class _Run:
                 self.error = self.error or e
                 self.stop.set()
 
+    def _call_overhead(self) -> None:
+        """The latency of a near-empty graph: the per-call overhead inside every row's median.
+
+        Recorded in the metadata (`call_overhead_ms`) so that a model summing kernel latencies
+        can subtract it once per kernel."""
+        r = self.runners[0]
+        job = self.p._kernel_job(OVERHEAD_PROBE)
+        payload = dict(job.payload, id="overhead", session=self.p._session(r.conn.facts or {}, self.threads))
+        answer = r.conn.measure(payload)
+        if answer.get("ok"):
+            self.writer.metadata["call_overhead_ms"] = answer["stats"]["median_ms"]
+
     def execute(self) -> ProfileSummary:
         p = self.p
+        self._call_overhead()
         p.progress("start", target=p.target.name, out=str(self.writer.path), fingerprint=self.fp,
                    resumed=self.writer.resumed, kernel_rows=self.kernel_rows, network_rows=self.network_rows,
                    kernel_target=self.kernel_target, network_target=self.network_target, budget_s=p.budget_s,

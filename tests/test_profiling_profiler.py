@@ -47,6 +47,7 @@ def test_profile_resume_and_table_contents(tmp_path):
         assert k in fp
     assert fp["threads"] == 1 and fp["provider"] == "CPUExecutionProvider"
     assert meta["target"]["name"] == "local-cpu" and meta["hwnas_version"]
+    assert 0 < meta["call_overhead_ms"] < df["median_ms"].max()
     # Resuming: same command with a larger target measures only the difference.
     s2 = _profile(out, max_configs=18, networks=2)
     assert s2.resumed == 16 and s2.new_kernels == 4 and s2.new_networks == 0 and s2.rows_total == 20
