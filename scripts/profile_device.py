@@ -132,7 +132,7 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--out", type=click.Path(), help="Output table (.parquet) or directory; default: a name from the fingerprint.")
 @click.option("--budget-minutes", type=float, help="Stop after this many minutes.")
 @click.option("--max-configs", type=int, help="Kernel and block configurations in the table (default 5000 without a budget).")
-@click.option("--networks", type=int, help="Whole networks in the table (default: 6%% of --max-configs).")
+@click.option("--networks", type=int, help="Whole networks in the table (default: 6 percent of --max-configs).")
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
