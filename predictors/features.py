@@ -22,7 +22,13 @@ NUMERIC_PARAMS = ("cin", "cout", "h", "w", "kernel", "stride", "groups", "tokens
 CATEGORICAL = {"act": ACTIVATIONS, "op": ("max", "avg", "add", "mul"), "mode": ("nearest", "linear")}
 FLAGS = ("bias", "broadcast")  # not bn: onnxruntime folds BatchNormalization into the conv
 DERIVED = ("log_flops", "log_bytes", "log_params", "intensity", "log_in", "log_out", "log_out_hw",
-           "depthwise", "cin_per_group", "log_macs_per_out")
+           "depthwise", "cin_per_group", "log_macs_per_out",
+           # vectorisation and memory layout: widths that are multiples of 4/8/16 (0..3), im2col size,
+           # spatial size and a log-width view the linear baseline can use
+           "cin_vec", "cout_vec", "log_im2col", "log_hw", "log_cin", "log_cout", "log_weight_bytes")
+# features a per-kind robust linear baseline uses (finite for every kind)
+LINEAR_FEATURES = ("log_flops", "log_bytes", "log_in", "log_out", "log_params", "log_macs_per_out", "log_hw",
+                   "log_cin", "log_cout")
 KERNEL_FEATURES: tuple[str, ...] = (*NUMERIC_PARAMS, *CATEGORICAL, *FLAGS, *DERIVED)
 KERNEL_KINDS = tuple(k for k, s in KINDS.items() if s.category == "kernel")
 
@@ -139,10 +145,25 @@ def _features(spec: KernelSpec, batch: int) -> list[float]:
     cin = p.get("cin", p.get("c", 0))
     depthwise = float(groups > 1 and groups == cin)
     out_hw = out / max(1.0, float(p.get("cout", p.get("c", 1))) * batch)
+    cout = p.get("cout", p.get("c", p.get("n", p.get("dim", 0))))
+    cin_any = cin or p.get("k", p.get("dim", p.get("c1", 0)))
+    hw = p.get("h", 1) * p.get("w", 1) if "h" in p else p.get("tokens", p.get("m", 1))
+    im2col = 0.0
+    if spec.kind in ("conv", "conv_add"):
+        oh, ow = conv_out(p["h"], p["kernel"], p["stride"]), conv_out(p["w"], p["kernel"], p["stride"])
+        im2col = float((p["cin"] // p["groups"]) * p["kernel"] ** 2 * oh * ow) if p["kernel"] > 1 else 0.0
     row += [_log(flops), _log(nbytes), _log(params), flops / nbytes if nbytes else 0.0, _log(inp), _log(out),
             _log(out_hw), depthwise, float(cin / groups) if cin else math.nan,
-            _log(flops / max(out, 1.0))]
+            _log(flops / max(out, 1.0)),
+            _vec(cin_any), _vec(cout), _log(im2col), _log(float(hw)), _log(float(cin_any)), _log(float(cout)),
+            _log(4.0 * params)]
     return row
+
+
+def _vec(c) -> float:
+    """0..3: the largest of 4, 8, 16 that divides a width (SIMD lanes of fp32 on x86/ARM)."""
+    c = int(c or 0)
+    return float(sum(1 for m in (4, 8, 16) if c and c % m == 0))
 
 
 def spec_features(spec: KernelSpec, batch: int = 1) -> tuple:

@@ -122,9 +122,9 @@ def _lgb():
     return lgb
 
 
-def _train(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: Sequence[str]):
+def _train(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: Sequence[str], weight=None):
     lgb = _lgb()
-    ds = lgb.Dataset(X, y, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
+    ds = lgb.Dataset(X, y, weight=weight, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
     return TreeModel(lgb.train(params, ds, num_boost_round=rounds).model_to_string())
 
 
@@ -134,9 +134,10 @@ _LF, _LB = F.KERNEL_FEATURES.index("log_flops"), F.KERNEL_FEATURES.index("log_by
 class KindModel:
     """log ms = linear(log FLOPs, log bytes) + LightGBM trees on the residual (extrapolates sanely)."""
 
-    def __init__(self, coef, tree):
+    def __init__(self, coef, tree, variant: str = "l2"):
         self.coef = [float(c) for c in coef]
         self.tree = tree
+        self.variant = variant
 
     def linear(self, X):
         return self.coef[0] + X[:, _LF] * self.coef[1] + X[:, _LB] * self.coef[2]
@@ -148,13 +149,89 @@ class KindModel:
         return self.tree.model_to_string()
 
 
-def _fit_kind(X, y, params, rounds, names) -> KindModel:
+def _fit_kind(X, y, params, rounds, names, variant: str = "l2", weight=None) -> KindModel:
+    """One kernel model. Variants (chosen per kind by cross-validation in `fit_kernels`):
+    l2: least-squares line + L2 trees; huber: Huber line + Huber-loss trees (robust to the
+    one-sided contention outliers of a busy core); weighted: l2 with rows weighted by
+    1/(0.05 + log(p90/p10)) so that noisy measurements count less."""
     A = np.column_stack([np.ones(len(y)), X[:, _LF], X[:, _LB]])
+    w = np.ones(len(y)) if weight is None or variant != "weighted" else np.asarray(weight, float)
     lam = 1e-3 * np.eye(3)
     lam[0, 0] = 0
-    coef = np.linalg.solve(A.T @ A + lam * len(y), A.T @ y)
-    tree = _train(X, y - A @ coef, params, rounds, names)
-    return KindModel(coef, tree)
+    coef = np.linalg.solve((A * w[:, None]).T @ A + lam * w.sum(), (A * w[:, None]).T @ y)
+    params = dict(params)
+    if variant == "huber":
+        for _ in range(20):  # IRLS Huber line, delta 0.15 in log space
+            r = y - A @ coef
+            hw = np.minimum(1.0, 0.15 / np.maximum(np.abs(r), 1e-9))
+            coef = np.linalg.solve((A * hw[:, None]).T @ A + lam * hw.sum(), (A * hw[:, None]).T @ y)
+        params.update(objective="huber", alpha=0.15)
+    tree = _train(X, y - A @ coef, params, rounds, names, weight=w if variant == "weighted" else None)
+    return KindModel(coef, tree, variant)
+
+
+KERNEL_VARIANTS = ("l2", "huber", "weighted")
+
+
+class _Const:
+    def __init__(self, offset: float):
+        self.offset = offset
+
+    def predict(self, X):
+        return np.full(len(X), self.offset)
+
+
+class _TreeGraph:
+    def __init__(self, tree):
+        self.tree = tree
+
+    def predict(self, X):
+        return self.tree.predict(X)
+
+
+class _Ridge:
+    """Ridge on standardised graph features (NaN-free), the penalty chosen by inner CV."""
+
+    def __init__(self, mean, std, coef, intercept, lam):
+        self.mean, self.std = np.asarray(mean, float), np.asarray(std, float)
+        self.coef, self.intercept, self.lam = np.asarray(coef, float), float(intercept), float(lam)
+
+    def predict(self, X):
+        Z = (np.nan_to_num(np.asarray(X, float)) - self.mean) / self.std
+        return self.intercept + Z @ self.coef
+
+    @classmethod
+    def fit(cls, X, r, lam):
+        X = np.nan_to_num(np.asarray(X, float))
+        mean, std = X.mean(axis=0), X.std(axis=0)
+        std = np.where(std > 1e-12, std, 1.0)
+        Z = (X - mean) / std
+        rm = float(np.median(r))
+        coef = np.linalg.solve(Z.T @ Z + lam * len(r) * np.eye(Z.shape[1]), Z.T @ (r - rm))
+        return cls(mean, std, coef, rm, lam)
+
+    @classmethod
+    def fit_cv(cls, X, r, seed=0, lambdas=(0.03, 0.1, 0.3, 1.0, 3.0, 10.0)):
+        n = len(r)
+        k = min(5, n)
+        folds = np.random.default_rng(seed + 11).permutation(n) % k
+        best = None
+        for lam in lambdas:
+            e = 0.0
+            for f in range(k):
+                tr = folds != f
+                e += float(np.abs(r[~tr] - cls.fit(X[tr], r[tr], lam).predict(X[~tr])).sum())
+            if best is None or e < best[0]:
+                best = (e, lam)
+        return cls.fit(X, r, best[1])
+
+    def to_dict(self):
+        return {"mean": self.mean.tolist(), "std": self.std.tolist(), "coef": self.coef.tolist(),
+                "intercept": self.intercept, "lambda": self.lam}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["mean"], d["std"], d["coef"], d["intercept"], d["lambda"])
 
 
 def _conformal(residuals: np.ndarray, coverage: float = COVERAGE) -> tuple[float, float]:
@@ -186,6 +263,7 @@ class Predictor:
         self.pooled_q = (-0.3, 0.3)
         self.fallback = {"t0_ms": 0.005, "ms_per_byte": 1e-8, "ms_per_flop": 1e-9}
         self.graph_model = None
+        self.graph_type, self.graph_offset, self.graph_lin = "sum", 0.0, None
         self.graph_q = (-0.15, 0.15)
         self.adapters: list[dict] = []
         self.overhead_ms = 0.0  # per-run overhead inside every isolated kernel measurement
@@ -200,7 +278,8 @@ class Predictor:
                 "num_threads": self.num_threads, "seed": self.seed, "deterministic": True, "verbose": -1,
                 "min_data_in_bin": 1}
 
-    def fit_kernels(self, specs: Sequence[KernelSpec], ms: np.ndarray) -> "Predictor":
+    def fit_kernels(self, specs: Sequence[KernelSpec], ms: np.ndarray, spread=None) -> "Predictor":
+        """Per-kind kernel models; spread (p90/p10 per row, optional) enables the noise-weighted variant."""
         ms = np.asarray(ms, float)
         keep = np.isfinite(ms) & (ms > 0)
         specs = [s for s, k in zip(specs, keep) if k]
@@ -224,23 +303,47 @@ class Predictor:
         self.pooled = _fit_kind(Xp, y, self._kparams(len(y)), self.kernel_rounds, pooled_names)
         self.pooled_q = _conformal(y - oof)
         self.kernel_models, self.kernel_q = {}, {}
+        w_all = None if spread is None else 1.0 / (0.05 + np.log(np.maximum(np.asarray(spread, float)[keep], 1.0)))
+        report = {}
+        oof_all = oof.copy()
         for kind in sorted(set(kinds)):
             sel = kinds == kind
             if sel.sum() < MIN_KIND_ROWS:
                 continue
             Xk, yk = X[sel], y[sel]
-            fk = rng.integers(0, 3, len(yk))
-            oofk = np.zeros(len(yk))
-            for f in range(3):
-                tr = fk != f
-                if tr.sum() < 5 or (~tr).sum() == 0:
-                    oofk[~tr] = yk[~tr]
-                    continue
-                m = _fit_kind(Xk[tr], yk[tr], self._kparams(tr.sum()), self.kernel_rounds, F.KERNEL_FEATURES)
-                oofk[~tr] = m.predict(Xk[~tr])
+            wk = None if w_all is None else w_all[sel]
+            variants = [v for v in KERNEL_VARIANTS if v != "weighted" or wk is not None]
+
+            def cv(variant, seed, k=3):
+                f = np.random.default_rng(seed).permutation(len(yk)) % k
+                o = np.zeros(len(yk))
+                for i in range(k):
+                    tr = f != i
+                    m = _fit_kind(Xk[tr], yk[tr], self._kparams(tr.sum()), self.kernel_rounds, F.KERNEL_FEATURES,
+                                  variant, None if wk is None else wk[tr])
+                    o[~tr] = m.predict(Xk[~tr])
+                return o
+
+            # choose the variant on one split of folds, report it on another (less selection bias)
+            scores = {}
+            for v in variants:
+                rel = np.abs(np.exp(cv(v, self.seed) - yk) - 1)
+                scores[v] = (float(np.mean(rel <= 0.10)), -float(np.mean(rel)))
+            best = max(variants, key=lambda v: scores[v])
+            oofk = cv(best, self.seed + 100) if len(variants) > 1 else cv(best, self.seed)
             self.kernel_models[kind] = _fit_kind(Xk, yk, self._kparams(len(yk)), self.kernel_rounds,
-                                                 F.KERNEL_FEATURES)
+                                                 F.KERNEL_FEATURES, best, wk)
             self.kernel_q[kind] = _conformal(yk - oofk)
+            oof_all[sel] = oofk
+            m = metrics(ms[sel], np.exp(oofk))
+            quiet = None if spread is None else np.asarray(spread, float)[keep][sel] < 1.15
+            report[kind] = {"variant": best, "n": int(sel.sum()), "within10": m["within10"], "mape": m["mape"],
+                            "selection_within10": {v: scores[v][0] for v in variants}}
+            if quiet is not None and quiet.any():
+                report[kind]["quiet_within10"] = float(np.mean(np.abs(np.exp(oofk[quiet] - yk[quiet]) - 1) <= 0.10))
+                report[kind]["quiet_n"] = int(quiet.sum())
+        self.training["kernel_cv"] = report
+        oof = oof_all
         self.training["kernel_rows"] = int(len(y))
         self.training["kernel_oof"] = metrics(ms, np.exp(oof))
         self._fit_fallback(specs, ms)
@@ -395,44 +498,83 @@ class Predictor:
         return self._sums(idx)
 
     def fit_graph(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray, calibrate: bool = True) -> "Predictor":
-        """Fit the graph model on whole networks (lists of kernel specs) and their measured ms."""
+        """Fit the graph-level correction on whole networks (lists of kernel specs) and their measured ms.
+
+        The target is r = log(measured / kernel sum). Candidates, chosen by repeated 5-fold
+        cross-validation on the networks (mean |log error|): `sum` (r = 0), `scale` (r = a
+        constant: the calibrated kernel sum), `ridge` (r linear in standardised graph features,
+        penalty chosen inside the folds) and `lgbm` (strongly regularised trees, only from 40
+        networks on). With few networks the simple candidates win by construction.
+        """
         ms = np.asarray(ms, float)
-        if len(candidates) < 5:
-            self.graph_model = None
-            self.training["graph_note"] = f"only {len(candidates)} networks: plain kernel sum, no graph model"
-            sums, _ = self._graph_inputs(candidates) if len(candidates) else (np.zeros((0, 1)), None)
-            if len(candidates):
-                self.graph_q = _conformal(np.log(ms) - np.log(self._base(sums)))
+        self.graph_model, self.graph_lin = None, None
+        self.graph_type, self.graph_offset = "sum", 0.0
+        if len(candidates) == 0:
             return self
         sums, peak = self._graph_inputs(candidates)
-        X = F.graph_features(sums, peak)
         r = np.log(ms) - np.log(self._base(sums))
-        params = self._gparams(len(r))
-        if calibrate:
-            k = min(5, len(r))
-            folds = np.random.default_rng(self.seed + 1).permutation(len(r)) % k
-            oof = np.zeros(len(r))
-            for f in range(k):
+        if len(candidates) < 5:
+            self.graph_type, self.graph_offset = "scale", float(np.median(r))
+            self.graph_q = _conformal(r - self.graph_offset) if len(r) > 1 else (-0.3, 0.3)
+            self.training["graph_note"] = f"only {len(candidates)} networks: calibrated kernel sum, no graph model"
+            self.training["networks"] = int(len(r))
+            return self
+        X = F.graph_features(sums, peak)
+        n = len(r)
+        types = ["sum", "scale", "ridge"] + (["lgbm"] if n >= 40 else [])
+        reps = 2 if n < 400 else 1
+        oofs = {t: np.zeros((reps, n)) for t in types}
+        for rep in range(reps):
+            folds = np.random.default_rng(self.seed + 1 + rep).permutation(n) % min(5, n)
+            for f in range(min(5, n)):
                 tr = folds != f
-                m = _train(X[tr], r[tr], self._gparams(tr.sum()), self.graph_rounds, F.GRAPH_FEATURES)
-                oof[~tr] = m.predict(X[~tr])
-            self.graph_q = _conformal(r - oof)
-            self.training["graph_oof"] = metrics(ms, np.exp(np.log(self._base(sums)) + oof))
-        self.graph_model = _train(X, r, params, self.graph_rounds, F.GRAPH_FEATURES)
-        self.training["networks"] = int(len(r))
+                for t in types:
+                    oofs[t][rep, ~tr] = self._graph_fit_type(t, X[tr], r[tr]).predict(X[~tr])
+        err = {t: float(np.mean(np.abs(r[None, :] - o))) for t, o in oofs.items()}
+        best = min(types, key=lambda t: err[t])
+        oof = oofs[best][0]
+        self.graph_q = _conformal(r - oof)
+        base = self._base(sums)
+        self.training["graph_cv"] = {t: {"mean_abs_log_err": err[t], **metrics(ms, base * np.exp(oofs[t][0]))}
+                                     for t in types}
+        self.training["graph_choice"] = best
+        self.training["graph_oof"] = metrics(ms, base * np.exp(oof))
+        m = self._graph_fit_type(best, X, r)
+        self.graph_type = best
+        if best == "scale":
+            self.graph_offset = m.offset
+        elif best == "ridge":
+            self.graph_lin = m.to_dict()
+        elif best == "lgbm":
+            self.graph_model = m.tree
+        self.training["networks"] = int(n)
         return self
+
+    def _graph_fit_type(self, t: str, X: np.ndarray, r: np.ndarray):
+        if t == "sum":
+            return _Const(0.0)
+        if t == "scale":
+            return _Const(float(np.median(r)))
+        if t == "ridge":
+            return _Ridge.fit_cv(X, r, self.seed)
+        return _TreeGraph(_train(X, r, self._gparams(len(r)), self.graph_rounds, F.GRAPH_FEATURES))
+
+    def _graph_correction(self, sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
+        t = getattr(self, "graph_type", "lgbm" if self.graph_model is not None else "sum")
+        if t == "lgbm" and self.graph_model is not None:
+            return self.graph_model.predict(F.graph_features(sums, peak))
+        if t == "ridge" and self.graph_lin is not None:
+            return _Ridge.from_dict(self.graph_lin).predict(F.graph_features(sums, peak))
+        if t == "scale":
+            return np.full(len(sums), self.graph_offset)
+        return np.zeros(len(sums))
 
     def _base(self, sums: np.ndarray) -> np.ndarray:
         return np.maximum(sums[:, 0] + self.overhead_ms, 1e-6)
 
     def _finish(self, sums: np.ndarray, peak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         base = self._base(sums)
-        if self.graph_model is not None:
-            X = F.graph_features(sums, peak)
-            logp = np.log(base) + self.graph_model.predict(X)
-        else:
-            logp = np.log(base)
-        pred = np.exp(logp)
+        pred = base * np.exp(self._graph_correction(sums, peak))
         lo, hi = pred * math.exp(self.graph_q[0]), pred * math.exp(self.graph_q[1])
         if self.adapters:
             from .adapt import apply_adapters
@@ -503,16 +645,18 @@ class Predictor:
         df, meta = self._table(table, metadata)
         log = log or (lambda *a: None)
         kern = df[df["category"] == "kernel"]
-        specs, ms = [], []
+        specs, ms, spread = [], [], []
         for row in kern.to_dict("records"):
             try:
                 specs.append(row_spec(row))
                 ms.append(row["median_ms"])
-            except (KernelSpecError, KeyError, ValueError):
+                lo_, hi_ = row.get("p10_ms"), row.get("p90_ms")
+                spread.append(hi_ / lo_ if lo_ and hi_ and lo_ > 0 and hi_ >= lo_ else 1.0)
+            except (KernelSpecError, KeyError, ValueError, TypeError):
                 continue
         t0 = time.time()
         log(f"kernel models: {len(specs)} rows, {len(set(s.kind for s in specs))} kinds")
-        self.fit_kernels(specs, np.array(ms, float))
+        self.fit_kernels(specs, np.array(ms, float), np.array(spread, float))
         log(f"  done in {time.time() - t0:.1f}s; out-of-fold kernel accuracy: "
             f"{self.training['kernel_oof']['within10']:.1%} within ±10%, MAPE {self.training['kernel_oof']['mape']:.1%}")
         nets = self.network_rows(df)
@@ -583,12 +727,13 @@ class Predictor:
             flops = np.array([sum(F.spec_stats(k, self.batch)[0] for k in self._expand(n["specs"])) for n in nets])
         a, b = np.polyfit(np.log(flops[train]), np.log(y[train]), 1)
         flops_pred = np.exp(b + a * np.log(flops[test]))
-        saved = (self.graph_model, self.graph_q, dict(self.training))
+        saved = (self.graph_model, self.graph_q, dict(self.training), getattr(self, "graph_type", "sum"),
+                 getattr(self, "graph_offset", 0.0), getattr(self, "graph_lin", None))
         self.fit_graph([nets[i]["specs"] for i in train], y[train])
         cands = [nets[i]["specs"] for i in test]
         ksum = self.kernel_sum_specs(cands)
         pred, lo, hi = self.predict_specs(cands)
-        self.graph_model, self.graph_q, self.training = saved
+        self.graph_model, self.graph_q, self.training, self.graph_type, self.graph_offset, self.graph_lin = saved
         return {"train_networks": int(len(train)), "test_networks": int(len(test)),
                 "flops_only": metrics(y[test], flops_pred), "kernel_sum": metrics(y[test], ksum),
                 "full": metrics(y[test], pred, lo, hi)}
@@ -635,6 +780,9 @@ class Predictor:
                             "kernel_log_interval": {k: list(v) for k, v in self.kernel_q.items()},
                             "pooled_log_interval": list(self.pooled_q)},
             "kernel_linear": {"_pooled": self.pooled.coef, **{k: m.coef for k, m in self.kernel_models.items()}},
+            "graph": {"type": getattr(self, "graph_type", "sum"), "offset": getattr(self, "graph_offset", 0.0),
+                      "ridge": getattr(self, "graph_lin", None)},
+            "kernel_variants": {k: m.variant for k, m in self.kernel_models.items()},
             "overhead_ms": self.overhead_ms,
             "unknown_op_fallback": self.fallback,
             "adapters": self.adapters,
@@ -659,8 +807,13 @@ class Predictor:
             for name, text in models.items():
                 if name.startswith("kernel/") and name != "kernel/_pooled":
                     kind = name.split("/", 1)[1]
-                    p.kernel_models[kind] = KindModel(lin[kind], TreeModel(text))
+                    p.kernel_models[kind] = KindModel(lin[kind], TreeModel(text),
+                                                      header.get("kernel_variants", {}).get(kind, "l2"))
             p.graph_model = TreeModel(models["graph"]) if "graph" in models else None
+            g = header.get("graph", {})
+            p.graph_type = g.get("type", "lgbm" if p.graph_model is not None else "sum")
+            p.graph_offset = float(g.get("offset", 0.0))
+            p.graph_lin = g.get("ridge")
         except KeyError as e:
             raise PredictorFileError(f"{path} lacks the model {e}; rebuild it with `train-predictor`") from None
         except Exception as e:
