@@ -27,8 +27,10 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
 @click.option("--latency-budget", "latency_budget", type=float, metavar="MS",
               help="Maximise accuracy subject to latency <= MS milliseconds.")
 @click.option("--min-accuracy", type=float, metavar="A",
-              help="Minimise latency subject to estimated accuracy >= A (same unit as the estimator: "
-                   "%% with a supernet, a 0-100 rank score with proxies). Without either: the whole frontier.")
+              help="Minimise latency subject to estimated score >= A. A is a 0-100 rank score, with or "
+                   "without the supernet: the candidate's weighted mean percentile (supernet accuracy and "
+                   "proxies) among random architectures of the space; 50 = the median random architecture, "
+                   "90 = better than 90%% of them. Not a top-1 accuracy in %%. Without either: the whole frontier.")
 @click.option("--data", default="digits", show_default=True, metavar="DIR|NPZ|digits",
               help="Your data: an image-folder directory (class sub-directories, optionally under train/), "
                    "an .npz with x and y, or the bundled scikit-learn 'digits'.")
@@ -48,15 +50,18 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
 @click.option("--generations", type=int, default=12, show_default=True, help="NSGA-II generations.")
 @click.option("--algorithm", type=click.Choice(["nsga2", "random"]), default="nsga2", show_default=True)
 @click.option("--accuracy", type=click.Choice(["auto", "proxies", "supernet"]), default="auto", show_default=True,
-              help="Accuracy estimator: a supernet where available, else zero-cost proxies.")
-@click.option("--proxies", default="jacov,nwot,synflow", show_default=True,
-              help="Zero-cost proxies of the rank ensemble (comma-separated).")
+              help="Accuracy estimator (search.estimator rank ensemble): auto = the space's supernet trained "
+                   "once on --data (cached in --cache-dir, resumable) + proxies; proxies only in --benchmark mode.")
+@click.option("--proxies", default="jacob_cov,params", show_default=True,
+              help="Zero-cost proxies of the rank ensemble (comma-separated; see search.proxies).")
+@click.option("--supernet-epochs", type=float, default=None, metavar="E",
+              help="Supernet training epochs on --data (default 8).")
 @click.option("--benchmark", metavar="CSV:DEVICE", help="NB201 benchmark mode: the DEVICE_ms column of CSV "
               "(keyed by arch) is the device; each lookup is one measurement.")
 @click.option("--max-measurements", type=int, default=50, show_default=True,
               help="Benchmark mode: measurements allowed.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-cell proxy score cache "
-              "(default ~/.cache/hwnas, or $HWNAS_CACHE).")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Per-cell proxy scores and supernet "
+              "checkpoints (default ~/.cache/hwnas, or $HWNAS_CACHE).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Use a predictor built for another target than --target.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
@@ -83,7 +88,7 @@ def main(**kw):
         finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], out=kw["out"],
         budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
         max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],
-        generations=kw["generations"], accuracy=kw["accuracy"],
+        generations=kw["generations"], accuracy=kw["accuracy"], supernet_epochs=kw["supernet_epochs"],
         proxies=tuple(p.strip() for p in kw["proxies"].split(",") if p.strip()), cache_dir=kw["cache_dir"], progress=not quiet)
     try:
         res = run_search(cfg)
@@ -111,7 +116,7 @@ def summarize(res) -> None:
     else:
         meas = "not verified" if b.measured_ms is None else f"measured {b.measured_ms:.3f} ms"
         click.echo(f"best: {b.key}")
-        click.echo(f"      estimated accuracy {b.accuracy:.2f}, predicted {b.predicted_ms:.3f} ms "
+        click.echo(f"      estimated score {b.accuracy:.1f}/100, predicted {b.predicted_ms:.3f} ms "
                    f"(raw {b.raw_predicted_ms:.3f}), {meas}")
     if res.ground_truth is not None:
         g = res.ground_truth

@@ -4,11 +4,10 @@
   kernel specs (no ONNX export); `MacsLatency` is a stand-in that needs no predictor (MACs
   of the kernel specs, in arbitrary units) for benchmark mode, where the measurements
   adapt it to the device anyway.
-- Accuracy: `ProxyAccuracy` scores a cell by zero-cost proxies on a batch of the user's
-  data (`search.proxies.compute_proxies`), cached per cell on disk, and turns them into an
-  unsupervised rank ensemble against a fixed random reference sample (so a score never
-  changes as the search visits more cells); `SupernetAccuracy` evaluates the subnet with
-  inherited supernet weights on held-out data (a real accuracy, %).
+- Accuracy: `EstimatedAccuracy` is `search.estimator.AccuracyEstimator`'s unsupervised rank
+  ensemble (zero-cost proxies on a batch of the user's data and, when a supernet is wired,
+  the subnet's accuracy with inherited weights), as a 0-100 rank score; proxy scores are
+  cached per cell on disk.
 """
 from __future__ import annotations
 
@@ -21,54 +20,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from search.estimator import SUPERNET_COLUMN, AccuracyEstimator
 from search.problem import SearchError
 
 
 # ------------------------------------------------------------------------------ latency
-def _as_triplet(res, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalise whatever a predictor's batch path returns to (median, low, high) arrays."""
-    if isinstance(res, tuple) and len(res) == 3:
-        med, lo, hi = (np.asarray(x, dtype=float).reshape(n) for x in res)
-        return med, lo, hi
-    if isinstance(res, dict):
-        med = np.asarray(res.get("median_ms", res.get("ms", res.get("latency_ms"))), float).reshape(n)
-        lo = np.asarray(res.get("low_ms", res.get("low", med)), float).reshape(n)
-        hi = np.asarray(res.get("high_ms", res.get("high", med)), float).reshape(n)
-        return med, lo, hi
-    if hasattr(res, "columns"):  # DataFrame
-        cols = list(res.columns)
-        mc = next(c for c in ("median_ms", "ms", "latency_ms", "pred_ms") if c in cols)
-        lc = next((c for c in ("low_ms", "low", "lo_ms") if c in cols), mc)
-        hc = next((c for c in ("high_ms", "high", "hi_ms") if c in cols), mc)
-        return (res[mc].to_numpy(float), res[lc].to_numpy(float), res[hc].to_numpy(float))
-    items = list(res)
-    med, lo, hi = [], [], []
-    for r in items:
-        if isinstance(r, (int, float, np.floating)):
-            med.append(float(r)); lo.append(float(r)); hi.append(float(r))
-        elif isinstance(r, dict):
-            m = r.get("median_ms", r.get("ms", r.get("latency_ms")))
-            med.append(m); lo.append(r.get("low_ms", r.get("low", m))); hi.append(r.get("high_ms", r.get("high", m)))
-        elif isinstance(r, (tuple, list)) and len(r) == 3:
-            med.append(r[0]); lo.append(r[1]); hi.append(r[2])
-        else:
-            m = next(getattr(r, a) for a in ("median_ms", "ms", "latency_ms", "median") if hasattr(r, a))
-            med.append(m)
-            lo.append(next((getattr(r, a) for a in ("low_ms", "low", "lo") if hasattr(r, a)), m))
-            hi.append(next((getattr(r, a) for a in ("high_ms", "high", "hi") if hasattr(r, a)), m))
-    return np.array(med, float), np.array(lo, float), np.array(hi, float)
-
-
 class PredictorLatency:
     def __init__(self, predictor, space, path: str | Path | None = None):
         self.predictor = predictor
         self.space = space
         self.path = path
-        self.name = f"predictor {Path(path).name if path else ''} (target {predictor_target(predictor)})"
+        self.name = f"predictor {Path(path).name if path else ''} (target {predictor.target_name})"
 
     def predict(self, archs: Sequence[Any]):
         specs = [self.space.kernel_specs(a) for a in archs]
-        return _as_triplet(self.predictor.predict_specs(specs), len(archs))
+        return self.predictor.predict_specs(specs)  # (median, low, high) arrays, ms
 
 
 class MacsLatency:
@@ -88,45 +54,12 @@ class MacsLatency:
         return m, m, m
 
 
-def predictor_target(predictor) -> str | None:
-    t = getattr(predictor, "target", None)
-    if t is None and hasattr(predictor, "header"):
-        t = predictor.header.get("target")
-    if isinstance(t, dict):
-        return t.get("name")
-    if t is not None and hasattr(t, "name"):
-        return t.name
-    return t
-
-
-def predictor_target_obj(predictor):
-    """The predictor's Target object, if it carries one."""
-    from profiling.targets import Target
-    t = getattr(predictor, "target", None)
-    if t is None and hasattr(predictor, "header"):
-        t = predictor.header.get("target")
-    if isinstance(t, Target):
-        return t
-    if isinstance(t, dict):
-        try:
-            return Target.from_dict(t)
-        except Exception:
-            return None
-    return None
-
-
 def load_predictor(path: str | Path):
     p = Path(path)
     if not p.exists():
         raise SearchError(f"predictor file {p} does not exist; build one with `train-predictor` "
                           f"or pick one under data/predictors/")
-    try:
-        from predictors import Predictor  # type: ignore
-    except ImportError:
-        try:
-            from predictors.model import Predictor  # type: ignore
-        except ImportError as e:
-            raise SearchError(f"the predictors package cannot load {p}: {e}") from None
+    from predictors.model import Predictor
     try:
         return Predictor.load(p)
     except Exception as e:
@@ -134,87 +67,87 @@ def load_predictor(path: str | Path):
 
 
 # ----------------------------------------------------------------------------- accuracy
-def _rank_in(ref: np.ndarray, v: float) -> float:
-    """Mid-rank percentile of v within the sorted reference (0..1)."""
-    if not np.isfinite(v):
-        return 0.0
-    lo = np.searchsorted(ref, v, side="left")
-    hi = np.searchsorted(ref, v, side="right")
-    return float((lo + hi) / 2.0 / len(ref))
+class _CachedEstimator(AccuracyEstimator):
+    """`AccuracyEstimator` whose proxy scores also persist on disk, one JSON line per cell,
+    so reruns and the benchmark's many runs score each cell once."""
 
-
-class ProxyAccuracy:
-    """Unsupervised rank ensemble of zero-cost proxies, scored on demand, cached per cell.
-
-    score(arch) = 100 x mean over proxies of the arch's percentile within a fixed reference
-    sample of `n_ref` random architectures: a rank score in [0, 100], not an accuracy.
-    """
-
-    def __init__(self, space, inputs, targets, names: Sequence[str], cache_file: str | Path | None = None,
-                 n_ref: int = 32, seed: int = 0, compute=None):
-        self.space = space
-        self.inputs, self.targets = inputs, targets
-        self.names = list(names)
-        self.name = "rank ensemble of proxies " + "+".join(self.names) + " (percentile score, 0-100)"
-        self.unit = "proxy rank score (0-100)"
+    def __init__(self, *args, cache_file: str | Path | None = None, **kw):
+        super().__init__(*args, **kw)
         self.cache_file = Path(cache_file) if cache_file else None
-        self.raw: dict[str, dict[str, float]] = {}
+        self.disk: dict[str, dict[str, float]] = {}
         self.n_computed = 0
-        if compute is None:
-            from search.proxies import compute_proxies as compute  # type: ignore
-        self._compute = compute
         if self.cache_file and self.cache_file.exists():
             for line in self.cache_file.read_text().splitlines():
                 try:
                     d = json.loads(line)
-                    self.raw[d["arch"]] = {k: (float("-inf") if v is None else float(v))
-                                           for k, v in d["scores"].items()}
+                    self.disk[d["arch"]] = {k: (float("nan") if v is None else float(v)) for k, v in d["scores"].items()}
                 except Exception:
                     continue  # a line cut by an interrupt
-        rng = np.random.default_rng(10_000 + seed)
-        ref_archs = []
-        seen = set()
-        while len(ref_archs) < n_ref:
-            a = space.sample(rng)
-            k = space.to_string(a)
-            if k not in seen:
-                seen.add(k)
-                ref_archs.append(a)
-        ref = [self.raw_scores(a) for a in ref_archs]
-        self.ref = {n: np.sort(np.array([r[n] for r in ref if np.isfinite(r[n])], float)) for n in self.names}
 
-    def raw_scores(self, arch) -> dict[str, float]:
+    def _features_one(self, arch):
         key = self.space.to_string(arch)
-        hit = self.raw.get(key)
-        if hit is not None and all(n in hit for n in self.names):
-            return hit
-        import torch
-        torch.manual_seed(0)
-        net = self.space.build(arch)
-        res = self._compute(net, self.inputs, self.targets, self.names)
-        scores = {n: float(res[n]) if res.get(n) is not None and math.isfinite(float(res[n])) else float("-inf")
-                  for n in self.names}
-        self.raw[key] = scores
+        if key in self._cache:
+            return self._cache[key]
+        hit = self.disk.get(key)
+        if hit is not None and all(p in hit for p in self.proxies):
+            feats = {p: hit[p] for p in self.proxies}
+            if self.supernet is not None:
+                feats[SUPERNET_COLUMN] = self.supernet.evaluate(arch, self.val, calib=self.calib, seed=self.seed)
+            self._cache[key] = feats
+            return feats
+        feats = super()._features_one(arch)
         self.n_computed += 1
         if self.cache_file:
+            scores = {p: (feats[p] if math.isfinite(feats[p]) else None) for p in self.proxies}
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
             with open(self.cache_file, "a") as f:
-                f.write(json.dumps({"arch": key, "scores": {k: (v if math.isfinite(v) else None)
-                                                            for k, v in scores.items()}}) + "\n")
-        return scores
+                f.write(json.dumps({"arch": key, "scores": {**hit, **scores} if hit else scores}) + "\n")
+        return feats
+
+
+class EstimatedAccuracy:
+    """The search's accuracy objective: `search.estimator`'s unsupervised rank ensemble.
+
+    score(arch) = 100 x the arch's weighted mean percentile, over the ensemble's columns (the
+    proxies and, with a supernet, the subnet's supernet accuracy), within a fixed reference
+    sample of random architectures of the space: a 0-100 rank score (50 = as good as the median
+    random architecture), the unit of `--min-accuracy`. It never changes as the search visits
+    more cells.
+    """
+
+    unit = "estimated rank score (0-100)"
+
+    def __init__(self, space, inputs, targets, proxies: Sequence[str], supernet=None, val=None, calib=None,
+                 cache_file: str | Path | None = None, reference_size: int = 64, seed: int = 0,
+                 supernet_weight: float = 2.0):
+        self.space = space
+        self.supernet = supernet
+        self.est = _CachedEstimator(space, inputs, targets, proxies=proxies, supernet=supernet,
+                                    val=None if val is None else val, calib=calib,
+                                    supernet_weight=supernet_weight, reference_size=reference_size, seed=seed,
+                                    cache_file=cache_file)
+        cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
+        self.name = "rank ensemble of " + "+".join(cols) + " (search.estimator; 0-100 rank score)"
+        self.est.fit()  # the reference population: reference_size random architectures
+
+    @property
+    def n_computed(self) -> int:
+        return self.est.n_computed
+
+    def features(self, archs):
+        return self.est.features(archs)
 
     def score(self, archs) -> np.ndarray:
-        out = []
-        for a in archs:
-            r = self.raw_scores(a)
-            out.append(100.0 * float(np.mean([_rank_in(self.ref[n], r[n])
-                                               for n in self.names if len(self.ref[n])])))
-        return np.array(out)
+        return 100.0 * np.asarray(self.est.predict(list(archs)), float)
 
+    def supernet_accuracy(self, arch) -> float | None:
+        """Top-1 % on the held-out split of the subnet with inherited weights (None without a supernet)."""
+        if self.supernet is None:
+            return None
+        return float(self.est.features([arch])[SUPERNET_COLUMN].iloc[0])
 
 def cache_name(*parts) -> str:
     return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
 
 
-__all__ = ["MacsLatency", "PredictorLatency", "ProxyAccuracy", "cache_name", "load_predictor",
-           "predictor_target", "predictor_target_obj"]
+__all__ = ["EstimatedAccuracy", "MacsLatency", "PredictorLatency", "cache_name", "load_predictor"]

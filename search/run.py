@@ -21,15 +21,16 @@ from typing import Any, Callable
 
 import numpy as np
 
+from search.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, run_nsga2, run_random
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
 from search.frontier import frontier_points, plot_frontier, write_best, write_frontier
 from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
-from search.verify import (FeatureCorrection, OnnxDevice, VerifyRound, best_verified, feasible,
+from search.verify import (FeatureCorrection, RunnerDevice, VerifyRound, best_verified, feasible,
                            rank_key, verify_finalists)
 
-DEFAULT_PROXIES = ("jacov", "nwot", "synflow")
+DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.estimator's best unsupervised ensemble on NB201
 
 
 @dataclass
@@ -55,11 +56,12 @@ class SearchConfig:
     algorithm: str = "nsga2"                # nsga2 | random
     population: int = 24
     generations: int = 12
-    accuracy: str = "auto"                  # auto | proxies | supernet
+    accuracy: str = "auto"                  # auto (supernet + proxies; proxies in benchmark mode) | proxies | supernet
     proxies: tuple[str, ...] = DEFAULT_PROXIES
     proxy_batch: int = 64
-    supernet_epochs: int | None = None
-    cache_dir: str | Path | None = None     # per-cell proxy score cache (default: ~/.cache/hwnas)
+    supernet_epochs: float | None = None    # supernet training on the data (default 8 epochs)
+    reference_size: int = 64                # random architectures the rank score is relative to
+    cache_dir: str | Path | None = None     # proxy scores per cell, supernet checkpoints (default: ~/.cache/hwnas)
     export_best: bool = True
     progress: bool = True
     space_options: dict = field(default_factory=dict)
@@ -102,7 +104,7 @@ def _cache_dir(config: SearchConfig) -> Path:
 
 def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None
                ) -> SearchResult:
-    from search import setup  # the adapters over data, spaces, predictor, estimator
+    from search import wiring  # data, space, predictor/target, estimator, supernet
 
     t0 = time.monotonic()
     ui = _Progress(config.progress)
@@ -116,14 +118,16 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     if config.benchmark:
         csv_path, dev_name = parse_benchmark(config.benchmark)
         bench = BenchmarkDevice(csv_path, dev_name, config.max_measurements)
-    predictor, target = setup.load_predictor_and_target(config, benchmark=bench is not None)
-    data = setup.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
-    space = setup.make_space(config.space, data, config.space_options)
-    latency = setup.latency_model(predictor, space, config.predictor)
+    predictor, target = wiring.load_predictor_and_target(config, benchmark=bench is not None)
+    data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
+    space = wiring.make_space(config.space, data, config.space_options)
+    latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
-    accuracy = setup.accuracy_model(config, space, data, _cache_dir(config), ui.log)
-    device = bench if bench is not None else OnnxDevice(target, config.host, workdir=out / "finalists")
+    accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log)
+    device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists")
+    if bench is None and config.finalists > 0:
+        device.connect()  # an unreachable --host fails now, not after the search
     correction = FeatureCorrection(space) if bench is not None else Correction()
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
 
@@ -194,14 +198,14 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
                 notes + [str(e)], t0, data, accuracy, latency, bench)
         raise
 
-    best = choose_best(evaluator.candidates, formulation)
+    best = choose_best(evaluator.candidates, formulation, space)
     if best is not None and best.measured_ms is None and config.finalists > 0 and not interrupted:
         notes.append("no finalist was verified within the constraint; the choice rests on the corrected prediction")
     return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
                    notes, t0, data, accuracy, latency, bench)
 
 
-def choose_best(cands: list[Candidate], formulation: Formulation) -> Candidate | None:
+def choose_best(cands: list[Candidate], formulation: Formulation, space=None) -> Candidate | None:
     """Verified and feasible first; else feasible on the corrected prediction; frontier: knee."""
     if formulation.kind == "frontier":
         front = pareto_front(cands, use_measured=True)
@@ -210,7 +214,7 @@ def choose_best(cands: list[Candidate], formulation: Formulation) -> Candidate |
         verified = [c for c in front if c.measured_ms is not None]
         pool = verified if len(verified) >= 2 else front
         return _knee(pool)
-    best = best_verified(cands, formulation)
+    best = best_verified(cands, formulation, space)
     if best is not None:
         return best
     ok = [c for c in cands if feasible(c, formulation)]
@@ -292,7 +296,7 @@ def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, 
 
 def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
             data, accuracy, latency, bench) -> SearchResult:
-    from search import setup
+    from search import wiring
     from search.report import write_report
 
     cands = evaluator.candidates
@@ -310,7 +314,8 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     write_best(out, best, config.space, best_meta)
     if best is not None and config.export_best:
         try:
-            setup.export_best(space, best, accuracy, out)
+            best_meta.update(wiring.export_best(space, best, accuracy, data, out))
+            write_best(out, best, config.space, best_meta)
         except KeyboardInterrupt:
             notes.append("best.onnx/best.pt were not written (interrupted)")
         except Exception as e:  # the outputs above stay usable
@@ -321,6 +326,8 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                           elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
                           notes=notes, ground_truth=gt)
     write_report(out / "report.md", config, result, meta, device, data)
+    if hasattr(device, "close"):
+        device.close()
     return result
 
 

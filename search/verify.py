@@ -1,18 +1,17 @@
 """Hardware in the loop: measure the finalists on the device and correct the predictor.
 
 Only finalists reach the device. A round picks the top-K unmeasured frontier candidates
-near the constraint, exports each to ONNX and measures it (locally, or over SSH through the
-profiling runner). A finalist whose measured latency breaks the budget is dropped; every
+near the constraint, exports each to ONNX and measures it through the profiling device runner
+(locally, or over SSH with `host`). A finalist whose measured latency breaks the budget is dropped; every
 measured point re-fits the correction, which is applied to every candidate not yet measured,
 and the candidates are re-ranked. Rounds repeat while an unmeasured candidate still looks
 better than the best verified one and the measurement allowance lasts.
 """
 from __future__ import annotations
 
+import copy
 import math
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -30,113 +29,142 @@ class Device(Protocol):
 
 
 # ----------------------------------------------------------------------------- devices
-class OnnxDevice:
-    """Exports a candidate to ONNX and measures it on a target, locally or over `host`.
+#: the profiler's stopping rule for whole networks (profiling.profiler.NETWORK_STOP)
+FINALIST_STOP = {"max_s": 2.0, "max_runs": 200}
 
-    It uses the profiling package's runner when it offers a way to time one ONNX file
-    (`profiling.runner.measure_onnx`), which is also the only way to reach `--host`. For a
-    local target without that runner it times the model with onnxruntime under the target's
-    settings (execution providers, threads, graph optimisation ALL), warm-up then the median
-    of timed runs, which is what the profiler does.
+
+def runner_job(model, target, facts: dict, stop: dict | None = None, seed: int = 0) -> dict:
+    """A device-runner `measure` job for an ONNX model (path, bytes or ModelProto).
+
+    The runner protocol ships the graph without its weights: every float initializer becomes
+    external data in the runner's weights file, which the runner fills with random values
+    itself (latency does not depend on the values), as for the profiler's own models.
+    Integer constants (shapes, indices) stay embedded.
+    """
+    import base64
+
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    from profiling.device_runner import WEIGHTS_FILE
+
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model))
+    elif isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    else:
+        model = copy.deepcopy(model)
+    fills, offset = [], 0
+    graph = model.graph
+    for t in graph.initializer:
+        if t.data_type != TensorProto.FLOAT:
+            continue
+        numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        fan_in = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 0
+        values = numpy_helper.to_array(t) if numel <= 4096 else None
+        positive = values is not None and values.size and float(values.min()) > 0
+        fill = {"name": t.name, "offset": offset, "numel": numel,
+                "fill": "positive" if positive else ("normal" if fan_in else "small"),
+                "scale": float(1.0 / math.sqrt(fan_in)) if fan_in else 1.0}
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        del t.external_data[:]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(numel * 4))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        fills.append(fill)
+        offset += (numel * 4 + 63) // 64 * 64
+    inits = {t.name for t in graph.initializer}
+    inputs = [{"name": i.name, "shape": [d.dim_value if d.dim_value > 0 else target.batch
+                                          for d in i.type.tensor_type.shape.dim]}
+              for i in graph.input if i.name not in inits]
+    available = facts.get("providers", [])
+    providers = [p for p in target.providers if p in available] or ["CPUExecutionProvider"]
+    threads = target.resolved_threads(facts.get("usable_cores") or facts.get("cores"))
+    session = {"providers": providers, "threads": threads, "fp16": target.precision == "fp16"}
+    return {"model": base64.b64encode(model.SerializeToString()).decode(), "fills": fills, "inputs": inputs,
+            "session": session, "stop": dict(stop or FINALIST_STOP), "seed": seed}
+
+
+class RunnerDevice:
+    """Measures finalists' ONNX exports on a target through `profiling`'s device runner.
+
+    Locally (`host=None`) the runner is a subprocess of this interpreter (the profiler's local
+    path); with `host` it is `ssh host python3` (the profiler's `--host` path): the same
+    protocol, stopping rule and session settings (providers, threads, precision) as the
+    profiled tables, so measured and predicted latencies are comparable. The profiling package
+    has no public "measure this ONNX model" call, so this builds the runner job itself
+    (`runner_job`) on `profiling.transport`.
     """
 
     def __init__(self, target, host: str | None = None, workdir: str | Path | None = None,
-                 min_runs: int = 20, min_seconds: float = 0.3, warmup: int = 5):
+                 remote_python: str = "python3", ssh_config: str | None = None, stop: dict | None = None):
         self.target = target
         self.host = host
-        self.name = f"{target.name}" + (f" on {host}" if host else " (this machine)")
+        self.name = f"{target.name}" + (f" on {host}" if host else " (this machine, profiling runner)")
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hwnas-finalists-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.min_runs, self.min_seconds, self.warmup = min_runs, min_seconds, warmup
+        self.remote_python, self.ssh_config = remote_python, ssh_config
+        self.stop = stop
         self.n_measurements = 0
-        self.how = None
+        self.conn = None
+        self.last_stats: dict | None = None
+
+    def connect(self):
+        """Start the runner and check it can measure the target (fails fast, before the search)."""
+        from profiling.errors import ProfilingError
+        from profiling.targets import TargetError
+        from profiling.transport import local_runner, ssh_runner
+        from search.problem import SearchError
+        if self.conn is not None:
+            return self.conn
+        try:
+            if self.host:
+                conn = ssh_runner(self.host, remote_python=self.remote_python, ssh_config=self.ssh_config)
+            else:
+                self.target.check_local_support()
+                conn = local_runner()
+            facts = conn.hello()
+        except (ProfilingError, TargetError) as e:
+            raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
+        accel = [p for p in self.target.providers if p != "CPUExecutionProvider"] or list(self.target.providers)
+        if not any(p in facts.get("providers", []) for p in accel):
+            conn.kill()
+            raise SearchError(f"{conn.label} cannot measure target {self.target.name}: it lacks the "
+                              f"{' or '.join(accel)} execution provider (it has {', '.join(facts.get('providers', []))})")
+        self.conn = conn
+        return conn
 
     def export(self, space, cand: Candidate) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
         safe = "".join(ch if ch.isalnum() else "_" for ch in cand.key)[:60]
         path = self.workdir / f"finalist_{self.n_measurements:02d}_{safe}.onnx"
-        space.export_onnx(cand.arch, str(path))
+        from profiling.builders import opset_for_runtime
+        facts = self.connect().facts or {}
+        # the newest opset the device's onnxruntime runs, as the profiler builds its tables
+        space.export_onnx(cand.arch, str(path), batch=self.target.batch,
+                          opset=opset_for_runtime(facts.get("runtime_version", ""), preferred=17))
         return path
 
     def measure(self, space, cand: Candidate) -> float:
-        path = self.export(space, cand)
-        ms = self.measure_onnx(path)
+        ms = self.measure_onnx(self.export(space, cand))
         self.n_measurements += 1
         return ms
 
-    def measure_onnx(self, path: Path) -> float:
-        runner = _profiling_runner()
-        if runner is not None:
-            self.how = "profiling runner"
-            return float(runner(path, self.target, host=self.host))
-        if self.host:
-            raise RuntimeError(
-                "measuring over --host needs the profiling runner (profiling.runner), which this "
-                "checkout does not provide yet; run on the device or drop --host")
-        self.how = "onnxruntime on this machine"
-        return local_onnx_latency(path, self.target, self.min_runs, self.min_seconds, self.warmup)
+    def measure_onnx(self, model) -> float:
+        """Median latency (ms) of one ONNX model (path, bytes or ModelProto) on the target."""
+        from search.problem import SearchError
+        conn = self.connect()
+        ans = conn.measure(runner_job(model, self.target, conn.facts or {}, self.stop))
+        if not ans.get("ok"):
+            raise SearchError(f"{conn.label} could not measure the model: {ans.get('error')}")
+        self.last_stats = ans["stats"]
+        return float(ans["stats"]["median_ms"])
 
-
-def _profiling_runner() -> Callable | None:
-    """The profiling package's 'time one ONNX file on a target' entry point, if it has one."""
-    try:
-        from profiling import runner  # type: ignore
-    except Exception:
-        return None
-    for name in ("measure_onnx", "measure_model", "measure_onnx_file"):
-        fn = getattr(runner, name, None)
-        if callable(fn):
-            return _adapt_runner(fn)
-    return None
-
-
-def _adapt_runner(fn: Callable) -> Callable:
-    def call(path, target, host=None):
-        try:
-            res = fn(str(path), target, host=host)
-        except TypeError:
-            res = fn(str(path), target)
-        for attr in ("median_ms", "median", "ms"):
-            if hasattr(res, attr):
-                return float(getattr(res, attr))
-            if isinstance(res, dict) and attr in res:
-                return float(res[attr])
-        return float(res)
-    return call
-
-
-def local_onnx_latency(path: str | Path, target, min_runs: int = 20, min_seconds: float = 0.3,
-                       warmup: int = 5) -> float:
-    import onnx
-    import onnxruntime as ort
-
-    target.check_local_support()
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = target.resolved_threads()
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    avail = ort.get_available_providers()
-    providers = [p for p in target.providers if p in avail] or ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), so, providers=providers)
-    model = onnx.load(str(path), load_external_data=False)
-    feeds = {}
-    init_names = {i.name for i in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in init_names:
-            continue
-        shape = [d.dim_value if d.dim_value > 0 else target.batch for d in inp.type.tensor_type.shape.dim]
-        feeds[inp.name] = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(warmup):
-        sess.run(None, feeds)
-    times = []
-    t_end = time.perf_counter() + min_seconds
-    while len(times) < min_runs or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
-        sess.run(None, feeds)
-        times.append((time.perf_counter() - t0) * 1e3)
-        if len(times) >= 2000:
-            break
-    return float(statistics.median(times))
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 # ------------------------------------------------------------------ feature correction
@@ -296,9 +324,28 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
     return above[:k]
 
 
-def best_verified(cands: Sequence[Candidate], formulation: Formulation) -> Candidate | None:
+#: estimated scores this close to the best count as a tie (rank-score points, 0-100 scale)
+TIE_MARGIN = 2.0
+
+
+def capacity(space, cand: Candidate) -> float:
+    """Multiply-accumulates of the candidate's kernels (millions): a capacity measure."""
+    return sum(v for k, v in kernel_features(space.kernel_specs(cand.arch)).items() if k.startswith("mac_"))
+
+
+def best_verified(cands: Sequence[Candidate], formulation: Formulation, space=None,
+                  tie_margin: float = TIE_MARGIN) -> Candidate | None:
+    """The best measured feasible candidate. Under a budget, candidates whose estimated score is
+    within `tie_margin` of the best are a tie, broken by capacity (MACs; `space` needed), which
+    tracks accuracy within a space when the estimator cannot tell them apart."""
     ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
-    return min(ok, key=rank_key(formulation)) if ok else None
+    if not ok:
+        return None
+    best = min(ok, key=rank_key(formulation))
+    if space is None or formulation.kind != "budget":
+        return best
+    ties = [c for c in ok if c.accuracy >= best.accuracy - tie_margin]
+    return max(ties, key=lambda c: (capacity(space, c), c.accuracy))
 
 
 @dataclass
@@ -337,5 +384,5 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
     return rounds
 
 
-__all__ = ["Device", "FeatureCorrection", "OnnxDevice", "VerifyRound", "best_verified", "feasible",
-           "kernel_features", "local_onnx_latency", "rank_key", "select_finalists", "verify_finalists"]
+__all__ = ["Device", "FeatureCorrection", "RunnerDevice", "runner_job", "VerifyRound", "best_verified", "feasible",
+           "capacity", "kernel_features", "rank_key", "select_finalists", "verify_finalists"]
