@@ -413,12 +413,25 @@ class Predictor:
         self._rows = np.zeros((0, len(F.ADDITIVE)))
         self._peak = np.zeros(0)
         self._kms = np.zeros(0)
+        self._cand_cache: dict[tuple, int] = {}
+        self._cand_pred = np.zeros((0, 3))
+
+    def _clear_pred_cache(self) -> None:
+        """Forget cached candidate predictions (after the graph model or the adapters change)."""
+        self._cand_cache = {}
+        self._cand_pred = np.zeros((0, 3))
 
     def _index(self, specs: Iterable[KernelSpec], pending: list) -> list[int]:
         by_id, by_key = self._by_id, self._by_key
-        out = []
+        if not isinstance(specs, (list, tuple)):
+            specs = list(specs)
+        out = list(map(by_id.get, map(id, specs)))
+        if None not in out:
+            return out
         n0 = len(self._rows)
-        for s in specs:
+        keep = self._keep.append
+        for j in [j for j, i in enumerate(out) if i is None]:
+            s = specs[j]
             i = by_id.get(id(s))
             if i is None:
                 try:
@@ -431,8 +444,8 @@ class Predictor:
                     by_key[key] = i
                     pending.append(s)
                 by_id[id(s)] = i
-                self._keep.append(s)  # keeps id(s) from being reused while it is a key
-            out.append(i)
+                keep(s)  # keeps id(s) from being reused while it is a key
+            out[j] = i
         return out
 
     def _materialise(self, pending: list[KernelSpec]) -> None:
@@ -466,18 +479,25 @@ class Predictor:
         self._rows = np.vstack([self._rows, rows])
         self._peak = np.concatenate([self._peak, peak])
         self._kms = np.concatenate([self._kms, kms])
-        if len(self._keep) > 2_000_000:  # bound the identity cache; content keys stay
+        if len(self._keep) > 2_000_000:  # bound the identity caches; content keys stay
             self._by_id.clear()
             self._keep.clear()
+            self._cand_cache.clear()
 
     def _sums(self, cand_indices: list[list[int]], extra_rows: list | None = None):
-        lens = np.array([len(c) for c in cand_indices])
+        import itertools
+        lens = np.fromiter(map(len, cand_indices), np.int64, len(cand_indices))
         if (lens == 0).any():
             raise PredictorError(f"candidate {int(np.argmax(lens == 0))} has no kernel specs")
-        flat = np.fromiter((i for c in cand_indices for i in c), dtype=np.int64, count=int(lens.sum()))
-        starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-        sums = np.add.reduceat(self._rows[flat], starts, axis=0)
-        peak = np.maximum.reduceat(self._peak[flat], starts)
+        flat = np.fromiter(itertools.chain.from_iterable(cand_indices), dtype=np.int64, count=int(lens.sum()))
+        indptr = np.concatenate([[0], np.cumsum(lens)])
+        if len(flat) > 20000:  # a sparse count matrix times the unique rows: no [len(flat), cols] gather
+            from scipy.sparse import csr_matrix
+            M = csr_matrix((np.ones(len(flat)), flat, indptr), shape=(len(lens), len(self._rows)))
+            sums = np.asarray(M @ self._rows)
+        else:
+            sums = np.add.reduceat(self._rows[flat], indptr[:-1], axis=0)
+        peak = np.maximum.reduceat(self._peak[flat], indptr[:-1])
         if extra_rows:
             for ci, (row, out) in extra_rows:
                 sums[ci] += row
@@ -507,6 +527,7 @@ class Predictor:
         networks on). With few networks the simple candidates win by construction.
         """
         ms = np.asarray(ms, float)
+        self._clear_pred_cache()
         self.graph_model, self.graph_lin = None, None
         self.graph_type, self.graph_offset = "sum", 0.0
         if len(candidates) == 0:
@@ -583,11 +604,34 @@ class Predictor:
 
     # ---- public prediction API ---------------------------------------------------------
     def predict_specs(self, candidates: Sequence[Sequence[KernelSpec]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Batch path: (median ms, low, high) arrays for candidates given as lists of KernelSpec."""
-        if len(candidates) == 0:
+        """Batch path: (median ms, low, high) arrays for candidates given as lists of KernelSpec.
+
+        Results are cached per candidate (key: the identities of its spec objects, which the
+        predictor keeps alive; search spaces reuse their spec objects), duplicates in a batch are
+        predicted once, and the graph-level model runs vectorised over all uncached candidates.
+        """
+        n = len(candidates)
+        if n == 0:
             return np.zeros(0), np.zeros(0), np.zeros(0)
-        sums, peak = self._graph_inputs(candidates)
-        return self._finish(sums, peak)
+        cache = self._cand_cache
+        keys = [tuple(map(id, c)) for c in candidates]
+        rows = list(map(cache.get, keys))
+        if None in rows:
+            todo: dict[tuple, int] = {}
+            todo_c = []
+            for k, c, r in zip(keys, candidates, rows):
+                if r is None and k not in todo:
+                    todo[k] = len(todo_c)
+                    todo_c.append(c)
+            sums, peak = self._graph_inputs(todo_c)
+            med, lo, hi = self._finish(sums, peak)
+            start = len(self._cand_pred)
+            self._cand_pred = np.vstack([self._cand_pred, np.column_stack([med, lo, hi])])
+            for k, j in todo.items():
+                cache[k] = start + j
+            rows = list(map(cache.get, keys))
+        out = self._cand_pred[np.fromiter(rows, np.int64, n)]
+        return out[:, 0].copy(), out[:, 1].copy(), out[:, 2].copy()
 
     def kernel_sum_specs(self, candidates: Sequence[Sequence[KernelSpec]]) -> np.ndarray:
         """The plain sum of kernel predictions of each candidate (no graph model)."""
@@ -734,6 +778,7 @@ class Predictor:
         ksum = self.kernel_sum_specs(cands)
         pred, lo, hi = self.predict_specs(cands)
         self.graph_model, self.graph_q, self.training, self.graph_type, self.graph_offset, self.graph_lin = saved
+        self._clear_pred_cache()
         return {"train_networks": int(len(train)), "test_networks": int(len(test)),
                 "flops_only": metrics(y[test], flops_pred), "kernel_sum": metrics(y[test], ksum),
                 "full": metrics(y[test], pred, lo, hi)}

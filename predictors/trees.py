@@ -13,78 +13,107 @@ import numpy as np
 
 
 class TreeModel:
-    def __init__(self, text: str):
+    """Parsed lazily on the first prediction, so loading a predictor file costs little."""
+
+    def __init__(self, text: str, lazy: bool = True):
         self.text = text
-        trees = []
-        cur = None
+        self._parsed = False
+        if not lazy:
+            self._parse()
+
+    def __getattr__(self, name):  # the parsed arrays, on first access
+        if name.startswith("__") or self.__dict__.get("_parsed", True):
+            raise AttributeError(name)
+        self._parse()
+        return getattr(self, name)
+
+    def _parse(self) -> None:
+        """Vectorised: each field of all trees is joined and converted by one numpy call."""
+        self._parsed = True
         self.average_output = False
-        for line in text.splitlines():
-            if line.startswith("Tree="):
-                cur = {}
-                trees.append(cur)
-            elif line.startswith("end of trees"):
+        import re
+        text = self.text
+        end = text.find("end of trees")
+        body = text if end < 0 else text[:end]
+        self.average_output = re.search(r"^average_output$", text[:text.find("Tree=")] if "Tree=" in text else text,
+                                        re.M) is not None
+        keys = ("num_leaves", "num_cat", "split_feature", "threshold", "decision_type", "left_child",
+                "right_child", "leaf_value")
+        fields = {k: [] for k in keys}
+        for k, v in re.findall(r"^(" + "|".join(keys) + r")=(.*)$", body, re.M):  # one pass over the text
+            fields[k].append(v)
+        # single-leaf trees lack the split fields; num_cat is written for every tree
+        nl = np.array(fields["num_leaves"], np.int64)
+        if (np.array(fields["num_cat"], np.int64) > 0).any():
+            raise ValueError("categorical splits are not supported by the numpy evaluator")
+        num = lambda k, dt: (np.fromstring(" ".join(fields[k]), dtype=float, sep=" ").astype(dt)  # noqa: E731
+                             if fields[k] else np.zeros(0, dt))
+        self.leaf = num("leaf_value", float)
+        feat, thr = num("split_feature", np.int64), num("threshold", float)
+        dt = num("decision_type", np.int64)
+        lc, rc = num("left_child", np.int64), num("right_child", np.int64)
+        n_split = np.where(nl > 1, nl - 1, 0)
+        int_off = np.concatenate([[0], np.cumsum(n_split)[:-1]]) if len(nl) else np.zeros(0, np.int64)
+        leaf_off = np.concatenate([[0], np.cumsum(nl)[:-1]]) if len(nl) else np.zeros(0, np.int64)
+        n_int = int(n_split.sum())
+        io, lo = np.repeat(int_off, n_split), np.repeat(leaf_off, n_split)
+        remap = lambda c: np.where(c >= 0, c + io, ~((~c) + lo))  # noqa: E731  (leaf L encoded as ~L)
+        left, right = remap(lc), remap(rc)
+        default_left, missing = (dt & 2) > 0, (dt >> 2) & 3
+        self.roots = np.where(nl > 1, int_off, ~leaf_off)
+        self.n_trees = len(nl)
+        # One node array: internal nodes first, then leaves as self-loops (feature 0, threshold +inf),
+        # so every row walks every tree for `depth` steps with no masking.
+        n_leaf_total = len(self.leaf)
+        to_node = lambda c: np.where(c >= 0, c, n_int + (~c))  # noqa: E731
+        self.feat = np.concatenate([feat, np.zeros(n_leaf_total, np.int64)])
+        self.thr = np.concatenate([thr, np.full(n_leaf_total, np.inf)])
+        self.default_left = np.concatenate([default_left, np.ones(n_leaf_total, bool)])
+        self.missing = np.concatenate([missing, np.zeros(n_leaf_total, np.int64)])
+        leaf_ids = np.arange(n_int, n_int + n_leaf_total)
+        self.left = np.concatenate([to_node(left), leaf_ids])
+        self.right = np.concatenate([to_node(right), leaf_ids])
+        self.root_nodes = to_node(self.roots)
+        self.n_int = n_int
+        self.has_zero_missing = bool((missing == 1).any())
+        self.children = np.column_stack([self.left, self.right]).ravel()  # node*2 (+1 when going right)
+        # the deepest path, for the number of steps
+        depth = np.zeros(len(self.feat), np.int64)
+        for _ in range(n_int + 1):  # fixpoint: about max-depth vectorised steps
+            new = depth.copy()
+            new[:n_int] = 1 + np.maximum(depth[self.left[:n_int]], depth[self.right[:n_int]])
+            if np.array_equal(new, depth):
                 break
-            elif line == "average_output":
-                self.average_output = True
-            elif cur is not None and "=" in line:
-                k, v = line.split("=", 1)
-                cur[k] = v
-        feat, thr, dl, mt, left, right, leaves, roots = [], [], [], [], [], [], [], []
-        n_int = n_leaf = 0
-        for t in trees:
-            lv = np.array(t["leaf_value"].split(), float)
-            nl = int(t["num_leaves"])
-            if int(t.get("num_cat", "0")) > 0:
-                raise ValueError("categorical splits are not supported by the numpy evaluator")
-            if nl == 1:
-                roots.append(-(n_leaf + 1))
-            else:
-                sf = np.array(t["split_feature"].split(), int)
-                th = np.array(t["threshold"].split(), float)
-                dt = np.array(t["decision_type"].split(), int)
-                lc = np.array(t["left_child"].split(), int)
-                rc = np.array(t["right_child"].split(), int)
-                remap = lambda c: np.where(c >= 0, c + n_int, -(~c + n_leaf) - 1)  # noqa: E731
-                feat.append(sf)
-                thr.append(th)
-                dl.append((dt & 2) > 0)
-                mt.append((dt >> 2) & 3)
-                left.append(remap(lc))
-                right.append(remap(rc))
-                roots.append(n_int)
-                n_int += len(sf)
-            leaves.append(lv)
-            n_leaf += nl
-        cat = lambda xs, dtype: np.concatenate(xs).astype(dtype) if xs else np.zeros(0, dtype)  # noqa: E731
-        self.feat, self.thr = cat(feat, np.int64), cat(thr, float)
-        self.default_left, self.missing = cat(dl, bool), cat(mt, np.int64)
-        self.left, self.right = cat(left, np.int64), cat(right, np.int64)
-        self.leaf = cat(leaves, float)
-        self.roots = np.array(roots, np.int64)
-        self.n_trees = len(trees)
+            depth = new
+        self.depth = int(depth[self.root_nodes].max()) if self.n_trees else 0
 
     def predict(self, X: np.ndarray) -> np.ndarray:
+        if not self._parsed:
+            self._parse()
         X = np.asarray(X, float)
         if X.ndim == 1:
             X = X[None, :]
         n = X.shape[0]
-        if self.n_trees == 0:
+        if self.n_trees == 0 or n == 0:
             return np.zeros(n)
-        cur = np.broadcast_to(self.roots, (n, self.n_trees)).copy()
-        rows = np.broadcast_to(np.arange(n)[:, None], cur.shape)
-        while True:
-            mask = cur >= 0
-            if not mask.any():
-                break
-            nd = cur[mask]
-            x = X[rows[mask], self.feat[nd]]
-            mt = self.missing[nd]
-            nan = np.isnan(x)
-            x = np.where(nan & (mt != 2), 0.0, x)
-            default = ((mt == 2) & nan) | ((mt == 1) & (np.abs(x) <= 1e-35))
-            go_left = np.where(default, self.default_left[nd], x <= self.thr[nd])
-            cur[mask] = np.where(go_left, self.left[nd], self.right[nd])
-        out = self.leaf[~cur].sum(axis=1)
+        cur = np.broadcast_to(self.root_nodes, (n, self.n_trees)).copy()
+        nf = X.shape[1]
+        Xf = np.ascontiguousarray(X).ravel()
+        rows = (np.arange(n) * nf)[:, None]
+        nanx = np.isnan(X).any()
+        feat, thr, children = self.feat, self.thr, self.children
+        for _ in range(self.depth):
+            x = Xf.take(rows + feat.take(cur))
+            if nanx or self.has_zero_missing:
+                mt = self.missing[cur]
+                nan = np.isnan(x)
+                x = np.where(nan & (mt != 2), 0.0, x)
+                default = ((mt == 2) & nan) | ((mt == 1) & (np.abs(x) <= 1e-35))
+                go_left = np.where(default, self.default_left[cur], x <= self.thr[cur])
+                cur = np.where(go_left, self.left[cur], self.right[cur])
+            else:
+                cur = children.take(2 * cur + (x > thr.take(cur)))
+        out = self.leaf[cur - self.n_int].sum(axis=1)
         return out / self.n_trees if self.average_output else out
 
     def model_to_string(self) -> str:
