@@ -18,19 +18,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_predictor(target: str = "local-cpu") -> Path | None:
-    """The newest .lgb under data/predictors/ built for `target` (any .lgb if none says)."""
-    base = ROOT / "data" / "predictors"
-    files = sorted(base.glob("**/*.lgb"), key=lambda p: p.stat().st_mtime, reverse=True)
-    if not files:
-        return None
-    for f in files:
+    """The newest .lgb under data/predictors/ built for `target`."""
+    from search.models import load_predictor
+    for f in sorted((ROOT / "data" / "predictors").glob("**/*.lgb"), key=lambda p: p.stat().st_mtime, reverse=True):
         try:
-            from search.models import load_predictor, predictor_target
-            if predictor_target(load_predictor(f)) == target:
+            if load_predictor(f).target_name == target:
                 return f
         except Exception:
             continue
-    return files[0]
+    return None
+
+
+def predictor_from_table(cache: Path, target: str = "local-cpu") -> Path | None:
+    """No shipped predictor: train one (once, cached outside the repository) from the newest
+    table of `target` under data/tables/ (it may still be being measured; it is read as is)."""
+    tables = sorted((ROOT / "data" / "tables").glob(f"{target}__*.parquet"), key=lambda p: p.stat().st_mtime,
+                    reverse=True)
+    if not tables:
+        return None
+    from predictors.model import Predictor
+    from profiling.table import read_table
+    table = tables[0]
+    df, _ = read_table(table)
+    out = cache / "predictors" / f"{table.stem}-{len(df)}rows.lgb"
+    if not out.exists():
+        click.echo(f"demo: no predictor under data/predictors/; training one from {table.relative_to(ROOT)} "
+                   f"({len(df)} rows) into {out} ...")
+        p = Predictor(num_threads=1)
+        p.fit([table])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        p.save(out)
+    return out
 
 
 @click.command()
@@ -40,27 +58,35 @@ def find_predictor(target: str = "local-cpu") -> Path | None:
 @click.option("--budget-percentile", type=float, default=40.0, show_default=True)
 @click.option("--population", type=int, default=16, show_default=True)
 @click.option("--generations", type=int, default=6, show_default=True)
+@click.option("--supernet-epochs", type=float, default=8.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def main(out, space, predictor, budget_percentile, population, generations, seed):
+def main(out, space, predictor, budget_percentile, population, generations, supernet_epochs, seed):
     import torch
     torch.set_num_threads(1)
-    from search import setup
+    from search import wiring
     from search.problem import SearchError
     from search.run import SearchConfig, run_search
     from scripts.search_cli import summarize
 
-    pred_path = Path(predictor) if predictor else find_predictor()
+    from search.run import _cache_dir
+    try:
+        pred_path = Path(predictor) if predictor else (find_predictor() or
+                                                       predictor_from_table(_cache_dir(SearchConfig())))
+    except Exception as e:  # a table too young to train on
+        click.echo(f"error: could not train a predictor from data/tables/: {e}", err=True)
+        pred_path = None
     if pred_path is None:
-        click.echo("error: no latency predictor under data/predictors/. Build one for this machine first:\n"
+        click.echo("error: no latency predictor under data/predictors/ and no table to train one from. "
+                   "Build one for this machine first:\n"
                    "  profile-device --target local-cpu --out data/tables/local-cpu.parquet\n"
                    "  train-predictor --table data/tables/local-cpu.parquet --out data/predictors/local-cpu.lgb\n"
                    "then run `make demo` again.", err=True)
         sys.exit(1)
     try:
-        pred = setup.load_predictor_and_target(SearchConfig(predictor=str(pred_path)))[0]
-        data = setup.load_data("digits", seed)
-        sp = setup.make_space(space, data)
-        lat = setup.latency_model(pred, sp, pred_path)
+        pred = wiring.load_predictor_and_target(SearchConfig(predictor=str(pred_path)))[0]
+        data = wiring.load_data("digits", seed)
+        sp = wiring.make_space(space, data)
+        lat = wiring.latency_model(pred, sp, pred_path)
         rng = np.random.default_rng(seed)
         med, _, _ = lat.predict([sp.sample(rng) for _ in range(300)])
         budget = float(np.round(np.percentile(med, budget_percentile), 3))
@@ -70,7 +96,8 @@ def main(out, space, predictor, budget_percentile, population, generations, seed
                    f"--latency-budget {budget:g} --population {population} --generations {generations} --out {out}")
         res = run_search(SearchConfig(space=space, predictor=str(pred_path), data="digits", latency_budget_ms=budget,
                                       population=population, generations=generations, finalists=3,
-                                      verify_rounds=2, out=out, seed=seed, budget_minutes=6))
+                                      verify_rounds=2, out=out, seed=seed, budget_minutes=6,
+                                      supernet_epochs=supernet_epochs))
     except SearchError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
