@@ -49,7 +49,10 @@ class BenchmarkDevice:
         self.device = device
         col = f"{device}_ms"
         df = _read_csv(self.csv_path, ["arch", col])
-        self.table = dict(zip(df["arch"], df[col].astype(float)))
+        # a missing entry (-1 in the edgetpu column of NAS-Bench-201 HW) is a cell the device
+        # could not run: its lookup says inf, so it is dropped as over any budget
+        ms = df[col].astype(float)
+        self.table = dict(zip(df["arch"], ms.where(ms > 0, np.inf)))
         self.name = f"benchmark {self.csv_path.name}:{device}"
         self.max_measurements = max_measurements
         self.n_measurements = 0
@@ -74,7 +77,8 @@ class BenchmarkDevice:
 
     def percentile(self, q: float) -> float:
         """A latency budget for benchmark scripts (reads the whole latency column, not accuracy)."""
-        return float(np.percentile(list(self.table.values()), q))
+        v = np.array(list(self.table.values()))
+        return float(np.percentile(v[np.isfinite(v)], q))
 
 
 @dataclass
@@ -92,6 +96,7 @@ def ground_truth(csv_path: str | Path, device: str, budget_ms: float | None, cho
     """For the report only, after the search: the best cell under the budget and the gap."""
     col = f"{device}_ms"
     df = _read_csv(Path(csv_path), ["arch", acc_col, col])
+    df = df[df[col] > 0]  # cells without a latency on this device cannot be chosen
     ok = df if budget_ms is None else df[df[col] <= budget_ms]
     best = ok.loc[ok[acc_col].idxmax()]
     row = df[df["arch"] == chosen]
