@@ -41,6 +41,10 @@ from profiling.onnx_stats import node_flops
 from .graph import FREE_OPS, OnnxGraph, load_graph
 
 
+# layout ops with no arithmetic: detected as `reshape`-like kernels (docs/predictor.md)
+LAYOUT_OPS = frozenset({"Split", "Slice", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
+
+
 @dataclass(frozen=True)
 class FusionRules:
     """Which node groups the runtime executes as one kernel."""
@@ -499,6 +503,12 @@ class _Detector:
                 return
             c, h, w = chw(g.shape(n.input[0]), self.batch)
             return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
+        if op in LAYOUT_OPS and n.input and not g.is_const(n.input[0]):
+            # Split/Slice/Gather (q/k/v separation, ShuffleNet's channel split, class-token pick), Expand,
+            # Tile: data movement with no arithmetic, a `reshape`-like layout kernel of the copied size
+            t = n.input[0] if op in ("Split",) else n.output[0]
+            c, h, w = chw(g.shape(t), self.batch)
+            return self.emit("reshape", [i], n.output[0], c=max(1, c), h=max(1, h), w=max(1, w))
         if op == "Transpose":
             if self.foldable_into_matmul(i) and self.feeds_matmul(i):
                 return

@@ -128,11 +128,33 @@ def test_detection_of_builder_networks_matches_their_kernel_lists():
         det = detect_kernels(build_network(spec))
         assert not det.unknown, [u.op_type for u in det.unknown]
         assert Counter(det.specs()) == Counter(network_kernels(spec)), family
-    # transformers: the compute kernels agree; the builders' q/k/v Split has no kind (reported as
-    # unknown) and the K transpose that ORT folds into its FusedMatMul is listed by the builders
+    # transformers: the compute kernels agree; the builders' q/k/v Split is a layout (`reshape`-like)
+    # kernel, and the K transpose that ORT folds into its FusedMatMul is listed by the builders
     spec = sample_network(rng, "vit")
     det = detect_kernels(build_network(spec))
     heavy = ("conv", "linear", "matmul", "softmax", "layernorm")
     assert Counter(s for s in det.specs() if s.kind in heavy) == \
         Counter(s for s in network_kernels(spec) if s.kind in heavy)
-    assert {u.op_type for u in det.unknown} <= {"Split"}
+    assert not det.unknown, [u.op_type for u in det.unknown]
+    assert any(k.ops == ["Split"] and k.spec.kind == "reshape" for k in det.kernels)
+
+
+@pytest.mark.parametrize("family,index", [("shufflenetv2", 1), ("deit", 3), ("mobilenetv3", 3), ("densenet", 3),
+                                          ("convnext", 1), ("regnet", 2), ("efficientnet", 3)])
+def test_reference_models_have_no_unknown_ops(family, index, tmp_path):
+    """The benchmark's plain-torch reference families (Split/Slice/Gather for q/k/v, ShuffleNet's channel
+    split, class tokens) map entirely onto the kernel vocabulary; exported at a small resolution."""
+    from scripts.reference_models import DeiT, export, reference_models
+    name, ctor, _ = reference_models()[family][index]
+    if family == "deit":  # position embeddings are sized for the resolution
+        ctor = lambda: DeiT(384, 8, 6, res=64)  # noqa: E731
+    path = tmp_path / f"{name}.onnx"
+    export(ctor, 64, str(path))
+    det = detect_kernels(str(path))
+    assert not det.unknown, [(u.op_type, u.name) for u in det.unknown]
+    kinds = Counter(k.spec.kind for k in det.kernels)
+    assert kinds["conv"] + kinds["conv_add"] + kinds["linear"] > 5
+    if family == "shufflenetv2":
+        assert kinds["channel_shuffle"] >= 10 and kinds["reshape"] >= 10  # the channel split: Slice
+    if family == "deit":
+        assert kinds["matmul"] >= 2 * 8 and kinds["softmax"] == 8
