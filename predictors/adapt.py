@@ -1,17 +1,23 @@
 """Few-shot adaptation of a predictor to a new device from 10-50 measured whole networks.
 
-The base predictor's kernel models still describe *what* a network computes (its
-predicted time per kernel group: 1x1 convs, kxk convs, depthwise convs, linear layers,
-attention, norms, memory-bound ops, pooling, unknown ops); the new device mostly changes
-*how fast* each group runs. The adapter is a non-negative linear model
+The base predictor's kernel models still describe *what* a network computes; the new device
+mostly changes *how fast* each part runs. With only ~20 measurements the adapter must have few
+effective parameters, so it is a small ensemble of ridge models chosen by exact leave-one-out:
 
-    new_ms = b + w_parent * parent_ms + sum_g w_g * S_g
+    space  log: log y = a + b*log(parent) + delta . z        ms: y = a + b*parent + delta . z
+    kind   scale (delta = 0) | scale+delta | delta (b = 0)
+    ridge  penalty on delta only, lambda in a grid
 
-where parent_ms is the prediction before this adapter (the base device, or the device
-adapted before: adapters chain) and S_g the base kernel predictions summed per group. It
-is fitted by non-negative least relative squares with a ridge pull towards
-`new_ms = parent_ms`, its strength chosen by leave-one-out; the leave-one-out residuals
-give a conformal interval. The whole adapter is a few numbers in the .lgb header.
+where parent is the prediction before this adapter (the base device, or the device adapted
+before: adapters chain) and z the standardised adapter features: the base kernel predictions
+summed per kernel group (1x1, kxk and depthwise convs, linear, attention, norm, memory,
+pooling, unknown), the kernel count per group and the number of residual/concat joins
+(`adapter_features`). Every (space, kind, lambda) is scored by its exact leave-one-out relative
+error (hat-matrix shortcut); the 5 best are refitted on all networks and averaged in log space.
+The leave-one-out predictions of the members give the conformal interval. Callers that know
+more about their networks (e.g. a search space's pruned and unpruned views of a cell) pass
+their own feature matrix to `fit_adapter(..., Phi=...)` and `predict_adapter`; the method is
+the same (`scripts/bench_predictor.py` does this for NAS-Bench-201).
 
 Measured-networks file (`train-predictor --adapt-from base.lgb --networks FILE`): CSV or
 Parquet, one row per network, a `latency_ms` column and one of
@@ -37,59 +43,105 @@ from profiling.kernels import KernelSpec
 from . import features as F
 
 NG = len(F.GROUPS)
-GROUP_COLS = slice(7, 7 + NG)
+LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+TOP_K = 5
+_A = {n: i for i, n in enumerate(F.ADDITIVE)}
+ADAPTER_FEATURES = (*(f"ms_{g}" for g in F.GROUPS), *(f"n_{g}" for g in F.GROUPS), "branch")
 
 
-def _design(parent: np.ndarray, sums: np.ndarray) -> np.ndarray:
-    return np.column_stack([np.ones(len(parent)), parent, sums[:, GROUP_COLS]])
+def adapter_features(sums: np.ndarray) -> np.ndarray:
+    """The adapter's features (ADAPTER_FEATURES order) from summed additive rows [N, len(ADDITIVE)]."""
+    sums = np.atleast_2d(np.asarray(sums, float))
+    return sums[:, [_A[n] for n in ADAPTER_FEATURES]]
 
 
-def _fit(X: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
-    from scipy.optimize import nnls
-    A = X / y[:, None]
-    scale = np.maximum(np.abs(A).mean(axis=0), 1e-12)
-    Z = A / scale
-    prior = np.zeros(X.shape[1])
-    prior[1] = 1.0
-    u0 = prior * scale
-    reg = math.sqrt(lam) * np.eye(X.shape[1])
-    Zr = np.vstack([Z, reg])
-    tr = np.concatenate([np.ones(len(y)), math.sqrt(lam) * u0])
-    u, _ = nnls(Zr, tr, maxiter=2000)
-    return u / scale
+def _design(kind: str, base: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n = len(base)
+    if kind == "scale":
+        return np.column_stack([np.ones(n), base]), np.zeros(2)
+    if kind == "scale+delta":
+        return np.column_stack([np.ones(n), base, Z]), np.r_[0.0, 0.0, np.ones(Z.shape[1])]
+    return np.column_stack([np.ones(n), Z]), np.r_[0.0, np.ones(Z.shape[1])]
 
 
-def fit_adapter(parent: np.ndarray, sums: np.ndarray, y: np.ndarray, device: str = "new-device",
-                lambdas=(0.001, 0.01, 0.1, 1.0, 10.0)) -> dict:
-    """The adapter dict (weights, interval, fit report) from parent predictions, group sums and measurements."""
+def _solve(A, t, lam, pen):
+    return np.linalg.solve(A.T @ A + np.diag(pen * lam) + 1e-9 * np.eye(A.shape[1]), A.T @ t)
+
+
+def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, device: str = "new-device",
+                Phi: np.ndarray | None = None, names: Sequence[str] | None = None, lambdas=LAMBDAS,
+                top_k: int = TOP_K) -> dict:
+    """The adapter dict from parent predictions, features (sums, or a caller's Phi) and measurements."""
     y = np.asarray(y, float)
-    X = _design(np.asarray(parent, float), np.asarray(sums, float))
+    parent = np.maximum(np.asarray(parent, float), 1e-9)
+    if Phi is None:
+        Phi, names = adapter_features(sums), list(ADAPTER_FEATURES)
+    Phi = np.asarray(Phi, float)
+    names = list(names) if names is not None else [f"f{i}" for i in range(Phi.shape[1])]
     n = len(y)
-    best = None
-    for lam in lambdas:
-        loo = np.zeros(n)
-        for i in range(n):
-            keep = np.arange(n) != i
-            w = _fit(X[keep], y[keep], lam)
-            loo[i] = max(float(X[i] @ w), 1e-6)
-        err = float(np.mean(np.log(y / loo) ** 2))
-        if best is None or err < best[0]:
-            best = (err, lam, loo)
-    _, lam, loo = best
-    w = _fit(X, y, lam)
-    r = np.log(y / loo)
+    mean, std = Phi.mean(axis=0), Phi.std(axis=0)
+    keep = std > 1e-9 * np.maximum(1.0, np.abs(mean))
+    mean, std = mean[keep], std[keep]
+    Z = (Phi[:, keep] - mean) / std
+    cands = []
+    for space in ("log", "ms"):
+        base = np.log(parent) if space == "log" else parent
+        t = np.log(y) if space == "log" else y
+        for kind in ("scale", "scale+delta", "delta"):
+            if kind != "scale" and Z.shape[1] == 0:
+                continue
+            for lam in (lambdas if kind != "scale" else (0.0,)):
+                A, pen = _design(kind, base, Z)
+                if A.shape[1] >= n and lam == 0:
+                    continue
+                B = np.linalg.solve(A.T @ A + np.diag(pen * lam) + 1e-9 * np.eye(A.shape[1]), A.T)  # [p, n]
+                h = np.einsum("ij,ji->i", A, B)  # the hat matrix's diagonal, without the n x n matrix
+                r = (t - A @ (B @ t)) / np.maximum(1.0 - h, 1e-6)
+                loo = t - r
+                loo_log = loo if space == "log" else np.log(np.maximum(loo, 1e-3 * y.min()))
+                err = float(np.mean((np.log(y) - loo_log) ** 2))
+                cands.append((err, space, kind, float(lam), loo_log))
+    cands.sort(key=lambda c: c[0])
+    members = []
+    for err, space, kind, lam, _ in cands[:top_k]:
+        base = np.log(parent) if space == "log" else parent
+        t = np.log(y) if space == "log" else y
+        A, pen = _design(kind, base, Z)
+        members.append({"space": space, "kind": kind, "lambda": lam, "loo_mse_log": err,
+                        "coef": _solve(A, t, lam, pen).tolist()})
+    loo_log = np.mean([c[4] for c in cands[:top_k]], axis=0)
     from .model import _conformal, metrics
-    q = _conformal(r)
-    return {"device": device, "n_networks": int(n), "lambda": lam, "bias_ms": float(w[0]),
-            "w_parent": float(w[1]), "w_groups": {g: float(v) for g, v in zip(F.GROUPS, w[2:])},
-            "log_interval": list(q), "loo": metrics(y, loo)}
+    return {"method": "ridge-ensemble-loo", "device": device, "n_networks": int(n),
+            "features": [nm for nm, k in zip(names, keep) if k], "all_features": names, "mean": mean.tolist(),
+            "std": std.tolist(), "members": members, "log_interval": list(_conformal(np.log(y) - loo_log)),
+            "loo": metrics(y, np.exp(loo_log))}
+
+
+def predict_adapter(a: dict, parent: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+    """Apply one adapter (fit_adapter's dict) to parent predictions and the full feature matrix."""
+    parent = np.maximum(np.asarray(parent, float), 1e-9)
+    Phi = np.atleast_2d(np.asarray(Phi, float))
+    idx = [a["all_features"].index(nm) for nm in a["features"]]
+    Z = (Phi[:, idx] - np.asarray(a["mean"])) / np.asarray(a["std"])
+    outs = []
+    floor = 1e-6
+    for m in a["members"]:
+        base = np.log(parent) if m["space"] == "log" else parent
+        A, _ = _design(m["kind"], base, Z)
+        p = A @ np.asarray(m["coef"])
+        outs.append(p if m["space"] == "log" else np.log(np.maximum(p, floor)))
+    return np.exp(np.mean(outs, axis=0))
 
 
 def apply_adapters(adapters: list[dict], pred: np.ndarray, sums: np.ndarray):
     lo = hi = pred
     for a in adapters:
-        w = np.array([a["bias_ms"], a["w_parent"], *[a["w_groups"].get(g, 0.0) for g in F.GROUPS]])
-        pred = np.maximum(_design(pred, sums) @ w, 1e-6)
+        if a.get("method") == "ridge-ensemble-loo":
+            pred = predict_adapter(a, pred, adapter_features(sums))
+        else:  # the first format: new = b + w*parent + sum_g w_g*S_g
+            w = np.array([a["bias_ms"], a["w_parent"], *[a["w_groups"].get(g, 0.0) for g in F.GROUPS]])
+            X = np.column_stack([np.ones(len(pred)), pred, sums[:, 7:7 + NG]])
+            pred = np.maximum(X @ w, 1e-6)
         lo, hi = pred * math.exp(a["log_interval"][0]), pred * math.exp(a["log_interval"][1])
     return pred, lo, hi
 

@@ -51,8 +51,8 @@ def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
             click.echo(f"adapted {adapt_from} (target {base.target_name}) to {new.target_name} "
                        f"with {a['n_networks']} measured networks")
             click.echo(f"leave-one-out: {_fmt(a['loo'])}")
-            click.echo(f"weights: parent x{a['w_parent']:.3f}, bias {a['bias_ms']:.3f} ms, groups "
-                       + ", ".join(f"{g} x{w:.3f}" for g, w in a["w_groups"].items() if w > 1e-6))
+            click.echo("ensemble (by leave-one-out error): " + "; ".join(
+                f"{m['space']} {m['kind']} lambda={m['lambda']:g}" for m in a["members"]))
             new.save(out)
             click.echo(f"wrote {out}")
             return
