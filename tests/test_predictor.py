@@ -226,3 +226,76 @@ def test_clis_print_json_and_clear_errors(table, trained, small_onnx, tmp_path):
     res = CliRunner().invoke(train_main, ["--table", str(table), "--out", str(tmp_path / "t.lgb")])
     assert res.exit_code == 0, res.output
     assert "full predictor" in res.output and (tmp_path / "t.lgb").exists()
+
+
+def test_kernel_variant_and_graph_correction_are_chosen_by_cross_validation(trained):
+    p, path = trained
+    cv = p.training["kernel_cv"]
+    assert cv and all(v["variant"] in ("l2", "huber", "weighted") for v in cv.values())
+    assert all(0 <= v["within10"] <= 1 and set(v["selection_within10"]) >= {"l2", "huber"} for v in cv.values())
+    assert p.training["graph_choice"] in p.training["graph_cv"]
+    errs = {t: v["mean_abs_log_err"] for t, v in p.training["graph_cv"].items()}
+    assert errs[p.training["graph_choice"]] == min(errs.values())
+    q = Predictor.load(path)
+    assert q.graph_type == p.graph_type
+    assert {k: m.variant for k, m in q.kernel_models.items()} == {k: m.variant for k, m in p.kernel_models.items()}
+
+
+def test_few_networks_fall_back_to_the_calibrated_kernel_sum(trained, table):
+    from predictors.model import load_tables
+    p, _ = trained
+    df, meta = load_tables([table])
+    df4 = df.drop(df[df.category == "network"].index[4:])
+    q = Predictor(kernel_rounds=30, graph_rounds=30).fit(df4, meta)
+    assert q.graph_type == "scale" and q.graph_model is None
+    nets = q.network_rows(df4)
+    ratio = np.log(np.array([n["ms"] for n in nets]) / q.kernel_sum_specs([n["specs"] for n in nets]))
+    assert q.graph_offset == pytest.approx(float(np.median(ratio)))
+
+
+def test_candidate_cache_follows_graph_refits(trained):
+    from profiling.networks import network_kernels, sample_network
+    p, _ = trained
+    rng = np.random.default_rng(21)
+    nets = [network_kernels(sample_network(rng, "mobilenet")) for _ in range(6)]
+    a = p.predict_specs(nets + nets)[0]
+    assert np.allclose(a[:6], a[6:])
+    saved = (p.graph_model, p.graph_q, dict(p.training), p.graph_type, p.graph_offset, p.graph_lin)
+    try:
+        p.fit_graph(nets[:3], np.full(3, 1000.0))  # a very slow "device": the cached predictions must go
+        assert (p.predict_specs(nets)[0] > 10 * a[:6]).all()
+    finally:
+        p.graph_model, p.graph_q, p.training, p.graph_type, p.graph_offset, p.graph_lin = saved
+        p._clear_pred_cache()
+    assert np.allclose(p.predict_specs(nets)[0], a[:6])
+
+
+def test_tree_evaluator_handles_single_leaf_trees_and_lazy_parsing():
+    import lightgbm as lgb
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] > 0).astype(float) + 0.01 * rng.normal(size=200)
+    b = lgb.train({"objective": "regression", "verbose": -1, "num_threads": 1, "num_leaves": 4,
+                   "min_data_in_leaf": 150}, lgb.Dataset(X, y), num_boost_round=5)
+    t = TreeModel(b.model_to_string())
+    assert not t._parsed
+    np.testing.assert_allclose(t.predict(X), b.predict(X), rtol=1e-9, atol=1e-12)
+
+
+def test_adapter_ensemble_learns_a_device_from_twenty_networks(trained):
+    from predictors.adapt import adapter_features, fit_adapter, predict_adapter
+    from predictors.features import GROUPS
+    from profiling.networks import network_kernels, sample_network
+    p, _ = trained
+    rng = np.random.default_rng(4)
+    nets = [network_kernels(sample_network(rng, f)) for f in ("mobilenet", "resnet", "vit") * 14]
+    sums, peak = p._graph_inputs(nets)
+    base = p._finish(sums, peak)[0]
+    # a device whose depthwise convs and pooling are 4x slower and the rest 1.5x faster (known truth)
+    slow = sum(sums[:, 7 + GROUPS.index(g)] for g in ("dwconv", "pool"))
+    truth = (base - slow) / 1.5 + 4 * slow
+    a = fit_adapter(base[:20], sums[:20], truth[:20], "dev")
+    assert a["method"] == "ridge-ensemble-loo" and len(a["members"]) == 5 and a["loo"]["n"] == 20
+    pred = predict_adapter(a, base[20:], adapter_features(sums[20:]))
+    err = np.mean(np.abs(pred / truth[20:] - 1))
+    assert err < 0.5 * np.mean(np.abs(base[20:] / truth[20:] - 1))
