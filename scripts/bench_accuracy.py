@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import json
 import sys
+from typing import Sequence
 import tarfile
 import time
 from pathlib import Path
@@ -72,43 +73,59 @@ def bench_cells(n: int, seed: int = 0) -> pd.DataFrame:
     return df.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_s: float, timing_cells: int = 10) -> Path:
+#: computed on every cell first (the ensemble's proxies and the cheap ones), then the rest
+PHASES: tuple[tuple[str, ...], ...] = (("params", "flops", "synflow", "jacob_cov"), ("nwot",),
+                                       ("snip", "grad_norm", "fisher", "zico", "zen"))
+
+
+def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_s: float, timing_cells: int = 10,
+                phase_cells: Sequence[int] = (1000, 1000, 1000)) -> Path:
+    """Fill the cache phase by phase (see PHASES), so an interrupted run still holds every
+    cheap proxy on all cells; each cell's proxies come from one seeded network."""
     from search.proxies import PROXIES, compute_proxies
     from search.spaces import get_space
     torch.set_num_threads(1)
     cache.mkdir(parents=True, exist_ok=True)
     out = cache / f"nb201_proxies_b{batch}.csv"
     cells = bench_cells(n_cells)
-    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=["arch"])
-    have = set(done["arch"])
+    table = pd.read_csv(out).set_index("arch") if out.exists() else pd.DataFrame(index=pd.Index([], name="arch"))
     x, y = proxy_batch(cache, batch)
     space = get_space("nb201")
-    names = [p for p in PROXIES if p != "grasp"]
     t_start = time.time()
-    rows = []
-    for k, arch in enumerate(cells["arch"]):
-        if arch in have:
-            continue
-        if time.time() - t_start > budget_s:
-            click.echo(f"time budget reached after {len(rows)} new cells")
-            break
-        torch.manual_seed(0)
-        net = space.build(space.from_string(arch))
-        row: dict = {"arch": arch}
-        if k < timing_cells:  # each proxy on its own, timed
-            for p in names + (["grasp"] if k < grasp_cells else []):
-                t = time.perf_counter()
-                row[p] = compute_proxies(net, x, y, [p], seed=0)[p]
-                row[f"t_{p}"] = time.perf_counter() - t
-        else:  # all together: snip, grad_norm and fisher share one backward pass (same values)
-            t = time.perf_counter()
-            row.update(compute_proxies(net, x, y, names + (["grasp"] if k < grasp_cells else []), seed=0))
-            row["t_all"] = time.perf_counter() - t
-        rows.append(row)
-        if len(rows) % 20 == 0:
-            pd.concat([done, pd.DataFrame(rows)]).to_csv(out, index=False)
-            click.echo(f"{len(have) + len(rows)}/{n_cells} cells, {time.time() - t_start:.0f} s")
-    pd.concat([done, pd.DataFrame(rows)]).to_csv(out, index=False)
+
+    def save() -> None:
+        table.reset_index().to_csv(out, index=False)
+
+    def get(arch: str, col: str) -> float:
+        return table.at[arch, col] if arch in table.index and col in table.columns else float("nan")
+
+    phases = [(names, n) for names, n in zip(PHASES, phase_cells)] + [(("grasp",), grasp_cells)]
+    for names, n in phases:
+        done = 0
+        for k, arch in enumerate(cells["arch"][:n]):
+            todo = [p for p in names if pd.isna(get(arch, p))]
+            if not todo:
+                continue
+            if time.time() - t_start > budget_s:
+                save()
+                click.echo(f"time budget reached in phase {names}")
+                return out
+            torch.manual_seed(0)
+            net = space.build(space.from_string(arch))
+            if k < timing_cells:  # each proxy on its own, timed
+                for p in todo:
+                    t = time.perf_counter()
+                    table.loc[arch, p] = compute_proxies(net, x, y, [p], seed=0)[p]
+                    table.loc[arch, f"t_{p}"] = time.perf_counter() - t
+            else:
+                vals = compute_proxies(net, x, y, todo, seed=0)
+                for p, v in vals.items():
+                    table.loc[arch, p] = v
+            done += 1
+            if done % 25 == 0:
+                save()
+                click.echo(f"phase {names}: cell {k + 1}/{n}, {time.time() - t_start:.0f} s")
+        save()
     return out
 
 
@@ -138,25 +155,32 @@ def proxy_report(cache: Path, batch: int, n_cells: int = 1000, n_labels: int = 1
         res["proxies"][p] = {"n": len(sub), "spearman_ref": float(r_ref), "spearman_val": float(r_val),
                              "ref_spearman_val": float(r_val_ref), "ms": float(ms)}
         click.echo(f"{p:<10} {len(sub):>5} {r_ref:>9.3f} {r_val:>14.3f} {r_val_ref:>13.3f} {ms:>8.0f}")
-    ens = RankEnsemble(DEFAULT_ENSEMBLE)
-    r_ens = spearmanr(ens.predict(df), df["val_acc"]).statistic
-    click.echo(f"unsupervised rank ensemble {DEFAULT_ENSEMBLE}: Spearman with val_acc = {r_ens:.3f}")
-    res["ensemble"] = {"columns": list(DEFAULT_ENSEMBLE), "spearman_val": r_ens}
-    # supervised: n_labels random cells with val_acc as labels, scored on the rest
+    ens_df = df.dropna(subset=list(DEFAULT_ENSEMBLE))
+    r_ens = spearmanr(RankEnsemble(DEFAULT_ENSEMBLE).predict(ens_df), ens_df["val_acc"]).statistic
+    ref_ens = ens_df.assign(jacob_cov=ens_df["ref_jacov"], params=ens_df["ref_params"])
+    r_ens_ref = spearmanr(RankEnsemble(DEFAULT_ENSEMBLE).predict(ref_ens), ens_df["val_acc"]).statistic
+    click.echo(f"unsupervised rank ensemble {DEFAULT_ENSEMBLE} on {len(ens_df)} cells: Spearman with val_acc = "
+               f"{r_ens:.3f} (same ensemble of the reference scores: {r_ens_ref:.3f})")
+    res["ensemble"] = {"columns": list(DEFAULT_ENSEMBLE), "cells": len(ens_df), "spearman_val": float(r_ens),
+                       "reference_scores_spearman_val": float(r_ens_ref)}
+    # supervised: n_labels random cells with val_acc as labels, scored on the rest; features are
+    # the proxies computed on (nearly) every cell, plus the encoding
     space = get_space("nb201")
-    enc = space.encode_batch([space.from_string(a) for a in df["arch"]])
-    feats = [p for p in REF_COLUMN if p != "grasp"] + ["zico"]
+    feats = [p for p in list(REF_COLUMN) + ["zico"] if p in ens_df and ens_df[p].notna().mean() > 0.95]
+    sup = ens_df.dropna(subset=feats).reset_index(drop=True)
+    enc = space.arch_features_batch([space.from_string(a) for a in sup["arch"]])
     rhos = []
     for rep in range(reps):
         rng = np.random.default_rng(rep)
-        idx = rng.permutation(len(df))
+        idx = rng.permutation(len(sup))
         tr, te = idx[:n_labels], idx[n_labels:]
-        est = SupervisedEstimator(seed=rep).fit(df.iloc[tr][feats], df.iloc[tr]["val_acc"].to_numpy(), encodings=enc[tr],
-                                                reference=df[feats])  # unlabelled proxies of all cells
-        rhos.append(spearmanr(est.predict(df.iloc[te][feats], encodings=enc[te]), df.iloc[te]["val_acc"]).statistic)
-    click.echo(f"supervised (LightGBM on proxies + encoding, {n_labels} labels, scored on the other {len(df) - n_labels}): "
-               f"Spearman {np.mean(rhos):.3f} +- {np.std(rhos):.3f} over {reps} draws")
-    res["supervised"] = {"labels": n_labels, "spearman_mean": float(np.mean(rhos)), "spearman_std": float(np.std(rhos))}
+        est = SupervisedEstimator(seed=rep).fit(sup.iloc[tr][feats], sup.iloc[tr]["val_acc"].to_numpy(),
+                                                encodings=enc[tr], reference=sup[feats])  # unlabelled proxies of all cells
+        rhos.append(spearmanr(est.predict(sup.iloc[te][feats], encodings=enc[te]), sup.iloc[te]["val_acc"]).statistic)
+    click.echo(f"supervised (LightGBM on {feats} + arch features, blended with the ensemble, {n_labels} labels, scored on the other "
+               f"{len(sup) - n_labels}): Spearman {np.mean(rhos):.3f} +- {np.std(rhos):.3f} over {reps} draws")
+    res["supervised"] = {"labels": n_labels, "features": feats, "cells": len(sup),
+                         "spearman_mean": float(np.mean(rhos)), "spearman_std": float(np.std(rhos))}
     total_ms = sum(v["ms"] for v in res["proxies"].values())
     click.echo(f"all {len(res['proxies'])} proxies: {total_ms / 1000:.2f} s per architecture "
                f"(1 core, batch {batch}, each proxy computed separately)")

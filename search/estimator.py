@@ -122,18 +122,24 @@ class RankEnsemble:
 class SupervisedEstimator:
     """LightGBM regression of accuracy on proxies (+ the rank-ensemble score) (+ encodings).
 
-    Small-data settings (tens to hundreds of labels): shallow trees, many rounds, bagging.
+    Small-data settings (tens to hundreds of labels): very shallow trees, many rounds, bagging.
+    With ``blend > 0`` (and an ensemble), the prediction is
+    ``(1 - blend) * lightgbm + blend * isotonic(ensemble score)``, the isotonic map fitted on
+    the labels, so it stays in accuracy units while leaning on the label-free ranking where
+    100 labels are too few for the trees.
     """
 
-    def __init__(self, n_estimators: int = 400, learning_rate: float = 0.03, num_leaves: int = 8,
-                 min_child_samples: int = 5, subsample: float = 0.8, colsample: float = 0.8,
-                 ensemble_columns: Sequence[str] | None = DEFAULT_ENSEMBLE, seed: int = 0):
+    def __init__(self, n_estimators: int = 800, learning_rate: float = 0.02, num_leaves: int = 4,
+                 min_child_samples: int = 3, subsample: float = 0.8, colsample: float = 0.8,
+                 ensemble_columns: Sequence[str] | None = DEFAULT_ENSEMBLE, blend: float = 0.3, seed: int = 0):
         self.params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
                            min_child_samples=min_child_samples, subsample=subsample, subsample_freq=1,
                            colsample_bytree=colsample, random_state=seed, verbose=-1, n_jobs=1)
         self.ensemble = RankEnsemble(ensemble_columns) if ensemble_columns else None
+        self.blend = float(blend) if ensemble_columns else 0.0
         self.columns_: list[str] | None = None
         self.model_ = None
+        self.iso_ = None
 
     def _matrix(self, df: pd.DataFrame, encodings: np.ndarray | None) -> np.ndarray:
         assert self.columns_ is not None
@@ -166,12 +172,19 @@ class SupervisedEstimator:
             ref = df if reference is None else reference
             self.ensemble.fit(pd.concat([ref, df]) if reference is not None else ref)
         self.model_ = lgb.LGBMRegressor(**self.params).fit(self._matrix(df, encodings), y)
+        if self.blend > 0:
+            from sklearn.isotonic import IsotonicRegression
+            self.iso_ = IsotonicRegression(out_of_bounds="clip").fit(self.ensemble.predict(df), y)
         return self
 
     def predict(self, features: pd.DataFrame | Mapping, encodings: np.ndarray | None = None) -> np.ndarray:
         if self.model_ is None:
             raise EstimatorError("SupervisedEstimator is not fitted")
-        return self.model_.predict(self._matrix(_as_frame(features), encodings))
+        df = _as_frame(features)
+        pred = self.model_.predict(self._matrix(df, encodings))
+        if self.iso_ is not None:
+            pred = (1 - self.blend) * pred + self.blend * self.iso_.predict(self.ensemble.predict(df))
+        return pred
 
     def score(self, features: pd.DataFrame | Mapping, y: Sequence[float], encodings: np.ndarray | None = None) -> float:
         return spearman(self.predict(features, encodings), y)
@@ -249,14 +262,14 @@ class AccuracyEstimator:
             raise EstimatorError(f"{len(archs)} architectures for {len(accuracies)} accuracies")
         feats = self.features(archs)
         self.supervised = SupervisedEstimator(ensemble_columns=self.ensemble.columns, seed=self.seed).fit(
-            feats, accuracies, encodings=self.space.encode_batch(archs))
+            feats, accuracies, encodings=self.space.arch_features_batch(archs))
         return self
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         archs = list(archs)
         feats = self.features(archs)
         if self.supervised is not None:
-            return self.supervised.predict(feats, encodings=self.space.encode_batch(archs))
+            return self.supervised.predict(feats, encodings=self.space.arch_features_batch(archs))
         return self.ensemble.predict(feats)
 
     def score(self, archs: Sequence[Any], accuracies: Sequence[float]) -> float:

@@ -181,6 +181,15 @@ class SearchSpace(abc.ABC, Generic[Arch]):
         rows = [self.encode(a) for a in archs]
         return np.stack(rows) if rows else np.zeros((0, self.encoding_size), np.float32)
 
+    def arch_features(self, arch: Arch) -> np.ndarray:
+        """Features for learned accuracy estimators: the encoding, plus whatever structure
+        summary a space adds (fixed length per space). Default: :meth:`encode`."""
+        return self.encode(arch)
+
+    def arch_features_batch(self, archs: Iterable[Arch]) -> np.ndarray:
+        rows = [self.arch_features(a) for a in archs]
+        return np.stack(rows) if rows else np.zeros((0, len(self.arch_features(self.sample(0)))), np.float32)
+
     # -- networks
     @abc.abstractmethod
     def input_shape(self, arch: Arch) -> tuple[int, int, int]:

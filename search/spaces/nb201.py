@@ -270,6 +270,14 @@ class NB201Space(SearchSpace[NB201Arch]):
             v[e, OPS.index(o)] = 1.0
         return v.ravel()
 
+    def arch_features(self, arch) -> np.ndarray:
+        """The one-hot encoding plus what the network really computes: the number of live
+        edges of each op (skip, 1x1, 3x3, pool), of live intermediate nodes, and a zero-cell flag."""
+        plan = cell_plan(self.validate(arch))
+        live = [o for _, ins in plan.nodes for _, o in ins]
+        extra = [live.count(o) for o in OPS[1:]] + [len(plan.nodes), float(plan.zero)]
+        return np.concatenate([self.encode(arch), np.asarray(extra, np.float32)])
+
     def decode(self, vector) -> NB201Arch:
         v = np.asarray(vector, np.float32)
         if v.shape != (self.encoding_size,):
