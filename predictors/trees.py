@@ -85,7 +85,8 @@ class TreeModel:
             if np.array_equal(new, depth):
                 break
             depth = new
-        self.depth = int(depth[self.root_nodes].max()) if self.n_trees else 0
+        self.tree_depth = depth[self.root_nodes] if self.n_trees else np.zeros(0, np.int64)
+        self.depth = int(self.tree_depth.max()) if self.n_trees else 0
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         if not self._parsed:
@@ -96,25 +97,36 @@ class TreeModel:
         n = X.shape[0]
         if self.n_trees == 0 or n == 0:
             return np.zeros(n)
-        cur = np.broadcast_to(self.root_nodes, (n, self.n_trees)).copy()
         nf = X.shape[1]
         Xf = np.ascontiguousarray(X).ravel()
-        rows = (np.arange(n) * nf)[:, None]
-        nanx = np.isnan(X).any()
-        feat, thr, children = self.feat, self.thr, self.children
-        for _ in range(self.depth):
-            x = Xf.take(rows + feat.take(cur))
-            if nanx or self.has_zero_missing:
-                mt = self.missing[cur]
-                nan = np.isnan(x)
-                x = np.where(nan & (mt != 2), 0.0, x)
-                default = ((mt == 2) & nan) | ((mt == 1) & (np.abs(x) <= 1e-35))
-                go_left = np.where(default, self.default_left[cur], x <= self.thr[cur])
-                cur = np.where(go_left, self.left[cur], self.right[cur])
-            else:
-                cur = children.take(2 * cur + (x > thr.take(cur)))
-        out = self.leaf[cur - self.n_int].sum(axis=1)
+        nanx = bool(np.isnan(X).any())
+        out = np.zeros(n)
+        # trees in chunks: [n, chunk] index arrays stay small enough for the cache
+        for t0 in range(0, n, 1024):  # and rows in blocks
+            rows_blk = slice(t0, min(n, t0 + 1024))
+            nb = rows_blk.stop - rows_blk.start
+            rows = (np.arange(rows_blk.start, rows_blk.stop, dtype=np.int64) * nf)[:, None]
+            acc = np.zeros(nb)
+            chunk = max(1, min(self.n_trees, 32768 // nb, 64))
+            for c0 in range(0, self.n_trees, chunk):
+                roots = self.root_nodes[c0:c0 + chunk]
+                cur = np.broadcast_to(roots, (nb, len(roots))).copy()
+                for _ in range(int(self.tree_depth[c0:c0 + chunk].max())):
+                    cur = self._step(cur, Xf, rows, nanx)
+                acc += self.leaf[cur - self.n_int].sum(axis=1)
+            out[rows_blk] = acc
         return out / self.n_trees if self.average_output else out
+
+    def _step(self, cur, Xf, rows, nanx):
+        x = Xf.take(rows + self.feat.take(cur))
+        if nanx or self.has_zero_missing:
+            mt = self.missing[cur]
+            nan = np.isnan(x)
+            x = np.where(nan & (mt != 2), 0.0, x)
+            default = ((mt == 2) & nan) | ((mt == 1) & (np.abs(x) <= 1e-35))
+            go_left = np.where(default, self.default_left[cur], x <= self.thr[cur])
+            return np.where(go_left, self.left[cur], self.right[cur])
+        return self.children.take(2 * cur + (x > self.thr.take(cur)))
 
     def model_to_string(self) -> str:
         return self.text
