@@ -97,6 +97,7 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
             raise PredictorFileError(f"{path} is truncated (model {name!r} ends past the end of the file); "
                                      "rebuild it with `train-predictor`")
         models[name] = payload[offset:offset + length].decode("utf-8")
+    header["_file_sha256"] = expected  # not written back: `save` builds a new header
     return header, models
 
 

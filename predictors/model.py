@@ -448,7 +448,7 @@ class Predictor:
             out[j] = i
         return out
 
-    def _materialise(self, pending: list[KernelSpec]) -> None:
+    def _materialise(self, pending: list[KernelSpec], kernel_ms: list[float] | None = None) -> None:
         """Additive rows for new specs; blocks are expanded with profiling.builders.decompose."""
         if not pending:
             return
@@ -463,7 +463,10 @@ class Predictor:
             else:
                 expanded.append([s])
         flat = [k for ks in expanded for k in ks]
-        ms, _, _ = self.kernel_ms(flat)
+        if kernel_ms is not None and len(kernel_ms) == len(flat):
+            ms = np.asarray(kernel_ms, float)
+        else:
+            ms, _, _ = self.kernel_ms(flat)
         ms = np.maximum(ms - self.overhead_ms, 0.1 * ms)  # the network pays the run overhead once
         rows = np.zeros((len(pending), len(F.ADDITIVE)))
         peak = np.zeros(len(pending))
@@ -648,7 +651,9 @@ class Predictor:
         ms, lo, hi = self.kernel_ms(specs)
         pending: list = []
         idx = self._index(specs, pending)
-        self._materialise(pending)
+        if pending:  # reuse the kernel predictions just made (no second pass over the trees)
+            known = {F.spec_key(s): float(m) for s, m in zip(specs, ms)}
+            self._materialise(pending, [known[F.spec_key(s)] for s in pending])
         extra, unknown = [], []
         for u in det.unknown:
             est = self.fallback_ms(u.flops, u.bytes)
@@ -837,6 +842,58 @@ class Predictor:
         }
         write_predictor_file(path, header, models)
 
+    # ---- a cache of parsed trees (numpy .npz, no pickle), keyed by the file's own sha256 ----------
+    @staticmethod
+    def _tree_cache_path(digest: str) -> Path | None:
+        if not digest:
+            return None
+        root = os.environ.get("HWNAS_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                             os.path.expanduser("~/.cache"), "hwnas")
+        return Path(root) / "predictors" / f"{digest[:32]}.npz"
+
+    def _tree_models(self) -> dict[str, TreeModel]:
+        out = {"kernel/_pooled": self.pooled.tree} if self.pooled is not None else {}
+        out.update({f"kernel/{k}": m.tree for k, m in self.kernel_models.items()})
+        if self.graph_model is not None:
+            out["graph"] = self.graph_model
+        return out
+
+    def write_tree_cache(self) -> Path | None:
+        """Parse every tree model once and store the arrays next to nothing else: later loads of the
+        same file (same sha256) skip parsing. Silently does nothing where the cache is not writable."""
+        path = self._tree_cache_path(self.header.get("_file_sha256", ""))
+        if path is None or path.exists():
+            return path
+        try:
+            arrays = {f"{name}|{k}": v for name, t in self._tree_models().items() for k, v in t.arrays().items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+            return path
+        except OSError:
+            return None
+
+    def _read_tree_cache(self) -> None:
+        path = self._tree_cache_path(self.header.get("_file_sha256", ""))
+        if path is None or not path.exists():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data: dict[str, dict] = {}
+                for key in z.files:
+                    name, k = key.split("|", 1)
+                    data.setdefault(name, {})[k] = z[key]
+            if self.pooled is not None and "kernel/_pooled" in data:
+                self.pooled.tree = TreeModel.from_arrays(self.pooled.tree.text, data["kernel/_pooled"])
+            for kind, m in self.kernel_models.items():
+                if f"kernel/{kind}" in data:
+                    m.tree = TreeModel.from_arrays(m.tree.text, data[f"kernel/{kind}"])
+            if self.graph_model is not None and "graph" in data:
+                self.graph_model = TreeModel.from_arrays(self.graph_model.text, data["graph"])
+        except Exception:  # a damaged cache is ignored: the text models are the truth
+            return
+
     @classmethod
     def load(cls, path: str | os.PathLike, num_threads: int = 1) -> "Predictor":
         header, models = read_predictor_file(path)
@@ -872,6 +929,7 @@ class Predictor:
         p.adapters = header.get("adapters", [])
         p.training = header.get("training", {})
         p.header = header
+        p._read_tree_cache()
         return p
 
     def adapt(self, candidates, ms, device: str = "new-device", **kw) -> "Predictor":

@@ -107,7 +107,7 @@ class TreeModel:
             nb = rows_blk.stop - rows_blk.start
             rows = (np.arange(rows_blk.start, rows_blk.stop, dtype=np.int64) * nf)[:, None]
             acc = np.zeros(nb)
-            chunk = max(1, min(self.n_trees, 32768 // nb, 64))
+            chunk = max(1, min(self.n_trees, 65536 // nb))
             for c0 in range(0, self.n_trees, chunk):
                 roots = self.root_nodes[c0:c0 + chunk]
                 cur = np.broadcast_to(roots, (nb, len(roots))).copy()
@@ -127,6 +127,29 @@ class TreeModel:
             go_left = np.where(default, self.default_left[cur], x <= self.thr[cur])
             return np.where(go_left, self.left[cur], self.right[cur])
         return self.children.take(2 * cur + (x > self.thr.take(cur)))
+
+    _ARRAYS = ("feat", "thr", "default_left", "missing", "left", "right", "leaf", "root_nodes", "tree_depth",
+               "children", "roots")
+    _SCALARS = ("n_int", "n_trees", "depth", "average_output", "has_zero_missing")
+
+    def arrays(self) -> dict:
+        """The parsed form (numpy arrays), for `predictors.model`'s parse cache."""
+        if not self._parsed:
+            self._parse()
+        d = {k: getattr(self, k) for k in self._ARRAYS}
+        d.update({k: np.array(getattr(self, k)) for k in self._SCALARS})
+        return d
+
+    @classmethod
+    def from_arrays(cls, text: str, d: dict) -> "TreeModel":
+        t = cls(text)
+        for k in cls._ARRAYS:
+            setattr(t, k, np.asarray(d[k]))
+        for k in cls._SCALARS:
+            v = np.asarray(d[k]).item()
+            setattr(t, k, v)
+        t._parsed = True
+        return t
 
     def model_to_string(self) -> str:
         return self.text

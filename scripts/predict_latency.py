@@ -41,6 +41,7 @@ def main(models, predictor_path, as_json, per_kernel, timing):
     except (PredictorError, PredictorFileError, GraphError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    p.write_tree_cache()  # after the predictions: later runs with this file skip parsing the trees
     if as_json:
         click.echo(json.dumps([r.to_dict(per_kernel) for r in results], indent=2))
         return

@@ -76,6 +76,7 @@ def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
         else:
             click.echo(f"note: {tr.get('networks', 0)} networks are too few for a held-out report (need 10)")
         p.save(out)
+        Predictor.load(out).write_tree_cache()
         click.echo(f"wrote {out}")
     except (PredictorError, PredictorFileError, ProfilingError) as e:
         _fail(str(e))
