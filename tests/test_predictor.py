@@ -16,6 +16,12 @@ from predictors.trees import TreeModel
 from profiling.kernels import KernelSpec
 
 
+@pytest.fixture(autouse=True)
+def _tree_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """The parsed-tree cache goes to a temporary folder, not ~/.cache."""
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path_factory.getbasetemp() / "hwnas-cache"))
+
+
 @pytest.fixture(scope="session")
 def table(tmp_path_factory):
     from profiling.profiler import Profiler
@@ -299,3 +305,18 @@ def test_adapter_ensemble_learns_a_device_from_twenty_networks(trained):
     pred = predict_adapter(a, base[20:], adapter_features(sums[20:]))
     err = np.mean(np.abs(pred / truth[20:] - 1))
     assert err < 0.5 * np.mean(np.abs(base[20:] / truth[20:] - 1))
+
+
+def test_parsed_tree_cache_gives_identical_predictions_and_ignores_damage(trained, small_onnx, tmp_path, monkeypatch):
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    _, path = trained
+    first = Predictor.load(path)
+    a = first.predict(small_onnx).latency_ms
+    cache = first.write_tree_cache()
+    assert cache is not None and cache.exists() and cache.parent.parent == tmp_path / "cache"
+    second = Predictor.load(path)
+    assert second.pooled.tree._parsed  # arrays came from the cache, no text parsing
+    assert second.predict(small_onnx).latency_ms == pytest.approx(a, rel=1e-12)
+    cache.write_bytes(b"garbage")
+    third = Predictor.load(path)
+    assert third.predict(small_onnx).latency_ms == pytest.approx(a, rel=1e-12)
