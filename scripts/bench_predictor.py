@@ -219,6 +219,11 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path):
         p = Predictor().fit(list(tables), holdout=0.2, log=click.echo)
         pred_path = str(cache / "bench.lgb")
         p.save(pred_path)
+    for kind, v in sorted(p.training.get("kernel_cv", {}).items()):
+        click.echo(f"  kernel {kind:16s} {v['variant']:8s} CV {v['within10']:6.1%} within ±10%, MAPE {v['mape']:6.1%}"
+                   f" (n={v['n']})")
+    if "graph_choice" in p.training:
+        click.echo(f"  graph correction: {p.training['graph_choice']}")
     h = p.training.get("holdout")
     if h:
         click.echo("== held-out table networks")

@@ -64,6 +64,13 @@ def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
         tr = p.training
         click.echo(f"trained on {tr.get('kernel_rows', 0)} kernel rows and {tr.get('networks', 0)} networks "
                    f"of target {p.target_name} in {time.time() - t0:.1f}s")
+        for kind, v in sorted(tr.get("kernel_cv", {}).items()):
+            q = f", quiet rows {v['quiet_within10']:.0%} (n={v['quiet_n']})" if "quiet_within10" in v else ""
+            click.echo(f"  kernel {kind:16s} {v['variant']:8s} CV {v['within10']:6.1%} within ±10%, MAPE "
+                       f"{v['mape']:6.1%} (n={v['n']}){q}")
+        if "graph_choice" in tr:
+            click.echo(f"graph correction: {tr['graph_choice']} (CV mean |log error|: " + ", ".join(
+                f"{t} {v['mean_abs_log_err']:.3f}" for t, v in tr["graph_cv"].items()) + ")")
         if "blocks_kernel_sum" in tr:
             click.echo(f"blocks as the sum of their kernels: {_fmt(tr['blocks_kernel_sum'])}")
         h = tr.get("holdout")
