@@ -158,3 +158,22 @@ def test_reference_models_have_no_unknown_ops(family, index, tmp_path):
         assert kinds["channel_shuffle"] >= 10 and kinds["reshape"] >= 10  # the channel split: Slice
     if family == "deit":
         assert kinds["matmul"] >= 2 * 8 and kinds["softmax"] == 8
+
+
+def test_models_with_external_data_and_empty_files_load_from_the_memory_map(tmp_path):
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((64, 32, 3, 3)).astype(np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="ext.onnx.data", size_threshold=0)
+    assert (tmp_path / "ext.onnx.data").exists()
+    det = detect_kernels(str(tmp_path / "ext.onnx"))
+    assert [k.spec.kind for k in det.kernels] == ["conv"] and det.kernels[0].spec.params["act"] == "relu"
+    gr = load_graph(str(tmp_path / "ext.onnx"))
+    assert numpy_helper.to_array(gr.initializers["w"]).shape == (64, 32, 3, 3)  # the data was loaded
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(GraphError, match="not a readable ONNX model"):
+        load_graph(str(tmp_path / "empty.onnx"))
