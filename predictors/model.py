@@ -865,7 +865,14 @@ class Predictor:
         if path is None or path.exists():
             return path
         try:
-            arrays = {f"{name}|{k}": v for name, t in self._tree_models().items() for k, v in t.arrays().items()}
+            models = self._tree_models()
+            names = list(models)
+            parsed = [models[nm].arrays() for nm in names]
+            arrays = {"names": np.array(names)}
+            for k in TreeModel._ARRAYS:  # one array per field, all models concatenated (few npz entries)
+                arrays[k] = np.concatenate([d[k] for d in parsed])
+                arrays[f"{k}__len"] = np.array([len(d[k]) for d in parsed], np.int64)
+            arrays["scalars"] = np.array([[float(d[k]) for k in TreeModel._SCALARS] for d in parsed])
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
             np.savez(tmp, **arrays)
@@ -880,10 +887,15 @@ class Predictor:
             return
         try:
             with np.load(path, allow_pickle=False) as z:
-                data: dict[str, dict] = {}
-                for key in z.files:
-                    name, k = key.split("|", 1)
-                    data.setdefault(name, {})[k] = z[key]
+                names = [str(x) for x in z["names"]]
+                data: dict[str, dict] = {nm: {} for nm in names}
+                for k in TreeModel._ARRAYS:
+                    parts = np.split(z[k], np.cumsum(z[f"{k}__len"])[:-1])
+                    for nm, part in zip(names, parts):
+                        data[nm][k] = part
+                for nm, row in zip(names, z["scalars"]):
+                    for k, v in zip(TreeModel._SCALARS, row):
+                        data[nm][k] = v
             if self.pooled is not None and "kernel/_pooled" in data:
                 self.pooled.tree = TreeModel.from_arrays(self.pooled.tree.text, data["kernel/_pooled"])
             for kind, m in self.kernel_models.items():

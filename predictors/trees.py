@@ -147,7 +147,7 @@ class TreeModel:
             setattr(t, k, np.asarray(d[k]))
         for k in cls._SCALARS:
             v = np.asarray(d[k]).item()
-            setattr(t, k, v)
+            setattr(t, k, bool(v) if k in ("average_output", "has_zero_missing") else int(v))
         t._parsed = True
         return t
 
