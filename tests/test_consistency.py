@@ -18,11 +18,7 @@ def _norm(spec):
     return tuple(sorted(d.items()))
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("nb201", marks=pytest.mark.xfail(strict=True, reason=(
-        "the space lists the reduction block's conv(3x3, stride 2, act=none) + activation(relu), but the ONNX "
-        "graph has Conv -> Relu with one consumer, which onnxruntime (and the detector) fuse into one conv(act=relu)"))),
-    "mbv3", "resnet"])
+@pytest.mark.parametrize("name", ["nb201", "mbv3", "resnet"])
 def test_detected_kernels_equal_space_kernel_specs(name, tmp_path):
     space = spaces.get_space(name)
     for seed in range(2):

@@ -191,8 +191,9 @@ def _cell_specs(arch: NB201Arch, c: int, h: int) -> tuple[KernelSpec, ...]:
 def _reduction_specs(cin: int, cout: int, h: int) -> list[KernelSpec]:
     h2 = (h - 1) // 2 + 1
     return [k_pool("avg", cin, h, h, 2, 2), k_conv(cin, cout, h // 2, h // 2, 1, bn=False, act="none"),
-            k_act("relu", cin, h, h), k_conv(cin, cout, h, h, 3, 2, act="none"),
-            k_act("relu", cout, h2, h2), k_conv(cout, cout, h2, h2, 3, 1, act="none", add=True)]
+            # The second ReLU is the first conv's only consumer, so the runtime fuses it (conv+relu).
+            k_act("relu", cin, h, h), k_conv(cin, cout, h, h, 3, 2, act="relu"),
+            k_conv(cout, cout, h2, h2, 3, 1, act="none", add=True)]
 
 
 _STRING_RE = re.compile(r"^\|([a-z0-9_]+)~0\|\+\|([a-z0-9_]+)~0\|([a-z0-9_]+)~1\|\+"
