@@ -483,7 +483,7 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise SupernetError(f"cannot read checkpoint {ckpt}: {e}; delete it to start over") from e
         if state.get("key") != key:

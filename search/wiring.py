@@ -168,7 +168,7 @@ def _trained_supernet(config, space, data: Data, cache_dir: Path, log):
     done = False
     if ckpt.exists():
         try:
-            done = int(torch.load(ckpt, map_location="cpu", weights_only=False)["step"]) >= \
+            done = int(torch.load(ckpt, map_location="cpu", weights_only=True)["step"]) >= \
                 tc.total_steps(len(data.train))
         except Exception:
             done = False

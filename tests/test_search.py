@@ -25,7 +25,7 @@ def predictor_path(tmp_path_factory) -> Path:
     """The shipped local-cpu predictor if there is one, else a real LightGBM predictor fit on
     the kernels of random NB201 cells (targets from a roofline of their FLOPs and bytes,
     standing in for a profiled table, which the repository does not ship yet)."""
-    shipped = sorted((ROOT / "data" / "predictors").glob("*.lgb"))
+    shipped = sorted((ROOT / "data" / "predictors").glob("local-cpu__*.lgb"))
     if shipped:
         return shipped[0]
     from predictors import features as F
@@ -91,7 +91,7 @@ def test_budget_search_writes_every_output_and_verifies(tmp_path, predictor_path
     sess = ort.InferenceSession(str(out / "best.onnx"), providers=["CPUExecutionProvider"])
     shape = [d if isinstance(d, int) else 1 for d in sess.get_inputs()[0].shape]
     assert sess.run(None, {sess.get_inputs()[0].name: np.zeros(shape, np.float32)})[0].shape == (1, 10)
-    ck = torch.load(out / "best.pt", weights_only=False)
+    ck = torch.load(out / "best.pt", weights_only=True)
     assert ck["arch"] == best["arch"] and ck["state_dict"]
     # best.pt/best.onnx hold the subnet with the supernet's weights, BN recalibrated
     assert ck["inherited_supernet_weights"] is True and best["inherited_supernet_weights"] is True
@@ -106,7 +106,7 @@ def test_budget_search_writes_every_output_and_verifies(tmp_path, predictor_path
         None, {sess.get_inputs()[0].name: x[:1].numpy()})[0]
     assert np.allclose(onnx_out, net(x[:1]).detach().numpy(), atol=1e-4)
     sn = build_supernet(space)
-    sn.load_state_dict(torch.load(ck["supernet_checkpoint"], weights_only=False)["model"])
+    sn.load_state_dict(torch.load(ck["supernet_checkpoint"], weights_only=True)["model"])
     inherited = sn.subnet(space.from_string(best["arch"])).state_dict()
     conv = [k for k, v in inherited.items() if v.dim() == 4][0]
     assert torch.equal(inherited[conv], ck["state_dict"][conv])  # weights from the supernet
