@@ -6,8 +6,10 @@ plus ``supernet_acc`` when a supernet is used):
 - :class:`RankEnsemble` (unsupervised, the default): the weighted mean of each column's
   normalised rank. Fitted on a reference population, it scores a new architecture by its
   percentile in that population, so scores do not depend on the batch they come in.
-- :class:`SupervisedEstimator`: LightGBM on the proxies, the rank-ensemble score and the
-  space's encoding, trained on a few architectures whose accuracy the user measured.
+- :class:`SupervisedEstimator`: trained on a few architectures whose accuracy the user
+  measured; by default the mean of a ridge, a Gaussian process and LightGBM (on the residual
+  of the rank-ensemble score) over the proxies' percentiles, the ensemble score, structural
+  summaries (:func:`structure_features`) and the space's encoding.
 
 :class:`AccuracyEstimator` ties them to a space: it computes (and caches, per
 ``space.to_string(arch)``) the proxies on a fixed batch and the supernet accuracy, and
@@ -119,19 +121,89 @@ class RankEnsemble:
         return spearman(self.predict(features), y)
 
 
-class SupervisedEstimator:
-    """LightGBM regression of accuracy on proxies (+ the rank-ensemble score) (+ encodings).
+CONV_OPS = ("nor_conv_1x1", "nor_conv_3x3")
 
-    Small-data settings (tens to hundreds of labels): very shallow trees, many rounds, bagging.
-    With ``blend > 0`` (and an ensemble), the prediction is
-    ``(1 - blend) * lightgbm + blend * isotonic(ensemble score)``, the isotonic map fitted on
-    the labels, so it stays in accuracy units while leaning on the label-free ranking where
-    100 labels are too few for the trees.
+
+def nb201_path_features(arch: Sequence[str]) -> np.ndarray:
+    """Summaries of the input-to-output paths of a NAS-Bench-201 cell after pruning dead edges.
+
+    Nine values: number of paths, most 3x3 convs on one path, most convs (1x1 or 3x3) on one
+    path, fewest convs on one path, whether a skip-only path exists, number of paths without a
+    conv, number of paths through a pooling, longest path (ops), mean convs per path.
+    All zero for a cell whose output is zero.
     """
+    from search.spaces.nb201 import cell_plan
+    plan = cell_plan(tuple(arch))
+    if plan.zero:
+        return np.zeros(9, np.float32)
+    inputs = {j: ins for j, ins in plan.nodes}
+    paths: list[list[str]] = []
+
+    def walk(j: int, ops: list[str]) -> None:
+        if j == 0:
+            paths.append(ops)
+            return
+        for i, o in inputs.get(j, ()):
+            walk(i, ops + [o])
+
+    walk(3, [])
+    c3 = [p.count("nor_conv_3x3") for p in paths]
+    cc = [sum(o in CONV_OPS for o in p) for p in paths]
+    return np.asarray([len(paths), max(c3), max(cc), min(cc),
+                       float(any(all(o == "skip_connect" for o in p) for p in paths)),
+                       sum(x == 0 for x in cc), sum("avg_pool_3x3" in p for p in paths),
+                       max(len(p) for p in paths), float(np.mean(cc))], np.float32)
+
+
+def structure_features(space: Any, archs: Iterable[Any]) -> np.ndarray | None:
+    """A few structural summaries per architecture for :class:`SupervisedEstimator`'s
+    ``structure``: for nb201, the live-op counts of ``space.arch_features`` (skip, 1x1, 3x3,
+    pool, live nodes, zero flag) and :func:`nb201_path_features`; ``None`` for other spaces
+    (their encodings still reach the trees)."""
+    archs = list(archs)
+    if getattr(space, "name", None) != "nb201":
+        return None
+    live = np.asarray(space.arch_features_batch(archs), np.float64)[:, space.encoding_size:]
+    paths = np.stack([nb201_path_features(space.validate(a)) for a in archs]) if archs else np.zeros((0, 9))
+    return np.concatenate([live, paths], 1)
+
+
+def _normal_scores(v: np.ndarray) -> np.ndarray:
+    from scipy.stats import norm, rankdata
+    return norm.ppf((rankdata(v) - 0.5) / len(v))
+
+
+class SupervisedEstimator:
+    """Accuracy regression from a few labelled architectures.
+
+    ``method="average"`` (default): the mean of three small models, each fitted to the normal
+    scores of the labels (rank-based, so a few collapsed cells do not dominate):
+
+    - ridge regression (penalty chosen by leave-one-out CV on the labels) and
+    - a Gaussian process (RBF with one length scale per feature, fitted by marginal likelihood)
+      on the compact features: each proxy's percentile in the reference population, the
+      rank-ensemble score and ``structure`` (e.g. :func:`structure_features`);
+    - LightGBM (300 trees of 4 leaves, bagging) on the residual of a linear map of the
+      ensemble score's normal score, with the compact features plus ``encodings``.
+
+    The mean is mapped back to accuracy units through the labels' quantiles (monotone), so
+    scores are in the unit of ``y``. No setting is tuned on anything but the labels.
+
+    ``method="lightgbm"``: the earlier estimator, LightGBM on the raw proxies, the ensemble
+    score and ``encodings``; with ``blend > 0`` (and an ensemble), the prediction is
+    ``(1 - blend) * lightgbm + blend * isotonic(ensemble score)``.
+    """
+
+    METHODS = ("average", "lightgbm")
 
     def __init__(self, n_estimators: int = 800, learning_rate: float = 0.02, num_leaves: int = 4,
                  min_child_samples: int = 3, subsample: float = 0.8, colsample: float = 0.8,
-                 ensemble_columns: Sequence[str] | None = DEFAULT_ENSEMBLE, blend: float = 0.3, seed: int = 0):
+                 ensemble_columns: Sequence[str] | None = DEFAULT_ENSEMBLE, blend: float = 0.3, seed: int = 0,
+                 method: str = "average"):
+        if method not in self.METHODS:
+            raise EstimatorError(f"method {method!r} is not one of {self.METHODS}")
+        self.method = method
+        self.seed = seed
         self.params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
                            min_child_samples=min_child_samples, subsample=subsample, subsample_freq=1,
                            colsample_bytree=colsample, random_state=seed, verbose=-1, n_jobs=1)
@@ -140,7 +212,11 @@ class SupervisedEstimator:
         self.columns_: list[str] | None = None
         self.model_ = None
         self.iso_ = None
+        self.percentiles_: _Percentiles | None = None
+        self.n_structure_: int | None = None
+        self.n_encodings_: int | None = None
 
+    # -- method="lightgbm"
     def _matrix(self, df: pd.DataFrame, encodings: np.ndarray | None) -> np.ndarray:
         assert self.columns_ is not None
         missing = [c for c in self.columns_ if c not in df]
@@ -150,44 +226,157 @@ class SupervisedEstimator:
         if self.ensemble is not None:
             parts.append(self.ensemble.predict(df)[:, None])
         if encodings is not None:
-            enc = np.asarray(encodings, np.float64)
-            if enc.shape[0] != len(df):
-                raise EstimatorError(f"{enc.shape[0]} encodings for {len(df)} feature rows")
-            parts.append(enc)
+            parts.append(self._rows(encodings, df, "encodings"))
+        if not parts:
+            raise EstimatorError("no features")
+        return np.concatenate(parts, 1)
+
+    @staticmethod
+    def _rows(a: np.ndarray, df: pd.DataFrame, what: str) -> np.ndarray:
+        a = np.asarray(a, np.float64)
+        if a.ndim != 2 or a.shape[0] != len(df):
+            raise EstimatorError(f"{what} of shape {a.shape} for {len(df)} feature rows")
+        return a
+
+    # -- method="average"
+    def _compact(self, df: pd.DataFrame, structure: np.ndarray | None) -> np.ndarray:
+        assert self.columns_ is not None
+        missing = [c for c in self.columns_ if c not in df]
+        if missing:
+            raise EstimatorError(f"features lack columns {missing}")
+        parts = [self.percentiles_.predict(df[self.columns_])[1]] if self.percentiles_ is not None else []
+        if self.ensemble is not None:
+            parts.append(self.ensemble.predict(df)[:, None])
+        if (structure is None) != (self.n_structure_ is None):
+            raise EstimatorError("pass structure features both to fit and to predict, or to neither")
+        if structure is not None:
+            s = self._rows(structure, df, "structure")
+            if s.shape[1] != self.n_structure_:
+                raise EstimatorError(f"{s.shape[1]} structure features, fitted with {self.n_structure_}")
+            parts.append(s)
         if not parts:
             raise EstimatorError("no features")
         return np.concatenate(parts, 1)
 
     def fit(self, features: pd.DataFrame | Mapping, y: Sequence[float], encodings: np.ndarray | None = None,
-            reference: pd.DataFrame | None = None) -> "SupervisedEstimator":
+            reference: pd.DataFrame | None = None, structure: np.ndarray | None = None) -> "SupervisedEstimator":
         """Fit on labelled architectures. ``reference`` (unlabelled features, e.g. a random
-        sample of the space) calibrates the rank-ensemble feature; default: ``features``."""
+        sample of the space) calibrates the percentiles and the rank-ensemble feature
+        (default: ``features``). ``structure``: a few structural summaries per architecture
+        (``method="average"``; for ``"lightgbm"`` they join the encodings)."""
         import lightgbm as lgb
         df = _as_frame(features)
         y = np.asarray(y, np.float64)
         if len(df) != len(y) or len(y) < 5:
             raise EstimatorError(f"need at least 5 labelled architectures with one label each (got {len(df)} rows, {len(y)} labels)")
         self.columns_ = [c for c in df.columns if np.issubdtype(df[c].dtype, np.number)]
+        ref = df if reference is None else pd.concat([reference, df])
         if self.ensemble is not None:
-            ref = df if reference is None else reference
-            self.ensemble.fit(pd.concat([ref, df]) if reference is not None else ref)
-        self.model_ = lgb.LGBMRegressor(**self.params).fit(self._matrix(df, encodings), y)
-        if self.blend > 0:
-            from sklearn.isotonic import IsotonicRegression
-            self.iso_ = IsotonicRegression(out_of_bounds="clip").fit(self.ensemble.predict(df), y)
+            self.ensemble.fit(ref)
+        if self.method == "lightgbm":
+            if structure is not None:
+                encodings = self._rows(structure, df, "structure") if encodings is None else np.concatenate(
+                    [self._rows(encodings, df, "encodings"), self._rows(structure, df, "structure")], 1)
+            self.model_ = lgb.LGBMRegressor(**self.params).fit(self._matrix(df, encodings), y)
+            if self.blend > 0:
+                from sklearn.isotonic import IsotonicRegression
+                self.iso_ = IsotonicRegression(out_of_bounds="clip").fit(self.ensemble.predict(df), y)
+            return self
+        return self._fit_average(df, y, encodings, ref, structure)
+
+    def _fit_average(self, df, y, encodings, ref, structure) -> "SupervisedEstimator":
+        import lightgbm as lgb
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        from sklearn.linear_model import RidgeCV
+        self.percentiles_ = _Percentiles().fit(ref[self.columns_]) if self.columns_ else None
+        self.n_structure_ = None if structure is None else np.asarray(structure).shape[1]
+        self.n_encodings_ = None if encodings is None else np.asarray(encodings).shape[1]
+        X = self._compact(df, structure)
+        self.mean_, self.scale_ = X.mean(0), X.std(0) + 1e-9
+        Z = (X - self.mean_) / self.scale_
+        t = _normal_scores(y)
+        ridge = RidgeCV(alphas=np.logspace(-2, 3, 20)).fit(Z, t)  # alpha: efficient leave-one-out CV
+        kernel = (ConstantKernel(1.0) * RBF(np.full(Z.shape[1], 3.0), length_scale_bounds=(0.1, 100.0))
+                  + WhiteKernel(0.1))
+        import warnings
+        from sklearn.exceptions import ConvergenceWarning
+        with warnings.catch_warnings():  # a length scale at its bound just means "irrelevant feature"
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp = GaussianProcessRegressor(kernel, normalize_y=True, n_restarts_optimizer=1,
+                                          random_state=self.seed).fit(Z, t)
+        if self.ensemble is not None:
+            e = _normal_scores(self.ensemble.predict(ref))  # the ensemble's normal score in the reference
+            self.prior_ = (np.sort(self.ensemble.predict(ref)), np.sort(e))
+            ze = self._prior_z(df)
+            self.prior_coef_ = np.polyfit(ze, t, 1)
+        else:
+            self.prior_coef_ = np.zeros(2)
+        trees = lgb.LGBMRegressor(**{**self.params, "n_estimators": 300, "min_child_samples": 5}).fit(
+            self._tree_matrix(X, encodings, df), t - self._prior(df))
+        self.model_ = (ridge, gp, trees)
+        self.labels_ = (np.sort(t), np.sort(y))
         return self
 
-    def predict(self, features: pd.DataFrame | Mapping, encodings: np.ndarray | None = None) -> np.ndarray:
+    def _prior_z(self, df: pd.DataFrame) -> np.ndarray:
+        ens_sorted, z_sorted = self.prior_
+        return np.interp(self.ensemble.predict(df), ens_sorted, z_sorted)
+
+    def _prior(self, df: pd.DataFrame) -> np.ndarray:
+        if self.ensemble is None:
+            return np.zeros(len(df))
+        return np.polyval(self.prior_coef_, self._prior_z(df))
+
+    def _tree_matrix(self, X: np.ndarray, encodings: np.ndarray | None, df: pd.DataFrame) -> np.ndarray:
+        if (encodings is None) != (self.n_encodings_ is None):
+            raise EstimatorError("pass encodings both to fit and to predict, or to neither")
+        return X if encodings is None else np.concatenate([X, self._rows(encodings, df, "encodings")], 1)
+
+    def predict(self, features: pd.DataFrame | Mapping, encodings: np.ndarray | None = None,
+                structure: np.ndarray | None = None) -> np.ndarray:
         if self.model_ is None:
             raise EstimatorError("SupervisedEstimator is not fitted")
         df = _as_frame(features)
-        pred = self.model_.predict(self._matrix(df, encodings))
-        if self.iso_ is not None:
-            pred = (1 - self.blend) * pred + self.blend * self.iso_.predict(self.ensemble.predict(df))
-        return pred
+        if self.method == "lightgbm":
+            if structure is not None:
+                encodings = structure if encodings is None else np.concatenate([encodings, structure], 1)
+            pred = self.model_.predict(self._matrix(df, encodings))
+            if self.iso_ is not None:
+                pred = (1 - self.blend) * pred + self.blend * self.iso_.predict(self.ensemble.predict(df))
+            return pred
+        ridge, gp, trees = self.model_
+        X = self._compact(df, structure)
+        Z = (X - self.mean_) / self.scale_
+        z = (ridge.predict(Z) + gp.predict(Z) + self._prior(df) + trees.predict(self._tree_matrix(X, encodings, df))) / 3
+        # back to accuracy units: the labels' quantile at z (linear beyond the ends, strictly increasing)
+        t_sorted, y_sorted = self.labels_
+        acc = np.interp(z, t_sorted, y_sorted)
+        lo_slope = (y_sorted[1] - y_sorted[0]) / max(t_sorted[1] - t_sorted[0], 1e-9)
+        hi_slope = (y_sorted[-1] - y_sorted[-2]) / max(t_sorted[-1] - t_sorted[-2], 1e-9)
+        acc = np.where(z < t_sorted[0], y_sorted[0] + lo_slope * (z - t_sorted[0]), acc)
+        acc = np.where(z > t_sorted[-1], y_sorted[-1] + hi_slope * (z - t_sorted[-1]), acc)
+        return acc + 1e-6 * (y_sorted[-1] - y_sorted[0] + 1.0) * z
 
-    def score(self, features: pd.DataFrame | Mapping, y: Sequence[float], encodings: np.ndarray | None = None) -> float:
-        return spearman(self.predict(features, encodings), y)
+    def score(self, features: pd.DataFrame | Mapping, y: Sequence[float], encodings: np.ndarray | None = None,
+              structure: np.ndarray | None = None) -> float:
+        return spearman(self.predict(features, encodings, structure), y)
+
+
+class _Percentiles:
+    """Each column's percentile in a reference population (NaN lowest)."""
+
+    def fit(self, ref: pd.DataFrame) -> "_Percentiles":
+        self.columns = list(ref.columns)
+        self.sorted = {c: np.sort(_clean(ref[c].to_numpy())) for c in self.columns}
+        return self
+
+    def predict(self, df: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+        out = []
+        for c in self.columns:
+            ref = self.sorted[c]
+            v = np.where(np.isfinite(df[c].to_numpy(np.float64)), df[c].to_numpy(np.float64), -np.inf)
+            out.append((np.searchsorted(ref, v, "left") + np.searchsorted(ref, v, "right")) / (2.0 * len(ref)))
+        return self.columns, np.stack(out, 1)
 
 
 class AccuracyEstimator:
@@ -262,14 +451,16 @@ class AccuracyEstimator:
             raise EstimatorError(f"{len(archs)} architectures for {len(accuracies)} accuracies")
         feats = self.features(archs)
         self.supervised = SupervisedEstimator(ensemble_columns=self.ensemble.columns, seed=self.seed).fit(
-            feats, accuracies, encodings=self.space.arch_features_batch(archs))
+            feats, accuracies, encodings=self.space.arch_features_batch(archs),
+            structure=structure_features(self.space, archs))
         return self
 
     def predict(self, archs: Sequence[Any]) -> np.ndarray:
         archs = list(archs)
         feats = self.features(archs)
         if self.supervised is not None:
-            return self.supervised.predict(feats, encodings=self.space.arch_features_batch(archs))
+            return self.supervised.predict(feats, encodings=self.space.arch_features_batch(archs),
+                                           structure=structure_features(self.space, archs))
         return self.ensemble.predict(feats)
 
     def score(self, archs: Sequence[Any], accuracies: Sequence[float]) -> float:
@@ -278,4 +469,4 @@ class AccuracyEstimator:
 
 
 __all__ = ["DEFAULT_ENSEMBLE", "SUPERNET_COLUMN", "EstimatorError", "RankEnsemble", "SupervisedEstimator",
-           "AccuracyEstimator", "spearman"]
+           "AccuracyEstimator", "nb201_path_features", "structure_features", "spearman"]

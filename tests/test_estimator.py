@@ -10,7 +10,7 @@ import torch
 
 from search.data import load_dataset
 from search.estimator import (DEFAULT_ENSEMBLE, SUPERNET_COLUMN, AccuracyEstimator, EstimatorError, RankEnsemble,
-                              SupervisedEstimator, spearman)
+                              SupervisedEstimator, nb201_path_features, spearman, structure_features)
 from search.spaces import get_space
 from search.supernet import build_supernet
 
@@ -64,6 +64,45 @@ def test_supervised_estimator_learns_from_few_labels():
         SupervisedEstimator().predict(df)
     with pytest.raises(EstimatorError):
         SupervisedEstimator(ensemble_columns=None).fit(df[:3], y[:3])
+
+
+def test_nb201_path_features_follow_the_live_cell():
+    space = get_space("nb201")
+    # ResNet-like cell: 0->1 conv3, 1->2 conv3, 0->3 skip, 2->3 skip; the other edges are none
+    resnet = space.from_string("|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|")
+    n_paths, max_c3, max_conv, min_conv, skip_only, no_conv, pooled, longest, mean_conv = nb201_path_features(resnet)
+    assert (n_paths, max_c3, max_conv, min_conv, skip_only, no_conv, pooled, longest) == (2, 2, 2, 0, 1, 1, 0, 3)
+    assert mean_conv == pytest.approx(1.0)
+    # a dead edge (2->1 is none, so node 1 only feeds a none edge) adds no path
+    dead = space.from_string("|avg_pool_3x3~0|+|none~0|none~1|+|nor_conv_1x1~0|none~1|none~2|")
+    assert nb201_path_features(dead)[0] == 1 and nb201_path_features(dead)[6] == 0
+    assert not nb201_path_features(("none",) * 6).any()  # zero cell
+    archs = [space.sample(i) for i in range(5)]
+    st = structure_features(space, archs)
+    assert st.shape == (5, 15)
+    np.testing.assert_array_equal(st[:, :6], space.arch_features_batch(archs)[:, space.encoding_size:])
+    assert structure_features(get_space("mbv3"), archs[:0]) is None
+
+
+def test_supervised_average_combines_models_and_stays_in_label_units():
+    df, y = _synthetic(600, seed=2)
+    rng = np.random.default_rng(3)
+    structure = np.stack([df["a"].to_numpy() > 0, rng.integers(0, 3, 600)], 1).astype(float)  # one informative
+    y = 60 + 5 * (y + 0.5 * structure[:, 0])
+    tr, te = slice(0, 100), slice(100, None)
+    est = SupervisedEstimator(ensemble_columns=("a", "b"), seed=0).fit(df[tr], y[tr], structure=structure[tr],
+                                                                      reference=df)
+    pred = est.predict(df[te], structure=structure[te])
+    lgbm = SupervisedEstimator(ensemble_columns=("a", "b"), method="lightgbm").fit(df[tr], y[tr])
+    assert spearman(pred, y[te]) > 0.8
+    assert spearman(pred, y[te]) > lgbm.score(df[te], y[te]) - 0.02
+    assert np.corrcoef(pred, y[te])[0, 1] > 0.8 and abs(np.median(pred) - np.median(y[te])) < 2  # accuracy units
+    one = est.predict(df.iloc[[150]], structure=structure[[150]])
+    assert one[0] == pytest.approx(pred[50])  # no dependence on the batch
+    with pytest.raises(EstimatorError, match="structure"):
+        est.predict(df[te])
+    with pytest.raises(EstimatorError, match="method"):
+        SupervisedEstimator(method="forest")
 
 
 def test_accuracy_estimator_on_nb201_with_proxies_and_a_supernet():
