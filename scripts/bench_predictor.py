@@ -223,7 +223,13 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path):
         click.echo(f"  kernel {kind:16s} {v['variant']:8s} CV {v['within10']:6.1%} within ±10%, MAPE {v['mape']:6.1%}"
                    f" (n={v['n']})")
     if "graph_choice" in p.training:
-        click.echo(f"  graph correction: {p.training['graph_choice']}")
+        click.echo(f"  graph correction: {p.training['graph_choice']} "
+                   f"(selected by {p.training.get('graph_cv_method', 'random 5-fold')} CV on the table's networks)")
+        cv = p.training.get("graph_cv", {})
+        for c in sorted(cv, key=lambda c: cv[c]["mean_abs_log_err"])[:8]:
+            click.echo(f"    {c:28s} CV mean |log err| {cv[c]['mean_abs_log_err']:.4f}  within ±10% {cv[c]['within10']:6.1%}")
+        for c, per in p.training.get("graph_cv_per_family", {}).items():
+            click.echo(f"    {c:28s} held-out family within ±10%: " + ", ".join(f"{f} {v:.0%}" for f, v in per.items()))
     h = p.training.get("holdout")
     if h:
         click.echo("== held-out table networks")

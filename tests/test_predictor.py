@@ -259,6 +259,74 @@ def test_few_networks_fall_back_to_the_calibrated_kernel_sum(trained, table):
     assert q.graph_offset == pytest.approx(float(np.median(ratio)))
 
 
+_GRAPH_KEYS = ("graph_model", "graph_q", "graph_type", "graph_offset", "graph_lin", "graph_gscale", "graph_blend",
+               "graph_clip")
+
+
+def _graph_state(p):
+    return {k: getattr(p, k) for k in _GRAPH_KEYS}, dict(p.training)
+
+
+def _restore_graph_state(p, saved):
+    for k, v in saved[0].items():
+        setattr(p, k, v)
+    p.training = saved[1]
+    p._clear_pred_cache()
+
+
+def test_graph_correction_is_selected_by_leave_one_family_out_cv(trained, table, tmp_path):
+    """With network families, each family is held out in turn; the choice has the least mean per-family error."""
+    from predictors.model import load_tables
+    p, _ = trained
+    df, meta = load_tables([table])
+    nets = p.network_rows(df)
+    specs, ms = [n["specs"] for n in nets], np.array([n["ms"] for n in nets])
+    fam = np.array([n["family"] for n in nets])
+    fams = sorted(set(fam))
+    big = [f for f in fams if (fam == f).sum() >= 3]
+    if len(big) < 2:
+        pytest.skip(f"the small table drew too few networks per family: {dict(zip(*np.unique(fam, return_counts=True)))}")
+    saved = _graph_state(p)
+    mode = p.graph_cv
+    try:
+        p.graph_cv = "family"
+        p.fit_graph(specs, ms, families=list(fam))
+        tr = p.training
+        assert tr["graph_cv_method"] == "leave-one-family-out"
+        errs = {c: v["mean_abs_log_err"] for c, v in tr["graph_cv"].items()}
+        assert errs[tr["graph_choice"]] == min(errs.values())
+        assert set(tr["graph_cv_per_family"]["scale"]) == set(fams)
+        assert any(c.startswith("group_scale@") for c in errs) and any("+blend" in c for c in errs)
+        # the `scale` candidate by hand: each family predicted by the median ratio of the others, clipped
+        r = np.log(ms / p.kernel_sum_specs(specs))
+        per_fam = []
+        for f in fams:
+            o = r[fam != f]
+            pred = np.clip(np.median(o), o.min(), o.max())
+            per_fam.append(np.mean(np.abs(r[fam == f] - pred)))
+        assert errs["scale"] == pytest.approx(float(np.mean(per_fam)), rel=1e-9)
+        # the chosen correction (with its blend and clip) survives save/load
+        a = p.predict_specs(specs)[0]
+        path = tmp_path / "fam.lgb"
+        p.save(path)
+        q = Predictor.load(path)
+        assert (q.graph_type, q.graph_blend) == (p.graph_type, p.graph_blend)
+        assert np.allclose(q.predict_specs(specs)[0], a, rtol=1e-9)
+        # without families (or with one) the selection falls back to random folds
+        p.fit_graph(specs, ms)
+        assert p.training["graph_cv_method"] == "random 5-fold"
+        p.fit_graph(specs, ms, families=["one"] * len(specs))
+        assert p.training["graph_cv_method"] == "random 5-fold"
+        # graph_cv="random" (the default) keeps the earlier selection: random folds, four candidates
+        p.graph_cv = "random"
+        p.fit_graph(specs, ms, families=list(fam))
+        assert p.training["graph_cv_method"] == "random 5-fold"
+        assert set(p.training["graph_cv"]) <= {"sum", "scale", "ridge", "lgbm"} and p.graph_clip is None
+    finally:
+        p.graph_cv = mode
+        _restore_graph_state(p, saved)
+
+
 def test_candidate_cache_follows_graph_refits(trained):
     from profiling.networks import network_kernels, sample_network
     p, _ = trained
@@ -266,13 +334,12 @@ def test_candidate_cache_follows_graph_refits(trained):
     nets = [network_kernels(sample_network(rng, "mobilenet")) for _ in range(6)]
     a = p.predict_specs(nets + nets)[0]
     assert np.allclose(a[:6], a[6:])
-    saved = (p.graph_model, p.graph_q, dict(p.training), p.graph_type, p.graph_offset, p.graph_lin)
+    saved = _graph_state(p)
     try:
         p.fit_graph(nets[:3], np.full(3, 1000.0))  # a very slow "device": the cached predictions must go
         assert (p.predict_specs(nets)[0] > 10 * a[:6]).all()
     finally:
-        p.graph_model, p.graph_q, p.training, p.graph_type, p.graph_offset, p.graph_lin = saved
-        p._clear_pred_cache()
+        _restore_graph_state(p, saved)
     assert np.allclose(p.predict_specs(nets)[0], a[:6])
 
 
