@@ -256,6 +256,45 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-__all__ = ["AffineBN", "SearchSpace", "SpaceError", "as_rng", "make_divisible", "conv_out", "act_module",
+class GeneSpace(SearchSpace[Arch]):
+    """A space whose architectures are flat lists of genes, each with its own choices (mbv3,
+    resnet): mutation and crossover work on the genes, as in Once-for-All's evolution."""
+
+    @abc.abstractmethod
+    def _choices(self) -> list[tuple]:
+        """The allowed values of each gene, in gene order."""
+
+    @abc.abstractmethod
+    def _genes(self, arch: Arch) -> list:
+        """``arch`` as its flat gene list."""
+
+    @abc.abstractmethod
+    def _from_genes(self, genes: Sequence) -> Arch:
+        """The architecture of a flat gene list."""
+
+    def mutate(self, arch: Arch, rng: np.random.Generator | int | None = None, prob: float | None = None) -> Arch:
+        """Resample each gene with probability ``prob`` (default 0.1, as OFA's evolution); retries
+        until at least one gene changed."""
+        rng = as_rng(rng)
+        arch = self.validate(arch)
+        prob = 0.1 if prob is None else prob
+        choices = self._choices()
+        for _ in range(100):
+            genes = self._genes(arch)
+            for i, choice in enumerate(choices):
+                if len(choice) > 1 and rng.random() < prob:
+                    genes[i] = choice[int(rng.integers(len(choice)))]
+            new = self._from_genes(genes)
+            if new != arch:
+                return new
+        return self._from_genes(genes)
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator | int | None = None) -> Arch:
+        rng = as_rng(rng)
+        ga, gb = self._genes(self.validate(a)), self._genes(self.validate(b))
+        return self._from_genes([x if rng.random() < 0.5 else y for x, y in zip(ga, gb)])
+
+
+__all__ = ["AffineBN", "SearchSpace", "GeneSpace", "SpaceError", "as_rng", "make_divisible", "conv_out", "act_module",
            "k_conv", "k_act", "k_add", "k_mul", "k_pool", "k_head", "k_affine_bn", "k_se", "count_params",
            "init_weights"]

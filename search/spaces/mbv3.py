@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from profiling.kernels import KernelSpec
-from search.spaces.base import (SearchSpace, SpaceError, act_module, as_rng, conv_out, init_weights, k_conv, k_head,
+from search.spaces.base import (GeneSpace, SpaceError, act_module, as_rng, conv_out, init_weights, k_conv, k_head,
                                 k_se, make_divisible)
 
 
@@ -147,7 +147,7 @@ def mbconv_specs(cfg: MBBlockCfg) -> tuple[KernelSpec, ...]:
     return tuple(out)
 
 
-class MBV3Space(SearchSpace[MBV3Arch]):
+class MBV3Space(GeneSpace[MBV3Arch]):
     """Once-for-All MobileNetV3 space (see the module docstring).
 
     For CIFAR- or digits-sized data use small resolutions, e.g.
@@ -238,27 +238,6 @@ class MBV3Space(SearchSpace[MBV3Arch]):
     def _choices(self) -> list[tuple]:
         return [self.resolutions] + [self.depth_choices] * self.n_stages + [self.kernel_choices] * self.n_slots \
             + [self.expand_choices] * self.n_slots
-
-    def mutate(self, arch, rng=None, prob=None) -> MBV3Arch:
-        """Resample each gene with probability ``prob`` (default 0.1, as OFA's evolution)."""
-        rng = as_rng(rng)
-        arch = self.validate(arch)
-        prob = 0.1 if prob is None else prob
-        choices = self._choices()
-        for _ in range(100):
-            g = self._genes(arch)
-            for i, ch in enumerate(choices):
-                if len(ch) > 1 and rng.random() < prob:
-                    g[i] = ch[int(rng.integers(len(ch)))]
-            new = self._from_genes(g)
-            if new != arch:
-                return new
-        return self._from_genes(g)
-
-    def crossover(self, a, b, rng=None) -> MBV3Arch:
-        rng = as_rng(rng)
-        ga, gb = self._genes(self.validate(a)), self._genes(self.validate(b))
-        return self._from_genes([x if rng.random() < 0.5 else y for x, y in zip(ga, gb)])
 
     # -- representations
     @property

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from profiling.kernels import KernelSpec
-from search.spaces.base import (SearchSpace, SpaceError, as_rng, conv_out, init_weights, k_conv, k_head, k_pool,
+from search.spaces.base import (GeneSpace, SpaceError, as_rng, conv_out, init_weights, k_conv, k_head, k_pool,
                                 make_divisible)
 from search.spaces.mbv3 import ConvBNAct
 
@@ -108,7 +108,7 @@ def bottleneck_specs(cfg: BottleneckCfg) -> tuple[KernelSpec, ...]:
     return tuple(out)
 
 
-class ResNetSpace(SearchSpace[ResNetArch]):
+class ResNetSpace(GeneSpace[ResNetArch]):
     """Elastic bottleneck ResNet (see the module docstring).
 
     For CIFAR- or digits-sized data: ``ResNetSpace(resolutions=(32,), base_widths=(64, 128, 256),
@@ -187,27 +187,6 @@ class ResNetSpace(SearchSpace[ResNetArch]):
     def sample(self, rng=None) -> ResNetArch:
         rng = as_rng(rng)
         return self._from_genes([ch[int(rng.integers(len(ch)))] for ch in self._choices()])
-
-    def mutate(self, arch, rng=None, prob=None) -> ResNetArch:
-        """Resample each gene with probability ``prob`` (default 0.1)."""
-        rng = as_rng(rng)
-        arch = self.validate(arch)
-        prob = 0.1 if prob is None else prob
-        choices = self._choices()
-        for _ in range(100):
-            g = self._genes(arch)
-            for i, ch in enumerate(choices):
-                if len(ch) > 1 and rng.random() < prob:
-                    g[i] = ch[int(rng.integers(len(ch)))]
-            new = self._from_genes(g)
-            if new != arch:
-                return new
-        return self._from_genes(g)
-
-    def crossover(self, a, b, rng=None) -> ResNetArch:
-        rng = as_rng(rng)
-        ga, gb = self._genes(self.validate(a)), self._genes(self.validate(b))
-        return self._from_genes([x if rng.random() < 0.5 else y for x, y in zip(ga, gb)])
 
     # -- representations
     @property
