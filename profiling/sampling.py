@@ -97,7 +97,7 @@ def _act(rng) -> str:
 # ---- one draw per kind ---------------------------------------------------------------
 def _conv(rng, u):
     c, r = _cnn_shape(rng, u)
-    style = _choice(rng, ["pointwise", "depthwise", "full", "grouped", "stem"], p=[0.34, 0.26, 0.26, 0.07, 0.07])
+    style = _choice(rng, ["pointwise", "depthwise", "full", "grouped", "stem"], p=[0.31, 0.26, 0.24, 0.12, 0.07])
     act, bn = _act(rng), bool(rng.random() < 0.9)
     if style == "stem":
         r = _choice(rng, [224, 192, 160, 128, 112, 96, 64, 32]) if not u else _res(rng, 16, 224)
@@ -110,6 +110,13 @@ def _conv(rng, u):
         return dict(cin=c, cout=c, h=r, w=r, kernel=int(_choice(rng, [3, 5, 7])), stride=int(_choice(rng, [1, 1, 2])),
                     groups=c, act=act, bn=bn)
     if style == "grouped":
+        if rng.random() < 0.6:
+            # RegNet/ResNeXt fix the group *width*, so group counts are odd numbers like 7 or 13
+            # and channels are multiples of that width; mostly 3x3, stride 1, cin == cout.
+            width = int(_choice(rng, [8, 8, 16, 16, 24, 32, 48, 64]))
+            c = max(width, int(round(c / width)) * width)
+            return dict(cin=c, cout=c, h=r, w=r, kernel=3, stride=int(_choice(rng, [1, 1, 1, 2])),
+                        groups=c // width, act=act, bn=bn)
         g = int(_choice(rng, [2, 4, 8, 16, 32]))
         c = max(g, c // g * g)
         cout = max(g, (c * int(_choice(rng, [1, 2]))) // g * g)
