@@ -242,3 +242,21 @@ def test_runner_device_measures_an_exported_model(tmp_path):
     finally:
         dev.close()
     assert 0 < ms < 1000 and dev.last_stats["runs"] >= 3
+
+
+def test_finalist_measured_through_ssh_runner(sshd, tmp_path):
+    """`search --host`: a finalist's ONNX is timed by the profiling runner over a real SSH connection."""
+    from profiling.targets import get_target
+    from search.spaces import get_space
+    from search.verify import RunnerDevice
+    space = get_space("nb201", C=8, N=1, resolution=16)
+    onnx_bytes = space.export_onnx(space.sample(0))
+    remote = RunnerDevice(get_target("local-cpu"), host=f"{sshd['user']}@127.0.0.1:{sshd['port']}",
+                          remote_python=sys.executable, ssh_config=sshd["config"],
+                          stop={"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0})
+    try:
+        ms = remote.measure_onnx(onnx_bytes)
+    finally:
+        remote.close()
+    assert 0 < ms < 1000
+    assert "127.0.0.1" in remote.name
