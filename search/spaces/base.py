@@ -19,11 +19,10 @@ import abc
 import io
 import warnings
 from pathlib import Path
-from typing import Any, Generic, Hashable, Iterable, Sequence, TypeVar
+from typing import Generic, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from profiling.kernels import KernelSpec
@@ -293,6 +292,25 @@ class GeneSpace(SearchSpace[Arch]):
         rng = as_rng(rng)
         ga, gb = self._genes(self.validate(a)), self._genes(self.validate(b))
         return self._from_genes([x if rng.random() < 0.5 else y for x, y in zip(ga, gb)])
+
+    # Subclasses set ``self._cache = {}``; bounded so a long search cannot grow it without limit.
+    _cache: dict
+    _SPEC_CACHE_SIZE = 200_000
+
+    @abc.abstractmethod
+    def _specs_uncached(self, arch: Arch) -> tuple[KernelSpec, ...]:
+        """The kernel specs of ``arch``, computed (validates ``arch``)."""
+
+    def input_shape(self, arch: Arch) -> tuple[int, int, int]:
+        return (self.in_channels, arch.resolution, arch.resolution)
+
+    def kernel_specs(self, arch: Arch, batch: int = 1) -> list[KernelSpec]:
+        specs = self._cache.get(arch)
+        if specs is None:
+            specs = self._specs_uncached(arch)
+            if len(self._cache) < self._SPEC_CACHE_SIZE:
+                self._cache[arch] = specs
+        return list(specs)
 
 
 __all__ = ["AffineBN", "SearchSpace", "GeneSpace", "SpaceError", "as_rng", "make_divisible", "conv_out", "act_module",

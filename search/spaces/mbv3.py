@@ -304,23 +304,12 @@ class MBV3Space(GeneSpace[MBV3Arch]):
                 cin, h = cfg.cout, cfg.h_out
         return blocks
 
-    def input_shape(self, arch) -> tuple[int, int, int]:
-        return (self.in_channels, arch.resolution, arch.resolution)
-
     def build(self, arch) -> MBV3Network:
         arch = self.validate(arch)
         net = MBV3Network(self.stem_c, self.in_channels, self.block_configs(arch), self.final_c, self.mix_c,
                           self.num_classes)
         init_weights(net)
         return net
-
-    def kernel_specs(self, arch, batch: int = 1) -> list[KernelSpec]:
-        specs = self._cache.get(arch)
-        if specs is None:
-            specs = self._specs_uncached(arch)
-            if len(self._cache) < 200_000:
-                self._cache[arch] = specs
-        return list(specs)
 
     def _specs_uncached(self, arch: MBV3Arch) -> tuple[KernelSpec, ...]:
         """Same walk as :meth:`block_configs`, with per-block and per-end caches (fast path)."""
