@@ -15,13 +15,14 @@ the Erf pattern, SE = global_pool + two 1x1 convs + broadcast Mul).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from .kernels import KINDS, KernelSpec, KernelSpecError
 from .onnx_stats import conv_output_size
@@ -534,6 +535,39 @@ def weight_fills(model: onnx.ModelProto) -> list[dict[str, Any]]:
         if entry.key == FILLS_KEY:
             return json.loads(entry.value)
     return []
+
+
+def externalize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of any ONNX model whose float initializers are external data that the runner
+    fills, as `build_model`'s are: the model then travels as a few KB, and `weight_fills`
+    describes the fills. Latency does not depend on the values; small all-positive tensors
+    (BatchNorm variances, norm scales) stay positive. Integer constants stay embedded."""
+    model = copy.deepcopy(model)
+    fills, offset = [], 0
+    for t in model.graph.initializer:
+        if t.data_type != TensorProto.FLOAT:
+            continue
+        numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        fan_in = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 0
+        values = numpy_helper.to_array(t) if numel <= 4096 else None
+        positive = values is not None and values.size and float(values.min()) > 0
+        fills.append({"name": t.name, "offset": offset, "numel": numel,
+                      "fill": "positive" if positive else ("normal" if fan_in else "small"),
+                      "scale": float(1.0 / math.sqrt(fan_in)) if fan_in else 1.0})
+        t.ClearField("raw_data")
+        t.ClearField("float_data")
+        del t.external_data[:]
+        t.data_location = TensorProto.EXTERNAL
+        for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(numel * 4))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+        offset += (numel * 4 + 63) // 64 * 64
+    for entry in list(model.metadata_props):
+        if entry.key == FILLS_KEY:
+            model.metadata_props.remove(entry)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = FILLS_KEY, json.dumps(fills, separators=(",", ":"))
+    return model
 
 
 def materialize(model: onnx.ModelProto, directory: str, seed: int = 0) -> str:

@@ -14,7 +14,6 @@ Every row is made durable as soon as it is measured (`profiling.table.TableWrite
 """
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import sampling
-from .builders import DEFAULT_OPSET, build_model, input_shapes, opset_for_runtime, output_shapes, weight_fills
+from .builders import DEFAULT_OPSET, build_model, input_shapes, opset_for_runtime, output_shapes
 from .errors import ProfilingError
 from .fingerprint import default_table_name, describe_diff, diff_fingerprints, fingerprint_hash, make_fingerprint
 from .kernels import KINDS, KernelSpec
@@ -36,7 +35,7 @@ from .networks import FAMILIES, build_network, network_id, sample_network
 from .onnx_stats import model_stats
 from .table import TableWriter, utc_now
 from .targets import Target, TargetError, get_target
-from .transport import RunnerConnection, local_runner, ssh_runner
+from .transport import RunnerConnection, local_runner, measure_payload, session_options, ssh_runner
 
 # A compute-bound and a memory-bound sentinel: a neighbour that competes for the shared
 # cache or memory bus slows the second one even when the first does not notice.
@@ -105,10 +104,6 @@ class _RunnerState:
         self.needs_sentinel = True  # the first job of every runner is its baseline
         self.cooldown_s = 0.0
         self.alive = True
-
-
-def _b64(model) -> str:
-    return base64.b64encode(model.SerializeToString()).decode()
 
 
 class Profiler:
@@ -232,11 +227,6 @@ class Profiler:
             raise ProfilingError(f"{state.label} cannot measure target {t.name}: it lacks " + " and ".join(problems))
 
     # ---- jobs --------------------------------------------------------------------------
-    def _session(self, facts: dict[str, Any], threads: int) -> dict[str, Any]:
-        available = facts.get("providers", [])
-        providers = [p for p in self.target.providers if p in available] or ["CPUExecutionProvider"]
-        return {"providers": providers, "threads": threads, "fp16": self.target.precision == "fp16"}
-
     def _kernel_job(self, spec: KernelSpec, model=None, stats=None) -> Job:
         if model is None:
             model = build_model(spec, self.target.batch, self.opset)
@@ -244,10 +234,7 @@ class Profiler:
         row = {"config_id": spec.key(), "category": spec.category, "kind": spec.kind, **spec.params,
                "input_shapes": json.dumps(input_shapes(model)), "output_shapes": json.dumps(output_shapes(model)),
                "flops": stats.flops, "params": stats.params, "bytes": stats.bytes}
-        payload = {"model": _b64(model), "fills": weight_fills(model),
-                   "inputs": [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim]}
-                              for i in model.graph.input],
-                   "stop": self.stop_rule, "seed": self.seed}
+        payload = measure_payload(model, self.stop_rule, self.seed, self.target.batch)
         return Job(row["config_id"], spec.category, spec.kind, payload, row)
 
     def _network_job(self, spec: dict[str, Any]) -> Job:
@@ -257,10 +244,7 @@ class Profiler:
                "network_spec": json.dumps(spec, sort_keys=True),
                "input_shapes": json.dumps(input_shapes(model)), "output_shapes": json.dumps(output_shapes(model)),
                "flops": stats.flops, "params": stats.params, "bytes": stats.bytes}
-        payload = {"model": _b64(model), "fills": weight_fills(model),
-                   "inputs": [{"name": i.name, "shape": [d.dim_value for d in i.type.tensor_type.shape.dim]}
-                              for i in model.graph.input],
-                   "stop": self.network_stop_rule, "seed": self.seed}
+        payload = measure_payload(model, self.network_stop_rule, self.seed, self.target.batch)
         return Job(row["config_id"], "network", "network", payload, row)
 
     # ---- the run -----------------------------------------------------------------------
@@ -573,7 +557,7 @@ class _Run:
                     if not job.sentinel:
                         self.in_flight[job.config_id] = job
                 payload = dict(job.payload, id=job.config_id,
-                               session=self.p._session(state.conn.facts or {}, self.threads))
+                               session=session_options(self.p.target, state.conn.facts or {}, self.threads))
                 try:
                     answer = state.conn.measure(payload)
                 except ProfilingError as e:
@@ -605,7 +589,7 @@ class _Run:
         can subtract it once per kernel."""
         r = self.runners[0]
         job = self.p._kernel_job(OVERHEAD_PROBE)
-        payload = dict(job.payload, id="overhead", session=self.p._session(r.conn.facts or {}, self.threads))
+        payload = dict(job.payload, id="overhead", session=session_options(self.p.target, r.conn.facts or {}, self.threads))
         answer = r.conn.measure(payload)
         if answer.get("ok"):
             self.writer.metadata["call_overhead_ms"] = answer["stats"]["median_ms"]

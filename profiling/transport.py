@@ -165,6 +165,25 @@ class RunnerConnection:
                 pass
 
 
+def measure_payload(model, stop: dict[str, Any], seed: int, batch: int = 1) -> dict[str, Any]:
+    """The body of a runner `measure` job for a model whose weights are external data with fills
+    (`builders.build_model` or `builders.externalize_weights`); add `id` and `session`."""
+    from .builders import weight_fills
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [{"name": i.name, "shape": [d.dim_value if d.dim_value > 0 else batch
+                                         for d in i.type.tensor_type.shape.dim]}
+              for i in model.graph.input if i.name not in initializers]
+    return {"model": base64.b64encode(model.SerializeToString()).decode(), "fills": weight_fills(model),
+            "inputs": inputs, "stop": stop, "seed": seed}
+
+
+def session_options(target, facts: dict[str, Any], threads: int) -> dict[str, Any]:
+    """Runner session settings for `target` on a device that reported `facts` (its providers)."""
+    available = facts.get("providers", [])
+    providers = [p for p in target.providers if p in available] or ["CPUExecutionProvider"]
+    return {"providers": providers, "threads": threads, "fp16": target.precision == "fp16"}
+
+
 def local_runner(python: str | None = None) -> RunnerConnection:
     """A runner subprocess on this machine (by default with this interpreter)."""
     python = python or sys.executable

@@ -9,12 +9,10 @@ better than the best verified one and the measurement allowance lasts.
 """
 from __future__ import annotations
 
-import copy
-import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -34,57 +32,21 @@ FINALIST_STOP = {"max_s": 2.0, "max_runs": 200}
 
 
 def runner_job(model, target, facts: dict, stop: dict | None = None, seed: int = 0) -> dict:
-    """A device-runner `measure` job for an ONNX model (path, bytes or ModelProto).
-
-    The runner protocol ships the graph without its weights: every float initializer becomes
-    external data in the runner's weights file, which the runner fills with random values
-    itself (latency does not depend on the values), as for the profiler's own models.
-    Integer constants (shapes, indices) stay embedded.
-    """
-    import base64
-
+    """A device-runner `measure` job for an ONNX model (path, bytes or ModelProto): the graph
+    travels without its weights (`profiling.builders.externalize_weights`), with the target's
+    session settings, like the profiler's own jobs."""
     import onnx
-    from onnx import TensorProto, numpy_helper
 
-    from profiling.device_runner import WEIGHTS_FILE
+    from profiling.builders import externalize_weights
+    from profiling.transport import measure_payload, session_options
 
     if isinstance(model, (str, Path)):
         model = onnx.load(str(model))
     elif isinstance(model, (bytes, bytearray)):
         model = onnx.load_from_string(bytes(model))
-    else:
-        model = copy.deepcopy(model)
-    fills, offset = [], 0
-    graph = model.graph
-    for t in graph.initializer:
-        if t.data_type != TensorProto.FLOAT:
-            continue
-        numel = int(np.prod(t.dims)) if len(t.dims) else 1
-        fan_in = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 0
-        values = numpy_helper.to_array(t) if numel <= 4096 else None
-        positive = values is not None and values.size and float(values.min()) > 0
-        fill = {"name": t.name, "offset": offset, "numel": numel,
-                "fill": "positive" if positive else ("normal" if fan_in else "small"),
-                "scale": float(1.0 / math.sqrt(fan_in)) if fan_in else 1.0}
-        t.ClearField("raw_data")
-        t.ClearField("float_data")
-        del t.external_data[:]
-        t.data_location = TensorProto.EXTERNAL
-        for k, v in (("location", WEIGHTS_FILE), ("offset", str(offset)), ("length", str(numel * 4))):
-            e = t.external_data.add()
-            e.key, e.value = k, v
-        fills.append(fill)
-        offset += (numel * 4 + 63) // 64 * 64
-    inits = {t.name for t in graph.initializer}
-    inputs = [{"name": i.name, "shape": [d.dim_value if d.dim_value > 0 else target.batch
-                                          for d in i.type.tensor_type.shape.dim]}
-              for i in graph.input if i.name not in inits]
-    available = facts.get("providers", [])
-    providers = [p for p in target.providers if p in available] or ["CPUExecutionProvider"]
+    payload = measure_payload(externalize_weights(model), dict(stop or FINALIST_STOP), seed, target.batch)
     threads = target.resolved_threads(facts.get("usable_cores") or facts.get("cores"))
-    session = {"providers": providers, "threads": threads, "fp16": target.precision == "fp16"}
-    return {"model": base64.b64encode(model.SerializeToString()).decode(), "fills": fills, "inputs": inputs,
-            "session": session, "stop": dict(stop or FINALIST_STOP), "seed": seed}
+    return dict(payload, session=session_options(target, facts, threads))
 
 
 class RunnerDevice:
