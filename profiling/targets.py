@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import tomllib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -144,4 +144,4 @@ def get_target(name: str, targets_file: str | os.PathLike | None = None) -> Targ
         raise TargetError(f"unknown target {name!r}; valid targets: {', '.join(sorted(targets))}") from None
 
 
-__all__ = ["Target", "TargetError", "BUILTIN_TARGETS", "get_target", "list_targets", "load_targets_file", "replace"]
+__all__ = ["Target", "TargetError", "BUILTIN_TARGETS", "get_target", "list_targets", "load_targets_file"]
