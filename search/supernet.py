@@ -42,7 +42,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -50,11 +50,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.data import ImageDataset
-from search.spaces.base import SearchSpace, SpaceError, act_module, as_rng, init_weights
+from search.spaces.base import SearchSpace, init_weights, make_divisible
 from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space
-from search.spaces.nb201 import EDGES, OPS, NB201Space, ResNetBasicBlock, cell_plan, edge_key, make_op
+from search.spaces.nb201 import EDGES, OPS, NB201Space, build_macro, cell_plan, edge_key, make_op
 from search.spaces.resnet import BottleneckCfg, ResNetArch, ResNetSpace
-from search.spaces.base import make_divisible, AffineBN
 
 
 class SupernetError(RuntimeError):
@@ -201,19 +200,7 @@ class NB201Supernet(Supernet):
     def __init__(self, space: NB201Space):
         super().__init__()
         self.space = space
-        C, N = space.C, space.N
-        self.stem = nn.Sequential(nn.Conv2d(space.in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
-        cells: list[nn.Module] = []
-        c = C
-        for stage in range(3):
-            if stage > 0:
-                cells.append(ResNetBasicBlock(c, 2 * c))
-                c *= 2
-            cells.extend(_NB201SuperCell(c) for _ in range(N))
-        self.cells = nn.ModuleList(cells)
-        self.lastact = nn.Sequential(AffineBN(c), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c, space.num_classes)
+        build_macro(self, space.in_channels, space.C, space.N, space.num_classes, _NB201SuperCell)
 
     def forward(self, x: torch.Tensor, arch: tuple) -> torch.Tensor:
         arch = tuple(arch)

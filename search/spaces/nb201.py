@@ -136,24 +136,31 @@ class ResNetBasicBlock(nn.Module):
         return self.conv_b(self.conv_a(x)) + shortcut
 
 
+def build_macro(net: nn.Module, in_channels: int, C: int, N: int, num_classes: int, make_cell) -> None:
+    """The NB201 CIFAR skeleton on ``net``: stem, three stages of ``N`` cells (``make_cell(c)``)
+    joined by ResNet reduction blocks, BN-ReLU, pooling, classifier. The network and the
+    supernet share it, so a subnet's state dict names match the supernet's."""
+    net.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
+    cells: list[nn.Module] = []
+    c = C
+    for stage in range(3):
+        if stage > 0:
+            cells.append(ResNetBasicBlock(c, 2 * c))
+            c *= 2
+        cells.extend(make_cell(c) for _ in range(N))
+    net.cells = nn.ModuleList(cells)
+    net.lastact = nn.Sequential(AffineBN(c), nn.ReLU(inplace=False))
+    net.global_pooling = nn.AdaptiveAvgPool2d(1)
+    net.classifier = nn.Linear(c, num_classes)
+
+
 class NB201Network(nn.Module):
     """The NB201 CIFAR network. ``forward_pre_gap`` returns the features before pooling."""
 
     def __init__(self, arch: NB201Arch, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         self.arch = tuple(arch)
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, 1, 1, bias=False), nn.BatchNorm2d(C))
-        cells: list[nn.Module] = []
-        c = C
-        for stage in range(3):
-            if stage > 0:
-                cells.append(ResNetBasicBlock(c, 2 * c))
-                c *= 2
-            cells.extend(NB201Cell(self.arch, c) for _ in range(N))
-        self.cells = nn.ModuleList(cells)
-        self.lastact = nn.Sequential(AffineBN(c), nn.ReLU(inplace=False))
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c, num_classes)
+        build_macro(self, in_channels, C, N, num_classes, lambda c: NB201Cell(self.arch, c))
 
     def forward_pre_gap(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
