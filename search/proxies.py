@@ -327,6 +327,19 @@ def flops(net: nn.Module, inputs: torch.Tensor) -> float:
 
 # ---- the entry point -----------------------------------------------------------------
 
+# The proxies computed on their own; snip, grad_norm and fisher share one backward pass.
+_SINGLE: dict[str, Callable] = {
+    "synflow": lambda net, x, y, loss: synflow(net, x),
+    "grasp": lambda net, x, y, loss: grasp(net, x, y, loss),
+    "jacob_cov": lambda net, x, y, loss: jacob_cov(net, x),
+    "nwot": lambda net, x, y, loss: nwot(net, x),
+    "zico": lambda net, x, y, loss: zico(net, x, y, loss),
+    "zen": lambda net, x, y, loss: zen(net, x),
+    "params": lambda net, x, y, loss: params(net),
+    "flops": lambda net, x, y, loss: flops(net, x),
+}
+
+
 def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
                     names: Iterable[str] | None = None, seed: int = 0,
                     loss_fn: LossFn = F.cross_entropy) -> dict[str, float]:
@@ -369,26 +382,7 @@ def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
             _clear_grads(net)
         for name in names:
             with _seeded(seed):
-                if name in shared:
-                    v = shared[name]
-                elif name == "synflow":
-                    v = synflow(net, inputs)
-                elif name == "grasp":
-                    v = grasp(net, inputs, targets, loss_fn)
-                elif name == "jacob_cov":
-                    v = jacob_cov(net, inputs)
-                elif name == "nwot":
-                    v = nwot(net, inputs)
-                elif name == "zico":
-                    v = zico(net, inputs, targets, loss_fn)
-                elif name == "zen":
-                    v = zen(net, inputs)
-                elif name == "params":
-                    v = params(net)
-                elif name == "flops":
-                    v = flops(net, inputs)
-                else:  # pragma: no cover - canonical_names guards this
-                    raise ProxyError(name)
+                v = shared[name] if name in shared else _SINGLE[name](net, inputs, targets, loss_fn)
             _clear_grads(net)
             out[name] = float(v)
     finally:
