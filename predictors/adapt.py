@@ -19,26 +19,16 @@ more about their networks (e.g. a search space's pruned and unpruned views of a 
 their own feature matrix to `fit_adapter(..., Phi=...)` and `predict_adapter`; the method is
 the same (`scripts/bench_predictor.py` does this for NAS-Bench-201).
 
-Measured-networks file (`train-predictor --adapt-from base.lgb --networks FILE`): CSV or
-Parquet, one row per network, a `latency_ms` column and one of
-- `onnx`: path of an ONNX file (relative paths are relative to the file's folder);
-- `network_spec`: JSON accepted by `profiling.networks.build_network`;
-- `kernel_specs`: JSON list of KernelSpec dicts (`{"kind": "conv", "cin": ...}`);
-and optionally `name`.
+The measured networks come from a file (`train-predictor --adapt-from base.lgb --networks FILE`)
+in the format of `predictors.measured`.
 """
 from __future__ import annotations
 
 import copy
-import json
 import math
-import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
-
-from profiling.kernels import KernelSpec
 
 from . import features as F
 
@@ -172,61 +162,9 @@ def adapt(base, candidates, ms, device: str = "new-device", target: dict | None 
 
 def network_inputs(pred, candidates) -> tuple[np.ndarray, np.ndarray]:
     """(summed additive rows, current prediction) for lists of specs or ONNX models."""
-    rows, parents = [], []
-    spec_lists = [c for c in candidates if not isinstance(c, (str, os.PathLike)) and not hasattr(c, "graph")]
-    if len(spec_lists) == len(candidates):
-        sums, peak = pred._graph_inputs(candidates)
-        p, _, _ = pred._finish(sums, peak)
-        return sums, p
-    for c in candidates:
-        if isinstance(c, (str, os.PathLike)) or hasattr(c, "graph"):
-            _, _, _, s, pk = pred.onnx_inputs(c)
-        else:
-            s, pk = pred._graph_inputs([c])
-        p, _, _ = pred._finish(s, pk)
-        rows.append(s[0])
-        parents.append(p[0])
-    return np.array(rows), np.array(parents)
+    sums, peak = pred.graph_inputs(candidates)
+    p, _, _ = pred._finish(sums, peak)
+    return sums, p
 
 
-def read_networks_file(path: str | os.PathLike) -> tuple[list, np.ndarray, list[str]]:
-    """(candidates, latency_ms, names) from a measured-networks CSV/Parquet file (format above)."""
-    from .model import PredictorError
-    path = Path(path)
-    if not path.exists():
-        raise PredictorError(f"networks file {path} does not exist")
-    try:
-        df = pd.read_parquet(path) if path.suffix in (".parquet", ".pq") else pd.read_csv(path)
-    except Exception as e:
-        raise PredictorError(f"cannot read networks file {path}: {e}") from None
-    if "latency_ms" not in df.columns:
-        raise PredictorError(f"{path} needs a latency_ms column (measured milliseconds per network); "
-                             f"it has {list(df.columns)}")
-    cands, names = [], []
-    for i, row in enumerate(df.to_dict("records")):
-        name = str(row.get("name") or f"row {i + 1}")
-        if isinstance(row.get("onnx"), str) and row["onnx"]:
-            p = Path(row["onnx"])
-            p = p if p.is_absolute() else path.parent / p
-            if not p.exists():
-                raise PredictorError(f"{path}, {name}: ONNX file {p} does not exist")
-            cands.append(str(p))
-        elif isinstance(row.get("network_spec"), str) and row["network_spec"]:
-            from .model import network_specs
-            try:
-                cands.append(network_specs(row["network_spec"]))
-            except Exception as e:
-                raise PredictorError(f"{path}, {name}: bad network_spec ({e})") from None
-        elif isinstance(row.get("kernel_specs"), str) and row["kernel_specs"]:
-            try:
-                cands.append([KernelSpec.from_dict(d) for d in json.loads(row["kernel_specs"])])
-            except Exception as e:
-                raise PredictorError(f"{path}, {name}: bad kernel_specs ({e})") from None
-        else:
-            raise PredictorError(f"{path}, {name}: give the network as an onnx path, a network_spec or kernel_specs")
-        names.append(name)
-    ms = pd.to_numeric(df["latency_ms"], errors="coerce").to_numpy(float)
-    return cands, ms, names
-
-
-__all__ = ["adapt", "fit_adapter", "apply_adapters", "read_networks_file", "network_inputs"]
+__all__ = ["adapt", "fit_adapter", "apply_adapters", "network_inputs"]

@@ -319,7 +319,7 @@ class Predictor:
 
     def __init__(self, target: dict | None = None, fingerprint: dict | None = None, batch: int | None = None,
                  num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300,
-                 graph_cv: str | None = None):
+                 graph_cv: str | None = None, real_network_weight: float = 5.0):
         self.target = dict(target) if target else {"name": "unknown"}
         self.fingerprint = dict(fingerprint or {})
         self.batch = int(batch or self.target.get("batch", 1) or 1)
@@ -332,6 +332,10 @@ class Predictor:
         # default: on the 41 reference architectures it measured 51.2% within ±10% vs 56.1%
         # (docs/predictor.md, "Leave-one-family-out selection").
         self.graph_cv = graph_cv or os.environ.get("HWNAS_GRAPH_CV") or "random"
+        # how many random table networks one real architecture measured on the target counts for
+        # in the graph model (`fit(networks=...)`): the table has ~300 random networks, a user
+        # has tens of real ones, and the real ones are what predictions are asked about
+        self.real_network_weight = float(real_network_weight)
         if self.graph_cv not in ("family", "random"):
             raise PredictorError(f"graph_cv must be 'family' or 'random', not {self.graph_cv!r}")
         self.kernel_models: dict[str, Any] = {}
@@ -598,6 +602,21 @@ class Predictor:
         self._materialise(pending)
         return self._sums(idx)
 
+    def graph_inputs(self, candidates) -> tuple[np.ndarray, np.ndarray]:
+        """(summed graph rows, peak activation) of candidates given as kernel-spec lists or as ONNX
+        models (paths or ModelProtos; their unknown ops enter with the fallback estimate)."""
+        onnx_at = [i for i, c in enumerate(candidates) if isinstance(c, (str, os.PathLike)) or hasattr(c, "graph")]
+        if not onnx_at:
+            return self._graph_inputs(candidates)
+        sums, peak = np.zeros((len(candidates), len(F.ADDITIVE))), np.zeros(len(candidates))
+        spec_at = sorted(set(range(len(candidates))) - set(onnx_at))
+        if spec_at:
+            sums[spec_at], peak[spec_at] = self._graph_inputs([candidates[i] for i in spec_at])
+        for i in onnx_at:
+            *_, s, pk = self.onnx_inputs(candidates[i])
+            sums[i], peak[i] = s[0], pk[0]
+        return sums, peak
+
     # graph-correction candidates: name -> (type, options); chosen by cross-validation in `fit_graph`
     GRAPH_CANDIDATES = {
         "sum": ("sum", {}), "scale": ("scale", {}),
@@ -611,9 +630,13 @@ class Predictor:
     }
     BLENDS = (0.25, 0.5, 0.75, 0.9)
 
-    def fit_graph(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray, calibrate: bool = True,
-                  families: Sequence[str] | None = None) -> "Predictor":
-        """Fit the graph-level correction on whole networks (lists of kernel specs) and their measured ms.
+    def fit_graph(self, candidates: Sequence, ms: np.ndarray, calibrate: bool = True,
+                  families: Sequence[str] | None = None, weights: Sequence[float] | None = None) -> "Predictor":
+        """Fit the graph-level correction on whole networks (kernel-spec lists or ONNX models) and their measured ms.
+
+        `weights` (default 1 each) count a network that many times (rounded) in every fit and in the
+        selection error: real architectures measured on the target (`fit(networks=...)`) weigh more
+        than the table's random networks. Cross-validation folds keep a network's copies together.
 
         The target is r = log(measured / kernel sum). The candidates (`GRAPH_CANDIDATES`): `sum`
         (r = 0), `scale` (a constant: the calibrated kernel sum), `ridge` (all graph features,
@@ -637,10 +660,16 @@ class Predictor:
         self.graph_blend, self.graph_clip = None, None
         if len(candidates) == 0:
             return self
-        sums, peak = self._graph_inputs(candidates)
+        sums, peak = self.graph_inputs(candidates)
         r = np.log(ms) - np.log(self._base(sums))
+        count = np.ones(len(r), np.int64) if weights is None else \
+            np.maximum(1, np.rint(np.asarray(weights, float))).astype(np.int64)
+
+        def copies(mask):  # training rows: each network as often as its weight
+            return np.repeat(np.flatnonzero(mask), count[mask])
+
         if len(candidates) < 5:
-            self.graph_type, self.graph_offset = "scale", float(np.median(r))
+            self.graph_type, self.graph_offset = "scale", float(np.median(np.repeat(r, count)))
             self.graph_q = _conformal(r - self.graph_offset) if len(r) > 1 else (-0.3, 0.3)
             self.training["graph_note"] = f"only {len(candidates)} networks: calibrated kernel sum, no graph model"
             self.training["networks"] = int(len(r))
@@ -669,8 +698,9 @@ class Predictor:
                 if tr.all() or not tr.any():
                     continue
                 lo, hi = (float(r[tr].min()), float(r[tr].max())) if self.graph_cv != "random" else (-np.inf, np.inf)
+                ti = copies(tr)
                 for c in names:
-                    m = self._graph_fit_type(c, X[tr], r[tr], sums[tr])
+                    m = self._graph_fit_type(c, X[ti], r[ti], sums[ti])
                     oofs[c][rep, ~tr] = np.clip(m.predict(X[~tr], sums[~tr]), lo, hi)
         for c in [c for c in names if self.GRAPH_CANDIDATES[c][0] not in ("sum", "scale") and self.graph_cv != "random"]:
             for a in self.BLENDS:
@@ -679,7 +709,7 @@ class Predictor:
         def score(o):
             e = np.abs(r[None, :] - o).mean(axis=0)
             if score_groups is None:
-                return float(e.mean())
+                return float(np.average(e, weights=count))
             return float(np.mean([e[score_groups == f].mean() for f in fams]))
 
         err = {c: score(o) for c, o in oofs.items()}
@@ -697,10 +727,11 @@ class Predictor:
         self.training["graph_choice"] = best
         self.training["graph_oof"] = metrics(ms, base * np.exp(oof))
         model_name, _, blend = best.partition("+blend")
-        m = self._graph_fit_type(model_name, X, r, sums)
+        ti = copies(np.ones(n, bool))
+        m = self._graph_fit_type(model_name, X[ti], r[ti], sums[ti])
         t = self.GRAPH_CANDIDATES[model_name][0]
         self.graph_type = t
-        self.graph_offset = float(np.median(r))
+        self.graph_offset = float(np.median(r[ti]))
         self.graph_clip = (float(r.min()), float(r.max())) if self.graph_cv != "random" else None
         self.graph_blend = float(blend) if blend else None
         if t == "scale":
@@ -858,12 +889,15 @@ class Predictor:
                           len(det.folded))
 
     # ---- sklearn-style fit on tables ---------------------------------------------------
-    def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None) -> "Predictor":
+    def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None,
+            networks=None) -> "Predictor":
         """Fit kernel and graph models on a table (DataFrame, or path(s) to Parquet tables).
 
-        With holdout > 0, that share of the networks is held out first and the report of
-        `holdout_report` is stored in `self.training["holdout"]`; the final graph model is
-        then refitted on all networks.
+        `networks` (a measured-networks file or `MeasuredNetworks`, `predictors.measured`): real
+        architectures measured on the table's target; they join the table's networks in the
+        graph model, each weighing `real_network_weight`. With holdout > 0, that share of the
+        table's networks is held out first and the report of `holdout_report` is stored in
+        `self.training["holdout"]`; the final graph model is then refitted on all networks.
         """
         df, meta = self._table(table, metadata)
         log = log or (lambda *a: None)
@@ -897,10 +931,33 @@ class Predictor:
                 self.training["blocks_kernel_sum"] = metrics(np.array(bms), self.kernel_sum_specs(bspecs))
         if holdout > 0 and len(nets) >= 10:
             self.training["holdout"] = self.holdout_report(nets, holdout)
-        self.fit_graph([n["specs"] for n in nets], np.array([n["ms"] for n in nets]),
-                       families=[n["family"] for n in nets])
+        real = self._real_networks(networks)
+        self.fit_graph([n["specs"] for n in nets] + real.candidates,
+                       np.concatenate([[n["ms"] for n in nets], real.latency_ms]),
+                       families=[n["family"] for n in nets] + real.families,
+                       weights=[1.0] * len(nets) + [self.real_network_weight] * len(real))
+        if len(real):
+            self.training["real_networks"] = {"n": len(real), "weight": self.real_network_weight,
+                                              "families": sorted(set(real.families))}
+            log(f"graph model: {len(nets)} table networks + {len(real)} real networks (weight "
+                f"{self.real_network_weight:g}; families {', '.join(sorted(set(real.families)))})")
         self.training["table_rows"] = int(len(df))
         return self
+
+    def _real_networks(self, networks):
+        from .measured import MeasuredNetworks, read_networks_file
+        if networks is None:
+            return MeasuredNetworks([], np.zeros(0), [], [], [])
+        real = networks if isinstance(networks, MeasuredNetworks) else read_networks_file(networks)
+        other = sorted({t for t in real.targets if t and t != self.target_name})
+        if other:
+            raise PredictorError(f"the measured networks were measured on {', '.join(other)}, the table on "
+                                 f"{self.target_name}: give networks measured on {self.target_name}, or adapt a "
+                                 "predictor to the other device (train-predictor --adapt-from ... --networks ...)")
+        bad = [nm for nm, m in zip(real.names, real.latency_ms) if not (np.isfinite(m) and m > 0)]
+        if bad:
+            raise PredictorError(f"measured networks without a positive latency_ms: {', '.join(bad[:5])}")
+        return real
 
     def _table(self, table, metadata):
         if isinstance(table, pd.DataFrame):

@@ -7,7 +7,7 @@ A network is a JSON-serialisable dict::
                 {"op": "mbconv", "cout": 24, "expand": 4.0, "kernel": 5, "stride": 2, ...},
                 ..., {"op": "head", "hidden": 1280, "act": "hardswish"}]}
 
-`sample_network(rng, family)` draws one (families: mobilenet, resnet, vit, mixed) and
+`sample_network(rng, family)` draws one (families: mobilenet, resnet, vit, mixed, regnet) and
 `build_network(spec, batch)` builds its ONNX graph deterministically with the same kernel
 and block builders as the profiled configurations (so every layer is one or several
 `KernelSpec`s; `network_kernels(spec)` lists them). Sizes are kept realistic but
@@ -25,7 +25,7 @@ import onnx
 from . import builders as B
 from .kernels import KernelSpec, KernelSpecError
 
-FAMILIES = ("mobilenet", "resnet", "vit", "mixed")
+FAMILIES = ("mobilenet", "resnet", "vit", "mixed", "regnet")
 MAX_NETWORK_FLOPS = 6e9
 MIN_NETWORK_FLOPS = 5e6
 
@@ -226,7 +226,24 @@ def _mixed(rng) -> dict[str, Any]:
     return {"family": "mixed", "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
 
 
-_SAMPLERS = {"mobilenet": _mobilenet, "resnet": _resnet, "vit": _vit, "mixed": _mixed}
+def _regnet(rng) -> dict[str, Any]:
+    # RegNetX-like: bottleneck ratio 1 and a fixed group *width* per network, so group counts are
+    # odd numbers (7, 13, 19 ...) and grouped 3x3 convs dominate, as in RegNet/ResNeXt
+    res = _choice(rng, [96, 128, 160, 192, 224])
+    gw = int(_choice(rng, [8, 16, 24, 32, 48]))
+    w0 = float(_choice(rng, [24, 32, 48, 64]))
+    growth = float(_choice(rng, [2.0, 2.2, 2.5]))
+    layers: list[dict[str, Any]] = [{"op": "conv", "cout": 32, "kernel": 3, "stride": 2, "act": "relu"}]
+    for i, (lo, hi) in enumerate(((1, 2), (1, 4), (2, 8), (2, 10))):
+        width = max(gw, int(round(w0 * growth ** i / gw)) * gw)
+        for j in range(int(rng.integers(lo, hi + 1))):
+            layers.append({"op": "resnet_bottleneck", "mid": width, "cout": width, "stride": 2 if j == 0 else 1,
+                           "groups": width // gw})
+    layers.append({"op": "head"})
+    return {"family": "regnet", "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
+
+
+_SAMPLERS = {"mobilenet": _mobilenet, "resnet": _resnet, "vit": _vit, "mixed": _mixed, "regnet": _regnet}
 
 
 def sample_network(rng: np.random.Generator, family: str | None = None,

@@ -233,68 +233,137 @@ def supervised_dev_check(n_cells: int = 1000, n_labels: int = 100, reps: int = 1
     return res
 
 
-def run_supernet(cache: Path, n_subnets: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
-                 standalone_epochs: float, seed: int = 0) -> dict:
-    """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset."""
+def _supernet_data(cache: Path, per_class: int, val_per_class: int, size: int, seed: int = 0):
+    """The CIFAR-10 subset of the supernet benchmark: ``per_class`` training images per class and
+    ``val_per_class`` images per class of the test split (1,000 = the whole test split), resized to
+    ``size``, normalised with the training subset's statistics."""
     from search.data import load_dataset
-    from search.spaces import get_space
-    from search.supernet import TrainConfig, accuracy, build_supernet, train_standalone
-    torch.set_num_threads(1)
-    work = cache / "supernet"
-    work.mkdir(parents=True, exist_ok=True)
     root = cifar_dir(cache)
     t = time.time()
     train = load_dataset(root, split="train", image_size=size, max_per_class=per_class, seed=seed)
-    val = load_dataset(root, split="test", image_size=size, max_per_class=max(100, per_class // 5), seed=seed)
+    val = load_dataset(root, split="test", image_size=size, max_per_class=val_per_class, seed=seed)
     mean, std = train.stats()
     train, val = train.normalized(mean, std), val.normalized(mean, std)
-    click.echo(f"CIFAR-10 subset: {len(train)} train / {len(val)} held-out images at {size}x{size} "
+    click.echo(f"CIFAR-10 subset: {len(train)} train / {len(val)} held-out (test split) images at {size}x{size} "
                f"(loaded in {time.time() - t:.0f} s)")
-    space = get_space("nb201", C=C, N=N, resolution=size)
-    # subnets: uniform over the cells without dead edges (no trivially broken cells)
+    return train, val
+
+
+def _bench_subnets(space, n_subnets: int, seed: int = 0) -> list:
+    """The subnets scored by the benchmark, fixed by ``seed`` before anything is trained: uniform
+    over the cells without dead edges (and not all-``none``)."""
     pool = [a for a in space.all_archs() if space.is_fully_reachable(a) and any(o != "none" for o in a)]
     rng = np.random.default_rng(seed)
-    archs = [pool[i] for i in rng.choice(len(pool), n_subnets, replace=False)]
-    cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=64, lr=0.05, n_random=2, hflip=True,
-                        checkpoint_every=100, seed=seed)
+    return [pool[i] for i in rng.choice(len(pool), n_subnets, replace=False)]
+
+
+def _standalone_path(work: Path, C: int, N: int, size: int, epochs: float, per_class: int, val_per_class: int) -> Path:
+    return work / f"standalone_C{C}N{N}_r{size}_e{epochs}_pc{per_class}_v{val_per_class}.csv"
+
+
+def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
+                   epochs: float, seeds: int, data=None, seed: int = 0) -> pd.DataFrame:
+    """Train every benchmark subnet from scratch ``seeds`` times (seed s: initialisation, data order
+    and augmentation), caching one row per (arch, seed); returns the rows of the benchmark subnets."""
+    from search.spaces import get_space
+    from search.supernet import TrainConfig, accuracy, train_standalone
+    torch.set_num_threads(1)
+    work = cache / "supernet"
+    work.mkdir(parents=True, exist_ok=True)
+    train, val = data if data is not None else _supernet_data(cache, per_class, val_per_class, size, seed)
+    space = get_space("nb201", C=C, N=N, resolution=size)
+    archs = [space.to_string(a) for a in _bench_subnets(space, n_subnets, seed)]
+    path = _standalone_path(work, C, N, size, epochs, per_class, val_per_class)
+    sa = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["arch", "seed", "acc", "seconds"])
+    done = set(zip(sa["arch"], sa["seed"].astype(int)))
+    for s in range(seeds):
+        for key in archs:
+            if (key, s) in done:
+                continue
+            torch.manual_seed(s)
+            t = time.perf_counter()
+            net = train_standalone(space.build(space.from_string(key)), train,
+                                   TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=True, seed=s))
+            acc = accuracy(net, val)
+            row = {"arch": key, "seed": s, "acc": acc, "seconds": time.perf_counter() - t}
+            sa = pd.concat([sa, pd.DataFrame([row])], ignore_index=True)
+            sa.to_csv(path, index=False)
+            click.echo(f"  stand-alone seed {s} {key}  {acc:5.2f}  ({row['seconds']:.0f} s)")
+    sa["seed"] = sa["seed"].astype(int)
+    return sa[sa["arch"].isin(archs) & (sa["seed"] < seeds)]
+
+
+def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
+                 supernet_epochs: float, standalone_epochs: float, standalone_seeds: int, sampling: str = "fair",
+                 n_random: int = 2, lr: float = 0.05, calib_images: int = 2000, seed: int = 0,
+                 with_standalone: bool = True) -> dict:
+    """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset,
+    and both against NB201's 200-epoch ``val_acc`` of the same cells."""
+    from search.spaces import get_space
+    from search.supernet import TrainConfig, build_supernet
+    torch.set_num_threads(1)
+    work = cache / "supernet"
+    work.mkdir(parents=True, exist_ok=True)
+    data = _supernet_data(cache, per_class, val_per_class, size, seed)
+    train, val = data
+    space = get_space("nb201", C=C, N=N, resolution=size)
+    archs = _bench_subnets(space, n_subnets, seed)
+    cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=64, lr=lr, n_random=n_random, sampling=sampling,
+                        hflip=True, checkpoint_every=100, seed=seed)
+    paths = cfg_s.paths_per_step(space)
     sn = build_supernet(space)
     t = time.time()
-    info = sn.fit(train, cfg_s, checkpoint=work / f"nb201_C{C}N{N}_r{size}_e{supernet_epochs}.pt",
-                  log=lambda m: click.echo("  supernet " + m))
-    click.echo(f"supernet: {info['steps']} steps ({supernet_epochs} epochs x 4 paths), {time.time() - t:.0f} s this run")
-    sa_path = work / f"standalone_C{C}N{N}_r{size}_e{standalone_epochs}_pc{per_class}.csv"
-    sa = pd.read_csv(sa_path) if sa_path.exists() else pd.DataFrame(columns=["arch", "acc", "seconds"])
+    tag = f"nb201_C{C}N{N}_r{size}_pc{per_class}_e{supernet_epochs}_{sampling}{paths}_lr{lr}"
+    info = sn.fit(train, cfg_s, checkpoint=work / f"{tag}.pt", log=lambda m: click.echo("  supernet " + m))
+    timing = work / f"{tag}.seconds.json"  # the training time of the run that built the checkpoint
+    if info["resumed_from"] == 0:
+        timing.write_text(json.dumps({"seconds": info["seconds"]}))
+    train_s = json.loads(timing.read_text())["seconds"] if timing.exists() else None
+    click.echo(f"supernet: {info['steps']} steps ({supernet_epochs} epochs x {paths} paths, sampling={sampling}), "
+               f"{info['seconds']:.0f} s this run")
     rows = []
     for a in archs:
-        key = space.to_string(a)
         t = time.perf_counter()
-        acc_sn = sn.evaluate(a, val, calib=train, calib_images=500)
-        t_eval = time.perf_counter() - t
-        if key not in set(sa["arch"]):
-            torch.manual_seed(seed)
-            t = time.perf_counter()
-            net = train_standalone(space.build(a), train, TrainConfig(epochs=standalone_epochs, batch_size=64, lr=0.05,
-                                                                     hflip=True, seed=seed))
-            acc = accuracy(net, val)
-            sa = pd.concat([sa, pd.DataFrame([{"arch": key, "acc": acc, "seconds": time.perf_counter() - t}])])
-            sa.to_csv(sa_path, index=False)
-        acc_sa = float(sa.loc[sa["arch"] == key, "acc"].iloc[0])
-        rows.append({"arch": key, "supernet_acc": acc_sn, "standalone_acc": acc_sa, "eval_s": t_eval})
-        click.echo(f"  {key}  supernet {acc_sn:5.1f}  stand-alone {acc_sa:5.1f}  eval {t_eval:.1f} s")
+        acc_sn = sn.evaluate(a, val, calib=train, calib_images=calib_images)
+        rows.append({"arch": space.to_string(a), "supernet_acc": acc_sn, "eval_s": time.perf_counter() - t})
     df = pd.DataFrame(rows)
+    if with_standalone:
+        sa = run_standalone(cache, n_subnets, per_class, val_per_class, size, C, N, standalone_epochs,
+                            standalone_seeds, data=data, seed=seed)
+        df["standalone_acc"] = df["arch"].map(sa.groupby("arch")["acc"].mean())
+        for s in range(standalone_seeds):
+            df[f"standalone_seed{s}"] = df["arch"].map(sa[sa["seed"] == s].set_index("arch")["acc"])
+    for r in df.itertuples():
+        click.echo(f"  {r.arch}  supernet {r.supernet_acc:5.2f}" +
+                   (f"  stand-alone {r.standalone_acc:5.2f}" if with_standalone else "") + f"  eval {r.eval_s:.1f} s")
     nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"])
     df = df.merge(nb, on="arch", how="left")
+
+    def tau(a: str, b: str) -> float:
+        return float(kendalltau(df[a], df[b]).statistic)
+
     res = {
         "subnets": len(df), "train_images": len(train), "val_images": len(val), "image_size": size,
-        "space": f"nb201 C={C} N={N}", "supernet_epochs": supernet_epochs, "standalone_epochs": standalone_epochs,
-        "kendall_supernet_vs_standalone": float(kendalltau(df["supernet_acc"], df["standalone_acc"]).statistic),
-        "kendall_supernet_vs_nb201": float(kendalltau(df["supernet_acc"], df["val_acc"]).statistic),
-        "kendall_standalone_vs_nb201": float(kendalltau(df["standalone_acc"], df["val_acc"]).statistic),
-        "eval_seconds_mean": float(df["eval_s"].mean()),
-        "standalone_seconds_mean": float(sa["seconds"].astype(float).mean()),
+        "space": f"nb201 C={C} N={N}", "supernet_epochs": supernet_epochs, "supernet_steps": info["steps"],
+        "sampling": sampling, "paths_per_step": paths, "lr": lr, "calib_images": calib_images,
+        "kendall_supernet_vs_nb201": tau("supernet_acc", "val_acc"),
+        "eval_seconds_mean": float(df["eval_s"].mean()), "supernet_train_seconds": train_s,
     }
-    (work / "result.json").write_text(json.dumps(res, indent=1))
-    df.to_csv(work / "subnets.csv", index=False)
+    if with_standalone:
+        res.update({
+            "standalone_epochs": standalone_epochs, "standalone_seeds": standalone_seeds,
+            "kendall_supernet_vs_standalone": tau("supernet_acc", "standalone_acc"),
+            "kendall_standalone_vs_nb201": tau("standalone_acc", "val_acc"),
+            "standalone_seconds_mean": float(sa["seconds"].astype(float).mean())})
+    if with_standalone and standalone_seeds >= 2:  # how well the reference agrees with itself
+        res["kendall_standalone_seed0_vs_seed1"] = tau("standalone_seed0", "standalone_seed1")
+        res["kendall_supernet_vs_standalone_seed0"] = tau("supernet_acc", "standalone_seed0")
+        res["kendall_supernet_vs_standalone_seed1"] = tau("supernet_acc", "standalone_seed1")
+    (work / f"result_{tag}.json").write_text(json.dumps(res, indent=1))
+    df.to_csv(work / f"subnets_{tag}.csv", index=False)
+    if with_standalone:  # what 'report' prints
+        (work / "result.json").write_text(json.dumps(res, indent=1))
+        df.to_csv(work / "subnets.csv", index=False)
     click.echo(json.dumps(res, indent=1))
     return res
 
@@ -317,19 +386,55 @@ def proxies(cache: Path, cells: int, grasp_cells: int, batch: int, budget_s: flo
     proxy_report(cache, batch, cells)
 
 
+def _subnet_options(f):
+    opts = [
+        click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True),
+        click.option("--subnets", default=20, show_default=True),
+        click.option("--per-class", default=1000, show_default=True, help="CIFAR-10 training images per class"),
+        click.option("--val-per-class", default=1000, show_default=True,
+                     help="test-split images per class for evaluation (1000 = all 10,000)"),
+        click.option("--size", default=16, show_default=True, help="image size (CIFAR-10 is resized)"),
+        click.option("--C", "C", default=8, show_default=True),
+        click.option("--N", "N", default=1, show_default=True),
+        click.option("--standalone-epochs", default=12.0, show_default=True),
+        click.option("--standalone-seeds", default=2, show_default=True, help="stand-alone runs per subnet (averaged)"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
 @main.command()
-@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True)
-@click.option("--subnets", default=20, show_default=True)
-@click.option("--per-class", default=500, show_default=True, help="CIFAR-10 training images per class")
-@click.option("--size", default=16, show_default=True, help="image size (CIFAR-10 is resized)")
-@click.option("--C", "C", default=8, show_default=True)
-@click.option("--N", "N", default=1, show_default=True)
-@click.option("--supernet-epochs", default=30.0, show_default=True)
-@click.option("--standalone-epochs", default=10.0, show_default=True)
-def supernet(cache: Path, subnets: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
-             standalone_epochs: float) -> None:
+@_subnet_options
+@click.option("--supernet-epochs", default=60.0, show_default=True)
+@click.option("--sampling", type=click.Choice(["uniform", "fair"]), default="fair", show_default=True)
+@click.option("--n-random", default=2, show_default=True, help="uniform sampling: n_random + 2 paths per step")
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--calib-images", default=2000, show_default=True, help="BN recalibration images per subnet")
+@click.option("--no-standalone", is_flag=True, help="train and score the supernet only (Kendall vs NB201 val_acc)")
+def supernet(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
+             standalone_epochs: float, standalone_seeds: int, supernet_epochs: float, sampling: str, n_random: int,
+             lr: float, calib_images: int, no_standalone: bool) -> None:
     """Kendall tau between inherited-weight and stand-alone accuracies of NB201 subnets."""
-    run_supernet(cache, subnets, per_class, size, C, N, supernet_epochs, standalone_epochs)
+    run_supernet(cache, subnets, per_class, val_per_class, size, C, N, supernet_epochs, standalone_epochs,
+                 standalone_seeds, sampling, n_random, lr, calib_images, with_standalone=not no_standalone)
+
+
+@main.command()
+@_subnet_options
+def standalone(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
+               standalone_epochs: float, standalone_seeds: int) -> None:
+    """Only the stand-alone reference of the supernet benchmark (cached; 'supernet' reuses it)."""
+    sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds)
+    nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"]).set_index("arch")["val_acc"]
+    wide = sa.pivot(index="arch", columns="seed", values="acc")
+    mean = wide.mean(axis=1)
+    click.echo(f"stand-alone ({standalone_epochs} epochs, {wide.shape[1]} seeds, {len(wide)} subnets): "
+               f"Kendall with NB201 val_acc {kendalltau(mean, nb[mean.index]).statistic:.3f}")
+    for s in wide.columns:
+        click.echo(f"  seed {s}: Kendall with NB201 val_acc {kendalltau(wide[s], nb[wide.index]).statistic:.3f}")
+    if wide.shape[1] >= 2:
+        click.echo(f"  seed 0 vs seed 1: Kendall {kendalltau(wide[0], wide[1]).statistic:.3f}")
 
 
 @main.command()

@@ -40,14 +40,10 @@ def _fmt(m):
     return f"{m['within10']:6.1%} within ±10%  MAPE {m['mape']:6.1%}  Spearman {m['spearman']:.3f}"
 
 
-def families_benchmark(p, cache: Path, only: tuple = ()):
-    """Measure the reference architectures here (cached), predict them, hold out each family in turn.
-
-    The kernel sum and the full predictor never saw these models (they are fitted on the table);
-    the FLOPs-only line is refitted on the other families each time.
-    """
+def reference_networks(p, cache: Path, only: tuple = ()) -> list[dict]:
+    """Measure the reference architectures here (cached in `cache`) and detect their kernels."""
     import onnx
-    from predictors.model import metrics
+    from predictors.detect import detect_kernels, rules_for
     from profiling.onnx_stats import model_stats
     from scripts.reference_models import export, reference_models
     rows = []
@@ -62,36 +58,69 @@ def families_benchmark(p, cache: Path, only: tuple = ()):
             if not meas.exists():
                 meas.write_text(json.dumps({**_measure(str(onnx_path)), "measured_at": time.time()}))
             m = json.loads(meas.read_text())
-            ms = m.get("median_ms", m.get("ms"))
-            r = p.predict(str(onnx_path))
-            _, _, _, sums, peak = p.onnx_inputs(str(onnx_path))
-            flops = model_stats(onnx.load(str(onnx_path), load_external_data=False)).flops
-            unknown = sorted({u["op_type"] for u in r.unknown_ops})
-            rows.append({"family": fam, "name": name, "ms": ms, "sums": sums[0], "peak": peak[0], "flops": flops,
-                         "pred": r.latency_ms, "ksum": r.kernel_sum_ms + p.overhead_ms, "unknown": unknown})
-            click.echo(f"  {name:20s} measured {ms:8.2f} ms (p10-p90 {m.get('p10_ms', ms):.2f}-{m.get('p90_ms', ms):.2f})"
-                       f"  predicted {r.latency_ms:8.2f}  kernel sum {rows[-1]['ksum']:8.2f}  "
-                       f"{len(r.kernels)} kernels, unknown ops: {', '.join(unknown) or 'none'}")
-    fams = sorted({r["family"] for r in rows})
-    y = np.array([r["ms"] for r in rows])
-    fl = np.log([r["flops"] for r in rows])
-    res = {"flops": np.zeros(len(rows)), "sum": np.array([r["ksum"] for r in rows]),
-           "full": np.array([r["pred"] for r in rows])}
+            det = detect_kernels(str(onnx_path), p.batch, rules_for(p.target))
+            rows.append({"family": fam, "name": name, "ms": m.get("median_ms", m.get("ms")), "m": m,
+                         "onnx": str(onnx_path), "specs": det.specs(),
+                         "unknown": sorted({u.op_type for u in det.unknown}),
+                         "flops": model_stats(onnx.load(str(onnx_path), load_external_data=False)).flops})
+    return rows
+
+
+def families_benchmark(p, tables, refs: list[dict], weight: float):
+    """Hold out each reference family in turn (the issue's protocol), three predictors side by side.
+
+    - FLOPs-only: a log-log line fitted on the other families;
+    - kernel sum: the plain sum of kernel predictions (no graph model);
+    - table only: the graph model fitted on the table's random networks alone (what
+      `train-predictor --table T` ships without --networks); no reference model is seen;
+    - table + other families: the graph model fitted on the table's networks plus the measured
+      reference architectures of every other family (each weighing `weight`), as
+      `train-predictor --table T --networks REF.csv` does, with the held-out family removed.
+    The kernel models are the predictor's own (fitted on the table's kernels only).
+    """
+    from predictors.model import load_tables, metrics
+    df, _ = load_tables(list(tables))
+    nets = p.network_rows(df)
+    cand = [r["specs"] if not r["unknown"] else r["onnx"] for r in refs]
+    fams = sorted({r["family"] for r in refs})
+    fam_arr = np.array([r["family"] for r in refs])
+    y = np.array([r["ms"] for r in refs])
+    fl = np.log([r["flops"] for r in refs])
+    res = {k: np.zeros(len(refs)) for k in ("flops", "sum", "table", "lofo")}
+    res["sum"] = p._base(p.graph_inputs(cand)[0])
+    p.fit_graph([n["specs"] for n in nets], np.array([n["ms"] for n in nets]))
+    res["table"], _, _ = p.predict_specs(cand) if not any(r["unknown"] for r in refs) else \
+        (np.array([p.predict(r["onnx"]).latency_ms for r in refs]), None, None)
+    choice = {}
     for fam in fams:
-        test = np.array([r["family"] == fam for r in rows])
+        test = fam_arr == fam
         a, b = np.polyfit(fl[~test], np.log(y[~test]), 1) if (~test).sum() >= 2 else (1.0, 0.0)
         res["flops"][test] = np.exp(b + a * fl[test])
-    fam_arr = np.array([r["family"] for r in rows])
-    click.echo(f"  {'family':14s} {'n':>3s}  {'FLOPs-only':>10s} {'kernel sum':>10s} {'full':>10s}   (share within ±10%)")
+        tr = np.flatnonzero(~test)
+        p.fit_graph([n["specs"] for n in nets] + [cand[i] for i in tr],
+                    np.concatenate([[n["ms"] for n in nets], y[tr]]),
+                    weights=[1.0] * len(nets) + [weight] * len(tr))
+        choice[fam] = p.training.get("graph_choice")
+        res["lofo"][test] = p._finish(*p.graph_inputs([cand[i] for i in np.flatnonzero(test)]))[0]
+    for i, r in enumerate(refs):
+        m = r["m"]
+        click.echo(f"  {r['name']:20s} measured {r['ms']:8.2f} ms (p10-p90 {m.get('p10_ms', r['ms']):.2f}-"
+                   f"{m.get('p90_ms', r['ms']):.2f})  kernel sum {res['sum'][i]:8.2f}  table only {res['table'][i]:8.2f}"
+                   f"  +other families {res['lofo'][i]:8.2f} ({res['lofo'][i] / r['ms'] - 1:+.0%})  "
+                   f"{len(r['specs'])} kernels, unknown ops: {', '.join(r['unknown']) or 'none'}")
+    click.echo(f"  {'family':14s} {'n':>3s}  {'FLOPs-only':>10s} {'kernel sum':>10s} {'table only':>10s} "
+               f"{'+other fam':>10s}   (share within ±10%; graph model with the family held out)")
     out = {}
     for fam in [*fams, "overall"]:
-        sel = np.ones(len(rows), bool) if fam == "overall" else fam_arr == fam
+        sel = np.ones(len(refs), bool) if fam == "overall" else fam_arr == fam
         w = {k: float(np.mean(np.abs(v[sel] / y[sel] - 1) <= 0.10)) for k, v in res.items()}
         out[fam] = w
-        click.echo(f"  {fam:14s} {sel.sum():3d}  {w['flops']:10.1%} {w['sum']:10.1%} {w['full']:10.1%}")
+        click.echo(f"  {fam:14s} {sel.sum():3d}  {w['flops']:10.1%} {w['sum']:10.1%} {w['table']:10.1%} "
+                   f"{w['lofo']:10.1%}  {choice.get(fam) or ''}")
     for k, label in (("flops", "FLOPs-only fit (fitted on the other families)"), ("sum", "plain sum of kernel predictions"),
-                     ("full", "full predictor")):
-        click.echo(f"  {label:48s} {_fmt(metrics(y, res[k]))}")
+                     ("table", "full predictor, table networks only"),
+                     ("lofo", f"full predictor, + other families' networks (weight {weight:g})")):
+        click.echo(f"  {label:58s} {_fmt(metrics(y, res[k]))}")
     return out
 
 
@@ -208,7 +237,11 @@ def nb201_benchmark(p, shots: int = 20, seeds: int = 5):
 @click.option("--families", "only", multiple=True, help="Only these reference families (repeat).")
 @click.option("--skip-nb201", is_flag=True, help="Skip the NB201 few-shot adaptation benchmark.")
 @click.option("--predictor", "pred_path", type=click.Path(), help="Reuse a predictor built on the table.")
-def main(tables, cache, skip_families, only, skip_nb201, pred_path):
+@click.option("--write-networks", type=click.Path(), help="Write the measured reference networks here "
+              "(a measured-networks CSV for train-predictor --networks).")
+@click.option("--network-weight", "weight", default=5.0, show_default=True,
+              help="Weight of a measured reference network in the held-out-family graph models.")
+def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networks, weight):
     from predictors import Predictor
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -255,7 +288,16 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path):
     click.echo("  " + out.stderr.strip().replace("\n", "\n  "))
     if not skip_families:
         click.echo("== held-out families (reference architectures measured here)")
-        families_benchmark(p, cache, tuple(only))
+        refs = reference_networks(p, cache, tuple(only))
+        if write_networks:
+            from predictors.measured import write_networks_file
+            write_networks_file(write_networks, [r["name"] for r in refs], [r["specs"] for r in refs],
+                                [r["ms"] for r in refs], [r["family"] for r in refs], p.target_name,
+                                {"p10_ms": [r["m"].get("p10_ms") for r in refs],
+                                 "p90_ms": [r["m"].get("p90_ms") for r in refs],
+                                 "flops": [r["flops"] for r in refs]})
+            click.echo(f"  wrote the {len(refs)} measured reference networks to {write_networks}")
+        families_benchmark(p, tables, refs, weight)
     if not skip_nb201:
         click.echo("== NB201 few-shot adaptation (20 measured cells)")
         nb201_benchmark(p)

@@ -134,12 +134,14 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--max-configs", type=int, help="Kernel and block configurations in the table (default 5000 without a budget).")
 @click.option("--networks", type=int, help="Whole networks in the table (default: 6 percent of --max-configs).")
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
+@click.option("--families", "families_text", metavar="FAMILY,FAMILY,...",
+              help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
-         max_configs, networks, kinds_text, seed, resume, quiet):
+         max_configs, networks, kinds_text, families_text, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -153,13 +155,15 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
     from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
 
     kinds = _parse_kinds(kinds_text)
+    families = [f.strip() for f in families_text.split(",") if f.strip()] if families_text else None
     progress = _Progress(console, quiet)
 
     def _terminate(signum, frame):  # SIGTERM (kill, timeout) stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        profiler = Profiler(target_name, out, hosts=list(hosts), kinds=kinds, budget_minutes=budget_minutes,
+        profiler = Profiler(target_name, out, hosts=list(hosts), kinds=kinds, families=families,
+                            budget_minutes=budget_minutes,
                             max_configs=max_configs, networks=networks, seed=seed, resume=resume,
                             targets_file=targets_file, ssh_config=ssh_config, remote_python=remote_python,
                             progress=progress)

@@ -1,6 +1,7 @@
 """`train-predictor`: build a latency predictor from profiled tables, or adapt one to a new device.
 
     train-predictor --table data/tables/local-cpu.parquet --out data/predictors/local-cpu.lgb
+    train-predictor --table data/tables/local-cpu.parquet --networks data/networks/local-cpu.csv --out local-cpu.lgb
     train-predictor --adapt-from local-cpu.lgb --networks measured.csv --out pi4.lgb --device raspberry-pi-4
 """
 from __future__ import annotations
@@ -27,13 +28,17 @@ def _fail(msg: str) -> None:
 @click.option("--table", "tables", multiple=True, type=click.Path(), help="Latency table (Parquet); repeat to merge.")
 @click.option("--out", required=True, type=click.Path(), help="The predictor file to write (.lgb).")
 @click.option("--adapt-from", type=click.Path(), help="Base predictor to adapt to a new device (few-shot).")
-@click.option("--networks", type=click.Path(), help="With --adapt-from: measured networks (CSV or Parquet; "
-              "columns latency_ms and onnx | network_spec | kernel_specs).")
+@click.option("--networks", type=click.Path(), help="Measured networks (CSV or Parquet; columns latency_ms and "
+              "onnx | network_spec | kernel_specs; optional name, family, target). With --table: real architectures "
+              "measured on the table's target, added to the graph model's training. With --adapt-from: 10-50 "
+              "networks measured on the new device.")
+@click.option("--network-weight", default=5.0, show_default=True,
+              help="With --table --networks: how many table networks one measured network counts for.")
 @click.option("--device", default=None, help="With --adapt-from: the new device's target name.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of networks held out for the report.")
 @click.option("--threads", default=1, show_default=True, help="LightGBM threads.")
 @click.option("--seed", default=0, show_default=True)
-def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
+def main(tables, out, adapt_from, networks, network_weight, device, holdout, threads, seed):
     """Train a latency predictor on profiled tables, or adapt one with a few measured networks."""
     from predictors import Predictor, PredictorError, PredictorFileError
     from profiling.errors import ProfilingError
@@ -43,10 +48,10 @@ def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
                 _fail("--table and --adapt-from are exclusive: adapt with --networks, or train with --table")
             if not networks:
                 _fail("--adapt-from needs --networks FILE (10-50 networks measured on the new device)")
-            from predictors.adapt import read_networks_file
+            from predictors.measured import read_networks_file
             base = Predictor.load(adapt_from, num_threads=threads)
-            cands, ms, names = read_networks_file(networks)
-            new = base.adapt(cands, ms, device=device or f"{base.target_name}-adapted")
+            measured = read_networks_file(networks)
+            new = base.adapt(measured.candidates, measured.latency_ms, device=device or f"{base.target_name}-adapted")
             a = new.adapters[-1]
             click.echo(f"adapted {adapt_from} (target {base.target_name}) to {new.target_name} "
                        f"with {a['n_networks']} measured networks")
@@ -59,8 +64,8 @@ def main(tables, out, adapt_from, networks, device, holdout, threads, seed):
         if not tables:
             _fail("give at least one --table PATH (or --adapt-from BASE --networks FILE)")
         t0 = time.time()
-        p = Predictor(num_threads=threads, seed=seed)
-        p.fit(list(tables), holdout=holdout, log=click.echo)
+        p = Predictor(num_threads=threads, seed=seed, real_network_weight=network_weight)
+        p.fit(list(tables), holdout=holdout, log=click.echo, networks=networks)
         tr = p.training
         click.echo(f"trained on {tr.get('kernel_rows', 0)} kernel rows and {tr.get('networks', 0)} networks "
                    f"of target {p.target_name} in {time.time() - t0:.1f}s")
