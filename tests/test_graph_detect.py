@@ -123,11 +123,15 @@ def test_ort_per_node_profiler_attributes_time_to_kernels(tiny_onnx):
 def test_detection_of_builder_networks_matches_their_kernel_lists():
     from profiling.networks import build_network, network_kernels, sample_network
     rng = np.random.default_rng(3)
-    for family in ("mobilenet", "resnet"):
+    for family in ("mobilenet", "resnet", "regnet"):
         spec = sample_network(rng, family)
         det = detect_kernels(build_network(spec))
         assert not det.unknown, [u.op_type for u in det.unknown]
         assert Counter(det.specs()) == Counter(network_kernels(spec)), family
+        if family == "regnet":  # a fixed group width, so group counts follow the stage widths
+            grouped = [k for k in network_kernels(spec) if k.kind == "conv" and k.params["kernel"] == 3
+                       and k.params["groups"] > 1]
+            assert grouped and len({k.params["cin"] // k.params["groups"] for k in grouped}) == 1
     # transformers: the compute kernels agree; the builders' q/k/v Split is a layout (`reshape`-like)
     # kernel, and the K transpose that ORT folds into its FusedMatMul is listed by the builders
     spec = sample_network(rng, "vit")

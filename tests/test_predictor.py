@@ -387,3 +387,38 @@ def test_parsed_tree_cache_gives_identical_predictions_and_ignores_damage(traine
     cache.write_bytes(b"garbage")
     third = Predictor.load(path)
     assert third.predict(small_onnx).latency_ms == pytest.approx(a, rel=1e-12)
+
+
+def test_real_networks_measured_on_the_target_join_the_graph_model(trained, table, small_onnx, tmp_path):
+    """`fit(networks=...)`: measured real architectures pull the graph model toward them."""
+    from predictors.measured import read_networks_file, write_networks_file
+    from profiling.networks import network_kernels, sample_network
+    p, _ = trained
+    rng = np.random.default_rng(5)
+    nets = [network_kernels(sample_network(rng, f)) for f in ("mobilenet", "resnet", "regnet") * 4]
+    # the device runs these families 1.6x slower than the table's networks suggest (known truth)
+    truth = 1.6 * p.predict_specs(nets)[0]
+    f = tmp_path / "real.csv"
+    write_networks_file(f, [f"n{i}" for i in range(8)], nets[:8], truth[:8], ["real"] * 8, p.target_name)
+    real = read_networks_file(f)
+    assert len(real) == 8 and real.families == ["real"] * 8 and real.targets == [p.target_name] * 8
+    assert [s.key() for s in real.candidates[3]] == [s.key() for s in nets[3]]
+    q = Predictor(kernel_rounds=60, graph_rounds=60).fit([table], networks=f)
+    assert q.training["real_networks"] == {"n": 8, "weight": 5.0, "families": ["real"]}
+    err = lambda m: np.mean(np.abs(np.log(m.predict_specs(nets[8:])[0] / truth[8:])))  # noqa: E731
+    assert err(q) < 0.5 * err(p)
+    # an ONNX model in the file goes through detection (its Pad is an unknown op with a fallback)
+    import pandas as pd
+    g = tmp_path / "onnx.csv"
+    pd.DataFrame({"onnx": [str(small_onnx)] * 2 + [None] * 3, "latency_ms": [0.5, 0.5, *truth[:3]],
+                  "kernel_specs": [None, None, *pd.read_csv(f)["kernel_specs"][:3]]}).to_csv(g, index=False)
+    sums, _ = q.graph_inputs(read_networks_file(g).candidates)
+    assert np.allclose(sums[0], q.onnx_inputs(str(small_onnx))[3][0]) and np.allclose(sums[2:], q.graph_inputs(nets[:3])[0])
+    # networks measured on another target are refused, naming both targets
+    write_networks_file(tmp_path / "other.csv", ["a"] * 5, nets[:5], truth[:5], target="jetson-nano")
+    with pytest.raises(PredictorError, match="jetson-nano.*local-cpu"):
+        Predictor(kernel_rounds=20, graph_rounds=20).fit([table], networks=tmp_path / "other.csv")
+    from scripts.train_predictor import main
+    res = CliRunner().invoke(main, ["--table", str(table), "--networks", str(f), "--out", str(tmp_path / "r.lgb")])
+    assert res.exit_code == 0, res.output
+    assert "8 real networks" in res.output

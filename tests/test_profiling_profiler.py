@@ -124,6 +124,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert res.exit_code != 0 and "valid targets" in res.output and "Traceback" not in res.output
     res = r.invoke(cli, ["--kinds", "conv,nope"])
     assert res.exit_code != 0 and "valid kinds" in res.output
+    res = r.invoke(cli, ["--families", "regnet,nope", "--out", str(tmp_path / "f.parquet")])
+    assert res.exit_code == 1 and "unknown network family nope" in res.output and "regnet" in res.output
     res = r.invoke(cli, ["--target", "jetson-nano", "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 1 and "aarch64" in res.output and "execution provider" in res.output
     res = r.invoke(cli, ["--list-targets"])
@@ -147,6 +149,10 @@ def test_cli_small_profile_and_fingerprint_refusal(tmp_path):
                          "--quiet"])
     assert res.exit_code == 0, res.output
     assert "3 new rows" in res.output and "drift events: 0" in res.output
+    net = tmp_path / "n.parquet"
+    res = r.invoke(cli, ["--kinds", "network", "--networks", "1", "--families", "regnet", "--out", str(net), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert read_table(net)[0]["family"].tolist() == ["regnet"]
     # The same file under another target (all cores) has another fingerprint unless cores == 1.
     if (os.cpu_count() or 1) > 1:
         before = out.read_bytes()
