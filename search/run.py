@@ -46,6 +46,7 @@ class SearchConfig:
     host: str | None = None                 # user@device: measure finalists over SSH
     finalists: int = 3                      # K finalists per verification round
     verify_rounds: int = 2
+    measure_ties: bool = True               # budget: leftover rounds measure what the tie rule could pick
     out: str | Path = "runs/search"
     budget_minutes: float = 5.0             # wall-clock cap of the search phase
     seed: int = 0
@@ -185,7 +186,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
             try:
                 rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,
-                                          on_measure=on_measure)
+                                          on_measure=on_measure, measure_ties=config.measure_ties)
             except MeasurementLimitReached:
                 pass
             ui.log(f"predictor correction: {evaluator.correction.describe()}")

@@ -240,6 +240,10 @@ class FeatureCorrection(Correction):
 
 
 # ------------------------------------------------------------------- finalist selection
+#: estimated scores this close to the best count as a tie (rank-score points, 0-100 scale)
+TIE_MARGIN = 2.0
+
+
 def rank_key(formulation: Formulation) -> Callable[[Candidate], tuple]:
     """Order candidates by what the formulation wants (best first)."""
     if formulation.kind == "min_accuracy":
@@ -251,13 +255,16 @@ def feasible(c: Candidate, formulation: Formulation) -> bool:
     return c.dropped is None and formulation.feasible(c.accuracy, c.latency_ms)
 
 
-def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: int) -> list[Candidate]:
+def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: int, space=None,
+                     tie_margin: float = TIE_MARGIN) -> list[Candidate]:
     """The top-k unmeasured candidates near the constraint, best first.
 
     budget: frontier points predicted within the budget (using the upper interval only to
     break ties), highest accuracy first, then those just over it (which the device may
-    rescue if the predictor was pessimistic); min_accuracy: the fastest points above the
-    threshold; frontier: k points spread evenly along the frontier.
+    rescue if the predictor was pessimistic); when none is left and `space` is given, the
+    candidates the tie rule of `best_verified` could still pick (`tie_finalists`);
+    min_accuracy: the fastest points above the threshold; frontier: k points spread evenly
+    along the frontier.
     """
     live = [c for c in cands if c.dropped is None]
     front = pareto_front(live, use_measured=True)
@@ -277,17 +284,16 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
         if best is not None:
             inside = [c for c in inside if c.accuracy > best.accuracy]
             near = [c for c in near if c.accuracy > best.accuracy]
-        return (inside + near)[:k]
+        picks = (inside + near)[:k]
+        if not picks and space is not None:
+            picks = tie_finalists(cands, formulation, space, k, tie_margin)
+        return picks
     thr = formulation.min_accuracy
     above = sorted([c for c in unmeasured if c.accuracy >= thr], key=lambda c: c.predicted_ms)
     best = best_verified(cands, formulation)
     if best is not None:
         above = [c for c in above if c.predicted_ms < best.measured_ms]
     return above[:k]
-
-
-#: estimated scores this close to the best count as a tie (rank-score points, 0-100 scale)
-TIE_MARGIN = 2.0
 
 
 def capacity(space, cand: Candidate) -> float:
@@ -310,6 +316,28 @@ def best_verified(cands: Sequence[Candidate], formulation: Formulation, space=No
     return max(ties, key=lambda c: (capacity(space, c), c.accuracy))
 
 
+def tie_finalists(cands: Sequence[Candidate], formulation: Formulation, space, k: int,
+                  tie_margin: float = TIE_MARGIN) -> list[Candidate]:
+    """Under a budget, the unmeasured candidates that `best_verified`'s tie rule would pick over
+    the current choice if they were verified: predicted within the budget, estimated within
+    `tie_margin` of the best verified score, and of more capacity (MACs) than the current
+    choice; largest first. Measuring them spends leftover measurements on the tie-break instead
+    of leaving it to the few finalists that happened to be measured."""
+    if formulation.kind != "budget":
+        return []
+    ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    if not ok:
+        return []
+    top = max(c.accuracy for c in ok)
+    floor = capacity(space, best_verified(cands, formulation, space, tie_margin))
+    pool = [(capacity(space, c), c) for c in cands
+            if c.measured_ms is None and c.dropped is None and c.predicted_ms <= formulation.latency_budget_ms
+            and c.accuracy >= top - tie_margin]
+    pool = [(m, c) for m, c in pool if m > floor]
+    pool.sort(key=lambda t: (-t[0], -t[1].accuracy))
+    return [c for _, c in pool[:k]]
+
+
 @dataclass
 class VerifyRound:
     round: int
@@ -319,14 +347,18 @@ class VerifyRound:
 
 def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: Formulation, *,
                      k: int = 3, max_rounds: int = 2, max_measurements: int | None = None,
-                     on_measure: Callable[[Candidate, int], None] | None = None) -> list[VerifyRound]:
-    """Measure finalists on `device`, drop those over budget, re-fit the correction, re-rank."""
+                     on_measure: Callable[[Candidate, int], None] | None = None,
+                     measure_ties: bool = True) -> list[VerifyRound]:
+    """Measure finalists on `device`, drop those over budget, re-fit the correction, re-rank.
+    With `measure_ties` (budget only), rounds left once no unmeasured candidate looks better
+    than the best verified one measure the candidates the tie rule could pick
+    (`tie_finalists`)."""
     rounds: list[VerifyRound] = []
     for r in range(max_rounds):
         if max_measurements is not None and device.n_measurements >= max_measurements:
             break
         room = k if max_measurements is None else min(k, max_measurements - device.n_measurements)
-        finalists = select_finalists(evaluator.candidates, formulation, room)
+        finalists = select_finalists(evaluator.candidates, formulation, room, space if measure_ties else None)
         if not finalists:
             break
         vr = VerifyRound(r + 1)
@@ -347,4 +379,4 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
 
 
 __all__ = ["Device", "FeatureCorrection", "RunnerDevice", "runner_job", "VerifyRound", "best_verified", "feasible",
-           "capacity", "kernel_features", "rank_key", "select_finalists", "verify_finalists"]
+           "capacity", "kernel_features", "rank_key", "select_finalists", "tie_finalists", "verify_finalists"]
