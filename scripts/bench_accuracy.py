@@ -296,7 +296,7 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
 def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
                  supernet_epochs: float, standalone_epochs: float, standalone_seeds: int, sampling: str = "fair",
                  n_random: int = 2, lr: float = 0.05, calib_images: int = 2000, seed: int = 0,
-                 with_standalone: bool = True) -> dict:
+                 with_standalone: bool = True, supernet_per_class: int | None = None) -> dict:
     """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset,
     and both against NB201's 200-epoch ``val_acc`` of the same cells."""
     from search.spaces import get_space
@@ -304,8 +304,9 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     torch.set_num_threads(1)
     work = cache / "supernet"
     work.mkdir(parents=True, exist_ok=True)
-    data = _supernet_data(cache, per_class, val_per_class, size, seed)
-    train, val = data
+    data = _supernet_data(cache, per_class, val_per_class, size, seed)  # the stand-alone runs' data
+    sn_pc = supernet_per_class or per_class
+    train, val = data if sn_pc == per_class else _supernet_data(cache, sn_pc, val_per_class, size, seed)
     space = get_space("nb201", C=C, N=N, resolution=size)
     archs = _bench_subnets(space, n_subnets, seed)
     cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=64, lr=lr, n_random=n_random, sampling=sampling,
@@ -313,7 +314,7 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     paths = cfg_s.paths_per_step(space)
     sn = build_supernet(space)
     t = time.time()
-    tag = f"nb201_C{C}N{N}_r{size}_pc{per_class}_e{supernet_epochs}_{sampling}{paths}_lr{lr}"
+    tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}"
     info = sn.fit(train, cfg_s, checkpoint=work / f"{tag}.pt", log=lambda m: click.echo("  supernet " + m))
     timing = work / f"{tag}.seconds.json"  # the training time of the run that built the checkpoint
     if info["resumed_from"] == 0:
@@ -343,7 +344,8 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
         return float(kendalltau(df[a], df[b]).statistic)
 
     res = {
-        "subnets": len(df), "train_images": len(train), "val_images": len(val), "image_size": size,
+        "subnets": len(df), "supernet_train_images": len(train), "standalone_train_images": len(data[0]),
+        "val_images": len(val), "image_size": size,
         "space": f"nb201 C={C} N={N}", "supernet_epochs": supernet_epochs, "supernet_steps": info["steps"],
         "sampling": sampling, "paths_per_step": paths, "lr": lr, "calib_images": calib_images,
         "kendall_supernet_vs_nb201": tau("supernet_acc", "val_acc"),
@@ -412,12 +414,15 @@ def _subnet_options(f):
 @click.option("--lr", default=0.05, show_default=True)
 @click.option("--calib-images", default=2000, show_default=True, help="BN recalibration images per subnet")
 @click.option("--no-standalone", is_flag=True, help="train and score the supernet only (Kendall vs NB201 val_acc)")
+@click.option("--supernet-per-class", type=int, default=None, help="supernet training images per class "
+              "(default: --per-class)")
 def supernet(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
              standalone_epochs: float, standalone_seeds: int, supernet_epochs: float, sampling: str, n_random: int,
-             lr: float, calib_images: int, no_standalone: bool) -> None:
+             lr: float, calib_images: int, no_standalone: bool, supernet_per_class: int | None) -> None:
     """Kendall tau between inherited-weight and stand-alone accuracies of NB201 subnets."""
     run_supernet(cache, subnets, per_class, val_per_class, size, C, N, supernet_epochs, standalone_epochs,
-                 standalone_seeds, sampling, n_random, lr, calib_images, with_standalone=not no_standalone)
+                 standalone_seeds, sampling, n_random, lr, calib_images, with_standalone=not no_standalone,
+                 supernet_per_class=supernet_per_class)
 
 
 @main.command()

@@ -21,7 +21,9 @@ Training (:meth:`Supernet.fit`) follows the sandwich rule with in-place distilla
 al., BigNAS / Slimmable networks) for mbv3 and resnet: each step accumulates the gradients of
 the largest subnet (on the labels), the smallest and ``n_random`` random subnets (on the
 largest's soft predictions). The nb201 supernet, whose ops have no size order, trains
-``n_random + 2`` uniformly sampled single paths per step (SPOS, Guo et al. 2020). Elastic
+``n_random + 2`` uniformly sampled single paths per step (SPOS, Guo et al. 2020) or, with
+``TrainConfig(sampling="fair")``, five paths that together train every op of every edge exactly
+once (FairNAS strict fairness, Chu et al. 2021). Elastic
 kernels take the centre of the largest kernel, elastic widths the first channels.
 
 Everything random is derived from ``(seed, step)``: a run that is killed and re-run continues
@@ -77,11 +79,22 @@ class TrainConfig:
     grad_clip: float = 5.0
     checkpoint_every: int = 50
     seed: int = 0
+    #: how the paths of one step are drawn for spaces without a size order (nb201): "uniform"
+    #: (``n_random + 2`` independent uniform paths) or "fair" (FairNAS strict fairness: one path
+    #: per op, each edge's ops in a random permutation, so every op of every edge is trained
+    #: exactly once per step). The sandwich spaces (mbv3, resnet) accept "uniform" only.
+    sampling: str = "uniform"
 
     def total_steps(self, n_train: int) -> int:
         if self.steps is not None:
             return int(self.steps)
         return max(1, int(math.ceil(self.epochs * max(1, n_train // self.batch_size))))
+
+    def paths_per_step(self, space: SearchSpace) -> int:
+        """Subnets trained per optimizer step in ``space``."""
+        if self.sampling == "fair" and isinstance(space, NB201Space):
+            return len(OPS)
+        return self.n_random + 2
 
 
 # ---- shared helpers --------------------------------------------------------------------
@@ -146,11 +159,21 @@ class Supernet(nn.Module, abc.ABC):
     def resolution(self, arch: Any) -> int:
         return self.space.input_shape(arch)[1]
 
-    def training_archs(self, rng: np.random.Generator, n_random: int) -> tuple[list[Any], bool]:
-        """The subnets of one step and whether the first is a teacher for distillation."""
+    def training_archs(self, rng: np.random.Generator, n_random: int,
+                       sampling: str = "uniform") -> tuple[list[Any], bool]:
+        """The subnets of one step and whether the first is a teacher for distillation
+        (``sampling``: see :class:`TrainConfig`)."""
         space = self.space
+        if sampling not in ("uniform", "fair"):
+            raise SupernetError(f"sampling must be 'uniform' or 'fair', not {sampling!r}")
         if hasattr(space, "largest"):
+            if sampling != "uniform":
+                raise SupernetError(f"{type(space).__name__} trains with the sandwich rule; sampling='fair' "
+                                    f"is for nb201")
             return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n_random)], True
+        if sampling == "fair":
+            perms = [rng.permutation(len(OPS)) for _ in EDGES]
+            return [tuple(OPS[p[k]] for p in perms) for k in range(len(OPS))], False
         return [space.sample(rng) for _ in range(n_random + 2)], False
 
     # -- training
@@ -446,6 +469,8 @@ def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor
 def _config_key(config: TrainConfig, supernet: Supernet, n_train: int) -> dict[str, Any]:
     d = dataclasses.asdict(config)
     d.pop("checkpoint_every")
+    if d.get("sampling") == "uniform":  # added later: checkpoints made before it stay valid
+        d.pop("sampling")
     return {"config": d, "space": repr(supernet.space), "n_train": n_train}
 
 
@@ -506,7 +531,8 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         if config.augment:
             x = _augment(x, gen, config.hflip)
-        archs, has_teacher = supernet.training_archs(np.random.default_rng([config.seed, step, 7]), config.n_random)
+        archs, has_teacher = supernet.training_archs(np.random.default_rng([config.seed, step, 7]), config.n_random,
+                                                     config.sampling)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
