@@ -179,11 +179,34 @@ def feature_matrix(specs, batch: int = 1) -> np.ndarray:
 # Per spec: a row of additive quantities; a candidate's features are sums (and one max)
 # over its specs, so the batch path computes them with one reduceat.
 ADDITIVE = ("ms", "flops", "bytes", "params", "count", "branch", "small",
-            *(f"ms_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS))
+            *(f"ms_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS),
+            "ms_layout_break", "n_layout_break", "io_layout_break")
 GRAPH_FEATURES = ("log_sum_ms", "log_flops", "log_bytes", "log_params", "n_kernels", "log_peak_act",
                   "branching", "small_share", "log_mean_ms", "intensity",
-                  *(f"share_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS))
+                  *(f"share_{g}" for g in GROUPS), *(f"n_{g}" for g in GROUPS),
+                  "share_layout_break", "n_layout_break", "layout_break_io_share")
 _GI = {g: i for i, g in enumerate(GROUPS)}
+_LB0 = ADDITIVE.index("ms_layout_break")
+#: onnxruntime's NCHWc channel block on AVX-512 (MlasNchwcGetBlockSize; 8 on AVX2)
+NCHWC_BLOCK = 16
+
+
+def layout_break(spec: KernelSpec) -> bool:
+    """Whether onnxruntime's CPU provider runs this conv outside its blocked NCHWc layout.
+
+    In a network, consecutive convs stay in NCHWc; a conv that cannot (a grouped, not depthwise,
+    conv whose group width is not a multiple of the block: RegNet's width-8 groups) gets a
+    reorder to NCHW before it and back after it, which a kernel measured alone never pays, while
+    a conv measured alone pays the reorders that a network saves. Checked against ORT's
+    optimized graphs: group=1 and depthwise convs of any width run in NCHWc (channels padded).
+    """
+    if spec.kind not in ("conv", "conv_add"):
+        return False
+    p = spec.params
+    g = p["groups"]
+    if g <= 1 or g == p["cin"]:
+        return False
+    return (p["cin"] // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0
 
 
 def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarray, float]:
@@ -196,6 +219,8 @@ def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarra
     row[:7] = (ms, flops, nbytes, params, 1.0, branch, float(ms < 0.01))
     row[7 + g] = ms
     row[7 + len(GROUPS) + g] = 1.0
+    if layout_break(spec):
+        row[_LB0:_LB0 + 3] = (ms, 1.0, nbytes - 4.0 * params)
     return row, out
 
 
@@ -219,8 +244,10 @@ def graph_features(sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
             sums[:, 1] / np.maximum(sums[:, 2], 1.0)]
     cols += [sums[:, 7 + i] / ms for i in range(ng)]
     cols += [sums[:, 7 + ng + i] for i in range(ng)]
+    cols += [sums[:, _LB0] / ms, sums[:, _LB0 + 1], sums[:, _LB0 + 2] / np.maximum(sums[:, 2], 1.0)]
     return np.column_stack(cols)
 
 
 __all__ = ["KERNEL_FEATURES", "KERNEL_KINDS", "GROUPS", "GRAPH_FEATURES", "ADDITIVE", "spec_stats", "spec_group",
-           "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features"]
+           "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features",
+           "layout_break", "NCHWC_BLOCK"]

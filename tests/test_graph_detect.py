@@ -181,3 +181,34 @@ def test_models_with_external_data_and_empty_files_load_from_the_memory_map(tmp_
     (tmp_path / "empty.onnx").write_bytes(b"")
     with pytest.raises(GraphError, match="not a readable ONNX model"):
         load_graph(str(tmp_path / "empty.onnx"))
+
+
+def _cpu_has(flag: str) -> bool:
+    try:
+        return flag in open("/proc/cpuinfo").read().split()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _cpu_has("avx512f"), reason="the NCHWc block of 16 channels is AVX-512's (8 on AVX2)")
+def test_layout_break_feature_matches_onnxruntimes_nchwc_choice(tmp_path):
+    """`features.layout_break` says which convs onnxruntime leaves outside NCHWc; ORT's optimized graph agrees."""
+    import onnxruntime as ort
+    from predictors.features import layout_break
+    from profiling.builders import build_model, materialize
+    from profiling.kernels import KernelSpec
+    cases = [(24, 24, 3), (56, 56, 7), (48, 48, 3), (64, 64, 2), (96, 96, 4), (24, 24, 24), (40, 40, 40),
+             (24, 48, 1), (20, 32, 1), (3, 32, 1), (96, 192, 6)]
+    for i, (cin, cout, g) in enumerate(cases):
+        spec = KernelSpec.from_dict(dict(kind="conv", cin=cin, cout=cout, h=14, w=14, kernel=3, stride=1, groups=g,
+                                         bn=True, act="relu"))
+        d = tmp_path / str(i)
+        d.mkdir()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = str(d / "opt.onnx")
+        so.log_severity_level = 3
+        ort.InferenceSession(materialize(build_model(spec, 1), str(d)), so, providers=["CPUExecutionProvider"])
+        opt = onnx.load(str(d / "opt.onnx"), load_external_data=False)
+        nchwc = any(n.op_type == "Conv" and "nchwc" in n.domain for n in opt.graph.node)
+        assert layout_break(spec) == (not nchwc), (cin, cout, g)
