@@ -9,6 +9,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from pathlib import Path
 
 import click
 from rich.console import Console
@@ -110,6 +111,36 @@ def _print_summary(console: Console, s) -> None:
         console.print(f"  [red]failed[/] {f['kind']} {f['config_id']}: {f['error']}")
 
 
+def _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
+                    out, quiet) -> None:
+    from profiling.measure import measure_models, write_measured_networks
+    files = []
+    for m in models:
+        p = Path(m)
+        files += sorted(p.glob("*.onnx")) if p.is_dir() else [p]
+    if not files:
+        err.print(f"error: no .onnx file in {', '.join(models)}", soft_wrap=True)
+        sys.exit(2)
+    if len(hosts) > 1:
+        err.print("error: --models measures on one device: give at most one --host", soft_wrap=True)
+        sys.exit(2)
+    out_csv = Path(out or "measured-networks.csv")
+    if out_csv.is_dir():
+        out_csv = out_csv / "measured-networks.csv"
+
+    def report(i, n, m):
+        if not quiet:
+            console.print(f"[{i}/{n}] {m.name}: {m.median_ms:.3f} ms (p10-p90 {m.p10_ms:.3f}-{m.p90_ms:.3f}, {m.runs} runs)")
+    try:
+        res = measure_models(files, target_name, host=hosts[0] if hosts else None, remote_python=remote_python,
+                             ssh_config=ssh_config, targets_file=targets_file, progress=report)
+    except ProfilingError as e:
+        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        sys.exit(1)
+    write_measured_networks(out_csv, res, target_name, family)
+    console.print(f"wrote {len(res)} measured networks to {out_csv} (train-predictor --networks {out_csv})")
+
+
 def _parse_kinds(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -136,12 +167,17 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
 @click.option("--families", "families_text", metavar="FAMILY,FAMILY,...",
               help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet).")
+@click.option("--models", "models", multiple=True, type=click.Path(), metavar="MODEL.onnx",
+              help="Instead of a table: measure these whole ONNX models on the target (repeat; a folder "
+                   "means its *.onnx) into a measured-networks CSV (--out, default measured-networks.csv) for "
+                   "train-predictor --networks.")
+@click.option("--family", default="measured", show_default=True, help="With --models: the family column.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
-         max_configs, networks, kinds_text, families_text, seed, resume, quiet):
+         max_configs, networks, kinds_text, families_text, models, family, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -151,6 +187,10 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
         except TargetError as e:
             err.print(f"[red]error:[/] {e}", soft_wrap=True)
             sys.exit(2)
+        return
+    if models:
+        _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
+                        out, quiet)
         return
     from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
 

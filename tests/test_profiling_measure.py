@@ -1,0 +1,70 @@
+"""`profile-device --models`: whole ONNX models measured on the target into a measured-networks file."""
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from profiling.builders import materialize
+from profiling.errors import ProfilingError
+from profiling.measure import measure_models
+from profiling.networks import build_network, sample_network
+from scripts.profile_device import main as cli
+
+FAST = {"max_s": 0.1, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Two real networks of different size, saved with their weights (as a user's files are)."""
+    d = tmp_path_factory.mktemp("models")
+    paths = []
+    rng = np.random.default_rng(2)
+    for i, fam in enumerate(("resnet", "mobilenet")):
+        spec = sample_network(rng, fam, max_flops=2e8)
+        sub = d / f"w{i}"
+        sub.mkdir()
+        m = onnx.load(materialize(build_network(spec), str(sub)))  # weights loaded from the external file
+        onnx.save(m, str(d / f"{fam}.onnx"))
+        paths.append(d / f"{fam}.onnx")
+    return paths
+
+
+def test_measure_models_and_the_file_train_predictor_reads(models, tmp_path):
+    from predictors.measured import read_networks_file
+    seen = []
+    res = measure_models(models, "local-cpu", stop=FAST, progress=lambda i, n, m: seen.append((i, n, m.name)))
+    assert [m.name for m in res] == ["resnet", "mobilenet"] and seen == [(1, 2, "resnet"), (2, 2, "mobilenet")]
+    assert all(0 < m.p10_ms <= m.median_ms <= m.p90_ms and m.runs >= 1 for m in res)
+    out = models[0].parent / "measured.csv"
+    res = CliRunner().invoke(cli, ["--models", str(models[0].parent), "--out", str(out), "--family", "mine"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 2 measured networks" in res.output
+    nets = read_networks_file(out)
+    assert sorted(nets.names) == ["mobilenet", "resnet"] and nets.families == ["mine"] * 2
+    assert nets.targets == ["local-cpu"] * 2 and (nets.latency_ms > 0).all()
+    assert {str(c) for c in nets.candidates} == {str(p) for p in models}  # relative paths resolved
+
+
+def test_measure_models_errors_name_the_input(models, tmp_path):
+    with pytest.raises(ProfilingError, match="no such ONNX file: .*nope.onnx"):
+        measure_models([tmp_path / "nope.onnx"])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ProfilingError, match="bad.onnx: not a readable ONNX model"):
+        measure_models([bad], stop=FAST)
+    with pytest.raises(ProfilingError, match="valid targets"):
+        measure_models(models, "nope")
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(cli, ["--models", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "no .onnx file" in res.output
+    res = CliRunner().invoke(cli, ["--models", str(tmp_path / "gone.onnx")])
+    assert res.exit_code == 1 and "no such ONNX file" in res.output
+
+
+@pytest.mark.ssh
+def test_measure_models_over_ssh(sshd, models):
+    host = f"{sshd['user']}@127.0.0.1:{sshd['port']}"
+    res = measure_models(models[:1], host=host, ssh_config=sshd["config"], remote_python=sys.executable, stop=FAST)
+    assert len(res) == 1 and res[0].median_ms > 0
