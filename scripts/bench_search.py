@@ -141,7 +141,8 @@ def main(shared, work, out, devices, population, generations, percentiles, max_m
                                data_max_per_class=100, proxy_batch=32, space_options=PROXY_NETS[proxy_net],
                                reference_size=200, measure_ties=measure_ties)
             res = run_search(cfg)
-            gt = res.ground_truth
+            # no choice (nothing verified or predicted under the budget): the row counts, gap None
+            gt = res.ground_truth or ground_truth(csv, dev, budget, None)
             # random search with the same number of lookups, same accuracy estimator
             rdev = BenchmarkDevice(csv, dev, max_measurements=res.n_measurements)
             from search import wiring
@@ -171,6 +172,7 @@ def main(shared, work, out, devices, population, generations, percentiles, max_m
     summary = {"runs": len(rows), "mean_gap": float(np.mean(gaps)) if gaps else None,
                "mean_scored_top_gap": mean("scored_top_gap"), "mean_scored_tie_gap": mean("scored_tie_gap"),
                "within_0.5": int(sum(g <= 0.5 for g in gaps)),
+               "no_choice": int(sum(r["gap"] is None for r in rows)),
                "mean_random_gap": float(np.mean(rgaps)) if rgaps else None,
                "max_measurements": max(r["measurements"] for r in rows) if rows else 0,
                "seconds": round(time.monotonic() - t_all, 1)}

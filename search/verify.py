@@ -261,8 +261,9 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
 
     budget: frontier points predicted within the budget (using the upper interval only to
     break ties), highest accuracy first, then those just over it (which the device may
-    rescue if the predictor was pessimistic); when none is left and `space` is given, the
-    candidates the tie rule of `best_verified` could still pick (`tie_finalists`);
+    rescue if the predictor was pessimistic); when none is left: if nothing is verified under
+    the budget yet, the fastest predicted frontier points, else (with `space`) the candidates
+    the tie rule of `best_verified` could still pick (`tie_finalists`);
     min_accuracy: the fastest points above the threshold; frontier: k points spread evenly
     along the frontier.
     """
@@ -285,6 +286,10 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
             inside = [c for c in inside if c.accuracy > best.accuracy]
             near = [c for c in near if c.accuracy > best.accuracy]
         picks = (inside + near)[:k]
+        if not picks and best is None:
+            # nothing verified under the budget yet and nothing predicted near it: the fastest
+            # frontier points, so a run does not end without a cell because the prediction is off
+            picks = sorted(unmeasured, key=lambda c: c.predicted_ms)[:k]
         if not picks and space is not None:
             picks = tie_finalists(cands, formulation, space, k, tie_margin)
         return picks

@@ -109,3 +109,20 @@ def test_benchmark_mode_spends_leftover_lookups_on_the_tie_break(tmp_path):
     twin = on_cands[off.best.key]
     if twin.measured_ms is not None and off.best.accuracy >= top - TIE_MARGIN:
         assert capacity(space, on.best) >= capacity(space, off.best)
+
+
+def test_finalists_fall_back_to_the_fastest_when_nothing_is_predicted_near_the_budget(space):
+    """A prediction that puts every candidate far over the budget must not end the verification
+    without a choice: the fastest predicted frontier points are measured instead."""
+    from search.problem import Formulation
+    from search.verify import select_finalists
+    archs, _ = _by_capacity(space)
+    cands = _cands(space, archs[:4], [60.0, 70.0, 80.0, 90.0], [20.0, 30.0, 40.0, 50.0])
+    f = Formulation(latency_budget_ms=10.0)
+    assert [c.key for c in select_finalists(cands, f, 2)] == [cands[0].key, cands[1].key]
+    # measured over the budget and dropped: the next fastest
+    cands[0].measured_ms, cands[0].dropped = 12.0, "over"
+    assert [c.key for c in select_finalists(cands, f, 1)] == [cands[1].key]
+    # once one is verified under the budget, only better-scored candidates near the budget count
+    cands[1].measured_ms = 9.0
+    assert select_finalists(cands, f, 2) == []
