@@ -261,10 +261,27 @@ def _standalone_path(work: Path, C: int, N: int, size: int, epochs: float, per_c
     return work / f"standalone_C{C}N{N}_r{size}_e{epochs}_pc{per_class}_v{val_per_class}.csv"
 
 
+def _locked_rows(path: Path, row: dict | None = None) -> pd.DataFrame:
+    """Read the stand-alone cache (and append ``row``) under a file lock, so that several
+    processes can fill it at once (e.g. one per core share, one walking the subnets backwards)."""
+    import fcntl
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        sa = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["arch", "seed", "acc", "seconds"])
+        if row is not None:
+            sa = pd.concat([sa, pd.DataFrame([row])], ignore_index=True)
+            tmp = path.with_suffix(".tmp")
+            sa.to_csv(tmp, index=False)
+            os.replace(tmp, path)
+    sa["seed"] = sa["seed"].astype(int)
+    return sa
+
+
 def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-                   epochs: float, seeds: int, data=None, seed: int = 0) -> pd.DataFrame:
+                   epochs: float, seeds: int, data=None, seed: int = 0, reverse: bool = False) -> pd.DataFrame:
     """Train every benchmark subnet from scratch ``seeds`` times (seed s: initialisation, data order
-    and augmentation), caching one row per (arch, seed); returns the rows of the benchmark subnets."""
+    and augmentation), caching one row per (arch, seed); returns the rows of the benchmark subnets.
+    ``reverse`` walks the subnets backwards (a second process can then fill the cache from the other end)."""
     from search.spaces import get_space
     from search.supernet import TrainConfig, accuracy, train_standalone
     torch.set_num_threads(1)
@@ -274,11 +291,10 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
     space = get_space("nb201", C=C, N=N, resolution=size)
     archs = [space.to_string(a) for a in _bench_subnets(space, n_subnets, seed)]
     path = _standalone_path(work, C, N, size, epochs, per_class, val_per_class)
-    sa = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["arch", "seed", "acc", "seconds"])
-    done = set(zip(sa["arch"], sa["seed"].astype(int)))
     for s in range(seeds):
-        for key in archs:
-            if (key, s) in done:
+        for key in (archs[::-1] if reverse else archs):
+            sa = _locked_rows(path)
+            if ((sa["arch"] == key) & (sa["seed"] == s)).any():
                 continue
             torch.manual_seed(s)
             t = time.perf_counter()
@@ -286,10 +302,9 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
                                    TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=True, seed=s))
             acc = accuracy(net, val)
             row = {"arch": key, "seed": s, "acc": acc, "seconds": time.perf_counter() - t}
-            sa = pd.concat([sa, pd.DataFrame([row])], ignore_index=True)
-            sa.to_csv(path, index=False)
+            _locked_rows(path, row)
             click.echo(f"  stand-alone seed {s} {key}  {acc:5.2f}  ({row['seconds']:.0f} s)")
-    sa["seed"] = sa["seed"].astype(int)
+    sa = _locked_rows(path).drop_duplicates(["arch", "seed"])
     return sa[sa["arch"].isin(archs) & (sa["seed"] < seeds)]
 
 
@@ -408,7 +423,7 @@ def _subnet_options(f):
 
 @main.command()
 @_subnet_options
-@click.option("--supernet-epochs", default=60.0, show_default=True)
+@click.option("--supernet-epochs", default=30.0, show_default=True)
 @click.option("--sampling", type=click.Choice(["uniform", "fair"]), default="fair", show_default=True)
 @click.option("--n-random", default=2, show_default=True, help="uniform sampling: n_random + 2 paths per step")
 @click.option("--lr", default=0.05, show_default=True)
@@ -427,10 +442,12 @@ def supernet(cache: Path, subnets: int, per_class: int, val_per_class: int, size
 
 @main.command()
 @_subnet_options
+@click.option("--reverse", is_flag=True, help="walk the subnets backwards (to run a second process beside a first)")
 def standalone(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-               standalone_epochs: float, standalone_seeds: int) -> None:
+               standalone_epochs: float, standalone_seeds: int, reverse: bool) -> None:
     """Only the stand-alone reference of the supernet benchmark (cached; 'supernet' reuses it)."""
-    sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds)
+    sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds,
+                        reverse=reverse)
     nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"]).set_index("arch")["val_acc"]
     wide = sa.pivot(index="arch", columns="seed", values="acc")
     mean = wide.mean(axis=1)
@@ -452,6 +469,16 @@ def report(cache: Path, batch: int) -> None:
     if sn.exists():
         res["supernet"] = json.loads(sn.read_text())
         click.echo(json.dumps(res["supernet"], indent=1))
+    runs = sorted((cache / "supernet").glob("result_*.json"))
+    if runs:  # every supernet variant scored on the same subnets
+        click.echo("supernet variants (Kendall tau on the same subnets; '-' = not scored against stand-alone):")
+        for f in runs:
+            r = json.loads(f.read_text())
+            sa = r.get("kendall_supernet_vs_standalone")
+            click.echo(f"  {r['sampling']:>7} x{r['paths_per_step']} paths, {r['supernet_epochs']:g} epochs on "
+                       f"{r['supernet_train_images']} images, lr {r['lr']}: vs stand-alone "
+                       f"{'-' if sa is None else f'{sa:.3f}'} (stand-alone {r.get('standalone_epochs', '-')} epochs x "
+                       f"{r.get('standalone_seeds', '-')} seeds), vs NB201 val_acc {r['kendall_supernet_vs_nb201']:.3f}")
 
 
 @main.command("supervised-dev")
