@@ -256,14 +256,16 @@ def feasible(c: Candidate, formulation: Formulation) -> bool:
 
 
 def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: int, space=None,
-                     tie_margin: float = TIE_MARGIN) -> list[Candidate]:
+                     tie_margin: float = TIE_MARGIN, explore: bool = False) -> list[Candidate]:
     """The top-k unmeasured candidates near the constraint, best first.
 
     budget: frontier points predicted within the budget (using the upper interval only to
     break ties), highest accuracy first, then those just over it (which the device may
     rescue if the predictor was pessimistic); when none is left: if nothing is verified under
     the budget yet, the fastest predicted frontier points, else (with `space`) the candidates
-    the tie rule of `best_verified` could still pick (`tie_finalists`);
+    the tie rule of `best_verified` could still pick (`tie_finalists`), then, with `explore`
+    (a measurement allowance to spend), the frontier points estimated better than the best
+    verified one however far over the budget they are predicted, lowest prediction first;
     min_accuracy: the fastest points above the threshold; frontier: k points spread evenly
     along the frontier.
     """
@@ -292,6 +294,9 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
             picks = sorted(unmeasured, key=lambda c: c.predicted_ms)[:k]
         if not picks and space is not None:
             picks = tie_finalists(cands, formulation, space, k, tie_margin)
+        if not picks and explore and best is not None:
+            beyond = [c for c in unmeasured if c.accuracy > best.accuracy]
+            picks = sorted(beyond, key=lambda c: c.predicted_ms)[:k]
         return picks
     thr = formulation.min_accuracy
     above = sorted([c for c in unmeasured if c.accuracy >= thr], key=lambda c: c.predicted_ms)
@@ -357,13 +362,17 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
     """Measure finalists on `device`, drop those over budget, re-fit the correction, re-rank.
     With `measure_ties` (budget only), rounds left once no unmeasured candidate looks better
     than the best verified one measure the candidates the tie rule could pick
-    (`tie_finalists`)."""
+    (`tie_finalists`). With `max_measurements` (a lookup allowance, as in benchmark mode), the
+    rounds left after that measure the frontier points estimated better than the best verified
+    one that the correction predicts over the budget, lowest prediction first, until the
+    allowance is spent (`select_finalists(explore=True)`)."""
     rounds: list[VerifyRound] = []
     for r in range(max_rounds):
         if max_measurements is not None and device.n_measurements >= max_measurements:
             break
         room = k if max_measurements is None else min(k, max_measurements - device.n_measurements)
-        finalists = select_finalists(evaluator.candidates, formulation, room, space if measure_ties else None)
+        finalists = select_finalists(evaluator.candidates, formulation, room, space if measure_ties else None,
+                                     explore=max_measurements is not None)
         if not finalists:
             break
         vr = VerifyRound(r + 1)

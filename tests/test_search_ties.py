@@ -126,3 +126,16 @@ def test_finalists_fall_back_to_the_fastest_when_nothing_is_predicted_near_the_b
     # once one is verified under the budget, only better-scored candidates near the budget count
     cands[1].measured_ms = 9.0
     assert select_finalists(cands, f, 2) == []
+
+
+def test_explore_spends_the_allowance_on_better_cells_predicted_over_the_budget(space):
+    from search.problem import Formulation
+    from search.verify import select_finalists
+    archs, _ = _by_capacity(space)
+    f = Formulation(latency_budget_ms=10.0)
+    cands = _cands(space, archs[:4], [60.0, 70.0, 80.0, 50.0], [9.0, 20.0, 30.0, 40.0], measured=[9.0, None, None, None])
+    # without an allowance to spend, nothing near the budget beats the verified 60: done
+    assert select_finalists(cands, f, 3, space) == []
+    # with one, the better-scored frontier points predicted over the budget, lowest prediction first;
+    # the worse-scored one is not worth a lookup
+    assert [c.key for c in select_finalists(cands, f, 3, space, explore=True)] == [cands[1].key, cands[2].key]
