@@ -443,20 +443,42 @@ def supernet(cache: Path, subnets: int, per_class: int, val_per_class: int, size
 @main.command()
 @_subnet_options
 @click.option("--reverse", is_flag=True, help="walk the subnets backwards (to run a second process beside a first)")
+@click.option("--report-only", is_flag=True, help="train nothing; summarise the cached runs (also incomplete seeds)")
+@click.option("--supernet-csv", type=click.Path(path_type=Path), default=None,
+              help="a subnets_*.csv of a supernet run, to score against each seed on the subnets it has")
 def standalone(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-               standalone_epochs: float, standalone_seeds: int, reverse: bool) -> None:
+               standalone_epochs: float, standalone_seeds: int, reverse: bool, report_only: bool,
+               supernet_csv: Path | None) -> None:
     """Only the stand-alone reference of the supernet benchmark (cached; 'supernet' reuses it)."""
-    sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds,
-                        reverse=reverse)
+    if report_only:
+        from search.spaces import get_space
+        space = get_space("nb201", C=C, N=N, resolution=size)
+        archs = [space.to_string(a) for a in _bench_subnets(space, subnets)]
+        sa = _locked_rows(_standalone_path(cache / "supernet", C, N, size, standalone_epochs, per_class, val_per_class))
+        sa = sa[sa["arch"].isin(archs) & (sa["seed"] < standalone_seeds)].drop_duplicates(["arch", "seed"])
+    else:
+        sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds,
+                            reverse=reverse)
     nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"]).set_index("arch")["val_acc"]
     wide = sa.pivot(index="arch", columns="seed", values="acc")
-    mean = wide.mean(axis=1)
-    click.echo(f"stand-alone ({standalone_epochs} epochs, {wide.shape[1]} seeds, {len(wide)} subnets): "
-               f"Kendall with NB201 val_acc {kendalltau(mean, nb[mean.index]).statistic:.3f}")
+    sn = pd.read_csv(supernet_csv).set_index("arch")["supernet_acc"] if supernet_csv else None
     for s in wide.columns:
-        click.echo(f"  seed {s}: Kendall with NB201 val_acc {kendalltau(wide[s], nb[wide.index]).statistic:.3f}")
+        col = wide[s].dropna()
+        line = f"stand-alone seed {s} ({standalone_epochs} epochs, {len(col)} subnets): Kendall with NB201 val_acc " \
+               f"{kendalltau(col, nb[col.index]).statistic:.3f}"
+        if sn is not None:
+            line += f", with the supernet {kendalltau(col, sn[col.index]).statistic:.3f}"
+        click.echo(line)
     if wide.shape[1] >= 2:
-        click.echo(f"  seed 0 vs seed 1: Kendall {kendalltau(wide[0], wide[1]).statistic:.3f}")
+        both = wide.dropna()
+        mean = both.mean(axis=1)
+        click.echo(f"on the {len(both)} subnets with seeds 0 and 1: seed 0 vs seed 1 Kendall "
+                   f"{kendalltau(both[0], both[1]).statistic:.3f}; their mean vs NB201 val_acc "
+                   f"{kendalltau(mean, nb[mean.index]).statistic:.3f}" +
+                   ("" if sn is None else f"; supernet vs seed 0 {kendalltau(sn[both.index], both[0]).statistic:.3f}, "
+                    f"vs seed 1 {kendalltau(sn[both.index], both[1]).statistic:.3f}, "
+                    f"vs their mean {kendalltau(sn[both.index], mean).statistic:.3f}; "
+                    f"supernet vs NB201 val_acc {kendalltau(sn[both.index], nb[both.index]).statistic:.3f}"))
 
 
 @main.command()
