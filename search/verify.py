@@ -33,20 +33,9 @@ FINALIST_STOP = {"max_s": 2.0, "max_runs": 200}
 
 def runner_job(model, target, facts: dict, stop: dict | None = None, seed: int = 0) -> dict:
     """A device-runner `measure` job for an ONNX model (path, bytes or ModelProto): the graph
-    travels without its weights (`profiling.builders.externalize_weights`), with the target's
-    session settings, like the profiler's own jobs."""
-    import onnx
-
-    from profiling.builders import externalize_weights
-    from profiling.transport import measure_payload, session_options
-
-    if isinstance(model, (str, Path)):
-        model = onnx.load(str(model))
-    elif isinstance(model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(model))
-    payload = measure_payload(externalize_weights(model), dict(stop or FINALIST_STOP), seed, target.batch)
-    threads = target.resolved_threads(facts.get("usable_cores") or facts.get("cores"))
-    return dict(payload, session=session_options(target, facts, threads))
+    travels without its weights, with the target's session settings (`profiling.measure.model_job`)."""
+    from profiling.measure import model_job
+    return model_job(model, target, facts, dict(stop or FINALIST_STOP), seed)
 
 
 class RunnerDevice:
@@ -55,9 +44,7 @@ class RunnerDevice:
     Locally (`host=None`) the runner is a subprocess of this interpreter (the profiler's local
     path); with `host` it is `ssh host python3` (the profiler's `--host` path): the same
     protocol, stopping rule and session settings (providers, threads, precision) as the
-    profiled tables, so measured and predicted latencies are comparable. The profiling package
-    has no public "measure this ONNX model" call, so this builds the runner job itself
-    (`runner_job`) on `profiling.transport`.
+    profiled tables, so measured and predicted latencies are comparable (`profiling.measure`).
     """
 
     def __init__(self, target, host: str | None = None, workdir: str | Path | None = None,
@@ -75,27 +62,14 @@ class RunnerDevice:
     def connect(self):
         """Start the runner and check it can measure the target (fails fast, before the search)."""
         from profiling.errors import ProfilingError
-        from profiling.targets import TargetError
-        from profiling.transport import local_runner, ssh_runner
+        from profiling.measure import connect
         from search.problem import SearchError
-        if self.conn is not None:
-            return self.conn
-        try:
-            if self.host:
-                conn = ssh_runner(self.host, remote_python=self.remote_python, ssh_config=self.ssh_config)
-            else:
-                self.target.check_local_support()
-                conn = local_runner()
-            facts = conn.hello()
-        except (ProfilingError, TargetError) as e:
-            raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
-        accel = [p for p in self.target.providers if p != "CPUExecutionProvider"] or list(self.target.providers)
-        if not any(p in facts.get("providers", []) for p in accel):
-            conn.kill()
-            raise SearchError(f"{conn.label} cannot measure target {self.target.name}: it lacks the "
-                              f"{' or '.join(accel)} execution provider (it has {', '.join(facts.get('providers', []))})")
-        self.conn = conn
-        return conn
+        if self.conn is None:
+            try:
+                self.conn = connect(self.target, self.host, self.remote_python, self.ssh_config)
+            except ProfilingError as e:
+                raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
+        return self.conn
 
     def export(self, space, cand: Candidate) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
