@@ -164,3 +164,40 @@ def test_supernet_training_learns_and_evaluates_quickly(digits):
     # a subnet with inherited weights is a plain module that `accuracy` can evaluate too
     net = recalibrate_bn(sn.subnet(archs[0]), train, 8)
     assert accuracy(net, val) == pytest.approx(after, abs=1.0)
+
+
+def test_fair_sampling_trains_every_op_of_every_edge_once_per_step(digits, tmp_path):
+    """FairNAS strict fairness: a step's 5 nb201 paths use each op on each edge exactly once."""
+    from search.spaces.nb201 import EDGES, OPS
+    space = get_space("nb201", **TINY["nb201"])
+    sn = build_supernet(space)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        archs, teacher = sn.training_archs(rng, n_random=2, sampling="fair")
+        assert not teacher and len(archs) == len(OPS) == TrainConfig(sampling="fair").paths_per_step(space)
+        for e in range(len(EDGES)):
+            assert sorted(a[e] for a in archs) == sorted(OPS)
+    with pytest.raises(SupernetError, match="sandwich rule"):
+        build_supernet(get_space("resnet", **TINY["resnet"])).training_archs(rng, 2, sampling="fair")
+    # a fair run resumed from its checkpoint ends where an uninterrupted one does
+    train, _ = digits
+    cfg = TrainConfig(steps=3, batch_size=32, checkpoint_every=1, seed=5, sampling="fair")
+    torch.manual_seed(0)
+    straight = build_supernet(space)
+    straight.fit(train, cfg)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_2(msg):
+        if msg.startswith("step 2/"):
+            raise Killed
+
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        build_supernet(space).fit(train, cfg, checkpoint=tmp_path / "f.pt", log=kill_at_2)
+    torch.manual_seed(1)
+    again = build_supernet(space)
+    assert again.fit(train, cfg, checkpoint=tmp_path / "f.pt")["resumed_from"] == 2
+    for (k, x), y in zip(straight.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=k)
