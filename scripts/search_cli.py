@@ -40,6 +40,9 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
 @click.option("--host", metavar="USER@DEVICE", help="Measure finalists over SSH on this device instead of locally.")
 @click.option("--finalists", type=int, default=3, show_default=True, metavar="K",
               help="Finalists measured on the device per verification round (0: no verification).")
+@click.option("--measure-ties/--no-measure-ties", default=True, show_default=True,
+              help="With --latency-budget: spend leftover verification rounds on the cells within 2 points "
+                   "of the best verified one (the tie rule can pick them).")
 @click.option("--rounds", "verify_rounds", type=int, default=2, show_default=True,
               help="Verification rounds (each re-fits the predictor correction and re-ranks).")
 @click.option("--out", default="runs/search", show_default=True, type=click.Path(file_okay=False),
@@ -85,7 +88,7 @@ def main(**kw):
     cfg = SearchConfig(
         space=kw["space"], predictor=kw["predictor"], data=kw["data"], latency_budget_ms=kw["latency_budget"],
         min_accuracy=kw["min_accuracy"], target=kw["target"], targets_file=kw["targets_file"], host=kw["host"],
-        finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], out=kw["out"],
+        finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], measure_ties=kw["measure_ties"], out=kw["out"],
         budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
         max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],
         generations=kw["generations"], accuracy=kw["accuracy"], supernet_epochs=kw["supernet_epochs"],
