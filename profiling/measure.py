@@ -52,7 +52,7 @@ def model_job(model, target: Target, facts: dict[str, Any], stop: dict[str, Any]
 def connect(target: Target, host: str | None = None, remote_python: str = "python3",
             ssh_config: str | os.PathLike | None = None):
     """A started runner that can measure `target` (this machine, or `host` over SSH)."""
-    from .transport import local_runner, ssh_runner
+    from .transport import check_device, local_runner, ssh_runner
     if host:
         conn = ssh_runner(host, remote_python=remote_python, ssh_config=ssh_config)
     else:
@@ -61,12 +61,11 @@ def connect(target: Target, host: str | None = None, remote_python: str = "pytho
         except TargetError as e:
             raise ProfilingError(str(e)) from None
         conn = local_runner()
-    facts = conn.hello()
-    accel = [p for p in target.providers if p != "CPUExecutionProvider"] or list(target.providers)
-    if not any(p in facts.get("providers", []) for p in accel):
+    try:
+        check_device(target, conn.hello(), conn.label)
+    except ProfilingError:
         conn.kill()
-        raise ProfilingError(f"{conn.label} cannot measure target {target.name}: it lacks the "
-                             f"{' or '.join(accel)} execution provider (it has {', '.join(facts.get('providers', []))})")
+        raise
     return conn
 
 

@@ -35,7 +35,7 @@ from .networks import FAMILIES, build_network, network_id, sample_network
 from .onnx_stats import model_stats
 from .table import TableWriter, utc_now
 from .targets import Target, TargetError, get_target
-from .transport import RunnerConnection, local_runner, measure_payload, session_options, ssh_runner
+from .transport import RunnerConnection, check_device, local_runner, measure_payload, session_options, ssh_runner
 
 # A compute-bound and a memory-bound sentinel: a neighbour that competes for the shared
 # cache or memory bus slows the second one even when the first does not notice.
@@ -210,22 +210,6 @@ class Profiler:
             raise ProfilingError("\n".join(failed))
         return [_RunnerState(c, c.label) for c in conns]  # type: ignore[union-attr]
 
-    def _check_device(self, state: _RunnerState) -> None:
-        facts = state.conn.facts or {}
-        t = self.target
-        problems = []
-        if t.arch and facts.get("machine") != t.arch:
-            problems.append(f"the {t.arch} architecture (it is {facts.get('machine')})")
-        available = facts.get("providers", [])
-        accel = [p for p in t.providers if p != "CPUExecutionProvider"] or list(t.providers)
-        if not any(p in available for p in accel):
-            wanted = " or ".join(p.replace("ExecutionProvider", "") for p in accel)
-            pkg = "onnxruntime-gpu" if any(p != "CPUExecutionProvider" for p in accel) else "onnxruntime"
-            problems.append(f"the {wanted} execution provider (it has {', '.join(available) or 'none'}; "
-                            f"install {pkg} there)")
-        if problems:
-            raise ProfilingError(f"{state.label} cannot measure target {t.name}: it lacks " + " and ".join(problems))
-
     # ---- jobs --------------------------------------------------------------------------
     def _kernel_job(self, spec: KernelSpec, model=None, stats=None) -> Job:
         if model is None:
@@ -253,7 +237,7 @@ class Profiler:
         runners = self._connect()
         try:
             for r in runners:
-                self._check_device(r)
+                check_device(self.target, r.conn.facts or {}, r.label)
             fps = [make_fingerprint(r.conn.facts or {}, self.target) for r in runners]
             for r, fp in zip(runners[1:], fps[1:]):
                 diff = diff_fingerprints(fps[0], fp)

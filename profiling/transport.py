@@ -184,6 +184,23 @@ def session_options(target, facts: dict[str, Any], threads: int) -> dict[str, An
     return {"providers": providers, "threads": threads, "fp16": target.precision == "fp16"}
 
 
+def check_device(target, facts: dict[str, Any], label: str) -> None:
+    """Refuse a device (`facts` from its runner's hello) that cannot measure `target`: another
+    architecture, or none of the target's execution providers."""
+    problems = []
+    if target.arch and facts.get("machine") != target.arch:
+        problems.append(f"the {target.arch} architecture (it is {facts.get('machine')})")
+    available = facts.get("providers", [])
+    accel = [p for p in target.providers if p != "CPUExecutionProvider"] or list(target.providers)
+    if not any(p in available for p in accel):
+        wanted = " or ".join(p.replace("ExecutionProvider", "") for p in accel)
+        pkg = "onnxruntime-gpu" if any(p != "CPUExecutionProvider" for p in accel) else "onnxruntime"
+        problems.append(f"the {wanted} execution provider (it has {', '.join(available) or 'none'}; "
+                        f"install {pkg} there)")
+    if problems:
+        raise ProfilingError(f"{label} cannot measure target {target.name}: it lacks " + " and ".join(problems))
+
+
 def local_runner(python: str | None = None) -> RunnerConnection:
     """A runner subprocess on this machine (by default with this interpreter)."""
     python = python or sys.executable

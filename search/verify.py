@@ -27,17 +27,6 @@ class Device(Protocol):
 
 
 # ----------------------------------------------------------------------------- devices
-#: the profiler's stopping rule for whole networks (profiling.profiler.NETWORK_STOP)
-FINALIST_STOP = {"max_s": 2.0, "max_runs": 200}
-
-
-def runner_job(model, target, facts: dict, stop: dict | None = None, seed: int = 0) -> dict:
-    """A device-runner `measure` job for an ONNX model (path, bytes or ModelProto): the graph
-    travels without its weights, with the target's session settings (`profiling.measure.model_job`)."""
-    from profiling.measure import model_job
-    return model_job(model, target, facts, dict(stop or FINALIST_STOP), seed)
-
-
 class RunnerDevice:
     """Measures finalists' ONNX exports on a target through `profiling`'s device runner.
 
@@ -89,9 +78,10 @@ class RunnerDevice:
 
     def measure_onnx(self, model) -> float:
         """Median latency (ms) of one ONNX model (path, bytes or ModelProto) on the target."""
+        from profiling.measure import model_job
         from search.problem import SearchError
         conn = self.connect()
-        ans = conn.measure(runner_job(model, self.target, conn.facts or {}, self.stop))
+        ans = conn.measure(model_job(model, self.target, conn.facts or {}, self.stop))
         if not ans.get("ok"):
             raise SearchError(f"{conn.label} could not measure the model: {ans.get('error')}")
         self.last_stats = ans["stats"]
@@ -366,5 +356,5 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
     return rounds
 
 
-__all__ = ["Device", "FeatureCorrection", "RunnerDevice", "runner_job", "VerifyRound", "best_verified", "feasible",
+__all__ = ["Device", "FeatureCorrection", "RunnerDevice", "VerifyRound", "best_verified", "feasible",
            "capacity", "kernel_features", "rank_key", "select_finalists", "tie_finalists", "verify_finalists"]
