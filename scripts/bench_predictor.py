@@ -2,8 +2,9 @@
 
     python -m scripts.bench_predictor --table TABLE.parquet [--skip-families] [--cache /tmp/hwnas-bench]
 
-Every figure is printed. Reference-model measurements (ORT CPU EP, 1 thread, ORT_ENABLE_ALL,
-`profiling.device_runner.measure_callable`, the table's measurement code) are cached in --cache.
+Every figure is printed. The reference models are measured on the predictor's target with
+`profiling.measure.measure_models` (the profiler's runner, session settings and network stopping
+rule) and cached in --cache.
 """
 from __future__ import annotations
 
@@ -17,25 +18,6 @@ import click
 import numpy as np
 
 
-def _measure(path: str, threads: int = 1) -> dict:
-    """The profiler's network measurement: its session settings, feeds and stopping rule."""
-    import onnxruntime as ort
-    from profiling.device_runner import measure_callable
-    from profiling.profiler import NETWORK_STOP
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    rs = np.random.RandomState(1)
-    x = {i.name: rs.uniform(-1.0, 1.0, [d if isinstance(d, int) else 1 for d in i.shape]).astype(np.float32)
-         for i in sess.get_inputs()}
-    outs = [o.name for o in sess.get_outputs()]
-    r = measure_callable(lambda: sess.run(outs, x), dict(NETWORK_STOP))
-    return {k: float(r[k]) for k in ("median_ms", "p10_ms", "p90_ms") if k in r}
-
-
 def _fmt(m):
     return f"{m['within10']:6.1%} within ±10%  MAPE {m['mape']:6.1%}  Spearman {m['spearman']:.3f}"
 
@@ -44,25 +26,31 @@ def reference_networks(p, cache: Path, only: tuple = ()) -> list[dict]:
     """Measure the reference architectures here (cached in `cache`) and detect their kernels."""
     import onnx
     from predictors.detect import detect_kernels, rules_for
+    from profiling.measure import measure_models
     from profiling.onnx_stats import model_stats
     from scripts.reference_models import export, reference_models
-    rows = []
+    models = []
     for fam, members in reference_models().items():
         if only and fam not in only:
             continue
         for name, ctor, res in members:
-            onnx_path = cache / f"{name}.onnx"
-            meas = cache / f"{name}.json"
-            if not onnx_path.exists():
-                export(ctor, res, str(onnx_path))
-            if not meas.exists():
-                meas.write_text(json.dumps({**_measure(str(onnx_path)), "measured_at": time.time()}))
-            m = json.loads(meas.read_text())
-            det = detect_kernels(str(onnx_path), p.batch, rules_for(p.target))
-            rows.append({"family": fam, "name": name, "ms": m.get("median_ms", m.get("ms")), "m": m,
-                         "onnx": str(onnx_path), "specs": det.specs(),
-                         "unknown": sorted({u.op_type for u in det.unknown}),
-                         "flops": model_stats(onnx.load(str(onnx_path), load_external_data=False)).flops})
+            if not (cache / f"{name}.onnx").exists():
+                export(ctor, res, str(cache / f"{name}.onnx"))
+            models.append((fam, name))
+    missing = [cache / f"{name}.onnx" for _, name in models if not (cache / f"{name}.json").exists()]
+    if missing:  # the profiler's own network measurement (runner, session settings, stopping rule)
+        for r in measure_models(missing, p.target_name):
+            (cache / f"{r.name}.json").write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
+                                                              "p90_ms": r.p90_ms, "measured_at": time.time()}))
+    rows = []
+    for fam, name in models:
+        onnx_path = cache / f"{name}.onnx"
+        m = json.loads((cache / f"{name}.json").read_text())
+        det = detect_kernels(str(onnx_path), p.batch, rules_for(p.target))
+        rows.append({"family": fam, "name": name, "ms": m.get("median_ms", m.get("ms")), "m": m,
+                     "onnx": str(onnx_path), "specs": det.specs(),
+                     "unknown": sorted({u.op_type for u in det.unknown}),
+                     "flops": model_stats(onnx.load(str(onnx_path), load_external_data=False)).flops})
     return rows
 
 
@@ -86,11 +74,10 @@ def families_benchmark(p, tables, refs: list[dict], weight: float):
     fam_arr = np.array([r["family"] for r in refs])
     y = np.array([r["ms"] for r in refs])
     fl = np.log([r["flops"] for r in refs])
-    res = {k: np.zeros(len(refs)) for k in ("flops", "sum", "table", "lofo")}
-    res["sum"] = p._base(p.graph_inputs(cand)[0])
+    res = {"flops": np.zeros(len(refs)), "sum": p._base(p.graph_inputs(cand)[0])}
     p.fit_graph([n["specs"] for n in nets], np.array([n["ms"] for n in nets]))
-    res["table"], _, _ = p.predict_specs(cand) if not any(r["unknown"] for r in refs) else \
-        (np.array([p.predict(r["onnx"]).latency_ms for r in refs]), None, None)
+    res["table"] = p._finish(*p.graph_inputs(cand))[0]
+    res["lofo"] = np.zeros(len(refs))
     choice = {}
     for fam in fams:
         test = fam_arr == fam
