@@ -39,12 +39,6 @@ class MeasuredNetworks:
     def __len__(self) -> int:
         return len(self.candidates)
 
-    def subset(self, keep: Sequence[bool]) -> "MeasuredNetworks":
-        idx = [i for i, k in enumerate(keep) if k]
-        return MeasuredNetworks([self.candidates[i] for i in idx], self.latency_ms[idx],
-                                [self.names[i] for i in idx], [self.families[i] for i in idx],
-                                [self.targets[i] for i in idx])
-
 
 def _text(v) -> str | None:
     return v if isinstance(v, str) and v else None
