@@ -104,32 +104,38 @@ def test_subnet_inherits_the_supernet_weights(name, digits):
         assert {k: v.shape for k, v in net.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
 
 
+class _Killed(Exception):
+    pass
+
+
+def _kill_at_step_2(msg):
+    if msg.startswith("step 2/"):
+        raise _Killed
+
+
+def _assert_resume_matches_a_straight_run(space, train, cfg, ckpt):
+    """Train straight through; train again killed after step 2, resume from the checkpoint in a
+    differently seeded "fresh process": the weights must be identical. Returns the resume's logs."""
+    torch.manual_seed(0)
+    straight = build_supernet(space)
+    straight.fit(train, cfg)
+    torch.manual_seed(0)
+    with pytest.raises(_Killed):
+        build_supernet(space).fit(train, cfg, checkpoint=ckpt, log=_kill_at_step_2)
+    torch.manual_seed(1)  # a fresh process would initialise differently: the checkpoint must win
+    again = build_supernet(space)
+    logs = []
+    info = again.fit(train, cfg, checkpoint=ckpt, log=logs.append)
+    assert info["resumed_from"] == 2 and logs[0].startswith("resumed")
+    for (k, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)
+
+
 def test_training_resumes_from_its_checkpoint_with_identical_results(digits, tmp_path):
     space = get_space("resnet", **TINY["resnet"])
     train, _ = digits
     cfg = TrainConfig(steps=4, batch_size=32, checkpoint_every=2, seed=3)
-    torch.manual_seed(0)
-    straight = build_supernet(space)
-    straight.fit(train, cfg)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_2(msg):
-        if msg.startswith("step 2/"):
-            raise Killed
-
-    torch.manual_seed(0)
-    first = build_supernet(space)
-    with pytest.raises(Killed):
-        first.fit(train, cfg, checkpoint=tmp_path / "sn.pt", log=kill_at_2)
-    torch.manual_seed(1)  # a fresh process would initialise differently: the checkpoint must win
-    again = build_supernet(space)
-    logs = []
-    info = again.fit(train, cfg, checkpoint=tmp_path / "sn.pt", log=logs.append)
-    assert info["resumed_from"] == 2 and logs[0].startswith("resumed")
-    for (k, a), b in zip(straight.state_dict().items(), again.state_dict().values()):
-        torch.testing.assert_close(a, b, msg=k)
+    _assert_resume_matches_a_straight_run(space, train, cfg, tmp_path / "sn.pt")
     with pytest.raises(SupernetError, match="other settings"):
         build_supernet(space).fit(train, TrainConfig(steps=5, batch_size=32), checkpoint=tmp_path / "sn.pt")
 
@@ -153,7 +159,6 @@ def test_supernet_training_learns_and_evaluates_quickly(digits):
     train, val = digits
     torch.manual_seed(0)
     sn = build_supernet(space)
-    rng = np.random.default_rng(0)
     archs = [space.from_string("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|")]
     before = sn.evaluate(archs[0], val, calib=train)
     sn.fit(train, TrainConfig(steps=60, batch_size=64, lr=0.1))
@@ -182,22 +187,4 @@ def test_fair_sampling_trains_every_op_of_every_edge_once_per_step(digits, tmp_p
     # a fair run resumed from its checkpoint ends where an uninterrupted one does
     train, _ = digits
     cfg = TrainConfig(steps=3, batch_size=32, checkpoint_every=1, seed=5, sampling="fair")
-    torch.manual_seed(0)
-    straight = build_supernet(space)
-    straight.fit(train, cfg)
-
-    class Killed(Exception):
-        pass
-
-    def kill_at_2(msg):
-        if msg.startswith("step 2/"):
-            raise Killed
-
-    torch.manual_seed(0)
-    with pytest.raises(Killed):
-        build_supernet(space).fit(train, cfg, checkpoint=tmp_path / "f.pt", log=kill_at_2)
-    torch.manual_seed(1)
-    again = build_supernet(space)
-    assert again.fit(train, cfg, checkpoint=tmp_path / "f.pt")["resumed_from"] == 2
-    for (k, x), y in zip(straight.state_dict().items(), again.state_dict().values()):
-        torch.testing.assert_close(x, y, msg=k)
+    _assert_resume_matches_a_straight_run(space, train, cfg, tmp_path / "f.pt")
