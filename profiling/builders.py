@@ -537,17 +537,27 @@ def weight_fills(model: onnx.ModelProto) -> list[dict[str, Any]]:
     return []
 
 
+# Float initializers this small travel embedded (see `externalize_weights`).
+EMBEDDED_FLOAT_MAX = 16
+
+
 def externalize_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of any ONNX model whose float initializers are external data that the runner
     fills, as `build_model`'s are: the model then travels as a few KB, and `weight_fills`
-    describes the fills. Latency does not depend on the values; small all-positive tensors
-    (BatchNorm variances, norm scales) stay positive. Integer constants stay embedded."""
+    describes the fills. Latency does not depend on the weights' values; small all-positive
+    tensors (BatchNorm variances, norm scales) stay positive. Integer constants and float
+    tensors of at most `EMBEDDED_FLOAT_MAX` elements stay embedded with their real values:
+    those are scalars such as GELU's sqrt(2), 0.5 and 1, a decomposed LayerNorm's epsilon or a
+    Pow exponent, and the runtime's fusions (Gelu, LayerNormalization) match on their values,
+    so random ones would time an unfused graph the real model never runs."""
     model = copy.deepcopy(model)
     fills, offset = [], 0
     for t in model.graph.initializer:
         if t.data_type != TensorProto.FLOAT:
             continue
         numel = int(np.prod(t.dims)) if len(t.dims) else 1
+        if numel <= EMBEDDED_FLOAT_MAX and t.data_location != TensorProto.EXTERNAL:
+            continue
         fan_in = int(np.prod(t.dims[1:])) if len(t.dims) > 1 else 0
         values = numpy_helper.to_array(t) if numel <= 4096 else None
         positive = values is not None and values.size and float(values.min()) > 0

@@ -68,3 +68,43 @@ def test_measure_models_over_ssh(sshd, models):
     host = f"{sshd['user']}@127.0.0.1:{sshd['port']}"
     res = measure_models(models[:1], host=host, ssh_config=sshd["config"], remote_python=sys.executable, stop=FAST)
     assert len(res) == 1 and res[0].median_ms > 0
+
+
+def test_scalar_constants_keep_their_values_so_the_runtime_fuses_as_in_the_real_model(tmp_path):
+    """A GELU written as x * 0.5 * (1 + erf(x / sqrt(2))) with its scalars as initializers (as
+    exporters write them): the measured job keeps those values, so onnxruntime fuses it into one
+    Gelu kernel exactly as it does for the user's own file, while the weight matrix travels as a fill."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from profiling.device_runner import Runner
+    from profiling.measure import model_job
+    from profiling.targets import get_target
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), "w"),
+             numpy_helper.from_array(np.array(2 ** 0.5, np.float32), "sqrt2"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Div", ["h", "sqrt2"], ["d"]),
+             helper.make_node("Erf", ["d"], ["e"]), helper.make_node("Add", ["e", "one"], ["a"]),
+             helper.make_node("Mul", ["h", "a"], ["m"]), helper.make_node("Mul", ["m", "half"], ["y"])]
+    graph = helper.make_graph(nodes, "gelu", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 64])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    job = model_job(model, get_target("local-cpu"), {"providers": ["CPUExecutionProvider"], "cores": 1})
+    assert [f["name"] for f in job["fills"]] == ["w"]
+    runner = Runner()
+    try:
+        work = tmp_path / "job"
+        work.mkdir()
+        runner.session(dict(job, session={}), str(work))
+        sent = onnx.load(str(work / "model.onnx"), load_external_data=False)
+        values = {t.name: float(numpy_helper.to_array(t)) for t in sent.graph.initializer if t.name != "w"}
+        assert values == pytest.approx({"sqrt2": 2 ** 0.5, "one": 1.0, "half": 0.5})
+        so = ort.SessionOptions()
+        so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(str(work / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx"), load_external_data=False).graph.node]
+        assert "Gelu" in ops and "Erf" not in ops
+    finally:
+        runner.close()
