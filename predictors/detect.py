@@ -696,6 +696,34 @@ def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: Fus
         events = json.load(open(prof))
     node_out = {n.name: [_strip(t) for t in n.output] + ([_strip(n.name)] if n.name.endswith("_nchwc") else [])
                 for n in opt.graph.node}
+    consumers: dict[str, list[str]] = {}
+    for n in opt.graph.node:
+        for t in n.input:
+            consumers.setdefault(_strip(t), []).append(n.name)
+
+    by_node = {nm: idx for idx, k in enumerate(det.kernels) for nm in k.nodes}
+
+    def kernel_of(name: str, hops: int = 6) -> int | None:
+        # A node ORT made up (the Gemm of a MatMul+Add on 3-D input, between two Reshapes of its
+        # own; a Split for three Gathers) has outputs no kernel owns. ORT names a fused node after
+        # the node it replaced ("<MatMul name>/MatMulAddFusion"); failing that, it belongs to the
+        # kernel downstream.
+        for _ in range(hops):
+            outs = node_out.get(name, [])
+            idx = next((owner[t] for t in outs if t in owner), None)
+            if idx is not None:
+                return idx
+            stem = _strip(name)
+            while stem and stem not in by_node and "/" in stem:
+                stem = stem.rsplit("/", 1)[0]
+            if stem in by_node:
+                return by_node[stem]
+            nxt = {c for t in outs for c in consumers.get(t, [])}
+            if len(nxt) != 1:
+                return None
+            name = nxt.pop()
+        return None
+
     counted: dict[str, list[float]] = {}
     for ev in events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
@@ -703,7 +731,7 @@ def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: Fus
         counted.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1000.0)
     for name, durs in counted.items():
         ms = float(np.mean(durs[2:] if len(durs) > 2 else durs))
-        idx = next((owner[t] for t in node_out.get(name, []) if t in owner), None)
+        idx = kernel_of(name)
         if idx is None:
             unclaimed += ms
         else:

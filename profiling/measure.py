@@ -72,8 +72,16 @@ def connect(target: Target, host: str | None = None, remote_python: str = "pytho
 def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "local-cpu", host: str | None = None,
                    remote_python: str = "python3", ssh_config: str | os.PathLike | None = None,
                    targets_file: str | os.PathLike | None = None, stop: dict[str, Any] | None = None,
-                   progress: Callable[[int, int, ModelMeasurement], None] | None = None) -> list[ModelMeasurement]:
-    """Measure each ONNX file on the target; a model the runner cannot run is an error naming it."""
+                   progress: Callable[[int, int, ModelMeasurement], None] | None = None,
+                   rounds: int = 1) -> list[ModelMeasurement]:
+    """Measure each ONNX file on the target; a model the runner cannot run is an error naming it.
+
+    `rounds` > 1 measures the whole list that many times, round-robin, and reports each model's
+    median of its round medians (p10/p90 likewise; runs summed): a slow spell of a shared or
+    virtual machine then moves one round of every model a little instead of a few models a lot.
+    `progress` is called once per model, after its last round."""
+    if rounds < 1:
+        raise ProfilingError(f"rounds must be at least 1, not {rounds}")
     try:
         target = target if isinstance(target, Target) else get_target(target, targets_file)
     except TargetError as e:
@@ -82,23 +90,34 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise ProfilingError(f"no such ONNX file: {', '.join(missing)}")
+    import statistics
     conn = connect(target, host, remote_python, ssh_config)
     out = []
+    seen: list[list[dict[str, Any]]] = [[] for _ in files]
     try:
-        for i, path in enumerate(files):
+        jobs = []
+        for path in files:
             try:
-                job = model_job(path, target, conn.facts or {}, stop)
+                jobs.append(model_job(path, target, conn.facts or {}, stop))
             except Exception as e:  # onnx's own parse errors name no file
                 raise ProfilingError(f"{path}: not a readable ONNX model ({e})") from None
-            ans = conn.measure(dict(job, id=path.stem))
-            if not ans.get("ok"):
-                raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")
-            st = ans["stats"]
-            m = ModelMeasurement(path.stem, str(path), float(st["median_ms"]), float(st.get("p10_ms", st["median_ms"])),
-                                 float(st.get("p90_ms", st["median_ms"])), int(st.get("runs", 0)))
-            out.append(m)
-            if progress:
-                progress(i + 1, len(files), m)
+        for r in range(rounds):
+            for i, (path, job) in enumerate(zip(files, jobs)):
+                ans = conn.measure(dict(job, id=path.stem))
+                if not ans.get("ok"):
+                    raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")
+                seen[i].append(ans["stats"])
+                if r < rounds - 1:
+                    continue
+                st = seen[i]
+                med = statistics.median(float(x["median_ms"]) for x in st)
+                m = ModelMeasurement(path.stem, str(path), med,
+                                     statistics.median(float(x.get("p10_ms", x["median_ms"])) for x in st),
+                                     statistics.median(float(x.get("p90_ms", x["median_ms"])) for x in st),
+                                     sum(int(x.get("runs", 0)) for x in st))
+                out.append(m)
+                if progress:
+                    progress(i + 1, len(files), m)
     finally:
         conn.close()
     return out

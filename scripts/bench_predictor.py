@@ -22,8 +22,9 @@ def _fmt(m):
     return f"{m['within10']:6.1%} within ±10%  MAPE {m['mape']:6.1%}  Spearman {m['spearman']:.3f}"
 
 
-def reference_networks(p, cache: Path, only: tuple = ()) -> list[dict]:
-    """Measure the reference architectures here (cached in `cache`) and detect their kernels."""
+def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3) -> list[dict]:
+    """Measure the reference architectures here (cached in `cache`; `rounds` round-robin passes,
+    each model's median of them) and detect their kernels."""
     import onnx
     from predictors.detect import detect_kernels, rules_for
     from profiling.measure import measure_models
@@ -39,7 +40,7 @@ def reference_networks(p, cache: Path, only: tuple = ()) -> list[dict]:
             models.append((fam, name))
     missing = [cache / f"{name}.onnx" for _, name in models if not (cache / f"{name}.json").exists()]
     if missing:  # the profiler's own network measurement (runner, session settings, stopping rule)
-        for r in measure_models(missing, p.target_name):
+        for r in measure_models(missing, p.target_name, rounds=rounds):
             (cache / f"{r.name}.json").write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
                                                               "p90_ms": r.p90_ms, "measured_at": time.time()}))
     rows = []
@@ -228,7 +229,9 @@ def nb201_benchmark(p, shots: int = 20, seeds: int = 5):
               "(a measured-networks CSV for train-predictor --networks).")
 @click.option("--network-weight", "weight", default=5.0, show_default=True,
               help="Weight of a measured reference network in the held-out-family graph models.")
-def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networks, weight):
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Round-robin passes over the reference models (each model's median of its passes).")
+def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networks, weight, rounds):
     from predictors import Predictor
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -275,7 +278,7 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
     click.echo("  " + out.stderr.strip().replace("\n", "\n  "))
     if not skip_families:
         click.echo("== held-out families (reference architectures measured here)")
-        refs = reference_networks(p, cache, tuple(only))
+        refs = reference_networks(p, cache, tuple(only), rounds)
         if write_networks:
             from predictors.measured import write_networks_file
             write_networks_file(write_networks, [r["name"] for r in refs], [r["specs"] for r in refs],

@@ -112,7 +112,7 @@ def _print_summary(console: Console, s) -> None:
 
 
 def _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
-                    out, quiet) -> None:
+                    out, quiet, rounds=1) -> None:
     from profiling.measure import measure_models, write_measured_networks
     files = []
     for m in models:
@@ -133,7 +133,7 @@ def _measure_models(console, err, models, family, target_name, targets_file, hos
             console.print(f"[{i}/{n}] {m.name}: {m.median_ms:.3f} ms (p10-p90 {m.p10_ms:.3f}-{m.p90_ms:.3f}, {m.runs} runs)")
     try:
         res = measure_models(files, target_name, host=hosts[0] if hosts else None, remote_python=remote_python,
-                             ssh_config=ssh_config, targets_file=targets_file, progress=report)
+                             ssh_config=ssh_config, targets_file=targets_file, progress=report, rounds=rounds)
     except ProfilingError as e:
         err.print(f"[red]error:[/] {e}", soft_wrap=True)
         sys.exit(1)
@@ -172,12 +172,15 @@ def _parse_kinds(text: str | None) -> list[str] | None:
                    "means its *.onnx) into a measured-networks CSV (--out, default measured-networks.csv) for "
                    "train-predictor --networks.")
 @click.option("--family", default="measured", show_default=True, help="With --models: the family column.")
+@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --models: measure the whole list this many times, round-robin, and keep each model's "
+                   "median (steadier on a shared or virtual machine).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
-         max_configs, networks, kinds_text, families_text, models, family, seed, resume, quiet):
+         max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -190,7 +193,7 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
         return
     if models:
         _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
-                        out, quiet)
+                        out, quiet, rounds)
         return
     from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
 

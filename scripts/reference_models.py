@@ -99,6 +99,14 @@ class ViT(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True,
                                            norm_first=True)
         self.enc = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        # TransformerEncoder deep-copies one layer, and the exporter then stores the identical
+        # weights once: a 12-layer ViT ran on 3 MB of weights that stay in cache (7% faster than
+        # the same ViT with its own weights per layer, as a trained one has). Fresh ones per layer.
+        for m in self.enc.modules():
+            if isinstance(m, nn.MultiheadAttention):
+                m._reset_parameters()
+            elif isinstance(m, (nn.Linear, nn.LayerNorm)):
+                m.reset_parameters()
         self.norm, self.fc = nn.LayerNorm(dim), nn.Linear(dim, classes)
 
     def forward(self, x):

@@ -117,7 +117,11 @@ def test_ort_per_node_profiler_attributes_time_to_kernels(tiny_onnx):
     assert len(times) == len(det.kernels)
     conv_time = sum(t for k, t in zip(det.kernels, times) if k.spec.kind in ("conv", "conv_add"))
     assert conv_time > 0
-    assert unclaimed >= 0
+    # fc1/fc2 run on [1, tokens, dim]: ORT rewrites each MatMul+Add as Reshape-Gemm-Reshape with
+    # new tensor names; the Gemm's time still goes to its linear kernel, not to "unclaimed"
+    linears = [t for k, t in zip(det.kernels, times) if k.spec.kind == "linear" and k.spec.params["tokens"] > 1]
+    assert len(linears) >= 2 and all(t > 0 for t in linears)
+    assert 0 <= unclaimed < 0.1 * sum(times)
 
 
 def test_detection_of_builder_networks_matches_their_kernel_lists():

@@ -47,6 +47,17 @@ def test_measure_models_and_the_file_train_predictor_reads(models, tmp_path):
     assert {str(c) for c in nets.candidates} == {str(p) for p in models}  # relative paths resolved
 
 
+def test_rounds_measure_every_model_each_round(models):
+    one = measure_models(models[:1], "local-cpu", stop=dict(FAST, max_runs=5, max_s=5.0, min_runs=5))
+    seen = []
+    three = measure_models(models, "local-cpu", stop=dict(FAST, max_runs=5, max_s=5.0, min_runs=5), rounds=3,
+                           progress=lambda i, n, m: seen.append((i, n, m.runs)))
+    assert [m.name for m in three] == ["resnet", "mobilenet"] and [s[:2] for s in seen] == [(1, 2), (2, 2)]
+    assert three[0].runs == 3 * one[0].runs and all(0 < m.p10_ms <= m.median_ms <= m.p90_ms for m in three)
+    with pytest.raises(ProfilingError, match="rounds"):
+        measure_models(models, "local-cpu", rounds=0)
+
+
 def test_measure_models_errors_name_the_input(models, tmp_path):
     with pytest.raises(ProfilingError, match="no such ONNX file: .*nope.onnx"):
         measure_models([tmp_path / "nope.onnx"])
