@@ -189,24 +189,33 @@ _GI = {g: i for i, g in enumerate(GROUPS)}
 _LB0 = ADDITIVE.index("ms_layout_break")
 #: onnxruntime's NCHWc channel block on AVX-512 (MlasNchwcGetBlockSize; 8 on AVX2)
 NCHWC_BLOCK = 16
+#: channel counts ORT pads up to the block only from a multiple of this (ShuffleNetV2-1.0's 58, an SE's 22 do not)
+NCHWC_CHANNEL_ALIGN = 4
 
 
 def layout_break(spec: KernelSpec) -> bool:
     """Whether onnxruntime's CPU provider runs this conv outside its blocked NCHWc layout.
 
-    In a network, consecutive convs stay in NCHWc; a conv that cannot (a grouped, not depthwise,
-    conv whose group width is not a multiple of the block: RegNet's width-8 groups) gets a
-    reorder to NCHW before it and back after it, which a kernel measured alone never pays, while
-    a conv measured alone pays the reorders that a network saves. Checked against ORT's
-    optimized graphs: group=1 and depthwise convs of any width run in NCHWc (channels padded).
+    In a network, consecutive convs stay in NCHWc; a conv that cannot gets a reorder to NCHW
+    before it and back after it, which a kernel measured alone never pays, while a conv measured
+    alone pays the reorders that a network saves. Checked against ORT's optimized graphs, the
+    convs that cannot: a grouped, not depthwise, conv whose group width is not a multiple of the
+    block (RegNet's width-8 groups); a depthwise conv whose channels are not a multiple of 4; a
+    group=1 conv with at least a block of input channels that are not a multiple of 4
+    (ShuffleNetV2-1.0's 58-channel branch, EfficientNet's 22-channel SE expansion). Channel
+    counts that are a multiple of 4 are padded up to the block.
     """
+    p = spec.params
+    if spec.kind == "elementwise":  # a squeeze-and-excitation's channel gate x * s[c]
+        return p["broadcast"] and p["op"] == "mul" and p["h"] * p["w"] > 1
     if spec.kind not in ("conv", "conv_add"):
         return False
-    p = spec.params
-    g = p["groups"]
-    if g <= 1 or g == p["cin"]:
-        return False
-    return (p["cin"] // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0
+    g, cin = p["groups"], p["cin"]
+    if g == cin and g > 1:  # depthwise: channels padded to the block, but only from a multiple of 4
+        return cin % NCHWC_CHANNEL_ALIGN != 0
+    if g <= 1:  # a few input channels (an image) have their own NCHW-input kernel
+        return cin >= NCHWC_BLOCK and cin % NCHWC_CHANNEL_ALIGN != 0
+    return (cin // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0
 
 
 def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarray, float]:
@@ -250,4 +259,4 @@ def graph_features(sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
 
 __all__ = ["KERNEL_FEATURES", "KERNEL_KINDS", "GROUPS", "GRAPH_FEATURES", "ADDITIVE", "spec_stats", "spec_group",
            "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features",
-           "layout_break", "NCHWC_BLOCK"]
+           "layout_break", "NCHWC_BLOCK", "NCHWC_CHANNEL_ALIGN"]

@@ -31,7 +31,7 @@ from profiling.kernels import KINDS, PARAM_COLUMNS, KernelSpec, KernelSpecError
 
 from . import features as F
 from .fileformat import PredictorFileError, read_predictor_file, write_predictor_file
-from .trees import TreeModel
+from .trees import TreeModel, average_models
 
 COVERAGE = 0.8  # the nominal coverage of the intervals
 MIN_KIND_ROWS = 20
@@ -319,13 +319,16 @@ class Predictor:
 
     def __init__(self, target: dict | None = None, fingerprint: dict | None = None, batch: int | None = None,
                  num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300,
-                 graph_cv: str | None = None, real_network_weight: float = 5.0):
+                 graph_cv: str | None = None, real_network_weight: float = 5.0, graph_ensemble: int = 5):
         self.target = dict(target) if target else {"name": "unknown"}
         self.fingerprint = dict(fingerprint or {})
         self.batch = int(batch or self.target.get("batch", 1) or 1)
         self.num_threads = num_threads
         self.seed = seed
         self.kernel_rounds, self.graph_rounds = kernel_rounds, graph_rounds
+        # the tree graph correction is the mean of this many boosted models (seeds seed, seed+1, ...):
+        # one model's bagging draw moved single held-out architectures by several percent
+        self.graph_ensemble = max(1, int(graph_ensemble))
         # "family": leave-one-family-out selection over all GRAPH_CANDIDATES (random folds when the
         # networks have a single family); "random" (default): the shipped method, random 5-fold CV
         # over sum, scale, ridge, lgbm. $HWNAS_GRAPH_CV sets it for the CLIs. "family" is not the
@@ -776,7 +779,9 @@ class Predictor:
             Xm[:, cols] = X[:, cols]
             X = Xm
         rounds = max(10, int(self.graph_rounds * opt.get("rounds", 1.0)))
-        return _TreeGraph(_train(X, r, params, rounds, F.GRAPH_FEATURES))
+        texts = [_train(X, r, dict(params, seed=self.seed + i), rounds, F.GRAPH_FEATURES).text
+                 for i in range(getattr(self, "graph_ensemble", 1))]
+        return _TreeGraph(TreeModel(average_models(texts)))
 
     def _graph_correction(self, sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
         t = getattr(self, "graph_type", "lgbm" if self.graph_model is not None else "sum")

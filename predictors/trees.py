@@ -155,4 +155,32 @@ class TreeModel:
         return self.text
 
 
-__all__ = ["TreeModel"]
+__all__ = ["TreeModel", "average_models"]
+
+
+def average_models(texts: "list[str]") -> str:
+    """One LightGBM model text whose prediction is the mean of the given boosted models: their
+    trees side by side, each leaf value divided by the number of models (for `TreeModel`; the
+    header is the first model's)."""
+    import re
+    if len(texts) == 1:
+        return texts[0]
+    k = len(texts)
+
+    def scale(m):
+        vals = np.array(m.group(1).split(), float) / k
+        return "leaf_value=" + " ".join(repr(float(v)) for v in vals)
+
+    head = texts[0][:texts[0].find("Tree=")]
+    blocks, n = [], 0
+    for t in texts:
+        start, end = t.find("Tree="), t.find("end of trees")
+        body = t[start:end if end >= 0 else len(t)]
+        for tree in re.split(r"(?m)^(?=Tree=\d+$)", body):
+            if not tree.startswith("Tree="):
+                continue
+            tree = re.sub(r"(?m)^Tree=\d+$", f"Tree={n}", tree, count=1)
+            blocks.append(re.sub(r"(?m)^leaf_value=(.*)$", scale, tree))
+            n += 1
+    return head + "".join(blocks) + "end of trees\n"
+

@@ -7,7 +7,7 @@ A network is a JSON-serialisable dict::
                 {"op": "mbconv", "cout": 24, "expand": 4.0, "kernel": 5, "stride": 2, ...},
                 ..., {"op": "head", "hidden": 1280, "act": "hardswish"}]}
 
-`sample_network(rng, family)` draws one (families: mobilenet, resnet, vit, mixed, regnet) and
+`sample_network(rng, family)` draws one (families: mobilenet, resnet, vit, mixed, regnet, oddwidth, dense) and
 `build_network(spec, batch)` builds its ONNX graph deterministically with the same kernel
 and block builders as the profiled configurations (so every layer is one or several
 `KernelSpec`s; `network_kernels(spec)` lists them). Sizes are kept realistic but
@@ -25,7 +25,7 @@ import onnx
 from . import builders as B
 from .kernels import KernelSpec, KernelSpecError
 
-FAMILIES = ("mobilenet", "resnet", "vit", "mixed", "regnet")
+FAMILIES = ("mobilenet", "resnet", "vit", "mixed", "regnet", "oddwidth", "dense")
 MAX_NETWORK_FLOPS = 6e9
 MIN_NETWORK_FLOPS = 5e6
 
@@ -68,6 +68,13 @@ def _layer(gb: B.GraphBuilder, x: str, shape: tuple, layer: dict[str, Any]):
     if op == "resnet_bottleneck":
         return B.b_resnet_bottleneck(gb, x, shape, mid=layer["mid"], cout=layer["cout"], stride=layer["stride"],
                                      groups=layer.get("groups", 1))
+    if op == "dense_layer":  # DenseNet: a 1x1 bottleneck and a 3x3 conv whose `growth` channels join the input
+        y, s = B.k_conv(gb, x, shape, cout=layer["bottleneck"], kernel=1, stride=1, act="relu")
+        y, s = B.k_conv(gb, y, s, cout=layer["growth"], kernel=3, stride=1, act="relu")
+        return B.k_concat(gb, x, shape, y, s)
+    if op == "transition":  # DenseNet: 1x1 compression and a 2x2 average pool
+        y, s = B.k_conv(gb, x, shape, cout=layer["cout"], kernel=1, stride=1, act="relu")
+        return B.k_pool(gb, y, s, op="avg", kernel=2, stride=2)
     if op == "patch_embed":
         # Patchify with reshape/transpose, then a linear projection (= Conv k=p, s=p) and a
         # learned position embedding.
@@ -140,22 +147,32 @@ def _choice(rng, seq, p=None):
     return seq[int(rng.choice(len(seq), p=p))]
 
 
-def _mobilenet(rng) -> dict[str, Any]:
+def _mobilenet(rng, divisor: int = 8, family: str = "mobilenet",
+               multipliers=(0.35, 0.5, 0.75, 1.0, 1.25, 1.5)) -> dict[str, Any]:
     res = _choice(rng, [96, 112, 128, 160, 192, 224])
-    wm = _choice(rng, [0.35, 0.5, 0.75, 1.0, 1.25, 1.5])
+    wm = _choice(rng, list(multipliers))
     act = _choice(rng, ["relu", "relu6", "hardswish", "silu"])
-    layers: list[dict[str, Any]] = [{"op": "conv", "cout": _div(16 * wm), "kernel": 3, "stride": 2, "act": act}]
+    layers: list[dict[str, Any]] = [{"op": "conv", "cout": _div(16 * wm, divisor), "kernel": 3, "stride": 2, "act": act}]
     stages = [(16, 1, 1), (24, 2, 2), (40, 3, 2), (80, 3, 2), (112, 3, 1), (160, 3, 2)]
     for i, (width, depth, stride) in enumerate(stages):
         n = int(rng.integers(1, depth + 2)) if i else 1
         for j in range(n):
-            layers.append({"op": "mbconv", "cout": _div(width * wm), "expand": 1.0 if i == 0 else float(_choice(rng, [3, 4, 6])),
+            layers.append({"op": "mbconv", "cout": _div(width * wm, divisor),
+                           "expand": 1.0 if i == 0 else float(_choice(rng, [3, 4, 6])),
                            "kernel": int(_choice(rng, [3, 5, 7])), "stride": stride if j == 0 else 1,
                            "se": bool(i >= 2 and rng.random() < 0.35), "act": act if i >= 2 else "relu"})
-    last = _div(_choice(rng, [576, 960]) * wm)
+    last = _div(_choice(rng, [576, 960]) * wm, divisor)
     layers.append({"op": "conv", "cout": last, "kernel": 1, "stride": 1, "act": act})
     layers.append({"op": "head", "hidden": int(_choice(rng, [0, 1024, 1280])), "act": "hardswish"})
-    return {"family": "mobilenet", "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
+    return {"family": family, "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
+
+
+def _oddwidth(rng) -> dict[str, Any]:
+    # MobileNet-like with widths rounded to 2 instead of 8 (ShuffleNetV2-1.0's 58/116 channels,
+    # width multipliers such as 0.6 or 1.1): onnxruntime leaves a conv whose channels are not a
+    # multiple of 4 outside its NCHWc layout (`predictors.features.layout_break`), which the
+    # other families, all multiples of 8, never show the graph model.
+    return _mobilenet(rng, divisor=2, family="oddwidth", multipliers=(0.6, 0.7, 0.85, 1.1, 1.3))
 
 
 def _resnet(rng) -> dict[str, Any]:
@@ -243,7 +260,31 @@ def _regnet(rng) -> dict[str, Any]:
     return {"family": "regnet", "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
 
 
-_SAMPLERS = {"mobilenet": _mobilenet, "resnet": _resnet, "vit": _vit, "mixed": _mixed, "regnet": _regnet}
+def _dense(rng) -> dict[str, Any]:
+    # DenseNet-like: every layer concatenates its `growth` new channels to everything before it,
+    # so concats, narrow 3x3 convs and wide 1x1 bottlenecks over a growing input dominate
+    res = _choice(rng, [64, 96, 128, 160, 192, 224])
+    growth = int(_choice(rng, [12, 16, 24, 32]))
+    c = 2 * growth
+    layers: list[dict[str, Any]] = [{"op": "conv", "cout": c, "kernel": 3 if res <= 96 else 7, "stride": 2, "act": "relu"}]
+    size = res // 2
+    if res > 96:
+        layers.append({"op": "pool", "pool": "max", "kernel": 3, "stride": 2})
+        size //= 2
+    for i in range(int(rng.integers(3, 5))):
+        for _ in range(int(rng.integers(2, 13))):
+            layers.append({"op": "dense_layer", "growth": growth, "bottleneck": 4 * growth})
+            c += growth
+        if size >= 4 and i < 3:
+            c = _div(c // 2, 4)
+            layers.append({"op": "transition", "cout": c})
+            size //= 2
+    layers.append({"op": "head"})
+    return {"family": "dense", "resolution": res, "in_channels": 3, "num_classes": 1000, "layers": layers}
+
+
+_SAMPLERS = {"mobilenet": _mobilenet, "resnet": _resnet, "vit": _vit, "mixed": _mixed, "regnet": _regnet,
+             "oddwidth": _oddwidth, "dense": _dense}
 
 
 def sample_network(rng: np.random.Generator, family: str | None = None,

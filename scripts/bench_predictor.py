@@ -22,9 +22,34 @@ def _fmt(m):
     return f"{m['within10']:6.1%} within ±10%  MAPE {m['mape']:6.1%}  Spearman {m['spearman']:.3f}"
 
 
-def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3) -> list[dict]:
+def _anchor_paths(tables, cache: Path, n: int, seed: int = 0) -> list[tuple[Path, float]]:
+    """`n` of the table's own networks (a seeded draw) as ONNX files under cache/anchors, each
+    with the latency the table stored for it."""
+    from predictors.model import load_tables
+    from profiling.builders import materialize
+    from profiling.networks import build_network
+    df, _ = load_tables(list(tables))
+    nets = df[df["category"] == "network"]
+    pick = nets.sample(min(n, len(nets)), random_state=seed)
+    out = []
+    for r in pick.itertuples():
+        d = cache / "anchors" / str(r.config_id)
+        if not (d / "model.onnx").exists():
+            d.mkdir(parents=True, exist_ok=True)
+            materialize(build_network(json.loads(r.network_spec)), str(d))
+        out.append((d / "model.onnx", float(r.median_ms)))
+    return out
+
+
+def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, tables=(), anchors: int = 40) -> \
+        tuple[list[dict], float | None]:
     """Measure the reference architectures here (cached in `cache`; `rounds` round-robin passes,
-    each model's median of them) and detect their kernels."""
+    each model's median of them) and detect their kernels.
+
+    With `tables`, `anchors` of the table's own networks are measured in the same passes, and
+    the second value is this session's speed against the table's: the median of measured /
+    stored over them (1.03: the machine runs 3% slower than when the table was profiled).
+    """
     import onnx
     from predictors.detect import detect_kernels, rules_for
     from profiling.measure import measure_models
@@ -38,11 +63,24 @@ def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3) -> lis
             if not (cache / f"{name}.onnx").exists():
                 export(ctor, res, str(cache / f"{name}.onnx"))
             models.append((fam, name))
-    missing = [cache / f"{name}.onnx" for _, name in models if not (cache / f"{name}.json").exists()]
+    anchor = _anchor_paths(tables, cache, anchors) if tables and anchors else []
+    result = lambda path: path.with_suffix(".json") if path.name != "model.onnx" else path.parent.with_suffix(".json")  # noqa: E731
+    todo = [cache / f"{name}.onnx" for _, name in models] + [a for a, _ in anchor]
+    missing = [t for t in todo if not result(t).exists()]
     if missing:  # the profiler's own network measurement (runner, session settings, stopping rule)
-        for r in measure_models(missing, p.target_name, rounds=rounds):
-            (cache / f"{r.name}.json").write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
-                                                              "p90_ms": r.p90_ms, "measured_at": time.time()}))
+        if len(missing) < len(todo):
+            click.echo(f"  note: {len(todo) - len(missing)} of the {len(todo)} models were measured in an "
+                       f"earlier run (cached in {cache}); the speed ratio assumes one session")
+        for path, r in zip(missing, measure_models(missing, p.target_name, rounds=rounds)):
+            result(path).write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
+                                                "p90_ms": r.p90_ms, "measured_at": time.time()}))
+    speed = None
+    if anchor:
+        ratios = np.array([json.loads(result(a).read_text())["median_ms"] / stored for a, stored in anchor])
+        speed = float(np.median(ratios))
+        click.echo(f"  machine speed against the table: {len(anchor)} of its networks measured with the "
+                   f"references now take {speed:.3f}x their stored latency (p10-p90 "
+                   f"{np.percentile(ratios, 10):.3f}-{np.percentile(ratios, 90):.3f})")
     rows = []
     for fam, name in models:
         onnx_path = cache / f"{name}.onnx"
@@ -52,10 +90,10 @@ def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3) -> lis
                      "onnx": str(onnx_path), "specs": det.specs(),
                      "unknown": sorted({u.op_type for u in det.unknown}),
                      "flops": model_stats(onnx.load(str(onnx_path), load_external_data=False)).flops})
-    return rows
+    return rows, speed
 
 
-def families_benchmark(p, tables, refs: list[dict], weight: float):
+def families_benchmark(p, tables, refs: list[dict], weight: float, speed: float | None = None):
     """Hold out each reference family in turn (the issue's protocol), three predictors side by side.
 
     - FLOPs-only: a log-log line fitted on the other families;
@@ -66,6 +104,10 @@ def families_benchmark(p, tables, refs: list[dict], weight: float):
       reference architectures of every other family (each weighing `weight`), as
       `train-predictor --table T --networks REF.csv` does, with the held-out family removed.
     The kernel models are the predictor's own (fitted on the table's kernels only).
+
+    `speed` (measured / stored latency of the table's own networks, measured with the references):
+    the references' latencies are also scored divided by it, i.e. at the speed the machine had when
+    the table was profiled, which is what a predictor trained on that table predicts.
     """
     from predictors.model import load_tables, metrics
     df, _ = load_tables(list(tables))
@@ -109,6 +151,16 @@ def families_benchmark(p, tables, refs: list[dict], weight: float):
                      ("table", "full predictor, table networks only"),
                      ("lofo", f"full predictor, + other families' networks (weight {weight:g})")):
         click.echo(f"  {label:58s} {_fmt(metrics(y, res[k]))}")
+    if speed:
+        yt = y / speed
+        click.echo(f"  at the table's speed (measured / {speed:.3f}, the anchors' ratio):")
+        for k, label in (("flops", "FLOPs-only fit"), ("sum", "plain sum of kernel predictions"),
+                         ("table", "full predictor, table networks only"),
+                         ("lofo", "full predictor, + other families' networks")):
+            click.echo(f"  {label:58s} {_fmt(metrics(yt, res[k]))}")
+        miss = [f"{r['name']} {res['lofo'][i] / yt[i] - 1:+.0%}" for i, r in enumerate(refs)
+                if abs(res["lofo"][i] / yt[i] - 1) > 0.10]
+        click.echo(f"  outside ±10% (+other families, table speed): {', '.join(miss) or 'none'}")
     return out
 
 
@@ -231,7 +283,10 @@ def nb201_benchmark(p, shots: int = 20, seeds: int = 5):
               help="Weight of a measured reference network in the held-out-family graph models.")
 @click.option("--rounds", default=3, show_default=True, type=click.IntRange(min=1),
               help="Round-robin passes over the reference models (each model's median of its passes).")
-def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networks, weight, rounds):
+@click.option("--anchors", default=40, show_default=True, type=click.IntRange(min=0),
+              help="Table networks measured in the same passes as the references, for the machine's speed "
+                   "against the table's (0: none).")
+def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networks, weight, rounds, anchors):
     from predictors import Predictor
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -278,7 +333,7 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
     click.echo("  " + out.stderr.strip().replace("\n", "\n  "))
     if not skip_families:
         click.echo("== held-out families (reference architectures measured here)")
-        refs = reference_networks(p, cache, tuple(only), rounds)
+        refs, speed = reference_networks(p, cache, tuple(only), rounds, tables, anchors)
         if write_networks:
             from predictors.measured import write_networks_file
             write_networks_file(write_networks, [r["name"] for r in refs], [r["specs"] for r in refs],
@@ -287,7 +342,7 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
                                  "p90_ms": [r["m"].get("p90_ms") for r in refs],
                                  "flops": [r["flops"] for r in refs]})
             click.echo(f"  wrote the {len(refs)} measured reference networks to {write_networks}")
-        families_benchmark(p, tables, refs, weight)
+        families_benchmark(p, tables, refs, weight, speed)
     if not skip_nb201:
         click.echo("== NB201 few-shot adaptation (20 measured cells)")
         nb201_benchmark(p)

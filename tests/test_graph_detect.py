@@ -202,7 +202,9 @@ def test_layout_break_feature_matches_onnxruntimes_nchwc_choice(tmp_path):
     from profiling.builders import build_model, materialize
     from profiling.kernels import KernelSpec
     cases = [(24, 24, 3), (56, 56, 7), (48, 48, 3), (64, 64, 2), (96, 96, 4), (24, 24, 24), (40, 40, 40),
-             (24, 48, 1), (20, 32, 1), (3, 32, 1), (96, 192, 6)]
+             (24, 48, 1), (20, 32, 1), (3, 32, 1), (96, 192, 6),
+             (58, 58, 1), (58, 58, 58), (22, 64, 1), (15, 32, 1), (18, 32, 1), (60, 60, 60), (10, 10, 10),
+             (116, 116, 1), (32, 22, 1)]
     for i, (cin, cout, g) in enumerate(cases):
         spec = KernelSpec.from_dict(dict(kind="conv", cin=cin, cout=cout, h=14, w=14, kernel=3, stride=1, groups=g,
                                          bn=True, act="relu"))

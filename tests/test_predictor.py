@@ -109,6 +109,22 @@ def test_numpy_tree_evaluator_matches_lightgbm():
     np.testing.assert_allclose(TreeModel(b.model_to_string()).predict(X), b.predict(X), rtol=1e-9, atol=1e-12)
 
 
+def test_averaged_models_predict_the_mean_of_the_boosted_models():
+    """The graph correction's seed ensemble is one model text whose trees average K boosters."""
+    import lightgbm as lgb
+    from predictors.trees import average_models
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 4))
+    y = X[:, 0] - np.abs(X[:, 1])
+    boosters = [lgb.train({"objective": "regression", "verbose": -1, "num_threads": 1, "num_leaves": 7, "seed": s,
+                           "bagging_fraction": 0.7, "bagging_freq": 1, "feature_fraction": 0.75},
+                          lgb.Dataset(X, y), num_boost_round=20 + 5 * s) for s in range(3)]
+    mean = np.mean([b.predict(X) for b in boosters], axis=0)
+    assert np.ptp([b.predict(X) for b in boosters], axis=0).max() > 1e-3  # the seeds do differ
+    np.testing.assert_allclose(TreeModel(average_models([b.model_to_string() for b in boosters])).predict(X), mean,
+                               rtol=1e-9, atol=1e-12)
+
+
 def test_unknown_ops_are_reported_with_a_fallback_estimate(trained, small_onnx):
     p, _ = trained
     r = p.predict(small_onnx)
