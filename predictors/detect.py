@@ -409,27 +409,62 @@ class _Detector:
         self.layernorm(group, g.shape(x), out)
         return True
 
-    def feeds_matmul(self, i, hops: int = 2) -> bool:
-        """Is node i a scale or last-axes Transpose that the next activation MatMul absorbs?"""
+    def feeds_matmul(self, i, views: bool = False) -> bool:
+        """Is node i a scale or a Transpose that the next activation MatMul absorbs? With `views`,
+        also across Reshape-like views (torch's attention: Transpose, Reshape, then the MatMul)."""
         g = self.g
-        for _ in range(hops):
+        for _ in range(4 if views else 2):
             j = g.single_consumer(g.nodes[i].output[0])
             if j is None:
                 return False
             n = g.nodes[j]
             if n.op_type == "MatMul":
                 return not g.is_const(n.input[0]) and not g.is_const(n.input[1])
-            if not self.foldable_into_matmul(j):
+            view = views and self.is_view(j) and n.op_type != "Transpose"
+            if not (self.foldable_into_matmul(j) or view):
                 return False
             i = j
         return False
+
+    def fold(self, i) -> None:
+        """Node i runs inside another kernel that does not list it (a view merged into the view
+        before it; a Transpose the MatMul absorbs across views)."""
+        self.folded.append(self.name(i))
+        self.used.add(i)
+
+    def is_view(self, i) -> bool:
+        """A node that only relabels the shape of its input: Reshape & co., or a Transpose that
+        moves only axes of size 1 (`x.transpose(0, 1)` at batch 1, as torch's attention writes)."""
+        n = self.g.nodes[i]
+        if n.op_type in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
+            return True
+        if n.op_type != "Transpose":
+            return False
+        shape, perm = self.g.shape(n.input[0]), self.g.attr(n, "perm")
+        if shape is None or perm is None or len(perm) != len(shape):
+            return False
+        big = [a for a in range(len(shape)) if shape[a] != 1]
+        return [a for a in perm if shape[a] != 1] == big
+
+    def after_view(self, i) -> bool:
+        """Is node i a view of a view that feeds only it? Runtimes merge such chains (ORT fuses
+        consecutive Reshapes and turns size-1 Transposes into them): one layout kernel, not two."""
+        src = self.g.producer.get(self.g.nodes[i].input[0])
+        return src is not None and self.is_view(src) and self.g.single_consumer(self.g.nodes[src].output[0]) == i
 
     def foldable_into_matmul(self, i) -> bool:
         n = self.g.nodes[i]
         if n.op_type == "Transpose" and self.rules.matmul_transpose:
             perm = self.g.attr(n, "perm")
-            return perm is not None and len(perm) >= 2 and list(perm[:-2]) == list(range(len(perm) - 2)) \
-                and list(perm[-2:]) == [len(perm) - 1, len(perm) - 2]
+            if perm is None or len(perm) < 2:
+                return False
+            r = len(perm)
+            if list(perm[:-2]) == list(range(r - 2)) and list(perm[-2:]) == [r - 1, r - 2]:
+                return True  # transA/transB
+            # FusedMatMul's transBatch: the first axis moves behind the other batch axes
+            # (torch's attention: [tokens, heads, d] -> [heads, tokens, d] before q @ k^T)
+            lead = list(range(1, r - 1))
+            return r >= 3 and list(perm) in (lead + [0, r - 1], lead + [r - 1, 0])
         if n.op_type in ("Mul", "Div") and self.rules.matmul_scale:
             return self.is_scalar_const(n.input[1]) or (n.op_type == "Mul" and self.is_scalar_const(n.input[0]))
         return False
@@ -501,6 +536,8 @@ class _Detector:
         if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
             if op == "Reshape" and self.channel_shuffle(i):
                 return
+            if self.after_view(i):
+                return self.fold(i)
             c, h, w = chw(g.shape(n.input[0]), self.batch)
             return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
         if op in LAYOUT_OPS and n.input and not g.is_const(n.input[0]):
@@ -511,7 +548,14 @@ class _Detector:
             return self.emit("reshape", [i], n.output[0], c=max(1, c), h=max(1, h), w=max(1, w))
         if op == "Transpose":
             if self.foldable_into_matmul(i) and self.feeds_matmul(i):
-                return
+                return  # the MatMul's group takes it
+            if self.foldable_into_matmul(i) and self.feeds_matmul(i, views=True):
+                return self.fold(i)
+            if self.is_view(i):  # only size-1 axes move: the bytes stay in order, a reshape
+                if self.after_view(i):
+                    return self.fold(i)
+                c, h, w = chw(g.shape(n.input[0]), self.batch)
+                return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
             c, h, w = chw(g.shape(n.input[0]), self.batch)
             return self.emit("transpose", [i], n.output[0], c=c, h=h, w=w)
         if op == "Concat" and len([t for t in n.input if t]) >= 2:

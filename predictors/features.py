@@ -225,9 +225,13 @@ def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarra
     branch = float(spec.kind in ("conv_add", "concat") or
                    (spec.kind == "elementwise" and spec.params["op"] == "add" and not spec.params["broadcast"]))
     row = np.zeros(len(ADDITIVE))
-    row[:7] = (ms, flops, nbytes, params, 1.0, branch, float(ms < 0.01))
+    # A reshape relabels a shape (runtimes alias it or merge chains of them): it adds its time but
+    # does not count as a kernel, so exporters that write 2-3 views per op (torch's attention)
+    # do not look like deeper networks than the same network written compactly.
+    counted = 0.0 if spec.kind == "reshape" else 1.0
+    row[:7] = (ms, flops, nbytes, params, counted, branch, counted * float(ms < 0.01))
     row[7 + g] = ms
-    row[7 + len(GROUPS) + g] = 1.0
+    row[7 + len(GROUPS) + g] = counted
     if layout_break(spec):
         row[_LB0:_LB0 + 3] = (ms, 1.0, nbytes - 4.0 * params)
     return row, out

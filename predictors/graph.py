@@ -77,8 +77,9 @@ class OnnxGraph:
         return val
 
     def single_consumer(self, tensor: str) -> int | None:
-        """The index of the only node reading `tensor`, if it is not also a graph output."""
-        cons = self.consumers.get(tensor, [])
+        """The index of the only node reading `tensor`'s data, if it is not also a graph output
+        (a Shape or Size node reads only the static shape, which the runtime folds to a constant)."""
+        cons = [c for c in self.consumers.get(tensor, []) if self.nodes[c].op_type not in ("Shape", "Size")]
         if len(cons) == 1 and tensor not in self.outputs:
             return cons[0]
         return None

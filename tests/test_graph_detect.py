@@ -218,3 +218,32 @@ def test_layout_break_feature_matches_onnxruntimes_nchwc_choice(tmp_path):
         opt = onnx.load(str(d / "opt.onnx"), load_external_data=False)
         nchwc = any(n.op_type == "Conv" and "nchwc" in n.domain for n in opt.graph.node)
         assert layout_break(spec) == (not nchwc), (cin, cout, g)
+
+
+def test_torch_attention_transposes_match_what_onnxruntime_runs(tmp_path):
+    """torch's exported attention writes 8 Transposes per layer; onnxruntime folds the per-head
+    ones into FusedMatMul (transBatch) and turns the size-1 ones into copies of a view. The detector
+    lists as `transpose` kernels exactly the data-moving Transposes left in ORT's optimized graph."""
+    import onnxruntime as ort
+    layer = nn.TransformerEncoderLayer(32, 2, 64, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False).eval()
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(model, torch.randn(1, 20, 32), str(path), dynamo=False, opset_version=17)
+    det = detect_kernels(str(path))
+    ours = sum(k.spec.kind == "transpose" for k in det.kernels)
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = load_graph(str(path))  # ORT keeps the Transposes' tensor names: their shapes from the export
+    moving = 0
+    for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node:
+        if n.op_type == "Transpose":
+            shape, perm = g.shape(n.input[0]), list(g.attr(n, "perm"))
+            big = [a for a in range(len(shape)) if shape[a] != 1]
+            moving += [a for a in perm if shape[a] != 1] != big
+    n_torch = sum(n.op_type == "Transpose" for n in onnx.load(str(path)).graph.node)
+    assert ours == moving and n_torch > 2 * ours
+    # every node is still accounted for
+    assert sum(len(k.nodes) for k in det.kernels) + len(det.folded) + len(det.unknown) == \
+        len(onnx.load(str(path)).graph.node)
