@@ -452,6 +452,14 @@ class _Detector:
         src = self.g.producer.get(self.g.nodes[i].input[0])
         return src is not None and self.is_view(src) and self.g.single_consumer(self.g.nodes[src].output[0]) == i
 
+    def view(self, i) -> None:
+        """A view node: a `reshape` kernel, or nothing of its own after another view."""
+        if self.after_view(i):
+            return self.fold(i)
+        n = self.g.nodes[i]
+        c, h, w = chw(self.g.shape(n.input[0]), self.batch)
+        self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
+
     def foldable_into_matmul(self, i) -> bool:
         n = self.g.nodes[i]
         if n.op_type == "Transpose" and self.rules.matmul_transpose:
@@ -536,10 +544,7 @@ class _Detector:
         if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
             if op == "Reshape" and self.channel_shuffle(i):
                 return
-            if self.after_view(i):
-                return self.fold(i)
-            c, h, w = chw(g.shape(n.input[0]), self.batch)
-            return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
+            return self.view(i)
         if op in LAYOUT_OPS and n.input and not g.is_const(n.input[0]):
             # Split/Slice/Gather (q/k/v separation, ShuffleNet's channel split, class-token pick), Expand,
             # Tile: data movement with no arithmetic, a `reshape`-like layout kernel of the copied size
@@ -547,15 +552,13 @@ class _Detector:
             c, h, w = chw(g.shape(t), self.batch)
             return self.emit("reshape", [i], n.output[0], c=max(1, c), h=max(1, h), w=max(1, w))
         if op == "Transpose":
-            if self.foldable_into_matmul(i) and self.feeds_matmul(i):
-                return  # the MatMul's group takes it
-            if self.foldable_into_matmul(i) and self.feeds_matmul(i, views=True):
-                return self.fold(i)
-            if self.is_view(i):  # only size-1 axes move: the bytes stay in order, a reshape
-                if self.after_view(i):
+            if self.foldable_into_matmul(i):
+                if self.feeds_matmul(i):
+                    return  # the MatMul's group takes it
+                if self.feeds_matmul(i, views=True):
                     return self.fold(i)
-                c, h, w = chw(g.shape(n.input[0]), self.batch)
-                return self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
+            if self.is_view(i):  # only size-1 axes move: the bytes stay in order, a reshape
+                return self.view(i)
             c, h, w = chw(g.shape(n.input[0]), self.batch)
             return self.emit("transpose", [i], n.output[0], c=c, h=h, w=w)
         if op == "Concat" and len([t for t in n.input if t]) >= 2:

@@ -194,7 +194,8 @@ NCHWC_CHANNEL_ALIGN = 4
 
 
 def layout_break(spec: KernelSpec) -> bool:
-    """Whether onnxruntime's CPU provider runs this conv outside its blocked NCHWc layout.
+    """Whether onnxruntime's CPU provider runs this kernel outside its blocked NCHWc layout
+    (a conv it cannot block, or a squeeze-and-excitation gate, around which it reorders).
 
     In a network, consecutive convs stay in NCHWc; a conv that cannot gets a reorder to NCHW
     before it and back after it, which a kernel measured alone never pays, while a conv measured

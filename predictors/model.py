@@ -780,7 +780,7 @@ class Predictor:
             X = Xm
         rounds = max(10, int(self.graph_rounds * opt.get("rounds", 1.0)))
         texts = [_train(X, r, dict(params, seed=self.seed + i), rounds, F.GRAPH_FEATURES).text
-                 for i in range(getattr(self, "graph_ensemble", 1))]
+                 for i in range(self.graph_ensemble)]
         return _TreeGraph(TreeModel(average_models(texts)))
 
     def _graph_correction(self, sums: np.ndarray, peak: np.ndarray) -> np.ndarray:

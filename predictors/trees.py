@@ -155,9 +155,6 @@ class TreeModel:
         return self.text
 
 
-__all__ = ["TreeModel", "average_models"]
-
-
 def average_models(texts: "list[str]") -> str:
     """One LightGBM model text whose prediction is the mean of the given boosted models: their
     trees side by side, each leaf value divided by the number of models (for `TreeModel`; the
@@ -184,3 +181,5 @@ def average_models(texts: "list[str]") -> str:
             n += 1
     return head + "".join(blocks) + "end of trees\n"
 
+
+__all__ = ["TreeModel", "average_models"]

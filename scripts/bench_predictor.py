@@ -22,13 +22,17 @@ def _fmt(m):
     return f"{m['within10']:6.1%} within ±10%  MAPE {m['mape']:6.1%}  Spearman {m['spearman']:.3f}"
 
 
-def _anchor_paths(tables, cache: Path, n: int, seed: int = 0) -> list[tuple[Path, float]]:
-    """`n` of the table's own networks (a seeded draw) as ONNX files under cache/anchors, each
-    with the latency the table stored for it."""
-    from predictors.model import load_tables
+def _result_file(onnx_path: Path) -> Path:
+    """Where a measured model's figures are cached: NAME.json beside NAME.onnx, or DIR.json for
+    an anchor's DIR/model.onnx."""
+    return onnx_path.parent.with_suffix(".json") if onnx_path.name == "model.onnx" else onnx_path.with_suffix(".json")
+
+
+def _anchor_paths(df, cache: Path, n: int, seed: int = 0) -> list[tuple[Path, float]]:
+    """`n` of the table's own networks (a seeded draw from the table rows `df`) as ONNX files
+    under cache/anchors, each with the latency the table stored for it."""
     from profiling.builders import materialize
     from profiling.networks import build_network
-    df, _ = load_tables(list(tables))
     nets = df[df["category"] == "network"]
     pick = nets.sample(min(n, len(nets)), random_state=seed)
     out = []
@@ -41,12 +45,12 @@ def _anchor_paths(tables, cache: Path, n: int, seed: int = 0) -> list[tuple[Path
     return out
 
 
-def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, tables=(), anchors: int = 40) -> \
+def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, table=None, anchors: int = 40) -> \
         tuple[list[dict], float | None]:
     """Measure the reference architectures here (cached in `cache`; `rounds` round-robin passes,
     each model's median of them) and detect their kernels.
 
-    With `tables`, `anchors` of the table's own networks are measured in the same passes, and
+    With `table` (the table's rows), `anchors` of its own networks are measured in the same passes, and
     the second value is this session's speed against the table's: the median of measured /
     stored over them (1.03: the machine runs 3% slower than when the table was profiled).
     """
@@ -63,20 +67,19 @@ def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, tables
             if not (cache / f"{name}.onnx").exists():
                 export(ctor, res, str(cache / f"{name}.onnx"))
             models.append((fam, name))
-    anchor = _anchor_paths(tables, cache, anchors) if tables and anchors else []
-    result = lambda path: path.with_suffix(".json") if path.name != "model.onnx" else path.parent.with_suffix(".json")  # noqa: E731
+    anchor = _anchor_paths(table, cache, anchors) if table is not None and anchors else []
     todo = [cache / f"{name}.onnx" for _, name in models] + [a for a, _ in anchor]
-    missing = [t for t in todo if not result(t).exists()]
+    missing = [t for t in todo if not _result_file(t).exists()]
     if missing:  # the profiler's own network measurement (runner, session settings, stopping rule)
         if len(missing) < len(todo):
             click.echo(f"  note: {len(todo) - len(missing)} of the {len(todo)} models were measured in an "
                        f"earlier run (cached in {cache}); the speed ratio assumes one session")
         for path, r in zip(missing, measure_models(missing, p.target_name, rounds=rounds)):
-            result(path).write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
+            _result_file(path).write_text(json.dumps({"median_ms": r.median_ms, "p10_ms": r.p10_ms,
                                                 "p90_ms": r.p90_ms, "measured_at": time.time()}))
     speed = None
     if anchor:
-        ratios = np.array([json.loads(result(a).read_text())["median_ms"] / stored for a, stored in anchor])
+        ratios = np.array([json.loads(_result_file(a).read_text())["median_ms"] / stored for a, stored in anchor])
         speed = float(np.median(ratios))
         click.echo(f"  machine speed against the table: {len(anchor)} of its networks measured with the "
                    f"references now take {speed:.3f}x their stored latency (p10-p90 "
@@ -84,7 +87,7 @@ def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, tables
     rows = []
     for fam, name in models:
         onnx_path = cache / f"{name}.onnx"
-        m = json.loads((cache / f"{name}.json").read_text())
+        m = json.loads(_result_file(onnx_path).read_text())
         det = detect_kernels(str(onnx_path), p.batch, rules_for(p.target))
         rows.append({"family": fam, "name": name, "ms": m.get("median_ms", m.get("ms")), "m": m,
                      "onnx": str(onnx_path), "specs": det.specs(),
@@ -93,7 +96,7 @@ def reference_networks(p, cache: Path, only: tuple = (), rounds: int = 3, tables
     return rows, speed
 
 
-def families_benchmark(p, tables, refs: list[dict], weight: float, speed: float | None = None):
+def families_benchmark(p, table, refs: list[dict], weight: float, speed: float | None = None):
     """Hold out each reference family in turn (the issue's protocol), three predictors side by side.
 
     - FLOPs-only: a log-log line fitted on the other families;
@@ -109,9 +112,8 @@ def families_benchmark(p, tables, refs: list[dict], weight: float, speed: float 
     the references' latencies are also scored divided by it, i.e. at the speed the machine had when
     the table was profiled, which is what a predictor trained on that table predicts.
     """
-    from predictors.model import load_tables, metrics
-    df, _ = load_tables(list(tables))
-    nets = p.network_rows(df)
+    from predictors.model import metrics
+    nets = p.network_rows(table)
     cand = [r["specs"] if not r["unknown"] else r["onnx"] for r in refs]
     fams = sorted({r["family"] for r in refs})
     fam_arr = np.array([r["family"] for r in refs])
@@ -147,16 +149,15 @@ def families_benchmark(p, tables, refs: list[dict], weight: float, speed: float 
         out[fam] = w
         click.echo(f"  {fam:14s} {sel.sum():3d}  {w['flops']:10.1%} {w['sum']:10.1%} {w['table']:10.1%} "
                    f"{w['lofo']:10.1%}  {choice.get(fam) or ''}")
-    for k, label in (("flops", "FLOPs-only fit (fitted on the other families)"), ("sum", "plain sum of kernel predictions"),
-                     ("table", "full predictor, table networks only"),
-                     ("lofo", f"full predictor, + other families' networks (weight {weight:g})")):
+    labels = (("flops", "FLOPs-only fit (fitted on the other families)"), ("sum", "plain sum of kernel predictions"),
+              ("table", "full predictor, table networks only"),
+              ("lofo", f"full predictor, + other families' networks (weight {weight:g})"))
+    for k, label in labels:
         click.echo(f"  {label:58s} {_fmt(metrics(y, res[k]))}")
     if speed:
         yt = y / speed
         click.echo(f"  at the table's speed (measured / {speed:.3f}, the anchors' ratio):")
-        for k, label in (("flops", "FLOPs-only fit"), ("sum", "plain sum of kernel predictions"),
-                         ("table", "full predictor, table networks only"),
-                         ("lofo", "full predictor, + other families' networks")):
+        for k, label in labels:
             click.echo(f"  {label:58s} {_fmt(metrics(yt, res[k]))}")
         miss = [f"{r['name']} {res['lofo'][i] / yt[i] - 1:+.0%}" for i, r in enumerate(refs)
                 if abs(res["lofo"][i] / yt[i] - 1) > 0.10]
@@ -333,7 +334,9 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
     click.echo("  " + out.stderr.strip().replace("\n", "\n  "))
     if not skip_families:
         click.echo("== held-out families (reference architectures measured here)")
-        refs, speed = reference_networks(p, cache, tuple(only), rounds, tables, anchors)
+        from predictors.model import load_tables
+        table, _ = load_tables(list(tables))  # read once: the anchors and the held-out fits use it
+        refs, speed = reference_networks(p, cache, tuple(only), rounds, table, anchors)
         if write_networks:
             from predictors.measured import write_networks_file
             write_networks_file(write_networks, [r["name"] for r in refs], [r["specs"] for r in refs],
@@ -342,7 +345,7 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
                                  "p90_ms": [r["m"].get("p90_ms") for r in refs],
                                  "flops": [r["flops"] for r in refs]})
             click.echo(f"  wrote the {len(refs)} measured reference networks to {write_networks}")
-        families_benchmark(p, tables, refs, weight, speed)
+        families_benchmark(p, table, refs, weight, speed)
     if not skip_nb201:
         click.echo("== NB201 few-shot adaptation (20 measured cells)")
         nb201_benchmark(p)

@@ -166,7 +166,8 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--networks", type=int, help="Whole networks in the table (default: 6 percent of --max-configs).")
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
 @click.option("--families", "families_text", metavar="FAMILY,FAMILY,...",
-              help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet).")
+              help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet, "
+                   "oddwidth, dense).")
 @click.option("--models", "models", multiple=True, type=click.Path(), metavar="MODEL.onnx",
               help="Instead of a table: measure these whole ONNX models on the target (repeat; a folder "
                    "means its *.onnx) into a measured-networks CSV (--out, default measured-networks.csv) for "
