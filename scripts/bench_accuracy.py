@@ -8,7 +8,9 @@ cached as CSV files under ``--cache`` (default ``/tmp/hwnas-accbench``), so a re
     taskset -c 0 python -m scripts.bench_accuracy report    # prints every figure from the caches
     taskset -c 0 python -m scripts.bench_accuracy supervised-dev  # supervised estimators on the other reference cells
 
-Subcommands ``proxies`` and ``supernet`` also print their figures when done.
+Subcommands ``proxies`` and ``supernet`` also print their figures when done. On a GPU machine,
+``--device cuda`` trains and evaluates there, and ``--shared DIR`` points at a copy of the
+reference data (the command of each session-4 run is in ``docs/accuracy.md`` section 7).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import dataclasses
 import json
 import sys
 from typing import Sequence
@@ -40,8 +43,9 @@ REF_COLUMN = {"flops": "flops", "params": "params", "synflow": "synflow", "nwot"
               "snip": "snip", "grad_norm": "grad_norm", "fisher": "fisher", "grasp": "grasp", "zen": "zen"}
 
 
-def _need_shared() -> None:
-    missing = [p for p in (NB201_CSV, ZC_CSV, CIFAR_TGZ) if not p.exists()]
+def _need_shared(subcommand: str | None = None) -> None:
+    needed = (NB201_CSV, CIFAR_TGZ) if subcommand in ("supernet", "standalone") else (NB201_CSV, ZC_CSV, CIFAR_TGZ)
+    missing = [p for p in needed if not p.exists()]
     if missing:
         sys.exit(f"reference data missing: {', '.join(map(str, missing))} (expected ../shared, see shared/README.md)")
 
@@ -257,8 +261,15 @@ def _bench_subnets(space, n_subnets: int, seed: int = 0) -> list:
     return [pool[i] for i in rng.choice(len(pool), n_subnets, replace=False)]
 
 
-def _standalone_path(work: Path, C: int, N: int, size: int, epochs: float, per_class: int, val_per_class: int) -> Path:
-    return work / f"standalone_C{C}N{N}_r{size}_e{epochs}_pc{per_class}_v{val_per_class}.csv"
+def _recipe_tag(batch_size: int, lr: float, default_lr: float = 0.05) -> str:
+    """File-name suffix of a non-default training recipe (the CPU runs' caches keep their names)."""
+    return ("" if batch_size == 64 else f"_b{batch_size}") + ("" if lr == default_lr else f"_lr{lr}")
+
+
+def _standalone_path(work: Path, C: int, N: int, size: int, epochs: float, per_class: int, val_per_class: int,
+                     batch_size: int = 64, lr: float = 0.05) -> Path:
+    return work / (f"standalone_C{C}N{N}_r{size}_e{epochs}_pc{per_class}_v{val_per_class}"
+                   f"{_recipe_tag(batch_size, lr)}.csv")
 
 
 def _locked_rows(path: Path, row: dict | None = None) -> pd.DataFrame:
@@ -278,10 +289,13 @@ def _locked_rows(path: Path, row: dict | None = None) -> pd.DataFrame:
 
 
 def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-                   epochs: float, seeds: int, data=None, seed: int = 0, reverse: bool = False) -> pd.DataFrame:
+                   epochs: float, seeds: int, data=None, seed: int = 0, reverse: bool = False,
+                   device: str = "cpu", batch_size: int = 64, lr: float = 0.05,
+                   shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
     """Train every benchmark subnet from scratch ``seeds`` times (seed s: initialisation, data order
     and augmentation), caching one row per (arch, seed); returns the rows of the benchmark subnets.
-    ``reverse`` walks the subnets backwards (a second process can then fill the cache from the other end)."""
+    ``reverse`` walks the subnets backwards (a second process can then fill the cache from the other end);
+    ``shard=(k, n)`` trains only the k-th of every n (arch, seed) runs, for n processes side by side."""
     from search.spaces import get_space
     from search.supernet import TrainConfig, accuracy, train_standalone
     torch.set_num_threads(1)
@@ -290,20 +304,20 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
     train, val = data if data is not None else _supernet_data(cache, per_class, val_per_class, size, seed)
     space = get_space("nb201", C=C, N=N, resolution=size)
     archs = [space.to_string(a) for a in _bench_subnets(space, n_subnets, seed)]
-    path = _standalone_path(work, C, N, size, epochs, per_class, val_per_class)
-    for s in range(seeds):
-        for key in (archs[::-1] if reverse else archs):
-            sa = _locked_rows(path)
-            if ((sa["arch"] == key) & (sa["seed"] == s)).any():
-                continue
-            torch.manual_seed(s)
-            t = time.perf_counter()
-            net = train_standalone(space.build(space.from_string(key)), train,
-                                   TrainConfig(epochs=epochs, batch_size=64, lr=0.05, hflip=True, seed=s))
-            acc = accuracy(net, val)
-            row = {"arch": key, "seed": s, "acc": acc, "seconds": time.perf_counter() - t}
-            _locked_rows(path, row)
-            click.echo(f"  stand-alone seed {s} {key}  {acc:5.2f}  ({row['seconds']:.0f} s)")
+    path = _standalone_path(work, C, N, size, epochs, per_class, val_per_class, batch_size, lr)
+    runs = [(s, key) for s in range(seeds) for key in (archs[::-1] if reverse else archs)]
+    for s, key in runs[shard[0]::shard[1]]:
+        sa = _locked_rows(path)
+        if ((sa["arch"] == key) & (sa["seed"] == s)).any():
+            continue
+        torch.manual_seed(s)
+        t = time.perf_counter()
+        net = train_standalone(space.build(space.from_string(key)).to(device), train,
+                               TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, hflip=True, seed=s))
+        acc = accuracy(net, val)
+        row = {"arch": key, "seed": s, "acc": acc, "seconds": time.perf_counter() - t}
+        _locked_rows(path, row)
+        click.echo(f"  stand-alone seed {s} {key}  {acc:5.2f}  ({row['seconds']:.0f} s)")
     sa = _locked_rows(path).drop_duplicates(["arch", "seed"])
     return sa[sa["arch"].isin(archs) & (sa["seed"] < seeds)]
 
@@ -311,12 +325,16 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
 def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
                  supernet_epochs: float, standalone_epochs: float, standalone_seeds: int, sampling: str = "fair",
                  n_random: int = 2, lr: float = 0.05, calib_images: int = 2000, seed: int = 0,
-                 with_standalone: bool = True, supernet_per_class: int | None = None) -> dict:
+                 with_standalone: bool = True, supernet_per_class: int | None = None, device: str = "cpu",
+                 batch_size: int = 64, standalone_lr: float = 0.05, few_shot_edge: int | None = None,
+                 few_shot_epochs: float = 15.0, few_shot_lr: float = 0.02,
+                 few_shot_ops: Sequence[str] | None = None) -> dict:
     """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset,
     and both against NB201's 200-epoch ``val_acc`` of the same cells."""
     from search.spaces import get_space
-    from search.supernet import TrainConfig, build_supernet
+    from search.supernet import FewShotNB201Supernet, TrainConfig, build_supernet
     torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     work = cache / "supernet"
     work.mkdir(parents=True, exist_ok=True)
     data = _supernet_data(cache, per_class, val_per_class, size, seed)  # the stand-alone runs' data
@@ -324,12 +342,12 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     train, val = data if sn_pc == per_class else _supernet_data(cache, sn_pc, val_per_class, size, seed)
     space = get_space("nb201", C=C, N=N, resolution=size)
     archs = _bench_subnets(space, n_subnets, seed)
-    cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=64, lr=lr, n_random=n_random, sampling=sampling,
+    cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=batch_size, lr=lr, n_random=n_random, sampling=sampling,
                         hflip=True, checkpoint_every=100, seed=seed)
     paths = cfg_s.paths_per_step(space)
-    sn = build_supernet(space)
+    sn = build_supernet(space).to(device)
     t = time.time()
-    tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}"
+    tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}{_recipe_tag(batch_size, 0.05)}"
     info = sn.fit(train, cfg_s, checkpoint=work / f"{tag}.pt", log=lambda m: click.echo("  supernet " + m))
     timing = work / f"{tag}.seconds.json"  # the training time of the run that built the checkpoint
     if info["resumed_from"] == 0:
@@ -337,6 +355,21 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     train_s = json.loads(timing.read_text())["seconds"] if timing.exists() else None
     click.echo(f"supernet: {info['steps']} steps ({supernet_epochs} epochs x {paths} paths, sampling={sampling}), "
                f"{info['seconds']:.0f} s this run")
+    few_shot_s = None
+    if few_shot_edge is not None:  # split the trained supernet on one edge and fine-tune the parts
+        fs = FewShotNB201Supernet(sn, few_shot_edge)
+        cfg_f = dataclasses.replace(cfg_s, epochs=few_shot_epochs, lr=few_shot_lr)
+        ftag = f"{tag}_fs{few_shot_edge}_e{few_shot_epochs}_lr{few_shot_lr}"
+        parts = fs.fit(train, cfg_f, checkpoint=work / f"{ftag}.pt", ops=few_shot_ops,
+                       log=lambda m: click.echo("  few-shot " + m))
+        timing = work / f"{ftag}.seconds.json"
+        done = json.loads(timing.read_text()) if timing.exists() else {}
+        done.update({op: info["seconds"] for op, info in parts.items() if info["resumed_from"] == 0})
+        timing.write_text(json.dumps(done))
+        if few_shot_ops:  # only some parts trained here (other processes train the rest)
+            return {}
+        few_shot_s = sum(done.values()) if len(done) == len(fs.parts) else None
+        sn, tag = fs, ftag
     rows = []
     for a in archs:
         t = time.perf_counter()
@@ -345,7 +378,8 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     df = pd.DataFrame(rows)
     if with_standalone:
         sa = run_standalone(cache, n_subnets, per_class, val_per_class, size, C, N, standalone_epochs,
-                            standalone_seeds, data=data, seed=seed)
+                            standalone_seeds, data=data, seed=seed, device=device, batch_size=batch_size,
+                            lr=standalone_lr)
         df["standalone_acc"] = df["arch"].map(sa.groupby("arch")["acc"].mean())
         for s in range(standalone_seeds):
             df[f"standalone_seed{s}"] = df["arch"].map(sa[sa["seed"] == s].set_index("arch")["acc"])
@@ -362,13 +396,18 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
         "subnets": len(df), "supernet_train_images": len(train), "standalone_train_images": len(data[0]),
         "val_images": len(val), "image_size": size,
         "space": f"nb201 C={C} N={N}", "supernet_epochs": supernet_epochs, "supernet_steps": info["steps"],
-        "sampling": sampling, "paths_per_step": paths, "lr": lr, "calib_images": calib_images,
+        "sampling": sampling, "paths_per_step": paths, "lr": lr, "batch_size": batch_size,
+        "calib_images": calib_images, "device": str(torch.device(device)) + (
+            f" ({torch.cuda.get_device_name(device)})" if torch.device(device).type == "cuda" else ""),
         "kendall_supernet_vs_nb201": tau("supernet_acc", "val_acc"),
         "eval_seconds_mean": float(df["eval_s"].mean()), "supernet_train_seconds": train_s,
     }
+    if few_shot_edge is not None:
+        res.update({"few_shot_edge": few_shot_edge, "few_shot_epochs": few_shot_epochs, "few_shot_lr": few_shot_lr,
+                    "few_shot_train_seconds": few_shot_s})
     if with_standalone:
         res.update({
-            "standalone_epochs": standalone_epochs, "standalone_seeds": standalone_seeds,
+            "standalone_epochs": standalone_epochs, "standalone_seeds": standalone_seeds, "standalone_lr": standalone_lr,
             "kendall_supernet_vs_standalone": tau("supernet_acc", "standalone_acc"),
             "kendall_standalone_vs_nb201": tau("standalone_acc", "val_acc"),
             "standalone_seconds_mean": float(sa["seconds"].astype(float).mean())})
@@ -385,10 +424,23 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     return res
 
 
+def _use_shared(root: Path) -> None:
+    """Point the benchmark at another copy of the reference data (e.g. one carried to a GPU machine)."""
+    global SHARED, NB201_CSV, ZC_CSV, CIFAR_TGZ
+    SHARED = root / "data"
+    NB201_CSV = SHARED / "nb201" / "nb201_cifar10.csv"
+    ZC_CSV = SHARED / "nb201" / "nb201_zc_proxies_cifar10.csv"
+    CIFAR_TGZ = SHARED / "cifar10" / "cifar10-jpeg.tar.gz"
+
+
 @click.group()
-def main() -> None:
+@click.option("--shared", type=click.Path(path_type=Path, file_okay=False), default=SHARED.parent, show_default=True,
+              help="the reference data folder (see ../shared/README.md)")
+@click.pass_context
+def main(ctx: click.Context, shared: Path) -> None:
     """Accuracy-estimation benchmarks (see the module docstring)."""
-    _need_shared()
+    _use_shared(shared)
+    _need_shared(ctx.invoked_subcommand)
 
 
 @main.command()
@@ -415,6 +467,10 @@ def _subnet_options(f):
         click.option("--N", "N", default=1, show_default=True),
         click.option("--standalone-epochs", default=12.0, show_default=True),
         click.option("--standalone-seeds", default=2, show_default=True, help="stand-alone runs per subnet (averaged)"),
+        click.option("--device", default="cpu", show_default=True, help="torch device for training and evaluation "
+                     "(e.g. cuda)"),
+        click.option("--batch-size", default=64, show_default=True, help="training batch (supernet and stand-alone)"),
+        click.option("--standalone-lr", default=0.05, show_default=True),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -431,34 +487,48 @@ def _subnet_options(f):
 @click.option("--no-standalone", is_flag=True, help="train and score the supernet only (Kendall vs NB201 val_acc)")
 @click.option("--supernet-per-class", type=int, default=None, help="supernet training images per class "
               "(default: --per-class)")
+@click.option("--few-shot-edge", type=int, default=None, help="split the trained supernet on this edge (0-5) into "
+              "one sub-supernet per op (few-shot NAS) and score subnets with them")
+@click.option("--few-shot-epochs", default=15.0, show_default=True, help="fine-tuning epochs of each sub-supernet")
+@click.option("--few-shot-lr", default=0.02, show_default=True)
+@click.option("--few-shot-ops", default=None, help="comma-separated: train only these sub-supernets and stop "
+              "(to train the parts in several processes; a last run without it scores)")
 def supernet(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-             standalone_epochs: float, standalone_seeds: int, supernet_epochs: float, sampling: str, n_random: int,
-             lr: float, calib_images: int, no_standalone: bool, supernet_per_class: int | None) -> None:
+             standalone_epochs: float, standalone_seeds: int, device: str, batch_size: int, standalone_lr: float,
+             supernet_epochs: float, sampling: str, n_random: int, lr: float, calib_images: int, no_standalone: bool,
+             supernet_per_class: int | None, few_shot_edge: int | None, few_shot_epochs: float, few_shot_lr: float,
+             few_shot_ops: str | None) -> None:
     """Kendall tau between inherited-weight and stand-alone accuracies of NB201 subnets."""
     run_supernet(cache, subnets, per_class, val_per_class, size, C, N, supernet_epochs, standalone_epochs,
                  standalone_seeds, sampling, n_random, lr, calib_images, with_standalone=not no_standalone,
-                 supernet_per_class=supernet_per_class)
+                 supernet_per_class=supernet_per_class, device=device, batch_size=batch_size,
+                 standalone_lr=standalone_lr, few_shot_edge=few_shot_edge, few_shot_epochs=few_shot_epochs,
+                 few_shot_lr=few_shot_lr, few_shot_ops=few_shot_ops.split(",") if few_shot_ops else None)
 
 
 @main.command()
 @_subnet_options
 @click.option("--reverse", is_flag=True, help="walk the subnets backwards (to run a second process beside a first)")
+@click.option("--shard", default="0/1", show_default=True, help="K/N: train only every N-th run from the K-th "
+              "(N processes side by side, e.g. on one GPU)")
 @click.option("--report-only", is_flag=True, help="train nothing; summarise the cached runs (also incomplete seeds)")
 @click.option("--supernet-csv", type=click.Path(path_type=Path), default=None,
               help="a subnets_*.csv of a supernet run, to score against each seed on the subnets it has")
 def standalone(cache: Path, subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-               standalone_epochs: float, standalone_seeds: int, reverse: bool, report_only: bool,
-               supernet_csv: Path | None) -> None:
+               standalone_epochs: float, standalone_seeds: int, device: str, batch_size: int, standalone_lr: float,
+               reverse: bool, shard: str, report_only: bool, supernet_csv: Path | None) -> None:
     """Only the stand-alone reference of the supernet benchmark (cached; 'supernet' reuses it)."""
     if report_only:
         from search.spaces import get_space
         space = get_space("nb201", C=C, N=N, resolution=size)
         archs = [space.to_string(a) for a in _bench_subnets(space, subnets)]
-        sa = _locked_rows(_standalone_path(cache / "supernet", C, N, size, standalone_epochs, per_class, val_per_class))
+        sa = _locked_rows(_standalone_path(cache / "supernet", C, N, size, standalone_epochs, per_class, val_per_class,
+                                           batch_size, standalone_lr))
         sa = sa[sa["arch"].isin(archs) & (sa["seed"] < standalone_seeds)].drop_duplicates(["arch", "seed"])
     else:
+        k, n = (int(v) for v in shard.split("/"))
         sa = run_standalone(cache, subnets, per_class, val_per_class, size, C, N, standalone_epochs, standalone_seeds,
-                            reverse=reverse)
+                            reverse=reverse, device=device, batch_size=batch_size, lr=standalone_lr, shard=(k, n))
     nb = pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"]).set_index("arch")["val_acc"]
     wide = sa.pivot(index="arch", columns="seed", values="acc")
     sn = pd.read_csv(supernet_csv).set_index("arch")["supernet_acc"] if supernet_csv else None

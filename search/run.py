@@ -61,6 +61,7 @@ class SearchConfig:
     proxies: tuple[str, ...] = DEFAULT_PROXIES
     proxy_batch: int = 64
     supernet_epochs: float | None = None    # supernet training on the data (default 8 epochs)
+    device: str = "cpu"                     # torch device of supernet training and evaluation (e.g. cuda)
     reference_size: int = 64                # random architectures the rank score is relative to
     cache_dir: str | Path | None = None     # proxy scores per cell, supernet checkpoints (default: ~/.cache/hwnas)
     export_best: bool = True
@@ -120,6 +121,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         csv_path, dev_name = parse_benchmark(config.benchmark)
         bench = BenchmarkDevice(csv_path, dev_name, config.max_measurements)
     predictor, target = wiring.load_predictor_and_target(config, benchmark=bench is not None)
+    wiring.torch_device(config.device)
     data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
     space = wiring.make_space(config.space, data, config.space_options)
     latency = wiring.latency_model(predictor, space, config.predictor)

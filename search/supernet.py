@@ -44,7 +44,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -189,7 +189,7 @@ class Supernet(nn.Module, abc.ABC):
                  batch_size: int = 200, seed: int = 0) -> float:
         """Top-1 accuracy (%) on ``val`` of ``arch`` with inherited weights, after BN
         recalibration on ``calib_images`` images of ``calib`` (default: ``val``)."""
-        net = self.subnet(arch)
+        net = self.subnet(arch).to(_device(self))
         r = self.resolution(arch)
         recalibrate_bn(net, calib if calib is not None else val, r, calib_images, batch_size, seed)
         return accuracy(net, val, r, batch_size)
@@ -223,7 +223,18 @@ class NB201Supernet(Supernet):
     def __init__(self, space: NB201Space):
         super().__init__()
         self.space = space
+        #: ``(edge index, op)`` when this supernet only trains subnets with that op on that edge
+        #: (a sub-supernet of :class:`FewShotNB201Supernet`)
+        self.fixed: tuple[int, str] | None = None
         build_macro(self, space.in_channels, space.C, space.N, space.num_classes, _NB201SuperCell)
+
+    def training_archs(self, rng: np.random.Generator, n_random: int,
+                       sampling: str = "uniform") -> tuple[list[Any], bool]:
+        archs, teacher = super().training_archs(rng, n_random, sampling)
+        if self.fixed is not None:
+            e, op = self.fixed
+            archs = [a[:e] + (op,) + a[e + 1:] for a in archs]
+        return archs, teacher
 
     def forward(self, x: torch.Tensor, arch: tuple) -> torch.Tensor:
         arch = tuple(arch)
@@ -248,6 +259,56 @@ class NB201Supernet(Supernet):
             new[k] = src[k_src]
         net.load_state_dict(new)
         return net
+
+
+class FewShotNB201Supernet(Supernet):
+    """Few-shot NAS (Zhao et al., ICML 2021): the trained one-shot supernet split on one edge
+    into one sub-supernet per op of that edge. Each starts as a copy of the parent and is
+    fine-tuned only on the subnets that use its op there; a subnet is scored by the
+    sub-supernet of its op. The ops of the split edge then no longer share the weights around
+    them, which removes part of the co-adaptation that makes one-shot rankings wrong."""
+
+    def __init__(self, parent: NB201Supernet, edge: int = 0):
+        super().__init__()
+        if not isinstance(parent, NB201Supernet):
+            raise SupernetError(f"few-shot splitting is implemented for the nb201 supernet, not {type(parent).__name__}")
+        if not 0 <= edge < len(EDGES):
+            raise SupernetError(f"edge must be in 0..{len(EDGES) - 1}, not {edge}")
+        self.space = parent.space
+        self.edge = edge
+        self.parts = nn.ModuleDict()
+        for op in OPS:
+            part = copy.deepcopy(parent)
+            part.fixed = (edge, op)
+            self.parts[op] = part
+
+    def part(self, arch: Any) -> NB201Supernet:
+        """The sub-supernet that scores ``arch``."""
+        return self.parts[tuple(arch)[self.edge]]
+
+    def forward(self, x: torch.Tensor, arch: tuple) -> torch.Tensor:
+        return self.part(arch)(x, arch)
+
+    def subnet(self, arch: tuple) -> nn.Module:
+        return self.part(arch).subnet(arch)
+
+    def part_checkpoint(self, checkpoint: str | Path, op: str) -> Path:
+        p = Path(checkpoint)
+        return p.with_name(f"{p.stem}_edge{self.edge}_{op}{p.suffix}")
+
+    def fit(self, data: ImageDataset, config: TrainConfig | None = None, checkpoint: str | Path | None = None,
+            log: Callable[[str], None] | None = None, ops: Sequence[str] | None = None) -> dict[str, Any]:
+        """Fine-tune the sub-supernets of ``ops`` (default: all) one after the other, each with its
+        own checkpoint beside ``checkpoint`` (``<stem>_edge<E>_<op>.pt``); several processes can
+        each train some of them. Returns the per-op training summaries."""
+        out = {}
+        for op in ops or OPS:
+            if op not in self.parts:
+                raise SupernetError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
+            ck = None if checkpoint is None else self.part_checkpoint(checkpoint, op)
+            out[op] = train_supernet(self.parts[op], data, config or TrainConfig(), ck,
+                                     (lambda m, op=op: log(f"[{op}] {m}")) if log else None)
+        return out
 
 
 # ---- MobileNetV3 -----------------------------------------------------------------------
@@ -453,17 +514,28 @@ def build_supernet(space: SearchSpace) -> Supernet:
 # ---- training, BN recalibration, evaluation ---------------------------------------------
 
 def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    """Random translation by up to 1/8 of the size (zero padding), and optional flips."""
-    n, _, h, w = x.shape
+    """Random translation by up to 1/8 of the size (zero padding), and optional flips. The
+    random numbers come from ``gen`` (a CPU generator) whatever the device of ``x``, so a run
+    draws the same augmentation on CPU and GPU."""
+    n, c, h, w = x.shape
     pad = max(1, h // 8)
     xp = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
-    out = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    out = xp[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(c, device=x.device)[None, :, None, None],
+             rows, cols]
     if hflip:
-        flip = torch.rand(n, generator=gen) < 0.5
+        flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
         out[flip] = out[flip].flip(-1)
     return out
+
+
+def _device(net: nn.Module) -> torch.device:
+    """Where ``net`` lives: batches are moved there, so a model on a GPU trains and evaluates there."""
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _config_key(config: TrainConfig, supernet: Supernet, n_train: int) -> dict[str, Any]:
@@ -471,7 +543,10 @@ def _config_key(config: TrainConfig, supernet: Supernet, n_train: int) -> dict[s
     d.pop("checkpoint_every")
     if d.get("sampling") == "uniform":  # added later: checkpoints made before it stay valid
         d.pop("sampling")
-    return {"config": d, "space": repr(supernet.space), "n_train": n_train}
+    key = {"config": d, "space": repr(supernet.space), "n_train": n_train}
+    if getattr(supernet, "fixed", None) is not None:  # a few-shot sub-supernet
+        key["fixed"] = list(supernet.fixed)
+    return key
 
 
 def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, checkpoint: str | Path | None = None,
@@ -495,7 +570,7 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and ckpt.exists():
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            state = torch.load(ckpt, map_location=_device(supernet), weights_only=True)
         except Exception as e:  # noqa: BLE001
             raise SupernetError(f"cannot read checkpoint {ckpt}: {e}; delete it to start over") from e
         if state.get("key") != key:
@@ -516,6 +591,7 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
         os.replace(tmp, ckpt)
 
     steps_per_epoch = max(1, len(data) // config.batch_size)
+    dev = _device(supernet)
     supernet.train()
     t0 = time.time()
     last_loss = float("nan")
@@ -527,7 +603,7 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
             order = np.random.default_rng([config.seed, epoch]).permutation(len(data))
             order_epoch = epoch
         idx = torch.as_tensor(order[pos * config.batch_size:(pos + 1) * config.batch_size], dtype=torch.long)
-        x, y = data.x[idx], data.y[idx]
+        x, y = data.x[idx].to(dev), data.y[idx].to(dev)
         gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
         if config.augment:
             x = _augment(x, gen, config.hflip)
@@ -569,11 +645,12 @@ def recalibrate_bn(net: nn.Module, data: ImageDataset, resolution: int, images: 
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
+    dev = _device(net)
     net.train()
     idx = np.random.default_rng(seed).permutation(len(data))[:images]
     for st in range(0, len(idx), batch_size):
         b = torch.as_tensor(idx[st:st + batch_size], dtype=torch.long)
-        net(_resize(data.x[b], resolution))
+        net(_resize(data.x[b].to(dev), resolution))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     net.eval()
@@ -585,8 +662,10 @@ def accuracy(net: nn.Module, data: ImageDataset, resolution: int | None = None, 
     """Top-1 accuracy (%) of ``net`` in eval mode on ``data`` (resized to ``resolution``)."""
     was = net.training
     net.eval()
+    dev = _device(net)
     correct = 0
     for x, y in data.batches(batch_size, shuffle=False):
+        x, y = x.to(dev), y.to(dev)
         if resolution is not None:
             x = _resize(x, resolution)
         correct += int((net(x).argmax(1) == y).sum())
@@ -600,12 +679,13 @@ def train_standalone(net: nn.Module, data: ImageDataset, config: TrainConfig, re
     opt = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                           weight_decay=config.weight_decay)
     steps_per_epoch = max(1, len(data) // config.batch_size)
+    dev = _device(net)
     net.train()
     for step in range(total):
         epoch, pos = divmod(step, steps_per_epoch)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(data))
         idx = torch.as_tensor(order[pos * config.batch_size:(pos + 1) * config.batch_size], dtype=torch.long)
-        x, y = data.x[idx], data.y[idx]
+        x, y = data.x[idx].to(dev), data.y[idx].to(dev)
         if config.augment:
             x = _augment(x, torch.Generator().manual_seed(config.seed * 1_000_003 + step), config.hflip)
         if resolution is not None:
@@ -620,5 +700,5 @@ def train_standalone(net: nn.Module, data: ImageDataset, config: TrainConfig, re
     return net
 
 
-__all__ = ["Supernet", "NB201Supernet", "MBV3Supernet", "ResNetSupernet", "TrainConfig", "SupernetError",
+__all__ = ["Supernet", "NB201Supernet", "FewShotNB201Supernet", "MBV3Supernet", "ResNetSupernet", "TrainConfig", "SupernetError",
            "build_supernet", "train_supernet", "recalibrate_bn", "accuracy", "train_standalone"]

@@ -155,16 +155,30 @@ def supernet_train_config(config, data: Data):
                        checkpoint_every=20)
 
 
+def torch_device(name: str):
+    """The torch device called ``name``, checked to exist on this machine."""
+    import torch
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no usable CUDA device"
+        raise SearchError(f"--device {name}: {str(e).splitlines()[0]} (this machine has {have}); "
+                          f"pass --device cpu, or cuda:N with N below the device count") from None
+    return device
+
+
 def _trained_supernet(config, space, data: Data, cache_dir: Path, log):
     """The space's supernet trained on the data once; the checkpoint (named by everything the
     weights depend on) is reused by later runs and resumed if a run was killed mid-training."""
     from search.models import cache_name
     from search.supernet import SupernetError, build_supernet
     import torch
+    device = torch_device(config.device)
     tc = supernet_train_config(config, data)
     ckpt = cache_dir / f"supernet-{space.name}-{cache_name(repr(space), data.name, repr(tc))}.pt"
     torch.manual_seed(config.seed)
-    sn = build_supernet(space)
+    sn = build_supernet(space).to(device)
     done = False
     if ckpt.exists():
         try:
@@ -207,4 +221,4 @@ def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
 
 
 __all__ = ["Data", "accuracy_model", "export_best", "latency_model", "load_data", "load_predictor_and_target",
-           "make_space", "supernet_train_config"]
+           "make_space", "supernet_train_config", "torch_device"]

@@ -188,3 +188,46 @@ def test_fair_sampling_trains_every_op_of_every_edge_once_per_step(digits, tmp_p
     train, _ = digits
     cfg = TrainConfig(steps=3, batch_size=32, checkpoint_every=1, seed=5, sampling="fair")
     _assert_resume_matches_a_straight_run(space, train, cfg, tmp_path / "f.pt")
+
+
+def test_few_shot_split_gives_each_op_of_the_edge_its_own_fine_tuned_weights(digits, tmp_path):
+    """Few-shot NAS: each sub-supernet starts as the parent, trains only paths with its op on the
+    split edge, scores only the subnets with that op there, and resumes from its own checkpoint."""
+    from search.spaces.nb201 import OPS
+    from search.supernet import FewShotNB201Supernet
+    space = get_space("nb201", **TINY["nb201"])
+    train, val = digits
+    torch.manual_seed(0)
+    parent = build_supernet(space)
+    parent.fit(train, TrainConfig(steps=3, batch_size=32, checkpoint_every=100, sampling="fair"))
+    fs = FewShotNB201Supernet(parent, edge=2)
+    rng = np.random.default_rng(0)
+    for op in OPS:
+        archs, _ = fs.parts[op].training_archs(rng, 2, sampling="fair")
+        assert len(archs) == len(OPS) and all(a[2] == op for a in archs)
+    conv = space.from_string("|nor_conv_3x3~0|+|nor_conv_1x1~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|avg_pool_3x3~2|")
+    pool = conv[:2] + ("avg_pool_3x3",) + conv[3:]
+    fs.eval()
+    parent.eval()
+    with torch.no_grad():  # before fine-tuning every part is the parent
+        torch.testing.assert_close(fs(val.x[:8], conv), parent(val.x[:8], conv))
+    cfg = TrainConfig(steps=4, batch_size=32, checkpoint_every=2, sampling="fair", lr=0.05)
+    info = fs.fit(train, cfg, checkpoint=tmp_path / "fs.pt", ops=["nor_conv_3x3"])
+    assert list(info) == ["nor_conv_3x3"] and (tmp_path / "fs_edge2_nor_conv_3x3.pt").exists()
+    assert not (tmp_path / "fs_edge2_avg_pool_3x3.pt").exists()
+    fs.eval()
+    with torch.no_grad():  # the conv part moved away from the parent, the pool part did not
+        assert not torch.allclose(fs(val.x[:8], conv), parent(val.x[:8], conv))
+        torch.testing.assert_close(fs(val.x[:8], pool), parent(val.x[:8], pool))
+        torch.testing.assert_close(fs.subnet(conv).eval()(val.x[:8]), fs.parts["nor_conv_3x3"](val.x[:8], conv))
+    # a second process picks the finished part up from its checkpoint
+    again = FewShotNB201Supernet(parent, edge=2)
+    assert again.fit(train, cfg, checkpoint=tmp_path / "fs.pt", ops=["nor_conv_3x3"])["nor_conv_3x3"]["resumed_from"] == 4
+    for a, b in zip(again.parts["nor_conv_3x3"].state_dict().values(), fs.parts["nor_conv_3x3"].state_dict().values()):
+        torch.testing.assert_close(a, b)
+    # a checkpoint of one part is refused by another part's training
+    (tmp_path / "fs_edge2_skip_connect.pt").write_bytes((tmp_path / "fs_edge2_nor_conv_3x3.pt").read_bytes())
+    with pytest.raises(SupernetError, match="other settings"):
+        again.fit(train, cfg, checkpoint=tmp_path / "fs.pt", ops=["skip_connect"])
+    with pytest.raises(SupernetError, match="edge must be"):
+        FewShotNB201Supernet(parent, edge=6)
