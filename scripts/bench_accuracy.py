@@ -364,7 +364,7 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
                        log=lambda m: click.echo("  few-shot " + m))
         timing = work / f"{ftag}.seconds.json"
         done = json.loads(timing.read_text()) if timing.exists() else {}
-        done.update({op: info["seconds"] for op, info in parts.items() if info["resumed_from"] == 0})
+        done.update({op: part["seconds"] for op, part in parts.items() if part["resumed_from"] == 0})
         timing.write_text(json.dumps(done))
         if few_shot_ops:  # only some parts trained here (other processes train the rest)
             return {}
@@ -567,7 +567,9 @@ def report(cache: Path, batch: int) -> None:
         for f in runs:
             r = json.loads(f.read_text())
             sa = r.get("kendall_supernet_vs_standalone")
-            click.echo(f"  {r['sampling']:>7} x{r['paths_per_step']} paths, {r['supernet_epochs']:g} epochs on "
+            few = f" + few-shot on edge {r['few_shot_edge']} ({r['few_shot_epochs']:g} epochs)" if "few_shot_edge" in r else ""
+            click.echo(f"  {r['subnets']} subnets, {r['space']} at {r['image_size']}px{few}, {r.get('device', 'cpu')}: "
+                       f"{r['sampling']:>7} x{r['paths_per_step']} paths, {r['supernet_epochs']:g} epochs on "
                        f"{r['supernet_train_images']} images, lr {r['lr']}: vs stand-alone "
                        f"{'-' if sa is None else f'{sa:.3f}'} (stand-alone {r.get('standalone_epochs', '-')} epochs x "
                        f"{r.get('standalone_seeds', '-')} seeds), vs NB201 val_acc {r['kendall_supernet_vs_nb201']:.3f}")
