@@ -231,3 +231,21 @@ def test_few_shot_split_gives_each_op_of_the_edge_its_own_fine_tuned_weights(dig
         again.fit(train, cfg, checkpoint=tmp_path / "fs.pt", ops=["skip_connect"])
     with pytest.raises(SupernetError, match="edge must be"):
         FewShotNB201Supernet(parent, edge=6)
+
+
+def test_augmentation_translates_each_image_by_its_own_offset():
+    """The vectorised crop equals cropping each zero-padded image at the offsets the generator
+    draws (the draws come first, in this order, so CPU and GPU runs augment alike)."""
+    from search.supernet import _augment
+    x = torch.randn(16, 3, 12, 12)
+    out = _augment(x, torch.Generator().manual_seed(7), hflip=True)
+    gen = torch.Generator().manual_seed(7)
+    pad = 12 // 8
+    dx = torch.randint(0, 2 * pad + 1, (16,), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (16,), generator=gen)
+    flip = torch.rand(16, generator=gen) < 0.5
+    xp = F.pad(x, (pad, pad, pad, pad))
+    for i in range(16):
+        want = xp[i, :, dy[i]:dy[i] + 12, dx[i]:dx[i] + 12]
+        torch.testing.assert_close(out[i], want.flip(-1) if flip[i] else want)
+    assert 0 < int(flip.sum()) < 16 and len(set(zip(dx.tolist(), dy.tolist()))) > 1
