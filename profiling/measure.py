@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import os
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -90,7 +91,6 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise ProfilingError(f"no such ONNX file: {', '.join(missing)}")
-    import statistics
     conn = connect(target, host, remote_python, ssh_config)
     out = []
     seen: list[list[dict[str, Any]]] = [[] for _ in files]

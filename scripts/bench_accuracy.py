@@ -261,9 +261,10 @@ def _bench_subnets(space, n_subnets: int, seed: int = 0) -> list:
     return [pool[i] for i in rng.choice(len(pool), n_subnets, replace=False)]
 
 
-def _recipe_tag(batch_size: int, lr: float, default_lr: float = 0.05) -> str:
-    """File-name suffix of a non-default training recipe (the CPU runs' caches keep their names)."""
-    return ("" if batch_size == 64 else f"_b{batch_size}") + ("" if lr == default_lr else f"_lr{lr}")
+def _recipe_tag(batch_size: int, lr: float | None = None) -> str:
+    """File-name suffix of a non-default batch size and (if given) learning rate; the CPU runs'
+    caches, made with the defaults, keep their names."""
+    return ("" if batch_size == 64 else f"_b{batch_size}") + ("" if lr in (None, 0.05) else f"_lr{lr}")
 
 
 def _standalone_path(work: Path, C: int, N: int, size: int, epochs: float, per_class: int, val_per_class: int,
@@ -347,7 +348,7 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
     paths = cfg_s.paths_per_step(space)
     sn = build_supernet(space).to(device)
     t = time.time()
-    tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}{_recipe_tag(batch_size, 0.05)}"
+    tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}{_recipe_tag(batch_size)}"
     info = sn.fit(train, cfg_s, checkpoint=work / f"{tag}.pt", log=lambda m: click.echo("  supernet " + m))
     timing = work / f"{tag}.seconds.json"  # the training time of the run that built the checkpoint
     if info["resumed_from"] == 0:
@@ -362,13 +363,15 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
         ftag = f"{tag}_fs{few_shot_edge}_e{few_shot_epochs}_lr{few_shot_lr}"
         parts = fs.fit(train, cfg_f, checkpoint=work / f"{ftag}.pt", ops=few_shot_ops,
                        log=lambda m: click.echo("  few-shot " + m))
-        timing = work / f"{ftag}.seconds.json"
-        done = json.loads(timing.read_text()) if timing.exists() else {}
-        done.update({op: part["seconds"] for op, part in parts.items() if part["resumed_from"] == 0})
-        timing.write_text(json.dumps(done))
+        def part_timing(op: str) -> Path:  # one file per part: processes training parts side by side never share one
+            return work / f"{ftag}_{op}.seconds.json"
+        for op, part in parts.items():
+            if part["resumed_from"] == 0:
+                part_timing(op).write_text(json.dumps({"seconds": part["seconds"]}))
         if few_shot_ops:  # only some parts trained here (other processes train the rest)
             return {}
-        few_shot_s = sum(done.values()) if len(done) == len(fs.parts) else None
+        times = [json.loads(part_timing(op).read_text())["seconds"] for op in fs.parts if part_timing(op).exists()]
+        few_shot_s = sum(times) if len(times) == len(fs.parts) else None
         sn, tag = fs, ftag
     rows = []
     for a in archs:

@@ -159,6 +159,10 @@ class Supernet(nn.Module, abc.ABC):
     def resolution(self, arch: Any) -> int:
         return self.space.input_shape(arch)[1]
 
+    def checkpoint_key(self) -> dict[str, Any]:
+        """What besides the space and the training settings a checkpoint must match."""
+        return {}
+
     def training_archs(self, rng: np.random.Generator, n_random: int,
                        sampling: str = "uniform") -> tuple[list[Any], bool]:
         """The subnets of one step and whether the first is a teacher for distillation
@@ -227,6 +231,9 @@ class NB201Supernet(Supernet):
         #: (a sub-supernet of :class:`FewShotNB201Supernet`)
         self.fixed: tuple[int, str] | None = None
         build_macro(self, space.in_channels, space.C, space.N, space.num_classes, _NB201SuperCell)
+
+    def checkpoint_key(self) -> dict[str, Any]:
+        return {} if self.fixed is None else {"fixed": list(self.fixed)}
 
     def training_archs(self, rng: np.random.Generator, n_random: int,
                        sampling: str = "uniform") -> tuple[list[Any], bool]:
@@ -543,10 +550,7 @@ def _config_key(config: TrainConfig, supernet: Supernet, n_train: int) -> dict[s
     d.pop("checkpoint_every")
     if d.get("sampling") == "uniform":  # added later: checkpoints made before it stay valid
         d.pop("sampling")
-    key = {"config": d, "space": repr(supernet.space), "n_train": n_train}
-    if getattr(supernet, "fixed", None) is not None:  # a few-shot sub-supernet
-        key["fixed"] = list(supernet.fixed)
-    return key
+    return {"config": d, "space": repr(supernet.space), "n_train": n_train, **supernet.checkpoint_key()}
 
 
 def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, checkpoint: str | Path | None = None,
