@@ -412,8 +412,11 @@ def test_real_networks_measured_on_the_target_join_the_graph_model(trained, tabl
     p, _ = trained
     rng = np.random.default_rng(5)
     nets = [network_kernels(sample_network(rng, f)) for f in ("mobilenet", "resnet", "regnet") * 4]
-    # the device runs these families 1.6x slower than the table's networks suggest (known truth)
-    truth = 1.6 * p.predict_specs(nets)[0]
+    # the device runs these families' kernels 1.6x slower than the table's kernels suggest (known
+    # truth). Not 1.6x p's prediction: that carries whichever graph correction p's cross-validation
+    # picked on the noisy quick table (sometimes a ridge that q's own choice cannot reproduce), and
+    # the test then failed about one run in three
+    truth = 1.6 * p._base(p.graph_inputs(nets)[0])
     f = tmp_path / "real.csv"
     write_networks_file(f, [f"n{i}" for i in range(8)], nets[:8], truth[:8], ["real"] * 8, p.target_name)
     real = read_networks_file(f)
