@@ -7,6 +7,7 @@ cached as CSV files under ``--cache`` (default ``/tmp/hwnas-accbench``), so a re
     taskset -c 0 python -m scripts.bench_accuracy supernet  # supernet ranking (Kendall tau)
     taskset -c 0 python -m scripts.bench_accuracy report    # prints every figure from the caches
     taskset -c 0 python -m scripts.bench_accuracy supervised-dev  # supervised estimators on the other reference cells
+    taskset -c 0 python -m scripts.bench_accuracy supernet-weight  # the supernet's weight in the rank ensemble
 
 Subcommands ``proxies`` and ``supernet`` also print their figures when done. On a GPU machine,
 ``--device cuda`` trains and evaluates there, and ``--shared DIR`` points at a copy of the
@@ -323,31 +324,19 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
     return sa[sa["arch"].isin(archs) & (sa["seed"] < seeds)]
 
 
-def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
-                 supernet_epochs: float, standalone_epochs: float, standalone_seeds: int, sampling: str = "fair",
-                 n_random: int = 2, lr: float = 0.05, calib_images: int = 2000, seed: int = 0,
-                 with_standalone: bool = True, supernet_per_class: int | None = None, device: str = "cpu",
-                 batch_size: int = 64, standalone_lr: float = 0.05, few_shot_edge: int | None = None,
-                 few_shot_epochs: float = 15.0, few_shot_lr: float = 0.02,
-                 few_shot_ops: Sequence[str] | None = None) -> dict:
-    """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset,
-    and both against NB201's 200-epoch ``val_acc`` of the same cells."""
-    from search.spaces import get_space
+def _trained_bench_supernet(work: Path, space, train, C: int, N: int, size: int, sn_pc: int, supernet_epochs: float,
+                            sampling: str, n_random: int, lr: float, seed: int, device: str, batch_size: int,
+                            few_shot_edge: int | None, few_shot_epochs: float, few_shot_lr: float,
+                            few_shot_ops: Sequence[str] | None):
+    """The benchmark's supernet, trained (or resumed, or loaded) from its checkpoint under ``work``
+    and, with ``few_shot_edge``, split into fine-tuned parts. Returns ``(supernet, tag, info,
+    paths per step, training seconds, few-shot seconds)``, or None when ``few_shot_ops`` trained
+    only some parts."""
     from search.supernet import FewShotNB201Supernet, TrainConfig, build_supernet
-    torch.set_num_threads(1)
-    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
-    work = cache / "supernet"
-    work.mkdir(parents=True, exist_ok=True)
-    data = _supernet_data(cache, per_class, val_per_class, size, seed)  # the stand-alone runs' data
-    sn_pc = supernet_per_class or per_class
-    train, val = data if sn_pc == per_class else _supernet_data(cache, sn_pc, val_per_class, size, seed)
-    space = get_space("nb201", C=C, N=N, resolution=size)
-    archs = _bench_subnets(space, n_subnets, seed)
     cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=batch_size, lr=lr, n_random=n_random, sampling=sampling,
                         hflip=True, checkpoint_every=100, seed=seed)
     paths = cfg_s.paths_per_step(space)
     sn = build_supernet(space).to(device)
-    t = time.time()
     tag = f"nb201_C{C}N{N}_r{size}_pc{sn_pc}_e{supernet_epochs}_{sampling}{paths}_lr{lr}{_recipe_tag(batch_size)}"
     info = sn.fit(train, cfg_s, checkpoint=work / f"{tag}.pt", log=lambda m: click.echo("  supernet " + m))
     timing = work / f"{tag}.seconds.json"  # the training time of the run that built the checkpoint
@@ -369,10 +358,37 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
             if part["resumed_from"] == 0:
                 part_timing(op).write_text(json.dumps({"seconds": part["seconds"]}))
         if few_shot_ops:  # only some parts trained here (other processes train the rest)
-            return {}
+            return None
         times = [json.loads(part_timing(op).read_text())["seconds"] for op in fs.parts if part_timing(op).exists()]
         few_shot_s = sum(times) if len(times) == len(fs.parts) else None
         sn, tag = fs, ftag
+    return sn, tag, info, paths, train_s, few_shot_s
+
+
+def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int, size: int, C: int, N: int,
+                 supernet_epochs: float, standalone_epochs: float, standalone_seeds: int, sampling: str = "fair",
+                 n_random: int = 2, lr: float = 0.05, calib_images: int = 2000, seed: int = 0,
+                 with_standalone: bool = True, supernet_per_class: int | None = None, device: str = "cpu",
+                 batch_size: int = 64, standalone_lr: float = 0.05, few_shot_edge: int | None = None,
+                 few_shot_epochs: float = 15.0, few_shot_lr: float = 0.02,
+                 few_shot_ops: Sequence[str] | None = None) -> dict:
+    """Supernet ranking: inherited-weight accuracy vs stand-alone training on a CIFAR-10 subset,
+    and both against NB201's 200-epoch ``val_acc`` of the same cells."""
+    from search.spaces import get_space
+    torch.set_num_threads(1)
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    work = cache / "supernet"
+    work.mkdir(parents=True, exist_ok=True)
+    data = _supernet_data(cache, per_class, val_per_class, size, seed)  # the stand-alone runs' data
+    sn_pc = supernet_per_class or per_class
+    train, val = data if sn_pc == per_class else _supernet_data(cache, sn_pc, val_per_class, size, seed)
+    space = get_space("nb201", C=C, N=N, resolution=size)
+    archs = _bench_subnets(space, n_subnets, seed)
+    trained = _trained_bench_supernet(work, space, train, C, N, size, sn_pc, supernet_epochs, sampling, n_random, lr,
+                                      seed, device, batch_size, few_shot_edge, few_shot_epochs, few_shot_lr, few_shot_ops)
+    if trained is None:  # only some few-shot parts trained here (other processes train the rest)
+        return {}
+    sn, tag, info, paths, train_s, few_shot_s = trained
     rows = []
     for a in archs:
         t = time.perf_counter()
@@ -425,6 +441,64 @@ def run_supernet(cache: Path, n_subnets: int, per_class: int, val_per_class: int
         df.to_csv(work / "subnets.csv", index=False)
     click.echo(json.dumps(res, indent=1))
     return res
+
+
+def run_supernet_weight(cache: Path, cells: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
+                        lr: float, calib_images: int, val_images: int, weights: Sequence[float], device: str,
+                        few_shot_edge: int | None, few_shot_epochs: float, few_shot_lr: float,
+                        seed: int = 0) -> pd.DataFrame:
+    """How much the supernet should weigh in the unsupervised rank ensemble: the benchmark
+    supernet's inherited-weight accuracy on ``cells`` random NB201 cells joins the reference
+    table's ``jacov`` and ``params`` (the default ensemble, each weighted 1/2) with each weight of
+    ``weights``; Spearman and Kendall with NB201's ``val_acc``, on all cells and on the top 20 %
+    by ``val_acc`` (where a search's choice is made)."""
+    from search.estimator import RankEnsemble
+    from search.spaces import get_space
+    torch.set_num_threads(1)
+    work = cache / "supernet"
+    work.mkdir(parents=True, exist_ok=True)
+    train, val = _supernet_data(cache, per_class, 1000, size, 0)
+    val = val.subset(np.random.default_rng(seed).permutation(len(val))[:val_images])
+    space = get_space("nb201", C=C, N=N, resolution=size)
+    sn, tag, *_ = _trained_bench_supernet(work, space, train, C, N, size, per_class, supernet_epochs, "fair", 2, lr,
+                                          0, device, 64, few_shot_edge, few_shot_epochs, few_shot_lr, None)
+    ref = pd.read_csv(ZC_CSV, usecols=["arch", "jacov", "params"]).drop_duplicates("arch")
+    ref = ref.merge(pd.read_csv(NB201_CSV, usecols=["arch", "val_acc"]), on="arch")
+    live = ref["arch"].map(lambda k: space.is_fully_reachable(space.from_string(k)))
+    ref = ref[live].sample(cells, random_state=seed).rename(columns={"jacov": "jacob_cov"})
+    path = work / f"cells_{tag}_c{calib_images}_v{val_images}.csv"  # resumable: one row per scored cell
+    done = set(pd.read_csv(path)["arch"]) if path.exists() else set()
+    t0, n = time.perf_counter(), 0
+    with path.open("a") as f:
+        if not done:
+            f.write("arch,supernet_acc\n")
+        for key in ref["arch"]:
+            if key in done:
+                continue
+            acc = sn.evaluate(space.from_string(key), val, calib=train, calib_images=calib_images)
+            f.write(f"{key},{acc}\n")
+            f.flush()
+            n += 1
+            if n % 100 == 0:
+                click.echo(f"  {n} cells scored ({(time.perf_counter() - t0) / n:.2f} s each)")
+    df = ref.merge(pd.read_csv(path).drop_duplicates("arch"), on="arch")
+    top = df["val_acc"] >= df["val_acc"].quantile(0.8)
+    cols = ["jacob_cov", "params", "supernet_acc"]
+    click.echo(f"{len(df)} random NB201 cells, supernet {tag} ({calib_images} calibration images, {len(val)} test "
+               f"images); the supernet alone: Spearman {spearmanr(df['supernet_acc'], df['val_acc']).statistic:.3f}, "
+               f"Kendall {kendalltau(df['supernet_acc'], df['val_acc']).statistic:.3f}")
+    click.echo("| supernet weight (proxies: 1/2 each) | Spearman | Kendall | Kendall, top 20 % |")
+    click.echo("| --- | --- | --- | --- |")
+    rows = []
+    for w in weights:
+        ens = RankEnsemble(cols, [0.5, 0.5, w]).fit(df[cols])
+        score = ens.predict(df[cols])
+        row = {"weight": w, "spearman": spearmanr(score, df["val_acc"]).statistic,
+               "kendall": kendalltau(score, df["val_acc"]).statistic,
+               "kendall_top20": kendalltau(score[top.to_numpy()], df.loc[top, "val_acc"]).statistic}
+        rows.append(row)
+        click.echo(f"| {w:g} | {row['spearman']:.3f} | {row['kendall']:.3f} | {row['kendall_top20']:.3f} |")
+    return pd.DataFrame(rows)
 
 
 def _use_shared(root: Path) -> None:
@@ -576,6 +650,32 @@ def report(cache: Path, batch: int) -> None:
                        f"{r['supernet_train_images']} images, lr {r['lr']}: vs stand-alone "
                        f"{'-' if sa is None else f'{sa:.3f}'} (stand-alone {r.get('standalone_epochs', '-')} epochs x "
                        f"{r.get('standalone_seeds', '-')} seeds), vs NB201 val_acc {r['kendall_supernet_vs_nb201']:.3f}")
+
+
+@main.command("supernet-weight")
+@click.option("--cache", type=click.Path(path_type=Path), default=Path("/tmp/hwnas-accbench"), show_default=True)
+@click.option("--cells", default=1000, show_default=True, help="random NB201 cells (all edges live)")
+@click.option("--per-class", default=1000, show_default=True, help="CIFAR-10 training images per class")
+@click.option("--size", default=16, show_default=True)
+@click.option("--C", "C", default=8, show_default=True)
+@click.option("--N", "N", default=1, show_default=True)
+@click.option("--supernet-epochs", default=30.0, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--calib-images", default=500, show_default=True, help="BN recalibration images per cell")
+@click.option("--val-images", default=3000, show_default=True, help="test-split images each cell is scored on")
+@click.option("--weights", default="0,0.25,0.5,1,2", show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--few-shot-edge", type=int, default=None)
+@click.option("--few-shot-epochs", default=15.0, show_default=True)
+@click.option("--few-shot-lr", default=0.02, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="which cells and test images")
+def supernet_weight(cache: Path, cells: int, per_class: int, size: int, C: int, N: int, supernet_epochs: float,
+                    lr: float, calib_images: int, val_images: int, weights: str, device: str,
+                    few_shot_edge: int | None, few_shot_epochs: float, few_shot_lr: float, seed: int) -> None:
+    """The supernet's weight in the rank ensemble: each weight's agreement with NB201 val_acc."""
+    run_supernet_weight(cache, cells, per_class, size, C, N, supernet_epochs, lr, calib_images, val_images,
+                        [float(w) for w in weights.split(",")], device, few_shot_edge, few_shot_epochs,
+                        few_shot_lr, seed)
 
 
 @main.command("supervised-dev")

@@ -59,6 +59,10 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
               help="Zero-cost proxies of the rank ensemble (comma-separated; see search.proxies).")
 @click.option("--supernet-epochs", type=float, default=None, metavar="E",
               help="Supernet training epochs on --data (default 8).")
+@click.option("--supernet-weight", type=click.FloatRange(min=0), default=0.25, show_default=True, metavar="W",
+              help="Weight of the supernet's accuracy in the rank ensemble; the proxies share a weight of 1. "
+                   "A short-trained supernet ranks cells less well than the proxies, so it is a minor vote "
+                   "(docs/accuracy.md); raise it for a supernet trained long on a GPU.")
 @click.option("--device", default="cpu", show_default=True, help="Where the supernet trains and scores subnets: "
               "cpu, cuda or cuda:N (a GPU trains it many times faster; latency is still measured on --target).")
 @click.option("--benchmark", metavar="CSV:DEVICE", help="NB201 benchmark mode: the DEVICE_ms column of CSV "
@@ -94,6 +98,7 @@ def main(**kw):
         budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
         max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],
         generations=kw["generations"], accuracy=kw["accuracy"], supernet_epochs=kw["supernet_epochs"],
+        supernet_weight=kw["supernet_weight"],
         device=kw["device"], proxies=tuple(p.strip() for p in kw["proxies"].split(",") if p.strip()), cache_dir=kw["cache_dir"], progress=not quiet)
     try:
         res = run_search(cfg)

@@ -119,7 +119,7 @@ class EstimatedAccuracy:
 
     def __init__(self, space, inputs, targets, proxies: Sequence[str], supernet=None, val=None, calib=None,
                  cache_file: str | Path | None = None, reference_size: int = 64, seed: int = 0,
-                 supernet_weight: float = 2.0):
+                 supernet_weight: float = 0.25):
         self.space = space
         self.supernet = supernet
         self.est = _CachedEstimator(space, inputs, targets, proxies=proxies, supernet=supernet,

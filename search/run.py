@@ -61,6 +61,7 @@ class SearchConfig:
     proxies: tuple[str, ...] = DEFAULT_PROXIES
     proxy_batch: int = 64
     supernet_epochs: float | None = None    # supernet training on the data (default 8 epochs)
+    supernet_weight: float = 0.25           # the supernet's weight in the rank ensemble (the proxies share 1)
     device: str = "cpu"                     # torch device of supernet training and evaluation (e.g. cuda)
     reference_size: int = 64                # random architectures the rank score is relative to
     cache_dir: str | Path | None = None     # proxy scores per cell, supernet checkpoints (default: ~/.cache/hwnas)

@@ -145,7 +145,8 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     log(f"accuracy: rank ensemble of {what} (search.estimator), proxies on a batch of {len(inputs)}, "
         f"per-cell cache {cache}")
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
-                             cache_file=cache, reference_size=config.reference_size, seed=config.seed)
+                             cache_file=cache, reference_size=config.reference_size, seed=config.seed,
+                             supernet_weight=config.supernet_weight)
 
 
 def supernet_train_config(config, data: Data):

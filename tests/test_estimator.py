@@ -135,6 +135,31 @@ def test_accuracy_estimator_on_nb201_with_proxies_and_a_supernet():
         est.fit(labelled, acc[:-1])
     with pytest.raises(EstimatorError, match="validation data"):
         AccuracyEstimator(space, x, y, supernet=sn)
+    with pytest.raises(EstimatorError, match="supernet_weight"):
+        AccuracyEstimator(space, x, y, supernet=sn, val=val, supernet_weight=-1.0)
+
+
+def test_the_supernet_weight_sets_its_share_of_the_score():
+    train, val = load_dataset("digits").split(0.2)
+    mean, std = train.stats()
+    train, val = train.normalized(mean, std), val.normalized(mean, std)
+    space = get_space("nb201", C=4, N=1, resolution=8)
+    x, y = train.batch(16)
+    sn = build_supernet(space)
+    reference = [space.sample(10 + i) for i in range(8)]
+    archs = [space.sample(i) for i in range(6)]
+
+    def scores(**kw):
+        est = AccuracyEstimator(space, x, y, val=val.per_class(10), calib=train, seed=0, **kw)
+        return est.fit(reference).predict(archs), est
+
+    proxies_only, _ = scores()
+    silent, _ = scores(supernet=sn, supernet_weight=0.0)
+    np.testing.assert_allclose(silent, proxies_only)  # weight 0: the proxies decide alone
+    loud, est = scores(supernet=sn, supernet_weight=1e6)
+    assert not np.allclose(loud, proxies_only)
+    default, _ = scores(supernet=sn)  # 0.25: between the two
+    assert np.all(np.abs(default - proxies_only) <= np.abs(loud - proxies_only) + 1e-9)
 
 
 @pytest.mark.skipif(not ZC_CSV.exists(), reason="../shared reference data is absent")

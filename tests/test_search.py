@@ -172,6 +172,8 @@ def test_cli_clear_errors_for_bad_data(tmp_path, predictor_path):
     for bad in ("gpu", "cuda:99"):  # no such device type; no such GPU on any machine the tests run on
         r = _cli("--predictor", str(predictor_path), "--device", bad, "--out", str(tmp_path / "o"))
         assert r.returncode == 1 and f"--device {bad}" in r.stderr and "--device cpu" in r.stderr, r.stderr
+    r = _cli("--predictor", str(predictor_path), "--supernet-weight", "-1", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--supernet-weight" in r.stderr, r.stderr
 
 
 def test_cli_budget_below_fastest_candidate(tmp_path, predictor_path):
