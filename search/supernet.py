@@ -635,7 +635,9 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
             save(step + 1)
             if log:
-                log(f"step {step + 1}/{total} loss {last_loss:.3f} ({time.time() - t0:.0f} s)")
+                elapsed = time.time() - t0
+                left = elapsed / (step + 1 - start) * (total - step - 1)
+                log(f"step {step + 1}/{total} loss {last_loss:.3f} ({elapsed:.0f} s, about {left:.0f} s left)")
     return {"steps": total, "resumed_from": start, "seconds": time.time() - t0, "last_loss": last_loss}
 
 
