@@ -105,12 +105,18 @@ def test_supervised_average_combines_models_and_stays_in_label_units():
         SupervisedEstimator(method="forest")
 
 
-def test_accuracy_estimator_on_nb201_with_proxies_and_a_supernet():
+@pytest.fixture
+def tiny_nb201():
+    """A tiny NB201 space on normalised digits: (space, train, val, proxy batch x, y)."""
     train, val = load_dataset("digits").split(0.2)
     mean, std = train.stats()
     train, val = train.normalized(mean, std), val.normalized(mean, std)
-    space = get_space("nb201", C=4, N=1, resolution=8)
     x, y = train.batch(16)
+    return get_space("nb201", C=4, N=1, resolution=8), train, val, x, y
+
+
+def test_accuracy_estimator_on_nb201_with_proxies_and_a_supernet(tiny_nb201):
+    space, train, val, x, y = tiny_nb201
     sn = build_supernet(space)  # untrained: enough to check the plumbing
     est = AccuracyEstimator(space, x, y, supernet=sn, val=val.per_class(10), calib=train, reference_size=6, seed=0)
     est.fit()  # a reference population of 6 random architectures
@@ -139,12 +145,8 @@ def test_accuracy_estimator_on_nb201_with_proxies_and_a_supernet():
         AccuracyEstimator(space, x, y, supernet=sn, val=val, supernet_weight=-1.0)
 
 
-def test_the_supernet_weight_sets_its_share_of_the_score():
-    train, val = load_dataset("digits").split(0.2)
-    mean, std = train.stats()
-    train, val = train.normalized(mean, std), val.normalized(mean, std)
-    space = get_space("nb201", C=4, N=1, resolution=8)
-    x, y = train.batch(16)
+def test_the_supernet_weight_sets_its_share_of_the_score(tiny_nb201):
+    space, train, val, x, y = tiny_nb201
     sn = build_supernet(space)
     reference = [space.sample(10 + i) for i in range(8)]
     archs = [space.sample(i) for i in range(6)]
