@@ -52,6 +52,25 @@ def write_predictor_file(path: str | os.PathLike, header: dict, models: dict[str
     os.replace(tmp, path)
 
 
+def read_predictor_header(path: str | os.PathLike) -> dict:
+    """The header alone (target, fingerprint, ...), read from the file's first two lines without
+    checking the checksum: enough to choose among predictor files; `read_predictor_file` checks
+    the whole file when one is loaded."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            first, header_line = fh.readline(), fh.readline()
+    except OSError as e:
+        raise PredictorFileError(f"cannot read predictor file {path}: {e}") from None
+    if not first.startswith(MAGIC.encode() + b" "):
+        raise PredictorFileError(f"{path} is not an hwnas predictor file (it does not start with {MAGIC!r}); "
+                                 "pass a .lgb file written by `train-predictor`")
+    try:
+        return json.loads(header_line)
+    except json.JSONDecodeError as e:
+        raise PredictorFileError(f"{path}: the header is not valid JSON ({e}); rebuild the predictor") from None
+
+
 def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """(header, {model name: LightGBM model text}); raises PredictorFileError on any defect."""
     path = Path(path)
@@ -101,4 +120,4 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     return header, models
 
 
-__all__ = ["PredictorFileError", "write_predictor_file", "read_predictor_file", "SCHEMA_VERSION", "FORMAT_VERSION"]
+__all__ = ["PredictorFileError", "write_predictor_file", "read_predictor_file", "read_predictor_header", "SCHEMA_VERSION", "FORMAT_VERSION"]

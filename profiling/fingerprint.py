@@ -80,12 +80,28 @@ def slug(text: str, limit: int = 40) -> str:
     return (s[:limit].rstrip("-")) or "device"
 
 
+def device_label(fp: dict[str, Any]) -> str:
+    """What a person calls the measured device: the GPU for an accelerated provider, else the
+    board, else the CPU model."""
+    accel = fp.get("provider") not in (None, "CPUExecutionProvider")
+    return (fp.get("gpu") if accel and fp.get("gpu") else None) or fp.get("board") or fp.get("cpu_model") or "device"
+
+
 def default_table_name(target: Target, fp: dict[str, Any]) -> str:
     """`<target>__<device slug>__<hash8>.parquet`, e.g. local-cpu__intel-xeon__1a2b3c4d.parquet."""
-    accel = fp.get("provider") not in (None, "CPUExecutionProvider")
-    device = (fp.get("gpu") if accel and fp.get("gpu") else None) or fp.get("board") or fp.get("cpu_model") or "device"
-    return f"{target.name}__{slug(device)}__{fingerprint_hash(fp)}.parquet"
+    return f"{target.name}__{slug(device_label(fp))}__{fingerprint_hash(fp)}.parquet"
+
+
+def local_fingerprint(target: Target) -> dict[str, Any]:
+    """This machine's fingerprint for `target`, from the same facts the device runner reports
+    (its `hello`, run in this process: no subprocess)."""
+    from . import device_runner
+    ans = device_runner.hello()
+    if not ans.get("ok"):
+        from .errors import ProfilingError
+        raise ProfilingError(ans.get("error", "this machine cannot run the device runner"))
+    return make_fingerprint(ans["facts"], target)
 
 
 __all__ = ["IDENTITY_FIELDS", "make_fingerprint", "fingerprint_hash", "diff_fingerprints",
-           "describe_diff", "default_table_name", "effective_provider", "slug"]
+           "describe_diff", "default_table_name", "device_label", "effective_provider", "local_fingerprint", "slug"]

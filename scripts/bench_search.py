@@ -115,8 +115,10 @@ def scored_ceiling(csv, device, budget, cands, space) -> dict:
               help="network size the proxies are computed on")
 @click.option("--measure-ties/--no-measure-ties", default=True, show_default=True,
               help="spend leftover lookups on the candidates the tie rule could pick")
+@click.option("--proxy-batch", type=int, default=32, show_default=True,
+              help="CIFAR-10 images the proxies are computed on (read: 100 per class)")
 def main(shared, work, out, devices, population, generations, percentiles, max_measurements, seed, proxy_net,
-         measure_ties):
+         measure_ties, proxy_batch):
     import torch
     torch.set_num_threads(1)
     from search.benchmark import BenchmarkDevice, ground_truth
@@ -138,7 +140,7 @@ def main(shared, work, out, devices, population, generations, percentiles, max_m
                                population=population, generations=generations, max_measurements=max_measurements,
                                finalists=5, out=str(work / "runs" / f"{dev}-p{q}"), cache_dir=str(work / "cache"),
                                seed=seed, budget_minutes=30, progress=False, export_best=False,
-                               data_max_per_class=100, proxy_batch=32, space_options=PROXY_NETS[proxy_net],
+                               data_max_per_class=100, proxy_batch=proxy_batch, space_options=PROXY_NETS[proxy_net],
                                reference_size=200, measure_ties=measure_ties)
             res = run_search(cfg)
             # no choice (nothing verified or predicted under the budget): the row counts, gap None

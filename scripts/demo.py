@@ -18,15 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_predictor(target: str = "local-cpu") -> Path | None:
-    """The newest .lgb under data/predictors/ built for `target`."""
-    from search.models import load_predictor
-    for f in sorted((ROOT / "data" / "predictors").glob("**/*.lgb"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            if load_predictor(f).target_name == target:
-                return f
-        except Exception:
-            continue
-    return None
+    """The shipped predictor under data/predictors/ for `target` that best matches this machine
+    (same fingerprint, else same CPU, else another machine's, with a warning naming the fix)."""
+    from predictors.catalog import find_predictor as best_match
+    from profiling.fingerprint import device_label, local_fingerprint
+    from profiling.targets import get_target
+    fp = local_fingerprint(get_target(target))
+    match = best_match(ROOT / "data" / "predictors", target, fp)
+    if match is None:
+        return None
+    if not match.exact:
+        click.echo(f"demo: warning: no shipped {target} predictor was measured on this machine "
+                   f"({device_label(fp)}); using {match.describe('this machine')}. Predicted latencies may be "
+                   f"off; the finalists' measurements correct them. To build one for this machine:\n"
+                   f"  profile-device --target {target} --out data/tables/\n"
+                   f"  train-predictor --table data/tables/NEW.parquet --out data/predictors/NEW.lgb\n"
+                   f"(NEW: the table name profile-device prints)", err=True)
+    return match.path
 
 
 def predictor_from_table(cache: Path, target: str = "local-cpu") -> Path | None:

@@ -131,7 +131,11 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log)
     device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists")
     if bench is None and config.finalists > 0:
-        device.connect()  # an unreachable --host fails now, not after the search
+        conn = device.connect()  # an unreachable --host fails now, not after the search
+        mismatch = wiring.predictor_device_note(predictor, target, conn.facts)
+        if mismatch:
+            notes.append(mismatch)
+            ui.log(f"[yellow]warning:[/] {mismatch}")
     correction = FeatureCorrection(space) if bench is not None else Correction()
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
 

@@ -120,6 +120,24 @@ def load_predictor_and_target(config, benchmark: bool = False):
     return predictor, target
 
 
+def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
+    """A warning when the predictor was profiled on other hardware than the device the
+    finalists are measured on (an Intel table predicting an AMD machine): the search still
+    runs, since the finalists' measurements correct the predictor, but the user should know."""
+    from predictors.catalog import OTHER_DEVICE, compare_fingerprints
+    from profiling.fingerprint import device_label, make_fingerprint
+    if predictor is None or not predictor.fingerprint or not facts:
+        return None
+    device_fp = make_fingerprint(facts, target)
+    level, differences = compare_fingerprints(predictor.fingerprint, device_fp)
+    if level != OTHER_DEVICE:
+        return None
+    return (f"the predictor was profiled on {device_label(predictor.fingerprint)}, but the finalists run on "
+            f"{device_label(device_fp)} ({differences}): its latencies are another machine's. The finalists' "
+            f"measurements correct it during this run; for a ranking you can trust, profile this device and train "
+            f"its own predictor (profile-device --target {target.name}, then train-predictor).")
+
+
 def latency_model(predictor, space, path):
     from search.models import MacsLatency, PredictorLatency
     if predictor is None:

@@ -441,3 +441,41 @@ def test_real_networks_measured_on_the_target_join_the_graph_model(trained, tabl
     res = CliRunner().invoke(main, ["--table", str(table), "--networks", str(f), "--out", str(tmp_path / "r.lgb")])
     assert res.exit_code == 0, res.output
     assert "8 real networks" in res.output
+
+
+def test_catalog_picks_the_predictor_profiled_on_this_machine(trained, tmp_path):
+    """A predictor is matched to a device by fingerprint: the one profiled here wins over another
+    machine's, a newer runtime is the same hardware, another target or a stray file is skipped."""
+    from predictors.catalog import OTHER_DEVICE, SAME_DEVICE, SAME_HARDWARE, find_predictor, match_predictor
+    from profiling.device_runner import hello
+    from profiling.fingerprint import local_fingerprint
+    from profiling.targets import get_target
+    from search.wiring import predictor_device_note
+    _, path = trained
+    here = local_fingerprint(get_target("local-cpu"))
+    assert match_predictor(path, here).level == SAME_DEVICE
+
+    def variant(name, target=None, **changes):
+        p = Predictor.load(path)
+        p.fingerprint = {**p.fingerprint, **changes}
+        if target:
+            p.target = {**p.target, "name": target}
+        p.save(tmp_path / name)
+        return p, tmp_path / name
+
+    other, other_path = variant("z-other.lgb", cpu_model="Some Other CPU", cpu_flags="sse2")
+    m = match_predictor(other_path, here)
+    assert m.level == OTHER_DEVICE and "Some Other CPU" in m.differences and "cpu_flags" in m.differences
+    assert match_predictor(variant("newer-ort.lgb", runtime_version="99.0")[1], here).level == SAME_HARDWARE
+    variant("a-mt.lgb", target="local-cpu-mt")  # exact fingerprint, another target
+    (tmp_path / "junk.lgb").write_text("not a predictor\n")
+    assert find_predictor(tmp_path, "local-cpu", here).path.name == "newer-ort.lgb"
+    (tmp_path / "exact.lgb").write_bytes(path.read_bytes())
+    assert find_predictor(tmp_path, "local-cpu", here).path.name == "exact.lgb"
+    assert find_predictor(tmp_path, "local-cpu-mt", here).path.name == "a-mt.lgb"
+    assert find_predictor(tmp_path, "jetson-nano", here) is None
+    # the search warns when finalists run on other hardware than the predictor's, and only then
+    facts = hello()["facts"]
+    note = predictor_device_note(other, get_target("local-cpu"), facts)
+    assert note and "Some Other CPU" in note and "profile-device --target local-cpu" in note
+    assert predictor_device_note(Predictor.load(path), get_target("local-cpu"), facts) is None

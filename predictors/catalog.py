@@ -1,0 +1,95 @@
+"""Which predictor fits a device: a predictor's recorded fingerprint against the device's.
+
+A predictor's latencies are those of the machine its table was profiled on. Two machines
+of one cloud "class" can differ (an Intel Xeon and an AMD EPYC VM both answer to
+`local-cpu`), and the same target name then means another speed and other fusions. So a
+predictor is chosen by how closely its fingerprint matches the device that will run the
+model, not by its target name alone:
+
+    from predictors.catalog import find_predictor
+    from profiling.fingerprint import local_fingerprint
+    from profiling.targets import get_target
+    match = find_predictor("data/predictors", "local-cpu", local_fingerprint(get_target("local-cpu")))
+    match.path, match.level, match.differences
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from profiling.fingerprint import (describe_diff, device_label, diff_fingerprints, fingerprint_hash)
+
+from .fileformat import PredictorFileError, read_predictor_header
+
+# How well a predictor's fingerprint matches a device, best first.
+SAME_DEVICE = 2      # every identity field agrees: the table was measured on this kind of device
+SAME_HARDWARE = 1    # same CPU model and flags (and GPU); another runtime version, OS or core count
+OTHER_DEVICE = 0     # another CPU or GPU: its latencies are another machine's
+
+_HARDWARE_FIELDS = ("cpu_model", "cpu_flags", "machine", "gpu")
+
+
+@dataclass(frozen=True)
+class PredictorMatch:
+    path: Path
+    target: str
+    fingerprint_hash: str
+    device: str          # the predictor's device, as a person names it ("AMD EPYC")
+    level: int           # SAME_DEVICE, SAME_HARDWARE or OTHER_DEVICE
+    differences: str     # the identity fields that differ, "" when none
+
+    @property
+    def exact(self) -> bool:
+        return self.level == SAME_DEVICE
+
+    def describe(self, device: str = "this device") -> str:
+        if self.exact:
+            return f"{self.path.name} (measured on {self.device}, fingerprint {self.fingerprint_hash}: {device})"
+        what = "the same hardware" if self.level == SAME_HARDWARE else "another device"
+        return (f"{self.path.name} was measured on {what} ({self.device}, fingerprint {self.fingerprint_hash}); "
+                f"it differs from {device} in {self.differences}")
+
+
+def compare_fingerprints(predictor_fp: dict[str, Any], device_fp: dict[str, Any]) -> tuple[int, str]:
+    """(match level, the differing identity fields in words) of a predictor's fingerprint
+    against a device's."""
+    diff = diff_fingerprints(predictor_fp, device_fp)
+    if not diff:
+        return SAME_DEVICE, ""
+    hardware = any(field in _HARDWARE_FIELDS for field, _, _ in diff)
+    return (OTHER_DEVICE if hardware else SAME_HARDWARE), describe_diff(diff, "predictor", "device")
+
+
+def match_predictor(path: str | os.PathLike, fingerprint: dict[str, Any]) -> PredictorMatch:
+    """How the predictor file at `path` matches a device's `fingerprint` (header only; fast)."""
+    header = read_predictor_header(path)
+    fp = header.get("fingerprint") or {}
+    level, differences = compare_fingerprints(fp, fingerprint)
+    return PredictorMatch(Path(path), str((header.get("target") or {}).get("name", "unknown")),
+                          fingerprint_hash(fp), device_label(fp), level, differences)
+
+
+def rank_predictors(paths: Iterable[str | os.PathLike], target: str, fingerprint: dict[str, Any]
+                    ) -> list[PredictorMatch]:
+    """The predictors among `paths` built for `target`, best match first (newest file first
+    within a level). Files that are not readable predictors are skipped."""
+    matches = []
+    for p in paths:
+        try:
+            m = match_predictor(p, fingerprint)
+        except PredictorFileError:
+            continue
+        if m.target == target:
+            matches.append(m)
+    return sorted(matches, key=lambda m: (-m.level, -m.path.stat().st_mtime, m.path.name))
+
+
+def find_predictor(directory: str | os.PathLike, target: str, fingerprint: dict[str, Any]) -> PredictorMatch | None:
+    """The best-matching predictor for `target` under `directory` (recursively), or None."""
+    return next(iter(rank_predictors(sorted(Path(directory).glob("**/*.lgb")), target, fingerprint)), None)
+
+
+__all__ = ["PredictorMatch", "SAME_DEVICE", "SAME_HARDWARE", "OTHER_DEVICE", "compare_fingerprints", "match_predictor",
+           "rank_predictors", "find_predictor"]
