@@ -94,7 +94,7 @@ def main(minutes, networks, rows, out, seed, json_out):
         per20 = s.new_kernels / (s.elapsed_s / 60) * 20 if s.elapsed_s else 0
         print(f"      kernel+block configurations measured: {s.new_kernels} in {s.elapsed_s:.0f} s "
               f"({s.new_kernels / max(s.elapsed_s, 1e-9):.2f}/s, {per20:.0f} per 20 min); networks: {s.new_networks}; "
-              f"drift events: {len([e for e in s.drift_events if not e.get('baseline_reset')])}; "
+              f"drift events: {len([e for e in s.drift_events if 'ratio' in e])}; "
               f"re-measured: {s.remeasured}; from refinement: {s.refined}", flush=True)
         print(f"[2/2] re-measuring {rows} random rows ...", flush=True)
         rep = remeasure(table, rows, seed, 0.05)

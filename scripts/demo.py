@@ -17,31 +17,36 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def find_predictor(target: str = "local-cpu") -> Path | None:
-    """The shipped predictor under data/predictors/ for `target` that best matches this machine
-    (same fingerprint, else same CPU, else another machine's, with a warning naming the fix)."""
+def find_predictor(cache: Path, target: str = "local-cpu") -> Path | None:
+    """The predictor the demo uses for `target` on this machine, best first:
+    1. a shipped one (data/predictors/) profiled on this machine (same fingerprint);
+    2. one trained (once, cached outside the repository) from a shipped table of this machine;
+    3. the closest shipped one, with a warning that names the fix."""
     from predictors.catalog import find_predictor as best_match
-    from profiling.fingerprint import device_label, local_fingerprint
+    from profiling.fingerprint import device_label, fingerprint_hash, local_fingerprint
     from profiling.targets import get_target
     fp = local_fingerprint(get_target(target))
     match = best_match(ROOT / "data" / "predictors", target, fp)
-    if match is None:
-        return None
-    if not match.exact:
-        click.echo(f"demo: warning: no shipped {target} predictor was measured on this machine "
-                   f"({device_label(fp)}); using {match.describe('this machine')}. Predicted latencies may be "
-                   f"off; the finalists' measurements correct them. To build one for this machine:\n"
-                   f"  profile-device --target {target} --out data/tables/\n"
-                   f"  train-predictor --table data/tables/NEW.parquet --out data/predictors/NEW.lgb\n"
-                   f"(NEW: the table name profile-device prints)", err=True)
+    if match is not None and match.exact:
+        return match.path
+    trained = predictor_from_table(cache, target, fingerprint_hash(fp))
+    if trained is not None or match is None:
+        return trained
+    click.echo(f"demo: warning: no shipped {target} predictor or table was measured on this machine "
+               f"({device_label(fp)}); using {match.describe('this machine')}. Predicted latencies may be "
+               f"off; the finalists' measurements correct them. To build one for this machine:\n"
+               f"  profile-device --target {target} --out data/tables/\n"
+               f"  train-predictor --table data/tables/NEW.parquet --out data/predictors/NEW.lgb\n"
+               f"(NEW: the table name profile-device prints)", err=True)
     return match.path
 
 
-def predictor_from_table(cache: Path, target: str = "local-cpu") -> Path | None:
-    """No shipped predictor: train one (once, cached outside the repository) from the newest
-    table of `target` under data/tables/ (it may still be being measured; it is read as is)."""
-    tables = sorted((ROOT / "data" / "tables").glob(f"{target}__*.parquet"), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
+def predictor_from_table(cache: Path, target: str, fingerprint_hash: str) -> Path | None:
+    """Train a predictor (once, cached outside the repository) from the newest table of `target`
+    under data/tables/ measured on this machine (its name ends in the fingerprint hash; it may
+    still be being measured, and is read as is)."""
+    tables = sorted((ROOT / "data" / "tables").glob(f"{target}__*__{fingerprint_hash}.parquet"),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
     if not tables:
         return None
     from predictors.model import Predictor
@@ -50,8 +55,8 @@ def predictor_from_table(cache: Path, target: str = "local-cpu") -> Path | None:
     df, _ = read_table(table)
     out = cache / "predictors" / f"{table.stem}-{len(df)}rows.lgb"
     if not out.exists():
-        click.echo(f"demo: no predictor under data/predictors/; training one from {table.relative_to(ROOT)} "
-                   f"({len(df)} rows) into {out} ...")
+        click.echo(f"demo: no shipped predictor for this machine; training one from {table.relative_to(ROOT)} "
+                   f"({len(df)} rows) into {out} (once, about 2 minutes) ...")
         p = Predictor(num_threads=1)
         p.fit([table])
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -62,7 +67,7 @@ def predictor_from_table(cache: Path, target: str = "local-cpu") -> Path | None:
 @click.command()
 @click.option("--out", default="runs/demo", show_default=True)
 @click.option("--space", default="nb201", show_default=True)
-@click.option("--predictor", type=click.Path(dir_okay=False), help="default: the newest under data/predictors/")
+@click.option("--predictor", type=click.Path(dir_okay=False), help="default: the shipped predictor profiled on this machine (data/predictors/)")
 @click.option("--budget-percentile", type=float, default=40.0, show_default=True)
 @click.option("--population", type=int, default=16, show_default=True)
 @click.option("--generations", type=int, default=6, show_default=True)
@@ -78,8 +83,7 @@ def main(out, space, predictor, budget_percentile, population, generations, supe
 
     from search.run import _cache_dir
     try:
-        pred_path = Path(predictor) if predictor else (find_predictor() or
-                                                       predictor_from_table(_cache_dir(SearchConfig())))
+        pred_path = Path(predictor) if predictor else find_predictor(_cache_dir(SearchConfig()))
     except Exception as e:  # a table too young to train on
         click.echo(f"error: could not train a predictor from data/tables/: {e}", err=True)
         pred_path = None

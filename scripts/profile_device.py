@@ -76,10 +76,15 @@ class _Progress:
                 self.bar.update(self.task, rows=rows)
         elif event == "drift":
             e = info["drift"]
-            msg = (f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel baseline reset to {e['baseline_ms']:.3f} ms"
-                   if e.get("baseline_reset") else
-                   f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel {e['sentinel_ms']:.3f} ms vs baseline "
-                   f"{e['baseline_ms']:.3f} ms ({(e['ratio'] - 1) * 100:+.0f}%): re-measuring {e['remeasure']} configurations")
+            if e.get("baseline_reset"):
+                msg = f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel baseline reset to {e['baseline_ms']:.3f} ms"
+            elif e.get("tolerance_widened"):
+                msg = (f"[yellow]noise[/] on {e['host']}: the {e['sentinel']} sentinel's excursions keep vanishing by "
+                       f"the next check; its tolerance widens from ±{e['old_tolerance']:.0%} to ±{e['tolerance']:.0%}")
+            else:
+                msg = (f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel {e['sentinel_ms']:.3f} ms vs baseline "
+                       f"{e['baseline_ms']:.3f} ms ({(e['ratio'] - 1) * 100:+.0f}%): re-measuring {e['remeasure']} "
+                       f"configurations")
             self.console.print(msg)
         elif event == "note" and not self.quiet:
             self.console.print(f"[dim]{info['message']}[/]")
@@ -100,9 +105,11 @@ def _print_summary(console: Console, s) -> None:
                   + (f", {s.refined} from adaptive refinement" if s.refined else "") + ")")
     console.print(f"table {s.out_path}: {s.rows_total} rows ({s.kernels} kernels, {s.blocks} blocks, "
                   f"{s.networks} networks), fingerprint {s.fingerprint_hash}")
-    drift = [e for e in s.drift_events if not e.get("baseline_reset")]
-    resets = len(s.drift_events) - len(drift)
+    drift = [e for e in s.drift_events if "ratio" in e]
+    resets = sum(1 for e in s.drift_events if e.get("baseline_reset"))
+    widened = sum(1 for e in s.drift_events if e.get("tolerance_widened"))
     console.print(f"drift events: {len(drift)}" + (f" (+{resets} baseline resets)" if resets else "")
+                  + (f" (+{widened} noisy-sentinel tolerances widened)" if widened else "")
                   + f", re-measured configurations: {s.remeasured}"
                   + (f", failed configurations: {len(s.failed)}" if s.failed else ""))
     if s.stopped_by == "interrupted":
