@@ -5,7 +5,8 @@ mostly changes *how fast* each part runs. With only ~20 measurements the adapter
 effective parameters, so it is a small ensemble of ridge models chosen by exact leave-one-out:
 
     space  log: log y = a + b*log(parent) + delta . z        ms: y = a + b*parent + delta . z
-    kind   scale (delta = 0) | scale+delta | delta (b = 0)
+    kind   ratio (b = 1, delta = 0; log space only: one factor for every network) |
+           scale (delta = 0) | scale+delta | delta (b = 0)
     ridge  penalty on delta only, lambda in a grid
 
 where parent is the prediction before this adapter (the base device, or the device adapted
@@ -18,6 +19,12 @@ The leave-one-out predictions of the members give the conformal interval. Caller
 more about their networks (e.g. a search space's pruned and unpruned views of a cell) pass
 their own feature matrix to `fit_adapter(..., Phi=...)` and `predict_adapter`; the method is
 the same (`scripts/bench_predictor.py` does this for NAS-Bench-201).
+
+The adapter never moves a prediction further from its parent than the shots moved theirs (the
+range of measured/parent over the networks it was fitted on, widened by `RATIO_MARGIN`): with
+10 small networks a ridge member extrapolated to a 100 ms network by factors of 10 and more
+(an Intel-profiled predictor adapted to an AMD EPYC machine: MAPE 380% on 41 real
+architectures before this bound; `scripts/bench_transfer.py`).
 
 The measured networks come from a file (`train-predictor --adapt-from base.lgb --networks FILE`)
 in the format of `predictors.measured`.
@@ -35,6 +42,7 @@ from . import features as F
 NG = len(F.GROUPS)
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 TOP_K = 5
+RATIO_MARGIN = 1.25  # how far past the shots' own measured/parent range a prediction may move
 _A = {n: i for i, n in enumerate(F.ADDITIVE)}
 ADAPTER_FEATURES = (*(f"ms_{g}" for g in F.GROUPS), *(f"n_{g}" for g in F.GROUPS), "branch")
 
@@ -45,13 +53,17 @@ def adapter_features(sums: np.ndarray) -> np.ndarray:
     return sums[:, [_A[n] for n in ADAPTER_FEATURES]]
 
 
-def _design(kind: str, base: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _design(kind: str, base: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(design matrix, ridge penalty mask, offset): the model is A @ coef + offset."""
     n = len(base)
+    if kind == "ratio":
+        return np.ones((n, 1)), np.zeros(1), base
+    zero = np.zeros(n)
     if kind == "scale":
-        return np.column_stack([np.ones(n), base]), np.zeros(2)
+        return np.column_stack([np.ones(n), base]), np.zeros(2), zero
     if kind == "scale+delta":
-        return np.column_stack([np.ones(n), base, Z]), np.r_[0.0, 0.0, np.ones(Z.shape[1])]
-    return np.column_stack([np.ones(n), Z]), np.r_[0.0, np.ones(Z.shape[1])]
+        return np.column_stack([np.ones(n), base, Z]), np.r_[0.0, 0.0, np.ones(Z.shape[1])], zero
+    return np.column_stack([np.ones(n), Z]), np.r_[0.0, np.ones(Z.shape[1])], zero
 
 
 def _solve(A, t, lam, pen):
@@ -77,16 +89,16 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
     for space in ("log", "ms"):
         base = np.log(parent) if space == "log" else parent
         t = np.log(y) if space == "log" else y
-        for kind in ("scale", "scale+delta", "delta"):
-            if kind != "scale" and Z.shape[1] == 0:
+        for kind in ("ratio", "scale", "scale+delta", "delta"):
+            if (kind == "ratio" and space != "log") or (kind not in ("ratio", "scale") and Z.shape[1] == 0):
                 continue
-            for lam in (lambdas if kind != "scale" else (0.0,)):
-                A, pen = _design(kind, base, Z)
+            for lam in (lambdas if kind not in ("ratio", "scale") else (0.0,)):
+                A, pen, off = _design(kind, base, Z)
                 if A.shape[1] >= n and lam == 0:
                     continue
                 B = np.linalg.solve(A.T @ A + np.diag(pen * lam) + 1e-9 * np.eye(A.shape[1]), A.T)  # [p, n]
                 h = np.einsum("ij,ji->i", A, B)  # the hat matrix's diagonal, without the n x n matrix
-                r = (t - A @ (B @ t)) / np.maximum(1.0 - h, 1e-6)
+                r = (t - off - A @ (B @ (t - off))) / np.maximum(1.0 - h, 1e-6)
                 loo = t - r
                 loo_log = loo if space == "log" else np.log(np.maximum(loo, 1e-3 * y.min()))
                 err = float(np.mean((np.log(y) - loo_log) ** 2))
@@ -96,14 +108,15 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
     for err, space, kind, lam, _ in cands[:top_k]:
         base = np.log(parent) if space == "log" else parent
         t = np.log(y) if space == "log" else y
-        A, pen = _design(kind, base, Z)
+        A, pen, off = _design(kind, base, Z)
         members.append({"space": space, "kind": kind, "lambda": lam, "loo_mse_log": err,
-                        "coef": _solve(A, t, lam, pen).tolist()})
+                        "coef": _solve(A, t - off, lam, pen).tolist()})
     loo_log = np.mean([c[4] for c in cands[:top_k]], axis=0)
     from .model import _conformal, metrics
     return {"method": "ridge-ensemble-loo", "device": device, "n_networks": int(n),
             "features": [nm for nm, k in zip(names, keep) if k], "all_features": names, "mean": mean.tolist(),
             "std": std.tolist(), "members": members, "log_interval": list(_conformal(np.log(y) - loo_log)),
+            "log_ratio_range": [float(np.min(np.log(y / parent))), float(np.max(np.log(y / parent)))],
             "loo": metrics(y, np.exp(loo_log))}
 
 
@@ -117,10 +130,15 @@ def predict_adapter(a: dict, parent: np.ndarray, Phi: np.ndarray) -> np.ndarray:
     floor = 1e-6
     for m in a["members"]:
         base = np.log(parent) if m["space"] == "log" else parent
-        A, _ = _design(m["kind"], base, Z)
-        p = A @ np.asarray(m["coef"])
+        A, _, off = _design(m["kind"], base, Z)
+        p = A @ np.asarray(m["coef"]) + off
         outs.append(p if m["space"] == "log" else np.log(np.maximum(p, floor)))
-    return np.exp(np.mean(outs, axis=0))
+    log_pred = np.mean(outs, axis=0)
+    if "log_ratio_range" in a:  # adapters saved before the bound have none
+        lo, hi = a["log_ratio_range"]
+        margin = math.log(RATIO_MARGIN)
+        log_pred = np.clip(log_pred, np.log(parent) + lo - margin, np.log(parent) + hi + margin)
+    return np.exp(log_pred)
 
 
 def apply_adapters(adapters: list[dict], pred: np.ndarray, sums: np.ndarray):
