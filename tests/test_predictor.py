@@ -479,3 +479,26 @@ def test_catalog_picks_the_predictor_profiled_on_this_machine(trained, tmp_path)
     note = predictor_device_note(other, get_target("local-cpu"), facts)
     assert note and "Some Other CPU" in note and "profile-device --target local-cpu" in note
     assert predictor_device_note(Predictor.load(path), get_target("local-cpu"), facts) is None
+
+
+def test_adapter_does_not_extrapolate_past_what_its_shots_showed(trained):
+    """Fitted on small networks, the adapter meets one 36 times their size: its correction stays
+    within the shots' measured/parent range (widened by RATIO_MARGIN), however its ridge members
+    extrapolate."""
+    from predictors.adapt import ADAPTER_FEATURES, RATIO_MARGIN, adapter_features, fit_adapter, predict_adapter
+    from profiling.networks import network_kernels, sample_network
+    p, _ = trained
+    rng = np.random.default_rng(5)
+    nets = [network_kernels(sample_network(rng, f)) for f in ("mobilenet", "resnet", "vit") * 4]
+    huge = [s for n in nets for s in n] * 3  # all twelve, three times over
+    sums, peak = p._graph_inputs(nets + [huge])
+    base = p._finish(sums, peak)[0]
+    # a device on which convs get slower the more of them a network has: the ridge members that
+    # use kernel counts extrapolate that to the huge network
+    n_conv = adapter_features(sums)[:, ADAPTER_FEATURES.index("n_convkxk")]
+    truth = base * (1.0 + 0.5 * n_conv / n_conv[:-1].max())
+    a = fit_adapter(base[:-1], sums[:-1], truth[:-1], "dev", top_k=5)
+    lo, hi = np.exp(a["log_ratio_range"])
+    assert lo <= (truth[:-1] / base[:-1]).min() + 1e-9 and hi >= (truth[:-1] / base[:-1]).max() - 1e-9
+    ratio = predict_adapter(a, base, adapter_features(sums)) / base
+    assert np.all(ratio >= lo / RATIO_MARGIN - 1e-9) and np.all(ratio <= hi * RATIO_MARGIN + 1e-9)
