@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -81,7 +82,7 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
                    edgecolor="black", zorder=6, label="chosen")
     ax.set_xlabel("latency (ms): predicted for candidates, measured for verified finalists")
     ax.set_ylabel(accuracy_label)
-    ax.set_title(title, fontsize=10)
+    ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=10)  # a long constraint ran off the figure
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
