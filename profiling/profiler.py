@@ -18,8 +18,9 @@ on some cloud VMs a memory-bound kernel flips between two speeds within a second
 0.117 ms for the memory sentinel on a 2-core AMD EPYC VM, with nothing else running), which
 is the device's own noise, not a drift that re-measuring could fix. A sentinel whose excursions
 keep vanishing by the next check (`TRANSIENTS_TO_WIDEN` times) gets its tolerance widened to
-its observed spread, and a sentinel off in one direction in most of the last checks is a new
-normal (the baseline moves), so neither makes the profiler re-measure forever.
+its observed spread, a sentinel off in one direction in most of the last checks is a new normal
+(the baseline moves), and one whose baseline moves back to a level it held before has two
+normals (its tolerance covers both), so none of them makes the profiler re-measure forever.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ INITIAL_SHARE = 0.6   # of the kernel budget drawn before adaptive refinement st
 BASELINE_CHECKS = 3   # back-to-back sentinel checks that make a runner's baseline
 TRANSIENTS_TO_WIDEN = 3  # drift events gone by the next check before a sentinel counts as noisy
 SHIFT_WINDOW, SHIFT_MIN = 6, 4  # a sentinel off one way in 4 of its last 6 checks: a new normal
+RATIO_MARGIN_LEVELS = 1.5  # a two-level sentinel's tolerance: this times the log half-distance of its levels
 DRAW_TRIES, NETWORK_DRAW_TRIES = 400, 50  # draws that are all in the table before a space counts as exhausted
 
 
@@ -113,6 +115,7 @@ class _RunnerState:
         self.last_bad: list[str] = []           # the sentinels beyond tolerance in the last check
         self.transients: Counter[str] = Counter()
         self.ratio_history: dict[str, list[float]] = {}
+        self.levels: dict[str, list[float]] = {}  # the baselines each sentinel held before its resets
         self.pending: list[str] = []          # sentinels still to measure in the current check
         self.check: dict[str, float] = {}     # their medians so far
         self.since_good: list[Job] = []
@@ -516,7 +519,9 @@ class _Run:
         for k, r in ratios.items():
             state.ratio_history.setdefault(k, []).append(r)
         state.recent.append(ratios)
-        excess = {k: abs(r - 1.0) / state.tolerance.get(k, self.p.drift_threshold) for k, r in ratios.items()}
+        # deviations in log space, so a tolerance means the same factor up and down
+        excess = {k: abs(math.log(r)) / math.log1p(state.tolerance.get(k, self.p.drift_threshold))
+                  for k, r in ratios.items()}
         worst = max(excess, key=excess.get)
         if excess[worst] <= 1.0:
             if state.bad_streak == 1:
@@ -539,7 +544,12 @@ class _Run:
                      "baseline_reset": True, "sentinel": name, "old_baseline_ms": state.baseline[name],
                      "baseline_ms": new_baseline[name]}
             self._log_drift(event)
+            for k in new_baseline:
+                if new_baseline[k] != state.baseline[k]:
+                    state.levels.setdefault(k, []).append(state.baseline[k])
             state.baseline = new_baseline
+            for k in list(new_baseline):
+                self._two_levels(state, k)
             state.recent.clear()
             state.ratio_history.clear()
             state.bad_streak = 0
@@ -569,25 +579,47 @@ class _Run:
             return  # needs_sentinel stays set: the next check follows at once
         state.baseline = {k: float(np.median([c[k] for c in state.baseline_runs])) for k in medians}
         for k, b in state.baseline.items():
-            spread = max(abs(c[k] / b - 1.0) for c in state.baseline_runs)
-            state.tolerance[k] = max(self.p.drift_threshold, 1.5 * spread)
+            spread = max(abs(math.log(c[k] / b)) for c in state.baseline_runs)
+            state.tolerance[k] = max(self.p.drift_threshold, math.expm1(1.5 * spread))
         state.needs_sentinel = False
         self.p.progress("note", message=f"{state.label}: sentinel baselines " + ", ".join(
             f"{k} {v:.3f} ms (±{state.tolerance[k]:.0%})" for k, v in state.baseline.items()))
 
     def _transient(self, state: _RunnerState, name: str) -> None:
         """A drift event that was over by the next check: after a few, the sentinel's own noise
-        sets its tolerance (1.25 times the 90th percentile of its deviations so far)."""
+        sets its tolerance (1.25 times the 90th percentile of its log deviations so far)."""
         state.transients[name] += 1
         if state.transients[name] < TRANSIENTS_TO_WIDEN:
             return
         state.transients[name] = 0
-        dev = 1.25 * float(np.percentile(np.abs(np.array(state.ratio_history[name]) - 1.0), 90))
+        dev = math.expm1(1.25 * float(np.percentile(np.abs(np.log(state.ratio_history[name])), 90)))
         old = state.tolerance.get(name, self.p.drift_threshold)
         if dev > old:
             state.tolerance[name] = dev
             event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
                      "tolerance_widened": True, "sentinel": name, "old_tolerance": old, "tolerance": dev}
+            self._log_drift(event)
+            self.p.progress("drift", drift=event)
+
+    def _two_levels(self, state: _RunnerState, name: str) -> None:
+        """A sentinel whose baseline moved back to a level it held before lives on two levels
+        (on one VM the memory sentinel holds 0.065 or 0.12 ms for tens of seconds at a time):
+        its baseline becomes their geometric mean and its tolerance covers both, so neither
+        level is drift any more."""
+        new, tol = state.baseline[name], state.tolerance.get(name, self.p.drift_threshold)
+        before = state.levels.get(name, [])[:-1]  # the level just left cannot be a return
+        if not any(abs(math.log(new / level)) <= math.log1p(tol) for level in before):
+            return
+        other = state.levels[name][-1]
+        mid = math.sqrt(new * other)
+        wide = math.expm1(RATIO_MARGIN_LEVELS * abs(math.log(new / mid)))
+        state.baseline[name] = mid
+        state.levels[name] = []
+        if wide > tol:
+            state.tolerance[name] = wide
+            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
+                     "tolerance_widened": True, "sentinel": name, "old_tolerance": tol, "tolerance": wide,
+                     "levels_ms": sorted([new, other]), "baseline_ms": mid}
             self._log_drift(event)
             self.p.progress("drift", drift=event)
 
@@ -601,8 +633,8 @@ class _Run:
         for name, tol in state.tolerance.items():
             ratios = [r[name] for r in state.recent if name in r]
             for sign in (1.0, -1.0):
-                off = [r for r in ratios if (r - 1.0) * sign > tol]
-                if len(off) >= SHIFT_MIN and (ratios[-1] - 1.0) * sign > tol:
+                off = [r for r in ratios if math.log(r) * sign > math.log1p(tol)]
+                if len(off) >= SHIFT_MIN and math.log(ratios[-1]) * sign > math.log1p(tol):
                     shifted[name] = float(np.median(off))
         return shifted
 

@@ -24,7 +24,7 @@ import numpy as np
 from profiling.kernels import KernelSpec
 from profiling.profiler import SENTINELS, Profiler
 from profiling.table import read_table
-from profiling.transport import local_runner
+from profiling.transport import local_runner, session_options
 
 
 def remeasure(table: Path, n: int, seed: int, tolerance: float, drift_threshold: float = 0.10) -> dict:
@@ -39,7 +39,7 @@ def remeasure(table: Path, n: int, seed: int, tolerance: float, drift_threshold:
     prof = Profiler(meta["target"]["name"], table)  # only used to build jobs with the same settings
     runner = local_runner()
     runner.hello()
-    session = prof._session(runner.facts, meta["fingerprint"]["threads"])
+    session = session_options(prof.target, runner.facts, meta["fingerprint"]["threads"])
 
     def measure(spec: KernelSpec, cache_key: str | None = None) -> float | None:
         job = prof._kernel_job(spec)

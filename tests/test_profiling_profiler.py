@@ -102,6 +102,23 @@ def test_a_sentinel_that_flips_between_two_speeds_stops_causing_remeasurement(tm
     assert s.remeasured == 2 * TRANSIENTS_TO_WIDEN and s.new_kernels == 40
 
 
+def test_a_sentinel_that_holds_two_levels_for_a_while_each_stops_causing_remeasurement(tmp_path):
+    # The sentinels are slow for 6 checks, normal for 6, slow for 6, ... (a VM whose memory
+    # sentinel holds 0.065 or 0.12 ms for tens of seconds at a time). The baseline moves to the
+    # slow level, then back: the second move is a return to a level held before, so the
+    # tolerance widens to cover both and the later switches are not drift.
+    out = tmp_path / "t.parquet"
+    slow = {i: 5.0 for i in range(3, 200) if (i - 3) // 6 % 2 == 0}
+    s = _profile(out, max_configs=60, networks=0, sentinel_every=2, sentinel_every_s=1e9,
+                 drift_threshold=3.0, _slow_sentinels=slow)
+    drift = [e for e in s.drift_events if "ratio" in e]
+    widened = [e for e in s.drift_events if e.get("tolerance_widened")]
+    assert widened and all(e["tolerance"] > 3.0 for e in widened)
+    last_widening = max(s.drift_events.index(e) for e in widened)
+    assert not [e for e in s.drift_events[last_widening + 1:] if "ratio" in e]
+    assert len(drift) <= 3 and s.new_kernels == 60
+
+
 def test_a_lasting_change_moves_the_baseline(tmp_path):
     # From check #3 on every check is slow (a load that stays): one drift event re-measures what
     # was measured since the last good check, then the slow speed becomes the new baseline.
