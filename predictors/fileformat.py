@@ -52,33 +52,8 @@ def write_predictor_file(path: str | os.PathLike, header: dict, models: dict[str
     os.replace(tmp, path)
 
 
-def read_predictor_header(path: str | os.PathLike) -> dict:
-    """The header alone (target, fingerprint, ...), read from the file's first two lines without
-    checking the checksum: enough to choose among predictor files; `read_predictor_file` checks
-    the whole file when one is loaded."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            first, header_line = fh.readline(), fh.readline()
-    except OSError as e:
-        raise PredictorFileError(f"cannot read predictor file {path}: {e}") from None
-    if not first.startswith(MAGIC.encode() + b" "):
-        raise PredictorFileError(f"{path} is not an hwnas predictor file (it does not start with {MAGIC!r}); "
-                                 "pass a .lgb file written by `train-predictor`")
-    try:
-        return json.loads(header_line)
-    except json.JSONDecodeError as e:
-        raise PredictorFileError(f"{path}: the header is not valid JSON ({e}); rebuild the predictor") from None
-
-
-def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
-    """(header, {model name: LightGBM model text}); raises PredictorFileError on any defect."""
-    path = Path(path)
-    if not path.exists():
-        raise PredictorFileError(f"predictor file {path} does not exist; build one with `train-predictor "
-                                 f"--table TABLE.parquet --out {path}`")
-    raw = path.read_bytes()
-    first, _, rest = raw.partition(b"\n")
+def _check_first_line(first: bytes, path: Path) -> None:
+    """The magic and a file-format version this hwnas reads."""
     try:
         magic, version = first.decode("ascii").split(" ")
         version = int(version)
@@ -90,6 +65,38 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     if version > FORMAT_VERSION:
         raise PredictorFileError(f"{path} uses predictor file format {version}, newer than this hwnas supports "
                                  f"({FORMAT_VERSION}); upgrade hwnas or rebuild the predictor with this version")
+
+
+def _parse_header(line: bytes, path: Path) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise PredictorFileError(f"{path}: the header is not valid JSON ({e}); rebuild the predictor") from None
+
+
+def read_predictor_header(path: str | os.PathLike) -> dict:
+    """The header alone (target, fingerprint, ...), read from the file's first two lines without
+    checking the checksum: enough to choose among predictor files; `read_predictor_file` checks
+    the whole file when one is loaded."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            first, header_line = fh.readline(), fh.readline()
+    except OSError as e:
+        raise PredictorFileError(f"cannot read predictor file {path}: {e}") from None
+    _check_first_line(first.rstrip(b"\n"), path)
+    return _parse_header(header_line, path)
+
+
+def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+    """(header, {model name: LightGBM model text}); raises PredictorFileError on any defect."""
+    path = Path(path)
+    if not path.exists():
+        raise PredictorFileError(f"predictor file {path} does not exist; build one with `train-predictor "
+                                 f"--table TABLE.parquet --out {path}`")
+    raw = path.read_bytes()
+    first, _, rest = raw.partition(b"\n")
+    _check_first_line(first, path)
     trailer_at = raw.rfind(b"#sha256 ")
     if trailer_at < 0 or not raw.endswith(b"\n"):
         raise PredictorFileError(f"{path} is truncated (its checksum trailer is missing); copy it again or "
@@ -100,10 +107,7 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         raise PredictorFileError(f"{path} is corrupted (checksum mismatch); copy it again or rebuild it with "
                                  "`train-predictor`")
     header_line, _, payload = body[len(first) + 1:].partition(b"\n")
-    try:
-        header = json.loads(header_line)
-    except json.JSONDecodeError as e:
-        raise PredictorFileError(f"{path}: the header is not valid JSON ({e}); rebuild the predictor") from None
+    header = _parse_header(header_line, path)
     schema = header.get("schema_version")
     if not isinstance(schema, int):
         raise PredictorFileError(f"{path}: the header has no schema_version; rebuild the predictor")

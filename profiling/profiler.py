@@ -111,10 +111,9 @@ class _RunnerState:
         self.baseline: dict[str, float] = {}
         self.tolerance: dict[str, float] = {}   # per sentinel, relative
         self.baseline_runs: list[dict[str, float]] = []
-        self.recent: deque[dict[str, float]] = deque(maxlen=SHIFT_WINDOW)  # ratios of the last checks
         self.last_bad: list[str] = []           # the sentinels beyond tolerance in the last check
         self.transients: Counter[str] = Counter()
-        self.ratio_history: dict[str, list[float]] = {}
+        self.ratio_history: dict[str, list[float]] = {}  # each sentinel's ratios since the last reset
         self.levels: dict[str, list[float]] = {}  # the baselines each sentinel held before its resets
         self.pending: list[str] = []          # sentinels still to measure in the current check
         self.check: dict[str, float] = {}     # their medians so far
@@ -518,7 +517,6 @@ class _Run:
         ratios = {k: v / state.baseline[k] for k, v in medians.items()}
         for k, r in ratios.items():
             state.ratio_history.setdefault(k, []).append(r)
-        state.recent.append(ratios)
         # deviations in log space, so a tolerance means the same factor up and down
         excess = {k: abs(math.log(r)) / math.log1p(state.tolerance.get(k, self.p.drift_threshold))
                   for k, r in ratios.items()}
@@ -548,9 +546,8 @@ class _Run:
                 if new_baseline[k] != state.baseline[k]:
                     state.levels.setdefault(k, []).append(state.baseline[k])
             state.baseline = new_baseline
-            for k in list(new_baseline):
+            for k in new_baseline:
                 self._two_levels(state, k)
-            state.recent.clear()
             state.ratio_history.clear()
             state.bad_streak = 0
             state.last_bad = []
@@ -628,10 +625,10 @@ class _Run:
         one direction, beyond its tolerance, in at least SHIFT_MIN of the last SHIFT_WINDOW
         checks, the current one included."""
         shifted: dict[str, float] = {}
-        if len(state.recent) < SHIFT_MIN:
-            return shifted
         for name, tol in state.tolerance.items():
-            ratios = [r[name] for r in state.recent if name in r]
+            ratios = state.ratio_history.get(name, [])[-SHIFT_WINDOW:]
+            if len(ratios) < SHIFT_MIN:
+                continue
             for sign in (1.0, -1.0):
                 off = [r for r in ratios if math.log(r) * sign > math.log1p(tol)]
                 if len(off) >= SHIFT_MIN and math.log(ratios[-1]) * sign > math.log1p(tol):

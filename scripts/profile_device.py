@@ -79,8 +79,10 @@ class _Progress:
             if e.get("baseline_reset"):
                 msg = f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel baseline reset to {e['baseline_ms']:.3f} ms"
             elif e.get("tolerance_widened"):
-                msg = (f"[yellow]noise[/] on {e['host']}: the {e['sentinel']} sentinel's excursions keep vanishing by "
-                       f"the next check; its tolerance widens from ±{e['old_tolerance']:.0%} to ±{e['tolerance']:.0%}")
+                why = (f"holds two levels ({e['levels_ms'][0]:.3f} and {e['levels_ms'][1]:.3f} ms)" if e.get("levels_ms")
+                       else "keeps showing excursions gone by the next check")
+                msg = (f"[yellow]noise[/] on {e['host']}: the {e['sentinel']} sentinel {why}; its tolerance widens "
+                       f"from ±{e['old_tolerance']:.0%} to ±{e['tolerance']:.0%}")
             else:
                 msg = (f"[yellow]drift[/] on {e['host']}: {e['sentinel']} sentinel {e['sentinel_ms']:.3f} ms vs baseline "
                        f"{e['baseline_ms']:.3f} ms ({(e['ratio'] - 1) * 100:+.0f}%): re-measuring {e['remeasure']} "

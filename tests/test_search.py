@@ -34,7 +34,6 @@ def predictor_path(tmp_path_factory) -> Path:
         return shipped.path
     from predictors import features as F
     from predictors.model import Predictor
-    from profiling.targets import get_target
     from search.spaces import get_space
     space = get_space("nb201", resolution=8)
     rng = np.random.default_rng(0)
