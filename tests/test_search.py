@@ -207,7 +207,10 @@ def test_ctrl_c_leaves_usable_partial_output(tmp_path, predictor_path):
                           "--population", "8", "--generations", "500", "--budget-minutes", "5", "--out", str(out),
                           "--proxies", "params", "--accuracy", "proxies",
                           "--cache-dir", str(tmp_path / "c")], cwd=ROOT, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         # a suite started in the background (`make test &`) runs with SIGINT ignored, and a
+                         # child inherits that: Python then installs no Ctrl-C handler, as for any background job
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     t0 = time.time()
     while not (out / "frontier.json").exists() and time.time() - t0 < 180 and p.poll() is None:
         time.sleep(0.2)
