@@ -95,7 +95,7 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
         raise PredictorFileError(f"predictor file {path} does not exist; build one with `train-predictor "
                                  f"--table TABLE.parquet --out {path}`")
     raw = path.read_bytes()
-    first, _, rest = raw.partition(b"\n")
+    first = raw.partition(b"\n")[0]
     _check_first_line(first, path)
     trailer_at = raw.rfind(b"#sha256 ")
     if trailer_at < 0 or not raw.endswith(b"\n"):

@@ -538,21 +538,24 @@ class _Run:
                 new_baseline = {k: b * shift.get(k, 1.0) for k, b in state.baseline.items()}
             else:
                 name, new_baseline = worst, dict(medians)
-            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
-                     "baseline_reset": True, "sentinel": name, "old_baseline_ms": state.baseline[name],
-                     "baseline_ms": new_baseline[name]}
-            self._log_drift(event)
+            old_baseline = state.baseline[name]
             for k in new_baseline:
                 if new_baseline[k] != state.baseline[k]:
                     state.levels.setdefault(k, []).append(state.baseline[k])
             state.baseline = new_baseline
-            for k in new_baseline:
-                self._two_levels(state, k)
+            # a return to an earlier level moves the baseline again (to the two levels' middle): the
+            # reset is logged with the baseline that holds after it, then the widening it caused
+            widened = [e for e in (self._two_levels(state, k) for k in new_baseline) if e is not None]
+            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
+                     "baseline_reset": True, "sentinel": name, "old_baseline_ms": old_baseline,
+                     "baseline_ms": state.baseline[name]}
+            for e in [event, *widened]:
+                self._log_drift(e)
+                self.p.progress("drift", drift=e)
             state.ratio_history.clear()
             state.bad_streak = 0
             state.last_bad = []
             state.needs_sentinel = False
-            self.p.progress("drift", drift=event)
             return
         state.bad_streak += 1
         if state.bad_streak == 1:
@@ -598,27 +601,26 @@ class _Run:
             self._log_drift(event)
             self.p.progress("drift", drift=event)
 
-    def _two_levels(self, state: _RunnerState, name: str) -> None:
+    def _two_levels(self, state: _RunnerState, name: str) -> dict | None:
         """A sentinel whose baseline moved back to a level it held before lives on two levels
         (on one VM the memory sentinel holds 0.065 or 0.12 ms for tens of seconds at a time):
         its baseline becomes their geometric mean and its tolerance covers both, so neither
-        level is drift any more."""
+        level is drift any more. Returns the tolerance-widened event for the caller to log."""
         new, tol = state.baseline[name], state.tolerance.get(name, self.p.drift_threshold)
         before = state.levels.get(name, [])[:-1]  # the level just left cannot be a return
         if not any(abs(math.log(new / level)) <= math.log1p(tol) for level in before):
-            return
+            return None
         other = state.levels[name][-1]
         mid = math.sqrt(new * other)
         wide = math.expm1(RATIO_MARGIN_LEVELS * abs(math.log(new / mid)))
         state.baseline[name] = mid
         state.levels[name] = []
-        if wide > tol:
-            state.tolerance[name] = wide
-            event = {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
-                     "tolerance_widened": True, "sentinel": name, "old_tolerance": tol, "tolerance": wide,
-                     "levels_ms": sorted([new, other]), "baseline_ms": mid}
-            self._log_drift(event)
-            self.p.progress("drift", drift=event)
+        if wide <= tol:
+            return None
+        state.tolerance[name] = wide
+        return {"host": state.label, "at": utc_now(), "elapsed_s": round(self.elapsed(), 1),
+                "tolerance_widened": True, "sentinel": name, "old_tolerance": tol, "tolerance": wide,
+                "levels_ms": sorted([new, other]), "baseline_ms": mid}
 
     def _shifted(self, state: _RunnerState) -> dict[str, float]:
         """{sentinel: the median ratio of its off checks} for each sentinel off its baseline in

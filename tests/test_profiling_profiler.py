@@ -117,6 +117,15 @@ def test_a_sentinel_that_holds_two_levels_for_a_while_each_stops_causing_remeasu
     last_widening = max(s.drift_events.index(e) for e in widened)
     assert not [e for e in s.drift_events[last_widening + 1:] if "ratio" in e]
     assert len(drift) <= 3 and s.new_kernels == 60
+    # the reset that returned to an earlier level is logged with the baseline that holds after it
+    ev = s.drift_events
+    returns = []
+    for i, e in enumerate(ev):
+        after = ev[i + 1:]
+        n = next((j for j, w in enumerate(after) if not w.get("levels_ms")), len(after))
+        if e.get("baseline_reset"):  # the widenings it caused follow it directly
+            returns += [(e, w) for w in after[:n] if w["sentinel"] == e["sentinel"]]
+    assert returns and all(e["baseline_ms"] == w["baseline_ms"] for e, w in returns)
 
 
 def test_a_lasting_change_moves_the_baseline(tmp_path):
