@@ -62,9 +62,19 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                    f"candidates with estimated accuracy >= {f.min_accuracy:g}")
         else:
             why = "the knee of the frontier (farthest above the line joining its ends, log latency)"
+        if result.reranked:
+            why = (f"the best held-out accuracy after a short stand-alone training among the "
+                   f"{len(result.reranked)} best-estimated verified candidates within the constraint (table below)")
         L.append(f"- why: {why}")
         L.append("- files: `best.json` (architecture), `best.onnx` and `best.pt` (ready to fine-tune), "
                  "`frontier.csv`/`frontier.json`/`frontier.png`")
+    if result.reranked:
+        L.append("\n## Short training of the verified candidates\n")
+        L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")
+        L.append("| --- | --- | --- | --- |")
+        for r in result.reranked:
+            L.append(f"| `{r.key}` | {r.estimated:.2f} | {r.short_accuracy:.2f} | "
+                     f"{'cached' if r.cached else f'{r.seconds:.0f}'} |")
     gt = result.ground_truth
     if gt is not None:
         L.append("\n## Benchmark ground truth (read only after the choice, for this report)\n")

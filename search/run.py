@@ -68,6 +68,12 @@ class SearchConfig:
     export_best: bool = True
     progress: bool = True
     space_options: dict = field(default_factory=dict)
+    # re-ranking the verified finalists by a short stand-alone training (search.rerank); 0 = off
+    rerank: int = 0                         # how many of the best-estimated verified candidates to train
+    rerank_epochs: float = 5.0
+    rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
+    rerank_options: dict | None = None      # the reduced network (default for nb201: C=8, N=1)
+    rerank_resolution: int | None = None    # default for nb201: 16 (never above the data's)
 
 
 @dataclass
@@ -85,6 +91,7 @@ class SearchResult:
     correction: str
     notes: list[str]
     ground_truth: Any = None
+    reranked: list = field(default_factory=list)   # search.rerank.RerankResult, best first
 
 
 class _Progress:
@@ -209,8 +216,54 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     best = choose_best(evaluator.candidates, formulation, space)
     if best is not None and best.measured_ms is None and config.finalists > 0 and not interrupted:
         notes.append("no finalist was verified within the constraint; the choice rests on the corrected prediction")
+    reranked: list = []
+    if config.rerank > 0 and not interrupted:
+        try:
+            best, reranked = _rerank(config, evaluator.candidates, formulation, data, best, _cache_dir(config),
+                                     ui, notes)
+        except KeyboardInterrupt:
+            interrupted = True
+            notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
+            ui.log("[yellow]interrupted: the choice is the estimator's; writing the outputs ...[/]")
     return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
-                   notes, t0, data, accuracy, latency, bench)
+                   notes, t0, data, accuracy, latency, bench, reranked)
+
+
+def _rerank(config: SearchConfig, cands: list[Candidate], formulation: Formulation, data, best: Candidate | None,
+            cache_dir: Path, ui: _Progress, notes: list[str]) -> tuple[Candidate | None, list]:
+    """The verified feasible candidates re-ranked by a short training (search.rerank); the
+    choice becomes the best of them, unless fewer than two are verified."""
+    from search import wiring
+    from search.models import cache_name
+    from search.rerank import RerankConfig, describe, rerank_by_training
+    if formulation.kind == "frontier":
+        notes.append("--rerank applies under a constraint (--latency-budget or --min-accuracy); "
+                     "the frontier's knee was kept")
+        return best, []
+    pool = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    if len(pool) < 2:
+        notes.append(f"--rerank: {len(pool)} verified candidate(s) within the constraint, nothing to re-rank")
+        return best, []
+    rdata = data
+    if config.rerank_per_class is not None and config.rerank_per_class != config.data_max_per_class:
+        rdata = wiring.load_data(config.data, config.seed, max_per_class=config.rerank_per_class)
+    rc = RerankConfig(top_k=config.rerank, epochs=config.rerank_epochs, seed=config.seed,
+                      space_options=config.rerank_options, resolution=config.rerank_resolution)
+    what = describe(rc, config.space, rdata.resolution, len(rdata.train))
+    ui.log(f"re-ranking: {what} ...")
+    cache = cache_dir / f"rerank-{config.space}-{cache_name(rdata.name, rdata.num_classes, config.seed)}.jsonl"
+
+    def space_with(options: dict):
+        return wiring.make_space(config.space, rdata, {**config.space_options, **options})
+
+    results = rerank_by_training(config.space, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
+                                 cache_file=cache, log=ui.log)
+    by_key = {c.key: c for c in pool}
+    chosen = by_key[results[0].key]
+    notes.append(f"chosen by {what}: `{chosen.key}` ({results[0].short_accuracy:.2f}% held-out after the "
+                 f"short training; estimated {chosen.accuracy:.2f})" +
+                 ("" if best is None or best.key == chosen.key else f"; the estimator alone chose `{best.key}`"))
+    return chosen, results
 
 
 def choose_best(cands: list[Candidate], formulation: Formulation, space=None) -> Candidate | None:
@@ -303,7 +356,7 @@ def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, 
 
 
 def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
-            data, accuracy, latency, bench) -> SearchResult:
+            data, accuracy, latency, bench, reranked: list | None = None) -> SearchResult:
     from search import wiring
     from search.report import write_report
 
@@ -319,6 +372,8 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
         gt = ground_truth(bench.csv_path, bench.device, formulation.latency_budget_ms, best.key)
     best_meta = {"formulation": formulation.describe(), "device": device.name,
                  "accuracy_estimator": accuracy.name, "interrupted": interrupted}
+    if reranked:
+        best_meta["short_training"] = [asdict(r) for r in reranked]
     write_best(out, best, config.space, best_meta)
     if best is not None and config.export_best:
         try:
@@ -332,7 +387,7 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                           out_dir=out, formulation=formulation, n_evaluated=len(cands),
                           n_measurements=device.n_measurements, rounds=rounds, interrupted=interrupted,
                           elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
-                          notes=notes, ground_truth=gt)
+                          notes=notes, ground_truth=gt, reranked=list(reranked or []))
     write_report(out / "report.md", config, result, meta, device, data)
     if hasattr(device, "close"):
         device.close()

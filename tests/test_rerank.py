@@ -1,0 +1,77 @@
+"""Re-ranking the verified finalists by a short stand-alone training: real networks, real training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+ROOT = Path(__file__).resolve().parents[1]
+NB201_CSV = ROOT.parent / "shared" / "data" / "nb201" / "nb201_cifar10.csv"
+
+DEAD = "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|"          # no path from input to output
+CONV = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+POOL = "|avg_pool_3x3~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|avg_pool_3x3~2|"
+
+
+def _candidates(space, estimated: dict[str, float]):
+    from search.problem import Candidate
+    return [Candidate(key=k, arch=space.from_string(k), encoding=np.zeros(0), accuracy=a, predicted_ms=1.0,
+                      low_ms=0.9, high_ms=1.1, raw_predicted_ms=1.0, measured_ms=1.0) for k, a in estimated.items()]
+
+
+def test_short_training_reorders_what_the_estimator_ranked_and_caches_it(tmp_path):
+    from search import wiring
+    from search.rerank import RerankConfig, rerank_by_training
+    data = wiring.load_data("digits", seed=0)
+    space = wiring.make_space("nb201", data)
+    # the estimator (here: made up) prefers the dead cell and the pooling-only cell to the conv cell
+    cands = _candidates(space, {DEAD: 90.0, POOL: 80.0, CONV: 70.0, "|skip_connect~0|+|none~0|none~1|+"
+                                "|none~0|none~1|none~2|": 60.0})
+    cfg = RerankConfig(top_k=3, epochs=2.0)
+
+    def make(options):
+        return wiring.make_space("nb201", data, options)
+
+    cache = tmp_path / "rerank.jsonl"
+    res = rerank_by_training("nb201", make, cands, data.train, data.val, data.resolution, cfg, cache_file=cache)
+    assert [r.key for r in res][0] == CONV                   # learns the digits; the others cannot as well
+    assert {r.key for r in res} == {DEAD, POOL, CONV}        # top_k by the estimate: the 60.0 cell is not trained
+    by = {r.key: r.short_accuracy for r in res}
+    assert by[CONV] > 60.0 and by[DEAD] < 25.0               # 10 classes: a dead cell is at chance
+    assert all(not r.cached for r in res) and len(cache.read_text().splitlines()) == 3
+    again = rerank_by_training("nb201", make, cands, data.train, data.val, data.resolution, cfg, cache_file=cache)
+    assert all(r.cached for r in again) and [(r.key, r.short_accuracy) for r in again] == \
+        [(r.key, r.short_accuracy) for r in res]
+    # another recipe is not served from the cache
+    other = rerank_by_training("nb201", make, cands[:2], data.train, data.val, data.resolution,
+                               RerankConfig(top_k=2, epochs=1.0), cache_file=cache)
+    assert not any(r.cached for r in other)
+
+
+@pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201/nb201_cifar10.csv is absent")
+def test_search_chooses_the_best_short_trained_verified_cell(tmp_path):
+    from search.benchmark import BenchmarkDevice
+    from search.run import SearchConfig, run_search
+    budget = BenchmarkDevice(NB201_CSV, "edgegpu").percentile(50)
+    cfg = SearchConfig(space="nb201", data="digits", benchmark=f"{NB201_CSV}:edgegpu", latency_budget_ms=budget,
+                       population=8, generations=2, max_measurements=16, calibration=6, finalists=3,
+                       out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"), progress=False, proxies=("params",),
+                       proxy_batch=16, export_best=False, reference_size=12, rerank=3, rerank_epochs=1.0)
+    res = run_search(cfg)
+    assert 2 <= len(res.reranked) <= 3
+    assert res.best.key == res.reranked[0].key
+    assert res.best.measured_ms is not None and res.best.measured_ms <= budget
+    accs = [r.short_accuracy for r in res.reranked]
+    assert accs == sorted(accs, reverse=True)
+    best = json.loads((tmp_path / "b" / "best.json").read_text())
+    assert best["arch"] == res.best.key and best["short_training"][0]["key"] == res.best.key
+    report = (tmp_path / "b" / "report.md").read_text()
+    assert "Short training of the verified candidates" in report and "after a short stand-alone training" in report
+    # a second run reuses the trainings
+    res2 = run_search(cfg)
+    assert all(r.cached for r in res2.reranked) and res2.best.key == res.best.key
