@@ -6,18 +6,17 @@ the finalists are measured, `rerank_by_training` trains each of the `top_k` best
 verified candidates from scratch for a few epochs, on a reduced copy of the space's network
 (for NB201 by default C=8, N=1 at 16x16: a few seconds to half a minute each on one core), and
 scores it on the held-out split of the user's data. The choice is then the verified candidate
-with the best short-training accuracy.
+with the best short-training accuracy. `search --rerank K` (latency-budget searches only).
 
 Results are cached per (cell, recipe, data) in a JSON-lines file, so a re-run costs nothing.
-The supernet's weights are not used here: a subnet's inherited accuracy ranks the top cells no
-better than the proxies do (`docs/accuracy.md`), and a stand-alone run is what the user will
-eventually do with the chosen cell anyway.
+Each candidate starts from scratch rather than from the supernet's weights: the supernet adds
+little to the proxies' ranking (`docs/accuracy.md`), and benchmark mode has no supernet.
 """
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,7 +38,6 @@ class RerankConfig:
     seed: int = 0
     space_options: dict[str, Any] | None = None   # None: DEFAULT_SPACE_OPTIONS for the space
     resolution: int | None = None                  # None: DEFAULT_RESOLUTION (never above the data's)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def options_for(self, space_name: str) -> dict[str, Any]:
         return dict(DEFAULT_SPACE_OPTIONS.get(space_name, {}) if self.space_options is None else self.space_options)
@@ -89,7 +87,7 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
     tc = TrainConfig(epochs=config.epochs, batch_size=min(config.batch_size, max(8, len(train) // 4)), lr=config.lr,
                      hflip=res > 8, seed=config.seed)
     recipe = json.dumps({"space": space_name, "options": opts, "train": asdict(tc), "n_train": len(train),
-                         "n_val": len(val), **config.extra}, sort_keys=True)
+                         "n_val": len(val)}, sort_keys=True)
     done: dict[str, float] = {}
     if cache_file is not None and cache_file.exists():
         for line in cache_file.read_text().splitlines():

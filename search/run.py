@@ -236,9 +236,9 @@ def _rerank(config: SearchConfig, cands: list[Candidate], formulation: Formulati
     from search import wiring
     from search.models import cache_name
     from search.rerank import RerankConfig, describe, rerank_by_training
-    if formulation.kind == "frontier":
-        notes.append("--rerank applies under a constraint (--latency-budget or --min-accuracy); "
-                     "the frontier's knee was kept")
+    if formulation.kind != "budget":
+        # under --min-accuracy the objective is latency, and the frontier has no single objective
+        notes.append("--rerank applies to --latency-budget searches only; the choice is the usual one")
         return best, []
     pool = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
     if len(pool) < 2:
