@@ -9,6 +9,11 @@ highest estimated accuracy under budget chosen). It reports, from the CSV's `val
 only after the choice, the gap to the best cell under the budget. Proxy scores are computed on
 demand on a CIFAR-10 batch (the shared JPEG tarball, extracted under --work) and cached per
 cell there, so the cells the searches visit are scored once across all runs.
+
+`--rerank K` runs `search --rerank K` (the K best-estimated cells within the budget trained for a
+few epochs on 10,000 CIFAR-10 images, `search.rerank`) and adds `estimator_gap`: the gap of the
+cell the estimator alone would choose from the same measured cells. The random baseline is not
+re-ranked.
 """
 from __future__ import annotations
 

@@ -191,6 +191,9 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         if config.finalists > 0:
             ui.log(f"verifying finalists on {device.name} ...")
             max_meas = config.max_measurements if bench is not None else None
+            if max_meas is not None and config.rerank > 0:
+                # one round of finalists is kept for the re-ranking to verify what it prefers
+                max_meas = max(1, max_meas - config.finalists)
             rounds_allowed = config.verify_rounds if bench is None else 100
 
             def on_measure(c: Candidate, r: int):
@@ -219,8 +222,8 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     reranked: list = []
     if config.rerank > 0 and not interrupted:
         try:
-            best, reranked = _rerank(config, evaluator.candidates, formulation, data, best, _cache_dir(config),
-                                     ui, notes)
+            best, reranked = _rerank(config, evaluator, device, space, formulation, data, best, rounds,
+                                     _cache_dir(config), ui, notes)
         except KeyboardInterrupt:
             interrupted = True
             notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
@@ -229,10 +232,13 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
                    notes, t0, data, accuracy, latency, bench, reranked)
 
 
-def _rerank(config: SearchConfig, cands: list[Candidate], formulation: Formulation, data, best: Candidate | None,
-            cache_dir: Path, ui: _Progress, notes: list[str]) -> tuple[Candidate | None, list]:
-    """The verified feasible candidates re-ranked by a short training (search.rerank); the
-    choice becomes the best of them, unless fewer than two are verified."""
+def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
+            best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
+            notes: list[str]) -> tuple[Candidate | None, list]:
+    """Short training (search.rerank) of the `config.rerank` best-estimated candidates within the
+    budget (verified, or predicted after the correction and not yet measured); they are then
+    taken in order of short-training accuracy, measuring each unverified one until one is
+    verified within the budget. The estimator's choice stays when none is."""
     from search import wiring
     from search.models import cache_name
     from search.rerank import RerankConfig, describe, rerank_by_training
@@ -240,9 +246,10 @@ def _rerank(config: SearchConfig, cands: list[Candidate], formulation: Formulati
         # under --min-accuracy the objective is latency, and the frontier has no single objective
         notes.append("--rerank applies to --latency-budget searches only; the choice is the usual one")
         return best, []
-    pool = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    budget = formulation.latency_budget_ms
+    pool = [c for c in evaluator.candidates if c.dropped is None and c.latency_ms <= budget]
     if len(pool) < 2:
-        notes.append(f"--rerank: {len(pool)} verified candidate(s) within the constraint, nothing to re-rank")
+        notes.append(f"--rerank: {len(pool)} candidate(s) within the budget, nothing to re-rank")
         return best, []
     rdata = data
     if config.rerank_per_class is not None and config.rerank_per_class != config.data_max_per_class:
@@ -259,9 +266,38 @@ def _rerank(config: SearchConfig, cands: list[Candidate], formulation: Formulati
     results = rerank_by_training(config.space, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
                                  cache_file=cache, log=ui.log)
     by_key = {c.key: c for c in pool}
-    chosen = by_key[results[0].key]
-    notes.append(f"chosen by {what}: `{chosen.key}` ({results[0].short_accuracy:.2f}% held-out after the "
-                 f"short training; estimated {chosen.accuracy:.2f})" +
+    chosen, vr = None, VerifyRound(round=len(rounds) + 1)
+    for r in results:
+        c = by_key[r.key]
+        if c.measured_ms is None:
+            try:
+                ms = device.measure(space, c)
+            except MeasurementLimitReached:
+                break
+            evaluator.add_measurement(c, ms)
+            if ms > budget:
+                c.dropped = f"measured {ms:.3f} ms > budget {budget:g} ms"
+            vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
+                                "measured_ms": ms, "dropped": c.dropped})
+            ui.log(f"  re-rank round: {c.key}  predicted {c.predicted_ms:.3f} ms → measured {ms:.3f} ms  "
+                   + (f"dropped ({c.dropped})" if c.dropped else "kept"))
+        if c.dropped is None:
+            chosen = c
+            break
+    if vr.measured:
+        rounds.append(vr)
+        evaluator.recorrect()
+    if chosen is None:  # the allowance ran out: the best verified one of the pool, else the estimator's
+        verified = [by_key[r.key] for r in results if by_key[r.key].measured_ms is not None
+                    and by_key[r.key].dropped is None]
+        if not verified:
+            notes.append("--rerank: no re-ranked candidate could be verified within the budget; "
+                         "the choice is the estimator's")
+            return best, results
+        chosen = verified[0]
+    short = next(r.short_accuracy for r in results if r.key == chosen.key)
+    notes.append(f"chosen by {what}: `{chosen.key}` ({short:.2f}% held-out after the short training; "
+                 f"estimated {chosen.accuracy:.2f})" +
                  ("" if best is None or best.key == chosen.key else f"; the estimator alone chose `{best.key}`"))
     return chosen, results
 
