@@ -64,12 +64,13 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
             why = "the knee of the frontier (farthest above the line joining its ends, log latency)"
         if result.reranked:
             why = (f"the best held-out accuracy after a short stand-alone training among the "
-                   f"{len(result.reranked)} best-estimated verified candidates within the constraint (table below)")
+                   f"{len(result.reranked)} best-estimated candidates within the budget, the first the device "
+                   f"confirmed within it (table below)")
         L.append(f"- why: {why}")
         L.append("- files: `best.json` (architecture), `best.onnx` and `best.pt` (ready to fine-tune), "
                  "`frontier.csv`/`frontier.json`/`frontier.png`")
     if result.reranked:
-        L.append("\n## Short training of the verified candidates\n")
+        L.append("\n## Short training of the best-estimated candidates\n")
         L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")
         L.append("| --- | --- | --- | --- |")
         for r in result.reranked:

@@ -1,12 +1,13 @@
-"""Re-ranking the verified finalists by a short stand-alone training (low-fidelity evaluation).
+"""Re-ranking the best candidates by a short stand-alone training (low-fidelity evaluation).
 
 The label-free estimator ranks the space well as a whole (Spearman about 0.9 with NB201's
 accuracies) but not among the best few cells under a budget, where the choice is made. After
 the finalists are measured, `rerank_by_training` trains each of the `top_k` best-estimated
-verified candidates from scratch for a few epochs, on a reduced copy of the space's network
+candidates within the budget from scratch for a few epochs, on a reduced copy of the space's network
 (for NB201 by default C=8, N=1 at 16x16: a few seconds to half a minute each on one core), and
-scores it on the held-out split of the user's data. The choice is then the verified candidate
-with the best short-training accuracy. `search --rerank K` (latency-budget searches only).
+scores it on the held-out split of the user's data. The search (`search.run`) then takes them in
+order of short-training accuracy and chooses the first one the device confirms within the
+budget: `search --rerank K` (latency-budget searches only).
 
 Results are cached per (cell, recipe, data) in a JSON-lines file, so a re-run costs nothing.
 Each candidate starts from scratch rather than from the supernet's weights: the supernet adds
@@ -126,7 +127,7 @@ def describe(config: RerankConfig, space_name: str, data_resolution: int, n_trai
     opts = config.options_for(space_name)
     res = config.resolution_for(space_name, data_resolution)
     net = ", ".join(f"{k}={v}" for k, v in opts.items()) or "as searched"
-    return (f"short training of the {config.top_k} best-estimated verified candidates: {config.epochs:g} epochs "
+    return (f"short training of the {config.top_k} best-estimated candidates within the budget: {config.epochs:g} epochs "
             f"on {n_train:,} images at {res}x{res}, network {net}")
 
 

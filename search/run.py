@@ -69,7 +69,7 @@ class SearchConfig:
     progress: bool = True
     space_options: dict = field(default_factory=dict)
     # re-ranking the verified finalists by a short stand-alone training (search.rerank); 0 = off
-    rerank: int = 0                         # how many of the best-estimated verified candidates to train
+    rerank: int = 0                         # how many of the best-estimated candidates within the budget to train
     rerank_epochs: float = 5.0
     rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
     rerank_options: dict | None = None      # the reduced network (default for nb201: C=8, N=1)
@@ -291,9 +291,9 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         verified = [by_key[r.key] for r in results if by_key[r.key].measured_ms is not None
                     and by_key[r.key].dropped is None]
         if not verified:
-            notes.append("--rerank: no re-ranked candidate could be verified within the budget; "
-                         "the choice is the estimator's")
-            return best, results
+            notes.append("--rerank: no re-ranked candidate could be verified within the budget (the "
+                         "measurement allowance ran out); the choice is the estimator's")
+            return best, []
         chosen = verified[0]
     short = next(r.short_accuracy for r in results if r.key == chosen.key)
     notes.append(f"chosen by {what}: `{chosen.key}` ({short:.2f}% held-out after the short training; "
