@@ -28,7 +28,7 @@ from search.frontier import frontier_points, plot_frontier, write_best, write_fr
 from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
 from search.verify import (FeatureCorrection, RunnerDevice, VerifyRound, best_verified, feasible,
-                           rank_key, verify_finalists)
+                           measure_candidate, rank_key, verify_finalists)
 
 DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.estimator's best unsupervised ensemble on NB201
 
@@ -68,7 +68,7 @@ class SearchConfig:
     export_best: bool = True
     progress: bool = True
     space_options: dict = field(default_factory=dict)
-    # re-ranking the verified finalists by a short stand-alone training (search.rerank); 0 = off
+    # re-ranking the best candidates by a short stand-alone training (search.rerank); 0 = off
     rerank: int = 0                         # how many of the best-estimated candidates within the budget to train
     rerank_epochs: float = 5.0
     rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
@@ -271,14 +271,9 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         c = by_key[r.key]
         if c.measured_ms is None:
             try:
-                ms = device.measure(space, c)
+                ms = measure_candidate(space, evaluator, device, formulation, c, vr)
             except MeasurementLimitReached:
-                break
-            evaluator.add_measurement(c, ms)
-            if ms > budget:
-                c.dropped = f"measured {ms:.3f} ms > budget {budget:g} ms"
-            vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
-                                "measured_ms": ms, "dropped": c.dropped})
+                continue  # a verified one further down can still be chosen
             ui.log(f"  re-rank round: {c.key}  predicted {c.predicted_ms:.3f} ms → measured {ms:.3f} ms  "
                    + (f"dropped ({c.dropped})" if c.dropped else "kept"))
         if c.dropped is None:
@@ -287,14 +282,10 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
     if vr.measured:
         rounds.append(vr)
         evaluator.recorrect()
-    if chosen is None:  # the allowance ran out: the best verified one of the pool, else the estimator's
-        verified = [by_key[r.key] for r in results if by_key[r.key].measured_ms is not None
-                    and by_key[r.key].dropped is None]
-        if not verified:
-            notes.append("--rerank: no re-ranked candidate could be verified within the budget (the "
-                         "measurement allowance ran out); the choice is the estimator's")
-            return best, []
-        chosen = verified[0]
+    if chosen is None:  # every one over the budget, or the allowance ran out: the estimator's choice
+        notes.append("--rerank: no re-ranked candidate was verified within the budget (measured over it, "
+                     "or the measurement allowance ran out); the choice is the estimator's")
+        return best, []
     short = next(r.short_accuracy for r in results if r.key == chosen.key)
     notes.append(f"chosen by {what}: `{chosen.key}` ({short:.2f}% held-out after the short training; "
                  f"estimated {chosen.accuracy:.2f})" +

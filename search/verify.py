@@ -341,13 +341,7 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
             break
         vr = VerifyRound(r + 1)
         for c in finalists:
-            ms = device.measure(space, c)
-            evaluator.add_measurement(c, ms)
-            if formulation.kind == "budget" and ms > formulation.latency_budget_ms:
-                c.dropped = f"measured {ms:.3f} ms > budget {formulation.latency_budget_ms:g} ms"
-            vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms,
-                                "raw_predicted_ms": c.raw_predicted_ms, "measured_ms": ms,
-                                "dropped": c.dropped})
+            measure_candidate(space, evaluator, device, formulation, c, vr)
             if on_measure:
                 on_measure(c, r + 1)
         evaluator.recorrect()
@@ -356,5 +350,19 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
     return rounds
 
 
+def measure_candidate(space, evaluator: Evaluator, device: Device, formulation: Formulation, c: Candidate,
+                      vr: VerifyRound) -> float:
+    """Measure one candidate, record it (the correction's points, the round's log) and drop it
+    if it breaks the budget. The caller re-fits the correction (`evaluator.recorrect()`)."""
+    ms = device.measure(space, c)
+    evaluator.add_measurement(c, ms)
+    if formulation.kind == "budget" and ms > formulation.latency_budget_ms:
+        c.dropped = f"measured {ms:.3f} ms > budget {formulation.latency_budget_ms:g} ms"
+    vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
+                        "measured_ms": ms, "dropped": c.dropped})
+    return ms
+
+
 __all__ = ["Device", "FeatureCorrection", "RunnerDevice", "VerifyRound", "best_verified", "feasible",
-           "capacity", "kernel_features", "rank_key", "select_finalists", "tie_finalists", "verify_finalists"]
+           "capacity", "kernel_features", "measure_candidate", "rank_key", "select_finalists", "tie_finalists",
+           "verify_finalists"]
