@@ -123,7 +123,7 @@ def scored_ceiling(csv, device, budget, cands, space) -> dict:
 @click.option("--proxy-batch", type=int, default=32, show_default=True,
               help="CIFAR-10 images the proxies are computed on (read: 100 per class)")
 @click.option("--rerank", type=click.IntRange(min=0), default=0, show_default=True,
-              help="search --rerank K: re-rank the K best-estimated verified cells by a short training "
+              help="search --rerank K: re-rank the K best-estimated cells within the budget by a short training "
                    "(the random baseline is not re-ranked)")
 @click.option("--rerank-epochs", type=float, default=5.0, show_default=True)
 @click.option("--rerank-per-class", type=int, default=1250, show_default=True,

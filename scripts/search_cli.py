@@ -145,10 +145,10 @@ def summarize(res) -> None:
         click.echo(f"best: {b.key}")
         click.echo(f"      estimated score {b.accuracy:.1f}/100, predicted {b.predicted_ms:.3f} ms "
                    f"(raw {b.raw_predicted_ms:.3f}), {meas}")
-        if res.reranked:
-            r = res.reranked[0]
-            click.echo(f"      {r.short_accuracy:.2f}% held-out after the short training, best of "
-                       f"{len(res.reranked)} candidates re-ranked")
+        r = next((r for r in res.reranked if r.key == b.key), None)
+        if r is not None:  # not always the first re-ranked: one measured over the budget is passed over
+            click.echo(f"      {r.short_accuracy:.2f}% held-out after the short training, rank "
+                       f"{res.reranked.index(r) + 1} of {len(res.reranked)} candidates re-ranked")
     if res.ground_truth is not None:
         g = res.ground_truth
         click.echo(f"benchmark: chosen val_acc {g.chosen_val_acc}, best under budget {g.best_val_acc} "

@@ -76,13 +76,11 @@ class _CachedEstimator(AccuracyEstimator):
         self.cache_file = Path(cache_file) if cache_file else None
         self.disk: dict[str, dict[str, float]] = {}
         self.n_computed = 0
-        if self.cache_file and self.cache_file.exists():
-            for line in self.cache_file.read_text().splitlines():
-                try:
-                    d = json.loads(line)
-                    self.disk[d["arch"]] = {k: (float("nan") if v is None else float(v)) for k, v in d["scores"].items()}
-                except Exception:
-                    continue  # a line cut by an interrupt
+        for d in read_cache_lines(self.cache_file):
+            try:
+                self.disk[d["arch"]] = {k: (float("nan") if v is None else float(v)) for k, v in d["scores"].items()}
+            except Exception:
+                continue  # a row of another layout
 
     def _features_one(self, arch):
         key = self.space.to_string(arch)
@@ -99,9 +97,7 @@ class _CachedEstimator(AccuracyEstimator):
         self.n_computed += 1
         if self.cache_file:
             scores = {p: (feats[p] if math.isfinite(feats[p]) else None) for p in self.proxies}
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_file, "a") as f:
-                f.write(json.dumps({"arch": key, "scores": {**hit, **scores} if hit else scores}) + "\n")
+            append_cache_line(self.cache_file, {"arch": key, "scores": {**hit, **scores} if hit else scores})
         return feats
 
 
@@ -150,4 +146,26 @@ def cache_name(*parts) -> str:
     return hashlib.sha1(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:12]
 
 
-__all__ = ["EstimatedAccuracy", "MacsLatency", "PredictorLatency", "cache_name", "load_predictor"]
+def read_cache_lines(path: Path | None) -> list[dict]:
+    """The rows of a per-cell JSON-lines cache (none if it does not exist yet); a line cut by an
+    interrupt is skipped."""
+    rows = []
+    if path is not None and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def append_cache_line(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+__all__ = ["EstimatedAccuracy", "MacsLatency", "PredictorLatency", "append_cache_line", "cache_name",
+           "load_predictor", "read_cache_lines"]

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from search.models import append_cache_line, read_cache_lines
 from search.problem import Candidate
 
 #: the reduced network per space: small enough that a 5-epoch run takes seconds, while keeping
@@ -89,15 +90,7 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
                      hflip=res > 8, seed=config.seed)
     recipe = json.dumps({"space": space_name, "options": opts, "train": asdict(tc), "n_train": len(train),
                          "n_val": len(val)}, sort_keys=True)
-    done: dict[str, float] = {}
-    if cache_file is not None and cache_file.exists():
-        for line in cache_file.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interrupt
-            if row.get("recipe") == recipe:
-                done[row["key"]] = float(row["accuracy"])
+    done = {row["key"]: float(row["accuracy"]) for row in read_cache_lines(cache_file) if row.get("recipe") == recipe}
     train_r, val_r = None, None
     out: list[RerankResult] = []
     for i, c in enumerate(pool):
@@ -113,9 +106,7 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
         sec = time.perf_counter() - t
         out.append(RerankResult(c.key, c.accuracy, acc, sec, False))
         if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(cache_file, "a") as fh:
-                fh.write(json.dumps({"key": c.key, "accuracy": acc, "seconds": round(sec, 2), "recipe": recipe}) + "\n")
+            append_cache_line(cache_file, {"key": c.key, "accuracy": acc, "seconds": round(sec, 2), "recipe": recipe})
         if log:
             log(f"  short training {i + 1}/{len(pool)}: {c.key}  estimated {c.accuracy:.2f} → "
                 f"{acc:.2f}% held-out after {config.epochs:g} epochs  [{sec:.0f} s]")
