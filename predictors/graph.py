@@ -7,6 +7,11 @@ tensors), plus the tensor shapes, producers, consumers and the set of tensors th
 constant at run time (initializers, `Constant` outputs, `Shape` outputs of static tensors
 and everything computed only from those: onnxruntime folds them when it loads the model).
 
+Where ONNX shape inference stops (shapes computed at run time, such as the "same" padding of
+TF-ported models: Shape → Cast → Ceil → ... → Pad), onnxruntime's own optimizer constant-folds
+the graph (`_runtime_fold`, ORT_ENABLE_BASIC) and its folded values are fed back to inference;
+a small numpy folder covers graphs onnxruntime cannot load.
+
 Shape inference runs on a copy of the graph whose large initializers are replaced by
 declared inputs, so a 100 MB ResNet-50 file is not serialised again for the inference.
 """
@@ -198,10 +203,67 @@ def _shapes_of(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
     return out
 
 
-def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Evaluate the small integer subgraphs (Shape, Gather, Concat, ...) that feed Reshape & co.
+def _shape_inputs_needed(model: onnx.ModelProto, shapes: dict) -> set[str]:
+    """The inputs of the nodes that still have an output without a shape (and are not
+    themselves known constants): the values that would let inference go on."""
+    inits = {t.name for t in model.graph.initializer}
+    needed: set[str] = set()
+    for n in model.graph.node:
+        if any(shapes.get(o) is None for o in n.output if o):
+            needed.update(t for t in n.input if t and t not in inits)
+    return needed
 
-    Returns the newly computed tensors whose consumers still lack an output shape.
+
+def _runtime_fold(light: onnx.ModelProto, needed: set[str], max_numel: int = 4096) -> dict[str, np.ndarray]:
+    """Let onnxruntime's own optimizer constant-fold the graph (ORT_ENABLE_BASIC: constant
+    folding, Shape of a static tensor, redundant nodes) and return the folded values of the
+    `needed` tensors: the run-time "same" padding of TF-ported models (Shape → Cast → Ceil →
+    ... → Clip → Pad) and any other shape arithmetic the runtime can evaluate, with no hand-written
+    op list to grow. The light copy declares the large weights as inputs, so nothing but shape
+    arithmetic folds, and the detector still sees the graph as exported (the runtime's fusions at
+    higher levels are the detector's business, keyed by `FusionRules`). Empty when onnxruntime
+    cannot load the graph (an op it lacks): the numpy folder then tries."""
+    import tempfile
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return {}
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 4
+    # The needed tensors become graph outputs: the optimizer keeps them (as folded initializers)
+    # instead of fusing them away (its Pad→Conv fusion would absorb the very pads we are after).
+    probe = onnx.ModelProto()
+    probe.CopyFrom(light)
+    produced = {o for n in light.graph.node for o in n.output}
+    present = {v.name for v in light.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in sorted(needed & produced - present))
+    with tempfile.TemporaryDirectory(prefix="hwnas-fold-") as tmp:
+        so.optimized_model_filepath = os.path.join(tmp, "folded.onnx")
+        try:
+            ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+            optimized = onnx.load(so.optimized_model_filepath, load_external_data=False)
+        except Exception:  # an op or type onnxruntime lacks, an invalid graph: not this step's to report
+            return {}
+    out: dict[str, np.ndarray] = {}
+    for init in optimized.graph.initializer:
+        if init.name in needed and init.data_location != onnx.TensorProto.EXTERNAL \
+                and (int(np.prod(init.dims)) if len(init.dims) else 1) <= max_numel:
+            try:
+                out[init.name] = numpy_helper.to_array(init)
+            except Exception:
+                continue
+    return out
+
+
+def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str, np.ndarray],
+                           needed: set[str]) -> dict[str, np.ndarray]:
+    """Evaluate the small integer subgraphs (Shape, Gather, Concat, ...) that feed Reshape & co.
+    with numpy: the fallback when onnxruntime cannot load the graph (`_runtime_fold`).
+
+    Returns the newly computed tensors among `needed`.
     """
     vals: dict[str, np.ndarray] = dict(known)
     for init in model.graph.initializer:
@@ -297,11 +359,6 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
                 new[out] = val
         except Exception:
             continue
-    # keep only what helps: values read by nodes whose outputs still lack a shape
-    needed = set()
-    for n in model.graph.node:
-        if any(shapes.get(o) is None for o in n.output if o):
-            needed.update(t for t in n.input if t)
     return {k: v for k, v in new.items() if k in needed}
 
 
@@ -326,13 +383,18 @@ def load_graph(model_or_path, batch: int = 1) -> OnnxGraph:
 
     light = _light_copy(model)
     folded: dict[str, np.ndarray] = {}
-    for _ in range(4):  # infer, fold shape arithmetic that inference could not see through, repeat
+    for _ in range(5):  # infer; where shapes stay unknown, let the runtime fold, then numpy; repeat
         try:
             inferred = shape_inference.infer_shapes(light, strict_mode=False, data_prop=True)
         except Exception as e:
             raise GraphError(f"{where}: ONNX shape inference failed ({e}); check the model with onnx.checker") from None
         shapes = _shapes_of(inferred)
-        new = _fold_shape_arithmetic(light, shapes, folded)
+        needed = _shape_inputs_needed(light, shapes)
+        if not needed:
+            break
+        new = {k: v for k, v in _runtime_fold(light, needed).items() if k not in folded}
+        if not new:
+            new = _fold_shape_arithmetic(light, shapes, folded, needed)
         if not new:
             break
         for name, val in new.items():
