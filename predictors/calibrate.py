@@ -1,0 +1,189 @@
+"""A new machine in minutes: measure a few random networks on it and adapt the closest predictor.
+
+When no shipped predictor was measured on this machine (another CPU model, other CPU flags such
+as AVX-512 or VNNI, another runtime), a whole `profile-device` run takes hours. Calibration
+instead measures 20-30 random networks from the profiler's own network generator
+(`profiling.networks.sample_network`, every family), interleaved in round-robin passes
+(`profiling.measure.measure_models(rounds=...)`, so a slow spell of the machine moves one pass
+of every network a little, not a few networks a lot), and fits the few-shot adapter
+(`predictors.adapt`) on top of the closest predictor. The result is a predictor file whose
+fingerprint is this machine's, so the catalog picks it next time:
+
+    from predictors.calibrate import calibrate
+    result = calibrate("data/predictors", target="local-cpu", out_dir="~/.cache/hwnas/predictors")
+    result.path, result.predictor, result.base
+
+`train-predictor --calibrate` is the command; `search` and `make demo` call it by themselves
+when no predictor matches the machine.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+#: networks measured by default: enough for the adapter's leave-one-out choice, a few minutes
+DEFAULT_NETWORKS = 24
+#: round-robin passes over the networks, and the timed window of one network in one pass
+DEFAULT_ROUNDS = 4
+DEFAULT_SECONDS_PER_PASS = 0.25
+#: the networks' size: large enough to be measured like real models, small enough to be fast
+CALIBRATION_MAX_FLOPS = 1.5e9
+
+
+@dataclass
+class CalibrationResult:
+    """The adapted predictor, where it was written, what it was adapted from and the networks it
+    was fitted on (names, measured ms, the base predictor's ms)."""
+    predictor: Any
+    path: Path | None
+    base: Path
+    base_description: str
+    names: list[str] = field(default_factory=list)
+    measured_ms: list[float] = field(default_factory=list)
+    base_ms: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        a = self.predictor.adapters[-1]
+        loo = a.get("loo", {})
+        ratio = np.median(np.asarray(self.measured_ms) / np.maximum(self.base_ms, 1e-9)) if self.base_ms else 1.0
+        return (f"calibrated {self.base.name} on {len(self.measured_ms)} networks measured here in "
+                f"{self.seconds:.0f}s (this machine runs them {ratio:.2f}x the base predictor's estimate); "
+                f"leave-one-out {loo.get('within10', float('nan')):.0%} within ±10%, "
+                f"median error {loo.get('median_ape', loo.get('mape', float('nan'))):.1%}")
+
+
+def closest_predictor(candidates: str | os.PathLike | Sequence[str | os.PathLike], target: str,
+                      fingerprint: dict[str, Any]):
+    """The predictor for `target` whose fingerprint is closest to `fingerprint`: the catalog's
+    match level first, then the fewest differing identity fields, then the same CPU vendor.
+    `candidates` is a folder (searched recursively) or a list of files. None when no predictor
+    for `target` is among them."""
+    from profiling.fingerprint import diff_fingerprints
+
+    from .catalog import rank_predictors
+    from .fileformat import read_predictor_header
+    paths = sorted(Path(candidates).glob("**/*.lgb")) if isinstance(candidates, (str, os.PathLike)) \
+        else [Path(p) for p in candidates]
+    ranked = rank_predictors(paths, target, fingerprint)
+    if not ranked:
+        return None
+    vendor = str(fingerprint.get("cpu_model", "")).split(" ")[0].lower()
+
+    def key(m):
+        fp = read_predictor_header(m.path).get("fingerprint") or {}
+        same_vendor = str(fp.get("cpu_model", "")).split(" ")[0].lower() == vendor
+        return (-m.level, len(diff_fingerprints(fp, fingerprint)), not same_vendor, m.path.name)
+    return min(ranked, key=key)
+
+
+def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
+                         max_flops: float = CALIBRATION_MAX_FLOPS) -> list[dict[str, Any]]:
+    """`n` random network specs from the profiler's generator, the families taken in turn (a family
+    that has no network under `max_flops` gives its turn to a random family)."""
+    from profiling.networks import FAMILIES, sample_network
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        try:
+            out.append(sample_network(rng, FAMILIES[i % len(FAMILIES)], max_flops=max_flops))
+        except RuntimeError:
+            out.append(sample_network(rng, None, max_flops=max_flops))
+    return out
+
+
+def calibration_file_name(target_name: str, fingerprint: dict[str, Any]) -> str:
+    """`<target>__<device>__<hash>.lgb`, the shipped predictors' naming, with this machine's fingerprint."""
+    from profiling.fingerprint import device_label, fingerprint_hash, slug
+    return f"{target_name}__{slug(device_label(fingerprint))}__{fingerprint_hash(fingerprint)}.lgb"
+
+
+def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str = "local-cpu",
+              out_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+              networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
+              seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, seed: int = 0,
+              max_flops: float = CALIBRATION_MAX_FLOPS, host: str | None = None,
+              targets_file: str | os.PathLike | None = None,
+              progress: Callable[[str], None] | None = None) -> CalibrationResult:
+    """Measure `networks` random networks on `target` (this machine, or `host` over SSH) and adapt
+    the closest predictor to them.
+
+    base: a predictor file, or a folder / list of predictor files to choose the closest from.
+    out: the file to write; out_dir: a folder to write `<target>__<device>__<hash>.lgb` into
+    (neither: nothing is written). The predictor written carries the measured machine's
+    fingerprint and the target's settings, so `predictors.catalog` matches it to this machine."""
+    from profiling.errors import ProfilingError
+    from profiling.fingerprint import make_fingerprint
+    from profiling.measure import connect, measure_models
+    from profiling.builders import materialize
+    from profiling.networks import build_network, network_id, network_kernels
+    from profiling.targets import TargetError, get_target
+
+    from .model import Predictor, PredictorError
+    say = progress or (lambda s: None)
+    if networks < 5:
+        raise PredictorError(f"calibration needs at least 5 networks (20-30 recommended), got {networks}")
+    t_start = time.time()
+    try:
+        tgt = get_target(target, targets_file)
+    except TargetError as e:
+        raise PredictorError(str(e)) from None
+    conn = connect(tgt, host)  # the machine's facts make the new predictor's fingerprint
+    try:
+        fingerprint = make_fingerprint(conn.facts or {}, tgt)
+    finally:
+        conn.close()
+    single = isinstance(base, (str, os.PathLike)) and Path(base).is_file()
+    if single:
+        base_path, base_desc = Path(base), f"{Path(base).name} (given)"
+    else:
+        m = closest_predictor(base, tgt.name, fingerprint)
+        if m is None:
+            raise PredictorError(f"no predictor for target {tgt.name!r} in {base}: calibration adapts an existing "
+                                 "predictor; give one built for this target")
+        base_path, base_desc = m.path, m.describe("this machine")
+    pred = Predictor.load(base_path)
+    specs = calibration_networks(networks, seed, max_flops)
+    say(f"calibrating {base_path.name} for {tgt.name}: {networks} networks x {rounds} interleaved passes "
+        f"of {seconds_per_pass:g}s (about {networks * rounds * seconds_per_pass / 60 + 0.3:.1f} min)")
+    with tempfile.TemporaryDirectory(prefix="hwnas-calibrate-") as tmp:
+        paths, names = [], [network_id(s) for s in specs]
+        for i, (spec, name) in enumerate(zip(specs, names)):
+            d = Path(tmp) / name  # the builders' weights file has one name: a folder per network
+            d.mkdir()
+            paths.append(materialize(build_network(spec, tgt.batch), str(d), seed=i))
+        stop = {"max_s": seconds_per_pass, "min_s": 0.0, "max_runs": 1000}
+
+        def tick(i, n, m):
+            say(f"  measured {i}/{n}: {names[i - 1]} {m.median_ms:.3f} ms")
+        try:
+            measured = measure_models(paths, tgt, host=host, targets_file=targets_file, stop=stop, rounds=rounds,
+                                      progress=tick)
+        except ProfilingError as e:
+            raise PredictorError(f"calibration could not measure its networks: {e}") from None
+    ms = np.array([m.median_ms for m in measured])
+    cands = [network_kernels(s) for s in specs]
+    base_ms = pred.predict_specs(cands)[0]
+    new = pred.adapt(cands, ms, device=tgt.name, target=tgt.to_dict())
+    new.fingerprint = fingerprint
+    new.training = dict(new.training, calibration={
+        "base": base_path.name, "base_fingerprint": pred.fingerprint, "networks": int(networks),
+        "rounds": int(rounds), "seconds_per_pass": float(seconds_per_pass), "seed": int(seed),
+        "measured_ms": ms.tolist(), "base_ms": np.asarray(base_ms).tolist(), "names": names})
+    path = None
+    if out is not None or out_dir is not None:
+        path = Path(out) if out is not None else Path(out_dir).expanduser() / calibration_file_name(tgt.name, fingerprint)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new.save(path)
+    return CalibrationResult(new, path, base_path, base_desc, names, ms.tolist(),
+                             np.asarray(base_ms).tolist(), time.time() - t_start)
+
+
+__all__ = ["calibrate", "closest_predictor", "calibration_networks", "calibration_file_name", "CalibrationResult",
+           "DEFAULT_NETWORKS", "DEFAULT_ROUNDS"]

@@ -1,0 +1,50 @@
+"""Calibration for a new machine: a few random networks measured here (real onnxruntime sessions)
+adapt a shipped predictor into a loadable predictor file whose fingerprint is this machine's."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from predictors import Predictor, PredictorError
+from predictors.calibrate import calibrate, calibration_file_name, closest_predictor
+from predictors.catalog import SAME_DEVICE, match_predictor
+from profiling.fingerprint import fingerprint_hash, local_fingerprint
+from profiling.targets import get_target
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "data" / "predictors"
+
+
+def test_calibration_writes_a_predictor_this_machine_matches(tmp_path):
+    here = local_fingerprint(get_target("local-cpu"))
+    base = closest_predictor(SHIPPED, "local-cpu", here)
+    assert base is not None and base.target == "local-cpu"
+    lines = []
+    res = calibrate(SHIPPED, target="local-cpu", out_dir=tmp_path, networks=5, rounds=2, seconds_per_pass=0.02,
+                    max_flops=1e8, progress=lines.append)
+    assert res.path == tmp_path / calibration_file_name("local-cpu", here)
+    assert res.base == base.path
+    assert len(res.measured_ms) == 5 and all(m > 0 for m in res.measured_ms)
+    assert any("measured 5/5" in s for s in lines)
+    loaded = Predictor.load(res.path)
+    assert fingerprint_hash(loaded.fingerprint) == fingerprint_hash(here)
+    assert match_predictor(res.path, here).level == SAME_DEVICE
+    assert loaded.target_name == "local-cpu" and len(loaded.adapters) == len(Predictor.load(base.path).adapters) + 1
+    assert loaded.training["calibration"]["networks"] == 5
+    # the adapted predictor reproduces what it saved, and moved the base toward the measurements
+    from predictors.calibrate import calibration_networks
+    from profiling.networks import network_kernels
+    cands = [network_kernels(s) for s in calibration_networks(5, 0, 1e8)]
+    fresh = np.asarray(loaded.predict_specs(cands)[0])
+    np.testing.assert_allclose(fresh, res.predictor.predict_specs(cands)[0], rtol=1e-9)
+    y = np.asarray(res.measured_ms)
+    base_err = np.median(np.abs(np.log(np.asarray(res.base_ms) / y)))
+    assert np.median(np.abs(np.log(fresh / y))) <= base_err + 1e-9
+    assert "calibrated" in res.summary()
+
+
+def test_calibration_refuses_too_few_networks_and_a_folder_without_the_target(tmp_path):
+    with pytest.raises(PredictorError, match="at least 5 networks"):
+        calibrate(SHIPPED, networks=2)
+    with pytest.raises(PredictorError, match="no predictor for target 'local-cpu'"):
+        calibrate(tmp_path, networks=5)
