@@ -56,7 +56,7 @@ class CalibrationResult:
         return (f"calibrated {self.base.name} on {len(self.measured_ms)} networks measured here in "
                 f"{self.seconds:.0f}s (this machine runs them {ratio:.2f}x the base predictor's estimate); "
                 f"leave-one-out {loo.get('within10', float('nan')):.0%} within ±10%, "
-                f"median error {loo.get('median_ape', loo.get('mape', float('nan'))):.1%}")
+                f"MAPE {loo.get('mape', float('nan')):.1%}")
 
 
 def closest_predictor(candidates: str | os.PathLike | Sequence[str | os.PathLike], target: str,

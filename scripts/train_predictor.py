@@ -3,6 +3,7 @@
     train-predictor --table data/tables/local-cpu.parquet --out data/predictors/local-cpu.lgb
     train-predictor --table data/tables/local-cpu.parquet --networks data/networks/local-cpu.csv --out local-cpu.lgb
     train-predictor --adapt-from local-cpu.lgb --networks measured.csv --out pi4.lgb --device raspberry-pi-4
+    train-predictor --calibrate --out here.lgb            # this machine, from the closest shipped predictor
 """
 from __future__ import annotations
 
@@ -35,14 +36,34 @@ def _fail(msg: str) -> None:
 @click.option("--network-weight", default=5.0, show_default=True,
               help="With --table --networks: how many table networks one measured network counts for.")
 @click.option("--device", default=None, help="With --adapt-from: the new device's target name.")
+@click.option("--calibrate", "calibrate_here", is_flag=True,
+              help="Measure a few random networks on this machine (a few minutes) and adapt the closest predictor "
+                   "(--adapt-from FILE or DIR, default the shipped data/predictors) into --out, with this machine's "
+                   "fingerprint.")
+@click.option("--calibration-networks", default=24, show_default=True, help="With --calibrate: networks to measure.")
+@click.option("--target", default="local-cpu", show_default=True, help="With --calibrate: the target to measure.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of networks held out for the report.")
 @click.option("--threads", default=1, show_default=True, help="LightGBM threads.")
 @click.option("--seed", default=0, show_default=True)
-def main(tables, out, adapt_from, networks, network_weight, device, holdout, threads, seed):
+def main(tables, out, adapt_from, networks, network_weight, device, calibrate_here, calibration_networks, target,
+         holdout, threads, seed):
     """Train a latency predictor on profiled tables, or adapt one with a few measured networks."""
     from predictors import Predictor, PredictorError, PredictorFileError
     from profiling.errors import ProfilingError
     try:
+        if calibrate_here:
+            if tables or networks:
+                _fail("--calibrate measures its own networks: give neither --table nor --networks")
+            from pathlib import Path
+
+            from predictors.calibrate import calibrate
+            base = adapt_from or str(Path(__file__).resolve().parents[1] / "data" / "predictors")
+            res = calibrate(base, target=target, out=out, networks=calibration_networks, seed=seed,
+                            progress=click.echo)
+            click.echo(f"base: {res.base_description}")
+            click.echo(res.summary())
+            click.echo(f"wrote {res.path} (fingerprint of this machine)")
+            return
         if adapt_from:
             if tables:
                 _fail("--table and --adapt-from are exclusive: adapt with --networks, or train with --table")
