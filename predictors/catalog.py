@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from profiling.fingerprint import (describe_diff, device_label, diff_fingerprints, fingerprint_hash)
+from profiling.fingerprint import (describe_diff, device_label, diff_fingerprints, fingerprint_hash,
+                                   speed_flag_diff)
 
 from .fileformat import PredictorFileError, read_predictor_header
 
@@ -28,7 +29,9 @@ SAME_DEVICE = 2      # every identity field agrees: the table was measured on th
 SAME_HARDWARE = 1    # same CPU model and flags (and GPU); another runtime version, OS or core count
 OTHER_DEVICE = 0     # another CPU or GPU: its latencies are another machine's
 
-_HARDWARE_FIELDS = ("cpu_model", "cpu_flags", "machine", "gpu")
+# A difference in these is another machine; cpu_flags count only through their speed-relevant
+# part (profiling.fingerprint.SPEED_FLAGS): a hypervisor or mitigation flag changes no kernel.
+_HARDWARE_FIELDS = ("cpu_model", "machine", "gpu")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class PredictorMatch:
     device: str          # the predictor's device, as a person names it ("AMD EPYC")
     level: int           # SAME_DEVICE, SAME_HARDWARE or OTHER_DEVICE
     differences: str     # the identity fields that differ, "" when none
+    n_speed_flags: int = 0    # speed-relevant CPU flags present on one side only
+    n_fields: int = 0         # identity fields that differ
 
     @property
     def exact(self) -> bool:
@@ -54,12 +59,27 @@ class PredictorMatch:
 
 def compare_fingerprints(predictor_fp: dict[str, Any], device_fp: dict[str, Any]) -> tuple[int, str]:
     """(match level, the differing identity fields in words) of a predictor's fingerprint
-    against a device's."""
+    against a device's. Another CPU model, architecture or GPU, or a speed-relevant CPU flag
+    on one side only (AVX-512, VNNI, AMX, AVX2, ...), is another device."""
     diff = diff_fingerprints(predictor_fp, device_fp)
     if not diff:
         return SAME_DEVICE, ""
-    hardware = any(field in _HARDWARE_FIELDS for field, _, _ in diff)
+    only_p, only_d = speed_flag_diff(predictor_fp, device_fp)
+    hardware = bool(only_p or only_d) or any(field in _HARDWARE_FIELDS for field, _, _ in diff)
     return (OTHER_DEVICE if hardware else SAME_HARDWARE), describe_diff(diff, "predictor", "device")
+
+
+def mismatch_note(predictor_fp: dict[str, Any], device_fp: dict[str, Any], where: str = "this machine") -> str | None:
+    """One sentence when a predictor was profiled on other hardware than `where` (None when the
+    hardware is the same), naming the fields that differ (the speed-relevant CPU flags among
+    them), since two machines can share a model string ("AMD EPYC") and not their kernels."""
+    level, differences = compare_fingerprints(predictor_fp, device_fp)
+    if level != OTHER_DEVICE:
+        return None
+    a, b = device_label(predictor_fp), device_label(device_fp)
+    names = f"on {a}" if a == b else f"on {a}, not {b}"
+    return (f"the predictor was profiled on other hardware than {where} ({names}; they differ in: {differences}): "
+            f"its latencies are another machine's")
 
 
 def match_predictor(path: str | os.PathLike, fingerprint: dict[str, Any]) -> PredictorMatch:
@@ -67,14 +87,19 @@ def match_predictor(path: str | os.PathLike, fingerprint: dict[str, Any]) -> Pre
     header = read_predictor_header(path)
     fp = header.get("fingerprint") or {}
     level, differences = compare_fingerprints(fp, fingerprint)
+    only_p, only_d = speed_flag_diff(fp, fingerprint)
     return PredictorMatch(Path(path), str((header.get("target") or {}).get("name", "unknown")),
-                          fingerprint_hash(fp), device_label(fp), level, differences)
+                          fingerprint_hash(fp), device_label(fp), level, differences,
+                          n_speed_flags=len(only_p) + len(only_d), n_fields=len(diff_fingerprints(fp, fingerprint)))
 
 
 def rank_predictors(paths: Iterable[str | os.PathLike], target: str, fingerprint: dict[str, Any]
                     ) -> list[PredictorMatch]:
-    """The predictors among `paths` built for `target`, best match first (newest file first
-    within a level). Files that are not readable predictors are skipped."""
+    """The predictors among `paths` built for `target`, best match first. Within a level the
+    closer fingerprint wins (fewer speed-relevant CPU flags on one side only, then fewer
+    differing identity fields), then the fingerprint hash and the file name: the order
+    depends on the files' content, never on their times (after `git clone` those are the
+    checkout order). Files that are not readable predictors are skipped."""
     matches = []
     for p in paths:
         try:
@@ -83,7 +108,7 @@ def rank_predictors(paths: Iterable[str | os.PathLike], target: str, fingerprint
             continue
         if m.target == target:
             matches.append(m)
-    return sorted(matches, key=lambda m: (-m.level, -m.path.stat().st_mtime, m.path.name))
+    return sorted(matches, key=lambda m: (-m.level, m.n_speed_flags, m.n_fields, m.fingerprint_hash, m.path.name))
 
 
 def find_predictor(directory: str | os.PathLike, target: str, fingerprint: dict[str, Any]) -> PredictorMatch | None:
@@ -92,4 +117,5 @@ def find_predictor(directory: str | os.PathLike, target: str, fingerprint: dict[
 
 
 __all__ = ["PredictorMatch", "SAME_DEVICE", "SAME_HARDWARE", "OTHER_DEVICE", "compare_fingerprints", "match_predictor",
+           "mismatch_note",
            "rank_predictors", "find_predictor"]

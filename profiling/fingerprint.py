@@ -18,6 +18,19 @@ from .targets import Target
 IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cores", "machine", "gpu", "gpu_driver", "os",
                    "runtime", "runtime_version", "provider", "precision", "threads", "batch")
 
+# CPU flags that change which kernels onnxruntime (MLAS) and torch pick, and so their speed:
+# vector width (AVX-512 vs AVX2 vs SSE), fused multiply-add, int8 dot products (VNNI, ARM dot
+# product), bf16/fp16 arithmetic and matrix tiles (AMX, SME). Two machines that agree on these
+# run the same kernels; the other flags (virtualisation, security mitigations, ...) do not
+# change a latency. "AMD EPYC" names a Zen 3 with AVX2 only and a Zen 4 with AVX-512 alike.
+SPEED_FLAGS = (
+    "sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c",
+    "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512ifma", "avx512vbmi",
+    "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx512_vbmi2", "avx512_bitalg", "avx_vnni",
+    "avx_vnni_int8", "avx_ne_convert", "amx_tile", "amx_int8", "amx_bf16", "amx_fp16",
+    "neon", "asimd", "asimdhp", "asimddp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme",
+)
+
 
 def effective_provider(target: Target, available: list[str]) -> str:
     """The first of the target's providers that the device has (what the runtime will use)."""
@@ -61,16 +74,38 @@ def diff_fingerprints(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, A
     return [(k, a.get(k), b.get(k)) for k in IDENTITY_FIELDS if a.get(k) != b.get(k)]
 
 
+def speed_flags(fp: dict[str, Any]) -> frozenset[str]:
+    """The fingerprint's CPU flags that change kernel speed (`SPEED_FLAGS`)."""
+    return frozenset(str(fp.get("cpu_flags") or "").split()) & frozenset(SPEED_FLAGS)
+
+
+def speed_flag_diff(a: dict[str, Any], b: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(speed-relevant flags only `a` has, those only `b` has), in `SPEED_FLAGS` order."""
+    fa, fb = speed_flags(a), speed_flags(b)
+    return [f for f in SPEED_FLAGS if f in fa - fb], [f for f in SPEED_FLAGS if f in fb - fa]
+
+
 def describe_diff(diff: list[tuple[str, Any, Any]], a_name: str = "table", b_name: str = "device") -> str:
+    """The differing identity fields in words. CPU flags name the speed-relevant ones first
+    (`SPEED_FLAGS`: AVX-512, VNNI, AMX, AVX2, ...), then a few others."""
     parts = []
     for field, x, y in diff:
         if field == "cpu_flags":
             xs, ys = set(str(x or "").split()), set(str(y or "").split())
-            only_a, only_b = sorted(xs - ys)[:6], sorted(ys - xs)[:6]
-            parts.append(f"cpu_flags ({a_name} only: {' '.join(only_a) or '-'}; {b_name} only: {' '.join(only_b) or '-'})")
+            fast = set(SPEED_FLAGS)
+            only_a = [f for f in SPEED_FLAGS if f in xs - ys] + sorted((xs - ys) - fast)
+            only_b = [f for f in SPEED_FLAGS if f in ys - xs] + sorted((ys - xs) - fast)
+            speed = "speed-relevant flags differ" if (fast & (xs ^ ys)) else "no speed-relevant flag differs"
+            parts.append(f"cpu_flags, {speed} ({a_name} only: {_few(only_a)}; {b_name} only: {_few(only_b)})")
         else:
             parts.append(f"{field} ({a_name}: {x!r}, {b_name}: {y!r})")
     return "; ".join(parts)
+
+
+def _few(flags: list[str], n: int = 8) -> str:
+    if not flags:
+        return "-"
+    return " ".join(flags[:n]) + (f" and {len(flags) - n} more" if len(flags) > n else "")
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -103,5 +138,5 @@ def local_fingerprint(target: Target) -> dict[str, Any]:
     return make_fingerprint(ans["facts"], target)
 
 
-__all__ = ["IDENTITY_FIELDS", "make_fingerprint", "fingerprint_hash", "diff_fingerprints",
+__all__ = ["IDENTITY_FIELDS", "SPEED_FLAGS", "speed_flags", "speed_flag_diff", "make_fingerprint", "fingerprint_hash", "diff_fingerprints",
            "describe_diff", "default_table_name", "device_label", "effective_provider", "local_fingerprint", "slug"]

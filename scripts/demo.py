@@ -39,11 +39,19 @@ def find_predictor(cache: Path, target: str = "local-cpu") -> Path | None:
 
 
 def predictor_from_table(cache: Path, target: str, fingerprint_hash: str) -> Path | None:
-    """Train a predictor (once, cached outside the repository) from the newest table of `target`
+    """Train a predictor (once, cached outside the repository) from the largest table of `target`
     under data/tables/ measured on this machine (its name ends in the fingerprint hash; it may
-    still be being measured, and is read as is)."""
+    still be being measured, and is read as is). Ties go by content (rows, then name), never by
+    file times, which after `git clone` are the checkout order."""
+    import pyarrow.parquet as pq
+
+    def rows(p: Path) -> int:
+        try:
+            return pq.ParquetFile(p).metadata.num_rows
+        except Exception:
+            return -1
     tables = sorted((ROOT / "data" / "tables").glob(f"{target}__*__{fingerprint_hash}.parquet"),
-                    key=lambda p: p.stat().st_mtime, reverse=True)
+                    key=lambda p: (-rows(p), p.name))
     if not tables:
         return None
     from predictors.model import Predictor

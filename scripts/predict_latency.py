@@ -1,56 +1,183 @@
 """`predict-latency`: predicted latency of ONNX models, with intervals.
 
-    predict-latency resnet50.onnx --predictor data/predictors/local-cpu.lgb [--json] [--per-kernel]
+    predict-latency resnet50.onnx                       # the shipped predictor that best matches this machine
+    predict-latency a.onnx b.onnx --predictor data/predictors/local-cpu__amd-epyc__8430cb8f.lgb --json
+
+The predictor is checked against this machine when its target runs here (local-cpu, local-cpu-mt):
+a predictor profiled on other hardware (another CPU, or the same model string with other
+speed-relevant flags such as AVX-512 or VNNI) gets a warning that names the fields that differ,
+and the best-matching shipped predictor is named.
+
+JSON (`--json`): a list, one object per model, always with the same keys and types:
+  model (str), latency_ms, low_ms, high_ms (float: prediction and 80% interval), kernel_sum_ms
+  (float: the kernels' sum before the graph correction), n_kernels (int), kernels (list: one
+  object per kernel {kind, params, ms, low_ms, high_ms, ops} with --per-kernel, else empty),
+  unknown_ops (list of {name, op_type, estimate_ms}: ops outside the kernel vocabulary, estimated
+  by the roofline fallback), folded_ops (int: ONNX nodes that run no kernel, such as Reshape or
+  Identity, or that are folded into a neighbour's kernel), error (str or null: why this model
+  could not be predicted; its numbers are then null).
 """
 from __future__ import annotations
 
 import json
 import sys
 import time
+from pathlib import Path
 
 import click
 
+from scripts.cli import EXIT_CODES_HELP, EXIT_RUNTIME, EXIT_USAGE, cli_errors, fail
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "predictors"
+
+EPILOG = f"""\b
+Examples:
+  predict-latency model.onnx
+  predict-latency model.onnx --target local-cpu-mt --json
+  predict-latency model.onnx --predictor {SHIPPED.relative_to(SHIPPED.parents[1])}/local-cpu__amd-epyc__8430cb8f.lgb --per-kernel
+
+\b
+{EXIT_CODES_HELP} A batch with one bad model predicts the others and exits 1.
+"""
+
+
+def prediction_json(r, per_kernel: bool) -> dict:
+    """One model's result in the documented, stable JSON schema (module docstring)."""
+    return {"model": r.model, "latency_ms": r.latency_ms, "low_ms": r.low_ms, "high_ms": r.high_ms,
+            "kernel_sum_ms": r.kernel_sum_ms, "n_kernels": len(r.kernels),
+            "kernels": list(r.kernels) if per_kernel else [], "unknown_ops": list(r.unknown_ops),
+            "folded_ops": int(r.folded_ops), "error": None}
+
+
+def failed_json(model: str, error: str) -> dict:
+    return {"model": model, "latency_ms": None, "low_ms": None, "high_ms": None, "kernel_sum_ms": None,
+            "n_kernels": 0, "kernels": [], "unknown_ops": [], "folded_ops": 0, "error": error}
+
+
+def choose_predictor(predictor: str, target: str | None) -> tuple[Path, str | None]:
+    """(the predictor file, a line saying how it was chosen). `auto`: the shipped predictor of
+    `target` (default local-cpu) that best matches this machine's fingerprint."""
+    from profiling.validate import ConfigError, check_input_file
+    if predictor != "auto":
+        return check_input_file("predictor", predictor, "predictor file (.lgb)"), None
+    from predictors.catalog import find_predictor
+    from profiling.fingerprint import local_fingerprint
+    from profiling.targets import TargetError, get_target, list_targets
+    from profiling.validate import check_choice
+    name = target or "local-cpu"
+    try:
+        tgt = get_target(name)
+    except TargetError:
+        check_choice("target", name, list_targets(), "target")
+        raise
+    match = find_predictor(SHIPPED, name, local_fingerprint(tgt))
+    if match is None:
+        raise ConfigError("predictor", f"no shipped predictor for target {name!r} under {SHIPPED}; give one "
+                                       f"with --predictor FILE (train-predictor builds it)")
+    how = "measured on this machine" if match.exact else "the closest match to this machine"
+    return match.path, f"predictor: {match.path} ({how} among the shipped {name} predictors)"
+
+
+def machine_warning(p, path: Path) -> str | None:
+    """A warning when the predictor's target runs on this machine but the predictor was profiled
+    on other hardware; it names the differing fields and the best-matching shipped predictor."""
+    import platform
+    from predictors.catalog import OTHER_DEVICE, find_predictor, mismatch_note
+    from profiling.fingerprint import local_fingerprint
+    from profiling.targets import Target
+    if not p.fingerprint or not p.target:
+        return None
+    try:
+        target = Target.from_dict(p.target)
+        target.check_local_support()
+    except Exception:  # a target of another device (a Pi, a Jetson): this machine is not its device
+        return None
+    if target.arch and target.arch != platform.machine():
+        return None
+    here = local_fingerprint(target)
+    note = mismatch_note(p.fingerprint, here, "this machine")
+    if note is None:
+        return None
+    better = find_predictor(SHIPPED, target.name, here)
+    if better is not None and better.level > OTHER_DEVICE and better.path.resolve() != path.resolve():
+        fix = f"use {better.path} (--predictor auto picks it)"
+    else:
+        fix = f"profile it (profile-device --target {target.name}) and train its own predictor"
+    return f"{note}; predictions can be far off here. For this machine, {fix}."
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.argument("models", nargs=-1, type=click.Path())
-@click.option("--predictor", "predictor_path", required=True, type=click.Path(), help="A .lgb predictor file.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@click.option("--predictor", default="auto", show_default=True, metavar="FILE|auto",
+              help="A .lgb predictor file, or auto: the shipped predictor (data/predictors/) of --target that best "
+                   "matches this machine (CPU model and speed-relevant flags such as AVX-512, VNNI, AMX).")
+@click.option("--target", default=None, help="With --predictor auto: the target to predict for (default local-cpu).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema: see the module docstring / README).")
 @click.option("--per-kernel", is_flag=True, help="Add the per-kernel breakdown.")
 @click.option("--timing", is_flag=True, help="Print the time spent per model (stderr).")
-def main(models, predictor_path, as_json, per_kernel, timing):
+def main(models, predictor, target, as_json, per_kernel, timing):
     """Predict the latency of ONNX MODELS on the predictor's target."""
-    from predictors import Predictor, PredictorError, PredictorFileError
+    from predictors import Predictor
     from predictors.graph import GraphError
+    from predictors.model import PredictorError
     if not models:
-        click.echo("error: give at least one ONNX model: predict-latency MODEL.onnx --predictor X.lgb", err=True)
-        sys.exit(2)
-    try:
+        fail("give at least one ONNX model: predict-latency MODEL.onnx [--predictor FILE]", EXIT_USAGE)
+    with cli_errors():
+        path, how = choose_predictor(predictor, target)
         t0 = time.perf_counter()
         import predictors.detect  # noqa: F401  (onnx, networkx: part of the start, not of each model)
         t_import = time.perf_counter() - t0
         t0 = time.perf_counter()
-        p = Predictor.load(predictor_path)
+        p = Predictor.load(path)
         t_load = time.perf_counter() - t0
-        results = []
-        for m in models:
-            t1 = time.perf_counter()
-            results.append(p.predict(m, name=m))
-            if timing:
-                click.echo(f"{m}: {1000 * (time.perf_counter() - t1):.1f} ms (predictor load {1000 * t_load:.1f} ms, "
-                           f"imports {1000 * t_import:.1f} ms)", err=True)
-    except (PredictorError, PredictorFileError, GraphError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    p.write_tree_cache()  # after the predictions: later runs with this file skip parsing the trees
+        if target is not None and target != p.target_name:
+            fail(f"the predictor {path} was built for target {p.target_name!r}, not {target!r}: use a predictor "
+                 f"for {target!r}, or --predictor auto")
+        if how:
+            click.echo(how, err=True)
+        warning = machine_warning(p, path)
+        if warning:
+            click.echo(f"warning: {warning}", err=True)
+    results, failed = [], []
+    for m in models:
+        t1 = time.perf_counter()
+        try:
+            if Path(m).is_dir():
+                raise GraphError(f"{m} is a directory, not an ONNX file")
+            if not Path(m).exists():
+                raise GraphError(f"{m} does not exist")
+            r = p.predict(m, name=m)
+        except (PredictorError, GraphError, OSError, ValueError) as e:
+            click.echo(f"error: {m}: {e}", err=True)
+            failed.append(m)
+            results.append(failed_json(m, str(e)))
+            continue
+        results.append(r)
+        if timing:
+            click.echo(f"{m}: {1000 * (time.perf_counter() - t1):.1f} ms (predictor load {1000 * t_load:.1f} ms, "
+                       f"imports {1000 * t_import:.1f} ms)", err=True)
+    if len(failed) < len(models):
+        p.write_tree_cache()  # after the predictions: later runs with this file skip parsing the trees
+    good = [r for r in results if not isinstance(r, dict)]
     if as_json:
-        click.echo(json.dumps([r.to_dict(per_kernel) for r in results], indent=2))
-        return
+        click.echo(json.dumps([r if isinstance(r, dict) else prediction_json(r, per_kernel) for r in results],
+                              indent=2))
+    else:
+        _print_tables(good, p, path, per_kernel)
+    if failed:
+        click.echo(f"error: {len(failed)} of {len(models)} model(s) could not be predicted: {', '.join(failed)}",
+                   err=True)
+        sys.exit(EXIT_RUNTIME)
+
+
+def _print_tables(results, p, path, per_kernel: bool) -> None:
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    t = Table(title=f"predicted latency on {p.target_name} ({predictor_path})")
-    for col in ("model", "latency ms", "80% interval ms", "kernels", "unknown ops"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    t = Table(title=f"predicted latency on {p.target_name} ({path})")
+    t.add_column("model", overflow="fold")  # a path is never cut: it is what the user copies
+    for col in ("latency ms", "80% interval ms", "kernels", "unknown ops"):
+        t.add_column(col, justify="right", no_wrap=True)
     for r in results:
         t.add_row(r.model, f"{r.latency_ms:.3f}", f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)),
                   str(len(r.unknown_ops)))
@@ -58,13 +185,13 @@ def main(models, predictor_path, as_json, per_kernel, timing):
     for r in results:
         if r.unknown_ops:
             console.print(f"[yellow]{r.model}: {len(r.unknown_ops)} op(s) outside the kernel vocabulary, "
-                          "estimated by the bytes/FLOPs roofline fallback:[/yellow]")
+                          "estimated by the bytes/FLOPs roofline fallback:[/yellow]", soft_wrap=True)
             for u in r.unknown_ops:
-                console.print(f"  {u['name']} ({u['op_type']}): {u['estimate_ms']:.4f} ms")
+                console.print(f"  {u['name']} ({u['op_type']}): {u['estimate_ms']:.4f} ms", soft_wrap=True)
         if per_kernel:
             k = Table(title=f"{r.model}: kernels (sum {r.kernel_sum_ms:.3f} ms before the graph model)")
             for col in ("#", "kind", "parameters", "ms", "80% interval", "ONNX nodes"):
-                k.add_column(col)
+                k.add_column(col, overflow="fold")
             for i, kern in enumerate(r.kernels):
                 params = " ".join(f"{a}={b}" for a, b in kern["params"].items())
                 k.add_row(str(i), kern["kind"], params, f"{kern['ms']:.4f}",

@@ -18,6 +18,40 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from profiling.errors import ProfilingError
 from profiling.kernels import KINDS
 from profiling.targets import TargetError, list_targets
+from scripts.cli import EXIT_CODES_HELP, cli_errors
+
+FLAGS = {"target_name": "--target", "hosts": "--host", "models": "--models", "families": "--families",
+         "out": "--out", "targets_file": "--targets-file", "ssh_config": "--ssh-config"}
+
+
+def check_args(target_name, targets_file, hosts, ssh_config, out, families, models, overwrite) -> None:
+    """Every name, path and host syntax, before any device is touched (ConfigError names the parameter)."""
+    from profiling.networks import FAMILIES
+    from profiling.validate import (ConfigError, check_choice, check_host, check_input_file, check_output_dir,
+                                    check_output_file)
+    check_input_file("targets_file", targets_file, "TOML targets file")
+    check_input_file("ssh_config", ssh_config, "ssh config file")
+    try:
+        known = list_targets(targets_file)
+    except TargetError as e:
+        raise ConfigError("targets_file", str(e)) from None
+    check_choice("target_name", target_name, known, "target")
+    for h in hosts:
+        check_host("hosts", h)
+    for f in families or ():
+        check_choice("families", f, FAMILIES, "network family")
+    for m in models:
+        if not Path(m).exists():
+            raise ConfigError("models", f"no such ONNX file or folder: {m}")
+    if out is None:
+        return
+    if models:
+        p = Path(out)
+        check_output_file("out", p / "measured-networks.csv" if p.is_dir() else p, overwrite)
+    elif Path(out).is_dir() or not Path(out).suffix:
+        check_output_dir("out", out, overwrite=True)  # a table in it resumes, it is never replaced
+    else:
+        check_output_file("out", out, overwrite=True)
 
 
 def _print_targets(console: Console, targets_file) -> None:
@@ -161,7 +195,8 @@ def _parse_kinds(text: str | None) -> list[str] | None:
     return kinds
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog="\b\n" + EXIT_CODES_HELP)
 @click.option("--target", "target_name", default="local-cpu", show_default=True, help="Target preset (see --list-targets).")
 @click.option("--targets-file", type=click.Path(dir_okay=False), help="TOML file with [targets.NAME] tables.")
 @click.option("--list-targets", "show_targets", is_flag=True, help="List the targets and exit.")
@@ -170,9 +205,10 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (passed as ssh -F).")
 @click.option("--remote-python", default="python3", show_default=True, help="Python on the device.")
 @click.option("--out", type=click.Path(), help="Output table (.parquet) or directory; default: a name from the fingerprint.")
-@click.option("--budget-minutes", type=float, help="Stop after this many minutes.")
-@click.option("--max-configs", type=int, help="Kernel and block configurations in the table (default 5000 without a budget).")
-@click.option("--networks", type=int, help="Whole networks in the table (default: 6 percent of --max-configs).")
+@click.option("--overwrite", is_flag=True, help="With --models: replace an existing --out CSV.")
+@click.option("--budget-minutes", type=click.FloatRange(min=0, min_open=True), help="Stop after this many minutes.")
+@click.option("--max-configs", type=click.IntRange(min=1), help="Kernel and block configurations in the table (default 5000 without a budget).")
+@click.option("--networks", type=click.IntRange(min=0), help="Whole networks in the table (default: 6 percent of --max-configs).")
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
 @click.option("--families", "families_text", metavar="FAMILY,FAMILY,...",
               help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet, "
@@ -189,7 +225,7 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, budget_minutes,
+def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, overwrite, budget_minutes,
          max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
@@ -201,6 +237,9 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
             err.print(f"[red]error:[/] {e}", soft_wrap=True)
             sys.exit(2)
         return
+    families = [f.strip() for f in families_text.split(",") if f.strip()] if families_text else None
+    with cli_errors(FLAGS):
+        check_args(target_name, targets_file, hosts, ssh_config, out, families, models, overwrite)
     if models:
         _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
                         out, quiet, rounds)
@@ -208,7 +247,6 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
     from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
 
     kinds = _parse_kinds(kinds_text)
-    families = [f.strip() for f in families_text.split(",") if f.strip()] if families_text else None
     progress = _Progress(console, quiet)
 
     def _terminate(signum, frame):  # SIGTERM (kill, timeout) stops as cleanly as Ctrl-C

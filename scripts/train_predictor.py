@@ -7,10 +7,12 @@
 """
 from __future__ import annotations
 
-import sys
 import time
+from pathlib import Path
 
 import click
+
+from scripts.cli import EXIT_CODES_HELP, EXIT_USAGE, cli_errors, fail
 
 
 def _fmt(m: dict) -> str:
@@ -20,14 +22,50 @@ def _fmt(m: dict) -> str:
     return s + f"   (n={m['n']})"
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
+# Below these a table is far too small for the figures train-predictor prints to mean anything:
+# the shipped tables hold about 5,000 kernel and block rows and 300-600 networks.
+MIN_KERNEL_ROWS, MIN_NETWORKS = 1000, 50
+
+FLAGS = {"tables": "--table", "out": "--out", "adapt_from": "--adapt-from", "networks": "--networks"}
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+def _usage(msg: str) -> None:
+    fail(msg, EXIT_USAGE)
+
+
+def check_inputs(tables, out, adapt_from, networks, holdout, threads, network_weight, overwrite,
+                 calibrate_here: bool = False) -> None:
+    """Every path and number, before any training (ConfigError names the parameter)."""
+    from profiling.validate import check_input_file, check_input_path, check_output_file, check_range
+    for t in tables:
+        check_input_file("tables", t, "latency table (Parquet)")
+    if calibrate_here and adapt_from is not None:
+        check_input_path("adapt_from", adapt_from, "predictor file or folder of predictors")
+    else:
+        check_input_file("adapt_from", adapt_from, "predictor file (.lgb)")
+    check_input_file("networks", networks, "measured-networks file (CSV or Parquet)")
+    check_range("holdout", holdout, 0, 0.9, optional=False)  # a share; 1 would hold every network out
+    check_range("threads", threads, 1, None, optional=False)
+    check_range("network_weight", network_weight, 0, None, optional=False)
+    check_output_file("out", out, overwrite)
+
+
+def small_table_warning(tr: dict) -> str | None:
+    rows, nets = int(tr.get("kernel_rows", 0)), int(tr.get("networks", 0))
+    if rows >= MIN_KERNEL_ROWS and nets >= MIN_NETWORKS:
+        return None
+    return (f"the table is far too small to train a predictor you can trust: {rows} kernel rows and {nets} networks "
+            f"(at least {MIN_KERNEL_ROWS} and {MIN_NETWORKS} are needed; the shipped tables have about 5,000 and "
+            f"300-600). The figures above rest on a handful of points. Profile longer (profile-device --minutes 20 "
+            f"resumes into the same table) and train again.")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog="\b\n" + EXIT_CODES_HELP)
 @click.option("--table", "tables", multiple=True, type=click.Path(), help="Latency table (Parquet); repeat to merge.")
-@click.option("--out", required=True, type=click.Path(), help="The predictor file to write (.lgb).")
+@click.option("--out", required=True, type=click.Path(), help="The predictor file to write (.lgb); an existing file "
+              "is replaced only with --overwrite.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--adapt-from", type=click.Path(), help="Base predictor to adapt to a new device (few-shot).")
 @click.option("--networks", type=click.Path(), help="Measured networks (CSV or Parquet; columns latency_ms and "
               "onnx | network_spec | kernel_specs; optional name, family, target). With --table: real architectures "
@@ -40,22 +78,24 @@ def _fail(msg: str) -> None:
               help="Measure a few random networks on this machine (a few minutes) and adapt the closest predictor "
                    "(--adapt-from FILE or DIR, default the shipped data/predictors) into --out, with this machine's "
                    "fingerprint.")
-@click.option("--calibration-networks", default=24, show_default=True, help="With --calibrate: networks to measure.")
+@click.option("--calibration-networks", default=24, show_default=True, type=click.IntRange(min=2),
+              help="With --calibrate: networks to measure.")
 @click.option("--target", default="local-cpu", show_default=True, help="With --calibrate: the target to measure.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of networks held out for the report.")
 @click.option("--threads", default=1, show_default=True, help="LightGBM threads.")
 @click.option("--seed", default=0, show_default=True)
-def main(tables, out, adapt_from, networks, network_weight, device, calibrate_here, calibration_networks, target,
-         holdout, threads, seed):
+def main(tables, out, overwrite, adapt_from, networks, network_weight, device, calibrate_here, calibration_networks,
+         target, holdout, threads, seed):
     """Train a latency predictor on profiled tables, or adapt one with a few measured networks."""
-    from predictors import Predictor, PredictorError, PredictorFileError
-    from profiling.errors import ProfilingError
-    try:
+    from predictors import Predictor
+    with cli_errors(FLAGS):
         if calibrate_here:
             if tables or networks:
-                _fail("--calibrate measures its own networks: give neither --table nor --networks")
-            from pathlib import Path
-
+                _usage("--calibrate measures its own networks: give neither --table nor --networks")
+            check_inputs(tables, out, adapt_from, networks, holdout, threads, network_weight, overwrite, True)
+            from profiling.targets import list_targets
+            from profiling.validate import check_choice
+            check_choice("target", target, list_targets(), "target")
             from predictors.calibrate import calibrate
             base = adapt_from or str(Path(__file__).resolve().parents[1] / "data" / "predictors")
             res = calibrate(base, target=target, out=out, networks=calibration_networks, seed=seed,
@@ -66,9 +106,13 @@ def main(tables, out, adapt_from, networks, network_weight, device, calibrate_he
             return
         if adapt_from:
             if tables:
-                _fail("--table and --adapt-from are exclusive: adapt with --networks, or train with --table")
+                _usage("--table and --adapt-from are exclusive: adapt with --networks, or train with --table")
             if not networks:
-                _fail("--adapt-from needs --networks FILE (10-50 networks measured on the new device)")
+                _usage("--adapt-from needs --networks FILE (10-50 networks measured on the new device)")
+        elif not tables:
+            _usage("give at least one --table PATH (or --adapt-from BASE --networks FILE)")
+        check_inputs(tables, out, adapt_from, networks, holdout, threads, network_weight, overwrite)
+        if adapt_from:
             from predictors.measured import read_networks_file
             base = Predictor.load(adapt_from, num_threads=threads)
             measured = read_networks_file(networks)
@@ -82,8 +126,6 @@ def main(tables, out, adapt_from, networks, network_weight, device, calibrate_he
             new.save(out)
             click.echo(f"wrote {out}")
             return
-        if not tables:
-            _fail("give at least one --table PATH (or --adapt-from BASE --networks FILE)")
         t0 = time.time()
         p = Predictor(num_threads=threads, seed=seed, real_network_weight=network_weight)
         p.fit(list(tables), holdout=holdout, log=click.echo, networks=networks)
@@ -108,11 +150,12 @@ def main(tables, out, adapt_from, networks, network_weight, device, calibrate_he
             click.echo(f"  full predictor    {_fmt(h['full'])}")
         else:
             click.echo(f"note: {tr.get('networks', 0)} networks are too few for a held-out report (need 10)")
+        small = small_table_warning(tr)
+        if small:
+            click.echo(f"warning: {small}", err=True)
         p.save(out)
         Predictor.load(out).write_tree_cache()
         click.echo(f"wrote {out}")
-    except (PredictorError, PredictorFileError, ProfilingError) as e:
-        _fail(str(e))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -157,6 +157,54 @@ def run_random(space, evaluator: Evaluator, *, n: int = 100, batch: int = 24, se
     return info
 
 
-ALGORITHMS = {"nsga2": run_nsga2, "random": run_random}
+# ----------------------------------------------------------------- protocol and registry
+class SearchAlgorithm(Protocol):
+    """A search strategy, in the manner of Optuna's samplers: `search.run` hands it the space,
+    the evaluator (which scores and caches every architecture it is given) and the formulation,
+    and it proposes architectures generation by generation until `generations`, the `deadline`
+    (time.monotonic()) or the callback says stop. Register a new one with `register_algorithm`;
+    its name is then valid in `AlgorithmConfig(name=...)` and on the command line."""
 
-__all__ = ["ALGORITHMS", "GenerationInfo", "run_nsga2", "run_random"]
+    name: str
+
+    def run(self, space, evaluator: Evaluator, formulation: Formulation, *, population: int, generations: int,
+            seed: int, callback: Callback | None = None, deadline: float | None = None) -> GenerationInfo: ...
+
+
+class NSGA2Search:
+    """NSGA-II over (estimated accuracy, predicted latency); the constraint as pymoo's."""
+    name = "nsga2"
+
+    def run(self, space, evaluator, formulation, *, population, generations, seed, callback=None, deadline=None):
+        return run_nsga2(space, evaluator, formulation, pop_size=population, generations=generations, seed=seed,
+                         callback=callback, deadline=deadline)
+
+
+class RandomSearch:
+    """The baseline: population x generations distinct random architectures, a population at a time."""
+    name = "random"
+
+    def run(self, space, evaluator, formulation, *, population, generations, seed, callback=None, deadline=None):
+        return run_random(space, evaluator, n=population * generations, batch=population, seed=seed,
+                          callback=callback, deadline=deadline)
+
+
+ALGORITHMS: dict[str, Callable[[], SearchAlgorithm]] = {"nsga2": NSGA2Search, "random": RandomSearch}
+
+
+def register_algorithm(name: str, factory: Callable[[], SearchAlgorithm]) -> None:
+    """Make `factory()` the algorithm called `name` (a later registration replaces an earlier one)."""
+    ALGORITHMS[name] = factory
+
+
+def get_algorithm(name: str) -> SearchAlgorithm:
+    """The registered algorithm called `name`."""
+    from search.problem import SearchError
+    try:
+        return ALGORITHMS[name]()
+    except KeyError:
+        raise SearchError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(ALGORITHMS)}") from None
+
+
+__all__ = ["ALGORITHMS", "GenerationInfo", "NSGA2Search", "RandomSearch", "SearchAlgorithm", "get_algorithm",
+           "register_algorithm", "run_nsga2", "run_random"]

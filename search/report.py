@@ -8,6 +8,12 @@ def _ms(v) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
+#: How to load best.pt: printed in report.md and the README (search.wiring.load_best is the function).
+BEST_PT_LOADER = """from search.wiring import load_best
+model = load_best("{out}/best.pt")   # a torch.nn.Module with the searched weights, in eval mode
+"""
+
+
 def write_report(path: Path, config, result, meta: dict, device, data) -> None:
     f = result.formulation
     best = result.best
@@ -43,6 +49,14 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
             L.append(f"| {by_key.get(c.key, 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
                      f"{_ms(c.measured_ms)} | {ratio:.2f} | {verdict} |")
         L.append("")
+        settled = [m for r in result.rounds for m in r.measured if m.get("decision")]
+        if settled:
+            L.append("Close calls: a finalist measured within its own uncertainty of the budget (the runner's "
+                     "95% CI of the median, the spread of its repeats, at least 3%) was re-measured, "
+                     "interleaved with the others, until the verdict was clear or the cap was reached; its "
+                     "latency above is the median of its measurements.\n")
+            L.extend(f"- {m['decision']}" for m in settled)
+            L.append("")
         L.append(f"Predictor correction for the rest of the run: {result.correction}.\n")
     L.append("## What was chosen, and why\n")
     if best is None:
@@ -69,6 +83,9 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
         L.append(f"- why: {why}")
         L.append("- files: `best.json` (architecture), `best.onnx` and `best.pt` (ready to fine-tune), "
                  "`frontier.csv`/`frontier.json`/`frontier.png`")
+        L.append("\nLoad `best.pt` as a PyTorch module (the space rebuilds the network from its architecture "
+                 "string, sized as in this search):\n")
+        L.append("```python\n" + BEST_PT_LOADER.format(out=path.parent) + "```")
     if result.reranked:
         L.append("\n## Short training of the best-estimated candidates\n")
         L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")

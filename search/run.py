@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from search.estimator import DEFAULT_ENSEMBLE
-from search.algorithms import GenerationInfo, run_nsga2, run_random
+from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
 from search.frontier import frontier_points, plot_frontier, write_best, write_frontier
 from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
@@ -124,6 +124,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     notes: list[str] = []
 
     # ---- set-up: every check that can fail does so before any long work
+    algorithm = get_algorithm(config.algorithm)
     bench = None
     if config.benchmark:
         csv_path, dev_name = parse_benchmark(config.benchmark)
@@ -174,15 +175,9 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         if n_cal:
             _calibrate(space, evaluator, device, n_cal, config.seed, ui)
         # ---- the search
-        if config.algorithm == "random":
-            info = run_random(space, evaluator, n=config.population * config.generations,
-                              batch=config.population, seed=config.seed, callback=gen_callback, deadline=deadline)
-        elif config.algorithm == "nsga2":
-            info = run_nsga2(space, evaluator, formulation, pop_size=config.population,
+        info = algorithm.run(space, evaluator, formulation, population=config.population,
                              generations=config.generations, seed=config.seed, callback=gen_callback,
                              deadline=deadline)
-        else:
-            raise SearchError(f"unknown algorithm {config.algorithm!r}; use nsga2 or random")
         if time.monotonic() >= deadline:
             notes.append(f"the search stopped at the {config.budget_minutes:g}-minute budget "
                          f"after generation {info.generation + 1}")
@@ -200,10 +195,13 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
                 verdict = f"[red]dropped[/] ({c.dropped})" if c.dropped else "[green]kept[/]"
                 ui.log(f"  round {r}: {c.key}  predicted {c.predicted_ms:.3f} ms "
                        f"(raw {c.raw_predicted_ms:.3f}) → measured {c.measured_ms:.3f} ms  {verdict}")
+            def on_settle(c: Candidate, st):
+                ui.log(f"  re-measured (close to the budget): {st.describe(formulation.latency_budget_ms)}")
             try:
                 rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,
-                                          on_measure=on_measure, measure_ties=config.measure_ties)
+                                          on_measure=on_measure, measure_ties=config.measure_ties,
+                                          on_settle=on_settle)
             except MeasurementLimitReached:
                 pass
             ui.log(f"predictor correction: {evaluator.correction.describe()}")

@@ -319,17 +319,114 @@ class VerifyRound:
     correction: str = ""
 
 
+# ------------------------------------------------------------ decisions robust to noise
+#: relative measurement-to-measurement noise assumed at least (a quiet core still moves a few %)
+NOISE_FLOOR = 0.03
+#: measurements of one finalist at most, the first included, before a close call is left undecided
+REMEASURE_CAP = 5
+
+
+@dataclass
+class Settled:
+    """How a finalist's verdict against the budget was reached."""
+    key: str
+    measurements: list[float]
+    median_ms: float
+    uncertainty_ms: float
+    clear: bool            # False: still within its uncertainty of the budget at the cap
+
+    def describe(self, budget: float) -> str:
+        side = "under" if self.median_ms <= budget else "over"
+        how = (f"clearly {side} the budget" if self.clear else
+               f"undecided at the cap of {len(self.measurements)} measurements, {side} the budget by its median")
+        return (f"{self.key}: {len(self.measurements)} measurements "
+                f"({', '.join(f'{m:.3f}' for m in self.measurements)} ms), median {self.median_ms:.3f} "
+                f"± {self.uncertainty_ms:.3f} ms vs budget {budget:g} ms: {how}")
+
+
+def measurement_uncertainty(values: Sequence[float], ci_rel: float | None) -> float:
+    """The uncertainty (ms) of a finalist's latency from its repeated medians: the largest of the
+    runner's own 95% CI of the last median, half the range of the repeats (the run-to-run noise a
+    shared or virtual machine adds, which a single run's CI cannot see) and `NOISE_FLOOR`."""
+    med = float(np.median(values))
+    u = med * max(NOISE_FLOOR, float(ci_rel or 0.0))
+    if len(values) >= 2:
+        u = max(u, (max(values) - min(values)) / 2)
+    return u
+
+
+def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation: Formulation,
+                       finalists: Sequence[Candidate], vr: VerifyRound | None = None, cap: int = REMEASURE_CAP,
+                       on_settle: Callable[[Candidate, "Settled"], None] | None = None) -> list[Settled]:
+    """Re-measure, interleaved, the finalists whose measurement lies within its own uncertainty
+    of the latency budget, until each verdict is clear or `cap` measurements are reached.
+
+    One pass measures each undecided finalist once, in turn (round-robin), so a burst of load
+    on the machine falls on all of them rather than on one. A finalist's latency is then the
+    median of its measurements; it is dropped or kept again by that median. Devices whose
+    measurement has no spread (a benchmark table's lookups) are left as they are."""
+    if formulation.kind != "budget" or not hasattr(device, "last_stats"):
+        return []
+    budget = formulation.latency_budget_ms
+    values = {c.key: [float(c.measured_ms)] for c in finalists if c.measured_ms is not None}
+    rows = {row["arch"]: row for row in (vr.measured if vr is not None else [])}
+    ci = {k: float(rows.get(k, {}).get("ci_rel") or 0.0) for k in values}
+    by_key = {c.key: c for c in finalists}
+    touched: set[str] = set()
+
+    def undecided(k: str) -> bool:
+        v = values[k]
+        return abs(float(np.median(v)) - budget) <= measurement_uncertainty(v, ci[k]) and len(v) < cap
+
+    while True:
+        todo = [k for k in values if undecided(k)]
+        if not todo:
+            break
+        for k in todo:
+            c = by_key[k]
+            values[k].append(float(device.measure(space, c)))
+            ci[k] = max(ci[k], float((device.last_stats or {}).get("ci_rel", 0.0)))
+            touched.add(k)
+    out = []
+    for k in touched:
+        c, v = by_key[k], values[k]
+        med = float(np.median(v))
+        _replace_measurement(evaluator, c, med)
+        c.dropped = f"measured {med:.3f} ms > budget {budget:g} ms" if med > budget else None
+        u = measurement_uncertainty(v, ci[k])
+        st = Settled(k, v, med, u, clear=abs(med - budget) > u)
+        out.append(st)
+        if k in rows:
+            rows[k].update(measured_ms=med, dropped=c.dropped, measurements=v, decision=st.describe(budget),
+                           clear=st.clear)
+        if on_settle:
+            on_settle(c, st)
+    return out
+
+
+def _replace_measurement(evaluator: Evaluator, c: Candidate, ms: float) -> None:
+    """The candidate's latency is now `ms` (the median of its repeats): one point in the correction."""
+    corr = evaluator.correction
+    corr.points = [(p, ms if p is c else m) for p, m in corr.points]
+    if corr.points:
+        corr.fit()
+    c.measured_ms = float(ms)
+
+
 def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: Formulation, *,
                      k: int = 3, max_rounds: int = 2, max_measurements: int | None = None,
                      on_measure: Callable[[Candidate, int], None] | None = None,
-                     measure_ties: bool = True) -> list[VerifyRound]:
+                     measure_ties: bool = True, remeasure_cap: int = REMEASURE_CAP,
+                     on_settle: Callable[[Candidate, Settled], None] | None = None) -> list[VerifyRound]:
     """Measure finalists on `device`, drop those over budget, re-fit the correction, re-rank.
     With `measure_ties` (budget only), rounds left once no unmeasured candidate looks better
     than the best verified one measure the candidates the tie rule could pick
     (`tie_finalists`). With `max_measurements` (a lookup allowance, as in benchmark mode), the
     rounds left after that measure the frontier points estimated better than the best verified
     one that the correction predicts over the budget, lowest prediction first, until the
-    allowance is spent (`select_finalists(explore=True)`)."""
+    allowance is spent (`select_finalists(explore=True)`). Under a budget, a finalist measured
+    within its own uncertainty of the budget is re-measured, interleaved with the others of its
+    round, up to `remeasure_cap` measurements (`settle_near_budget`)."""
     rounds: list[VerifyRound] = []
     for r in range(max_rounds):
         if max_measurements is not None and device.n_measurements >= max_measurements:
@@ -344,6 +441,8 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
             measure_candidate(space, evaluator, device, formulation, c, vr)
             if on_measure:
                 on_measure(c, r + 1)
+        settle_near_budget(space, evaluator, device, formulation, finalists, vr, cap=remeasure_cap,
+                           on_measure=on_settle)
         evaluator.recorrect()
         vr.correction = evaluator.correction.describe()
         rounds.append(vr)
@@ -358,11 +457,13 @@ def measure_candidate(space, evaluator: Evaluator, device: Device, formulation: 
     evaluator.add_measurement(c, ms)
     if formulation.kind == "budget" and ms > formulation.latency_budget_ms:
         c.dropped = f"measured {ms:.3f} ms > budget {formulation.latency_budget_ms:g} ms"
+    stats = getattr(device, "last_stats", None) or {}
     vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
-                        "measured_ms": ms, "dropped": c.dropped})
+                        "measured_ms": ms, "dropped": c.dropped, "ci_rel": stats.get("ci_rel")})
     return ms
 
 
-__all__ = ["Device", "FeatureCorrection", "RunnerDevice", "VerifyRound", "best_verified", "feasible",
+__all__ = ["Device", "FeatureCorrection", "NOISE_FLOOR", "REMEASURE_CAP", "RunnerDevice", "Settled", "VerifyRound",
+           "best_verified", "feasible", "measurement_uncertainty", "settle_near_budget",
            "capacity", "kernel_features", "measure_candidate", "rank_key", "select_finalists", "tie_finalists",
            "verify_finalists"]

@@ -87,9 +87,11 @@ def make_space(name: str, data: Data, options: dict | None = None):
                          "stage_strides": (1, 2, 2)})
     opts.update(options or {})
     try:
-        return get_space(name, **opts)
+        space = get_space(name, **opts)
     except (SpaceError, TypeError, ValueError) as e:
         raise SearchError(f"space {name!r}: {e}") from None
+    space.build_options = opts  # recorded in best.pt, so that load_best rebuilds the same network
+    return space
 
 
 # ---------------------------------------------------------------- predictor and target
@@ -124,18 +126,16 @@ def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
     """A warning when the predictor was profiled on other hardware than the device the
     finalists are measured on (an Intel table predicting an AMD machine): the search still
     runs, since the finalists' measurements correct the predictor, but the user should know."""
-    from predictors.catalog import OTHER_DEVICE, compare_fingerprints
-    from profiling.fingerprint import device_label, make_fingerprint
+    from predictors.catalog import mismatch_note
+    from profiling.fingerprint import make_fingerprint
     if predictor is None or not predictor.fingerprint or not facts:
         return None
-    device_fp = make_fingerprint(facts, target)
-    level, differences = compare_fingerprints(predictor.fingerprint, device_fp)
-    if level != OTHER_DEVICE:
+    note = mismatch_note(predictor.fingerprint, make_fingerprint(facts, target), "the device the finalists run on")
+    if note is None:
         return None
-    return (f"the predictor was profiled on {device_label(predictor.fingerprint)}, but the finalists run on "
-            f"{device_label(device_fp)} ({differences}): its latencies are another machine's. The finalists' "
-            f"measurements correct it during this run; for a ranking you can trust, profile this device and train "
-            f"its own predictor (profile-device --target {target.name}, then train-predictor).")
+    return (f"{note}. The finalists' measurements correct it during this run; for a ranking you can trust, "
+            f"profile this device and train its own predictor (profile-device --target {target.name}, then "
+            f"train-predictor).")
 
 
 def latency_model(predictor, space, path):
@@ -235,9 +235,23 @@ def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
     model.eval()
     space.export_onnx(best.arch, out / "best.onnx", model=model)
     torch.save({"space": space.name, "space_repr": repr(space), "arch": best.key, **info,
+                "space_options": dict(getattr(space, "build_options", {})),
                 "state_dict": model.state_dict()}, out / "best.pt")
     return info
 
 
-__all__ = ["Data", "accuracy_model", "export_best", "latency_model", "load_data", "load_predictor_and_target",
+def load_best(path: str | Path):
+    """The network a search wrote to `best.pt` (a torch.nn.Module in eval mode): the space is
+    rebuilt with the options the search used and the architecture string is decoded by it."""
+    import torch
+    from search.spaces import get_space
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    space = get_space(ck["space"], **{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in ck.get("space_options", {}).items()})
+    model = space.build(space.from_string(ck["arch"]))
+    model.load_state_dict(ck["state_dict"])
+    return model.eval()
+
+
+__all__ = ["Data", "accuracy_model", "export_best", "latency_model", "load_best", "load_data", "load_predictor_and_target",
            "make_space", "supernet_train_config", "torch_device"]

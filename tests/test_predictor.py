@@ -248,6 +248,7 @@ def test_clis_print_json_and_clear_errors(table, trained, small_onnx, tmp_path):
     res = CliRunner().invoke(train_main, ["--table", str(table), "--out", str(tmp_path / "t.lgb")])
     assert res.exit_code == 0, res.output
     assert "full predictor" in res.output and (tmp_path / "t.lgb").exists()
+    assert "far too small" in res.output  # 170 configurations and 16 networks: a table far too small
 
 
 def test_kernel_variant_and_graph_correction_are_chosen_by_cross_validation(trained):

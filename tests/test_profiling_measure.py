@@ -71,7 +71,7 @@ def test_measure_models_errors_name_the_input(models, tmp_path):
     res = CliRunner().invoke(cli, ["--models", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "no .onnx file" in res.output
     res = CliRunner().invoke(cli, ["--models", str(tmp_path / "gone.onnx")])
-    assert res.exit_code == 1 and "no such ONNX file" in res.output
+    assert res.exit_code == 2 and "no such ONNX file" in res.output  # a missing path: usage error
 
 
 @pytest.mark.ssh

@@ -196,7 +196,8 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     res = r.invoke(cli, ["--kinds", "conv,nope"])
     assert res.exit_code != 0 and "valid kinds" in res.output
     res = r.invoke(cli, ["--families", "regnet,nope", "--out", str(tmp_path / "f.parquet")])
-    assert res.exit_code == 1 and "unknown network family nope" in res.output and "regnet" in res.output
+    # an unknown name is a usage error (exit 2), found before any device is touched
+    assert res.exit_code == 2 and "unknown network family 'nope'" in res.output and "regnet" in res.output
     res = r.invoke(cli, ["--target", "jetson-nano", "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 1 and "aarch64" in res.output and "execution provider" in res.output
     res = r.invoke(cli, ["--list-targets"])

@@ -1,0 +1,126 @@
+"""What every hwnas command shares: exit codes, error reporting, output checks, torch threads.
+
+The rule for every command (README, "Exit codes"):
+
+    0    done
+    1    the work failed: an input's content is unreadable or corrupt, a device or host cannot be
+         reached or measured, a model could not be predicted, ...
+    2    usage error: the command line is wrong (a malformed or out-of-range value, an unknown name,
+         a path that is missing or of the wrong kind, an output that cannot be written or would
+         replace earlier results without --overwrite). Found before any work starts.
+    3    (search) the latency budget is below the fastest candidate
+    130  interrupted (Ctrl-C); what was done so far is written
+
+How a command is written (follow this when you add one, or an option to one):
+
+1. The library's configuration dataclass validates its values in `__post_init__` and raises
+   `profiling.validate.ConfigError(param, problem)` naming the *parameter* (`latency_budget_ms`),
+   never a flag: the library does not know about the command line.
+2. The command builds that dataclass first, inside `with cli_errors(FLAGS):` where `FLAGS` maps
+   parameter names to flags (`{"latency_budget_ms": "--latency-budget"}`; a parameter missing
+   from it is shown as `--` + its name with dashes). A `ConfigError` becomes
+   "error: --latency-budget: ..." and exit 2; any other `HwnasError` (or an `OSError`) becomes
+   "error: ..." and exit 1; Ctrl-C exits 130. No traceback reaches the user.
+3. Outputs are checked with `profiling.validate.check_output_file/check_output_dir` in the
+   configuration (or before any work), and an earlier result is replaced only with `--overwrite`.
+4. Commands that run torch call `set_torch_threads(target threads)` before any work.
+
+`search`'s options are generated from its configuration dataclasses (`scripts.config_options`),
+so an option added to a dataclass field appears on the command line with its help and range.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Iterator, Mapping
+
+import click
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BUDGET, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+EXIT_CODES_HELP = ("Exit codes: 0 done, 1 runtime error (unreadable input, unreachable device, failed "
+                   "measurement), 2 usage error (bad value, unknown name, missing path, output that would be "
+                   "replaced), 130 interrupted.")
+
+
+def flag_for(param: str, flags: Mapping[str, str] | None = None) -> str:
+    """The command-line flag a configuration parameter comes from."""
+    if flags and param in flags:
+        return flags[param]
+    return "--" + param.replace("_", "-")
+
+
+def flags_in(message: str, flags: Mapping[str, str] | None = None) -> str:
+    """A library message with the parameters it names in backticks (`overwrite`) shown as flags."""
+    import re
+    known = set(flags or ()) | {"overwrite"}
+    return re.sub(r"`([a-z_]+)`", lambda m: flag_for(m.group(1), flags) if m.group(1) in known else m.group(0),
+                  message)
+
+
+def fail(message: str, code: int = EXIT_RUNTIME) -> None:
+    """Print `error: message` on stderr and exit with `code` (never returns)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def usage_error(message: str) -> None:
+    fail(message, EXIT_USAGE)
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """Every error class the library raises for something the user can fix."""
+    classes: list[type[BaseException]] = []
+    try:
+        from profiling.errors import HwnasError
+        classes.append(HwnasError)
+    except ImportError:  # before the error root existed: the stages' own classes
+        pass
+    from predictors.fileformat import PredictorFileError
+    from predictors.graph import GraphError
+    from predictors.model import PredictorError
+    from profiling.errors import ProfilingError
+    from profiling.targets import TargetError
+    classes += [ProfilingError, TargetError, PredictorError, PredictorFileError, GraphError]
+    return tuple(classes)
+
+
+@contextlib.contextmanager
+def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Map library errors to messages and exit codes (module docstring, step 2)."""
+    from profiling.validate import ConfigError
+    try:
+        yield
+    except ConfigError as e:
+        fail(f"{flag_for(e.param, flags)}: {flags_in(e.problem, flags)}", EXIT_USAGE)
+    except KeyboardInterrupt:
+        fail("interrupted", EXIT_INTERRUPTED)
+    except click.exceptions.Exit:
+        raise
+    except OSError as e:  # a file that vanished or a full disk mid-run: say which, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        fail(f"{e.strerror or e}{where}")
+    except Exception as e:
+        if isinstance(e, _library_errors()):
+            fail(str(e))
+        raise
+
+
+def set_torch_threads(n: int) -> None:
+    """torch uses `n` threads (intra- and inter-op), as the target's latencies were measured with
+    `n`; on a shared machine torch's default (every core) slows itself and the neighbours."""
+    import torch  # heavy: only the commands that train or export import it
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    with contextlib.suppress(RuntimeError):  # settable once per process, before any parallel work
+        torch.set_num_interop_threads(n)
+
+
+def target_threads(target) -> int:
+    """The thread count of `target` on this machine (0 in a target means every core)."""
+    import os
+    return int(target.resolved_threads(os.cpu_count() or 1))
+
+
+__all__ = ["EXIT_BUDGET", "EXIT_CODES_HELP", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE",
+           "cli_errors", "fail", "flag_for", "set_torch_threads", "target_threads", "usage_error"]

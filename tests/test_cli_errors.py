@@ -1,0 +1,144 @@
+"""Bad input to every command: each case asserts the exit code (2 usage, 1 runtime), that no
+traceback reaches the user, and that the message names the input that was wrong.
+
+The commands run in-process through click's CliRunner (the real command, its real option
+parsing and error mapping); only the Ctrl-C cases use a subprocess, since a signal needs one.
+Nothing here trains or searches for long: every refusal comes before the work, which is the
+point (a case that started the work would time out the suite rather than pass).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTORS = sorted((ROOT / "data" / "predictors").glob("local-cpu__*.lgb"))
+TABLES = sorted((ROOT / "data" / "tables").glob("local-cpu__*.parquet"))
+
+
+def run(main, args: list[str]):
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    out = res.output
+    assert "Traceback" not in out, out
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    return res.exit_code, out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "junk.lgb").write_text("not a predictor\n")
+    (d / "junk.parquet").write_bytes(b"PAR1 not really")
+    (d / "junk.onnx").write_bytes(b"\x08\x01garbage")
+    (d / "junk.csv").write_text("a,b\n1,2\n")
+    (d / "a_file").write_text("x")
+    (d / "adir").mkdir()
+    (d / "existing.lgb").write_text("an earlier result")
+    from search.spaces import get_space
+    import numpy as np
+    space = get_space("nb201", resolution=8, C=4, N=1)
+    space.export_onnx(space.sample(np.random.default_rng(0)), str(d / "good.onnx"))
+    return d
+
+
+# ------------------------------------------------------------------------ predict-latency
+@pytest.mark.skipif(not PREDICTORS, reason="no shipped local-cpu predictor under data/predictors/")
+@pytest.mark.parametrize("case", ["no model", "missing predictor", "directory predictor", "corrupt predictor",
+                                  "unknown target", "predictor of another target"])
+def test_predict_latency_refuses(case, files):
+    from scripts.predict_latency import main
+    good = files / "good.onnx"
+    args, code, names = {
+        "no model": ([], 2, "ONNX model"),
+        "missing predictor": ([good, "--predictor", files / "none.lgb"], 2, "--predictor"),
+        "directory predictor": ([good, "--predictor", files / "adir"], 2, "is a directory"),
+        "corrupt predictor": ([good, "--predictor", files / "junk.lgb"], 1, "junk.lgb"),
+        "unknown target": ([good, "--target", "nope"], 2, "unknown target 'nope'"),
+        "predictor of another target": ([good, "--predictor", PREDICTORS[0], "--target", "raspberry-pi-4"], 1,
+                                        "raspberry-pi-4"),
+    }[case]
+    rc, out = run(main, args)
+    assert rc == code and names in out, out
+
+
+@pytest.mark.skipif(not PREDICTORS, reason="no shipped local-cpu predictor under data/predictors/")
+def test_predict_latency_batch_goes_on_past_a_bad_model(files):
+    """One corrupt, one missing and one directory among the models: the good one is still
+    predicted (stable JSON schema), each bad one is named, and the exit code says a model failed."""
+    from scripts.predict_latency import main
+    res = CliRunner().invoke(main, [str(files / "junk.onnx"), str(files / "good.onnx"), str(files / "gone.onnx"),
+                                    str(files / "adir"), "--predictor", str(PREDICTORS[0]), "--json"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "junk.onnx" in res.stderr and "gone.onnx" in res.stderr and "adir" in res.stderr
+    rows = json.loads(res.stdout)
+    assert [r["error"] is None for r in rows] == [False, True, False, False]
+    keys = set(rows[1])
+    assert all(set(r) == keys for r in rows)  # the same keys for a failed model
+    assert isinstance(rows[1]["n_kernels"], int) and rows[1]["n_kernels"] > 0
+    assert rows[1]["kernels"] == [] and isinstance(rows[1]["folded_ops"], int)
+    res = CliRunner().invoke(main, [str(files / "good.onnx"), "--predictor", str(PREDICTORS[0]), "--json",
+                                    "--per-kernel"])
+    row = json.loads(res.stdout)[0]
+    assert set(row) == keys and len(row["kernels"]) == row["n_kernels"]  # same types under --per-kernel
+
+
+# ------------------------------------------------------------------------ train-predictor
+@pytest.mark.parametrize("case", ["no table", "missing table", "directory table", "corrupt table",
+                                  "out is a directory", "out exists", "out under a file", "holdout out of range",
+                                  "adapt without networks", "missing base", "corrupt networks file"])
+def test_train_predictor_refuses(case, files, tmp_path):
+    from scripts.train_predictor import main
+    table = TABLES[0] if TABLES else files / "junk.parquet"
+    base = PREDICTORS[0] if PREDICTORS else files / "junk.lgb"
+    out = tmp_path / "p.lgb"
+    args, code, names = {
+        "no table": (["--out", out], 2, "--table"),
+        "missing table": (["--table", files / "none.parquet", "--out", out], 2, "none.parquet"),
+        "directory table": (["--table", files / "adir", "--out", out], 2, "is a directory"),
+        "corrupt table": (["--table", files / "junk.parquet", "--out", out], 1, "junk.parquet"),
+        "out is a directory": (["--table", table, "--out", files / "adir"], 2, "--out"),
+        "out exists": (["--table", table, "--out", files / "existing.lgb"], 2, "--overwrite"),
+        "out under a file": (["--table", table, "--out", files / "a_file" / "p.lgb"], 2, "a_file"),
+        "holdout out of range": (["--table", table, "--out", out, "--holdout", "1.5"], 2, "--holdout"),
+        "adapt without networks": (["--adapt-from", base, "--out", out], 2, "--networks"),
+        "missing base": (["--adapt-from", files / "none.lgb", "--networks", files / "junk.csv", "--out", out], 2,
+                         "none.lgb"),
+        "corrupt networks file": (["--adapt-from", base, "--networks", files / "junk.csv", "--out", out], 1,
+                                  "junk.csv"),
+    }[case]
+    if case == "corrupt networks file" and not PREDICTORS:
+        pytest.skip("no shipped predictor to adapt")
+    rc, out_text = run(main, args)
+    assert rc == code and names in out_text, out_text
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------- profile-device
+@pytest.mark.parametrize("case", ["unknown target", "bad host syntax", "host port out of range", "unknown family",
+                                  "missing model", "out under a file", "models out exists", "negative budget",
+                                  "missing targets file", "unreachable host"])
+def test_profile_device_refuses(case, files, tmp_path):
+    from scripts.profile_device import main
+    args, code, names = {
+        "unknown target": (["--target", "nope"], 2, "unknown target 'nope'"),
+        "bad host syntax": (["--host", "me@dev;rm -rf ~"], 2, "--host"),
+        "host port out of range": (["--host", "me@dev:99999"], 2, "99999"),
+        "unknown family": (["--families", "nope"], 2, "unknown network family 'nope'"),
+        "missing model": (["--models", files / "gone.onnx"], 2, "gone.onnx"),
+        "out under a file": (["--out", files / "a_file" / "t.parquet"], 2, "a_file"),
+        "models out exists": (["--models", files / "good.onnx", "--out", files / "existing.lgb"], 2, "--overwrite"),
+        "negative budget": (["--budget-minutes", "-1"], 2, "--budget-minutes"),
+        "missing targets file": (["--targets-file", files / "none.toml"], 2, "none.toml"),
+        "unreachable host": (["--host", "nobody@127.0.0.1:1", "--out", tmp_path / "t.parquet", "--quiet"], 1,
+                             "nobody@127.0.0.1:1"),
+    }[case]
+    rc, out = run(main, args)
+    assert rc == code and names in out, out
