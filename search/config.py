@@ -149,7 +149,7 @@ class RerankSettings:
     epochs: float = field(default=5.0, metadata=option("Epochs of each --rerank training.", flag="--rerank-epochs",
                                                        metavar="E"))
     per_class: int | None = field(default=None, metadata=option(
-        "Images per class of --data read for --rerank (default: the search's 500); 80%% train, 20%% held out.",
+        "Images per class of --data read for --rerank (default: the search's 500); 80% train, 20% held out.",
         flag="--rerank-per-class", metavar="N"))
     options: dict | None = None       # the reduced network (default for nb201: C=8, N=1)
     resolution: int | None = None     # default for nb201: 16 (never above the data's)
@@ -170,8 +170,8 @@ class AccuracyConfig:
     min_accuracy: float | None = field(default=None, metadata=option(
         "Minimise latency subject to estimated score >= A. A is a 0-100 rank score, with or without the "
         "supernet: the candidate's weighted mean percentile (supernet accuracy and proxies) among random "
-        "architectures of the space; 50 = the median random architecture, 90 = better than 90%% of them. Not a "
-        "top-1 accuracy in %%. Without either: the whole frontier.", metavar="A"))
+        "architectures of the space; 50 = the median random architecture, 90 = better than 90% of them. Not a "
+        "top-1 accuracy in %. Without either: the whole frontier.", metavar="A"))
     proxies: tuple[str, ...] = field(default=("jacob_cov", "params"), metadata=option(
         "Zero-cost proxies of the rank ensemble (comma-separated; see search.proxies).", metavar="P,P"))
     proxy_batch: int = field(default=64, metadata=option(
