@@ -1,4 +1,6 @@
-"""Search spaces: ``get_space("nb201" | "mbv3" | "resnet", **options)``.
+"""Search spaces: ``get_space("nb201" | "mbv3" | "resnet" | "baseline", **options)``.
+
+``baseline`` is derived from a known model: ``get_space("baseline", baseline="resnet56", num_classes=10)``.
 
 Every space implements :class:`~search.spaces.base.SearchSpace`: sample / mutate /
 crossover, encode / decode, to_string / from_string, build, export_onnx and kernel_specs.
@@ -25,7 +27,17 @@ def _resnet(**kw: Any) -> SearchSpace:
     return ResNetSpace(**kw)
 
 
-SPACES: dict[str, Callable[..., SearchSpace]] = {"nb201": _nb201, "mbv3": _mbv3, "resnet": _resnet}
+def _baseline(baseline: str = "resnet20", num_classes: int | None = None, in_channels: int | None = None,
+              resolution: int | None = None, **kw: Any) -> SearchSpace:
+    """The space derived from a known model (`search.known_models`), sized to the data."""
+    from search.known_models import get_known
+    from search.spaces.baseline import BaselineSpace
+    sk = get_known(baseline).skeleton(num_classes, in_channels, resolution)
+    return BaselineSpace(sk, get_known(baseline).name, **kw)
+
+
+SPACES: dict[str, Callable[..., SearchSpace]] = {"nb201": _nb201, "mbv3": _mbv3, "resnet": _resnet,
+                                                 "baseline": _baseline}
 
 
 def get_space(name: str, **options: Any) -> SearchSpace:

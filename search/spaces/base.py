@@ -80,6 +80,7 @@ def act_module(name: str) -> nn.Module:
         "hardswish": lambda: nn.Hardswish(),
         "hardsigmoid": lambda: nn.Hardsigmoid(),
         "sigmoid": lambda: nn.Sigmoid(),
+        "silu": lambda: nn.SiLU(),
         "none": lambda: nn.Identity(),
     }[name]()
 
