@@ -104,6 +104,12 @@ def calibration_file_name(target_name: str, fingerprint: dict[str, Any]) -> str:
     return f"{target_name}__{slug(device_label(fingerprint))}__{fingerprint_hash(fingerprint)}.lgb"
 
 
+def _minutes(networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
+             seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, **_) -> float:
+    """A rough duration: the timed passes plus about 0.2 s per network and pass for the session."""
+    return max(1.0, networks * rounds * (seconds_per_pass + 0.2) / 60)
+
+
 def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str = "local-cpu",
               out_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
               networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
@@ -151,7 +157,7 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
     pred = Predictor.load(base_path)
     specs = calibration_networks(networks, seed, max_flops)
     say(f"calibrating {base_path.name} for {tgt.name}: {networks} networks x {rounds} interleaved passes "
-        f"of {seconds_per_pass:g}s (about {networks * rounds * seconds_per_pass / 60 + 0.3:.1f} min)")
+        f"of {seconds_per_pass:g}s (about {_minutes(networks, rounds, seconds_per_pass):.0f} min)")
     with tempfile.TemporaryDirectory(prefix="hwnas-calibrate-") as tmp:
         paths, names = [], [network_id(s) for s in specs]
         for i, (spec, name) in enumerate(zip(specs, names)):
@@ -185,5 +191,42 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
                              np.asarray(base_ms).tolist(), time.time() - t_start)
 
 
-__all__ = ["calibrate", "closest_predictor", "calibration_networks", "calibration_file_name", "CalibrationResult",
+def predictor_for_this_machine(shipped: str | os.PathLike, cache: str | os.PathLike, target: str = "local-cpu",
+                               progress: Callable[[str], None] | None = None, **calibrate_kw) -> tuple[Path, str]:
+    """(predictor file, how it was chosen, in words) for `target` on this machine:
+    a predictor under `shipped` measured on this machine; else one calibrated here before (in
+    `cache`, named by this machine's fingerprint); else a new calibration of the closest shipped
+    predictor, written to `cache` (a few minutes, once). What `search` and `make demo` use."""
+    from profiling.fingerprint import device_label, local_fingerprint
+    from profiling.targets import TargetError, get_target
+
+    from .catalog import SAME_DEVICE, find_predictor, match_predictor
+    from .model import PredictorError
+    try:
+        tgt = get_target(target)
+    except TargetError as e:
+        raise PredictorError(str(e)) from None
+    fp = local_fingerprint(tgt)
+    match = find_predictor(shipped, target, fp)
+    if match is not None and match.level == SAME_DEVICE:
+        return match.path, f"shipped predictor measured on this machine: {match.describe('this machine')}"
+    cached = Path(cache).expanduser() / calibration_file_name(target, fp)
+    if cached.exists():
+        try:
+            if match_predictor(cached, fp).level == SAME_DEVICE:
+                return cached, f"calibrated on this machine before: {cached}"
+        except Exception:  # an unreadable leftover: calibrate again
+            pass
+    if match is None:
+        raise PredictorError(f"no {target} predictor under {shipped} to calibrate from: profile this machine "
+                             f"(profile-device --target {target}) and train one (train-predictor)")
+    say = progress or (lambda s: None)
+    say(f"no shipped {target} predictor was measured on this machine ({device_label(fp)}): calibrating the closest "
+        f"one on networks measured here (once, about {_minutes(**calibrate_kw):.0f} min)")
+    res = calibrate(shipped, target=target, out=cached, progress=progress, **calibrate_kw)
+    say(res.summary())
+    return cached, f"calibrated on this machine now from {res.base.name}: {cached}"
+
+
+__all__ = ["calibrate", "predictor_for_this_machine", "closest_predictor", "calibration_networks", "calibration_file_name", "CalibrationResult",
            "DEFAULT_NETWORKS", "DEFAULT_ROUNDS"]

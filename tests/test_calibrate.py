@@ -20,7 +20,7 @@ def test_calibration_writes_a_predictor_this_machine_matches(tmp_path):
     base = closest_predictor(SHIPPED, "local-cpu", here)
     assert base is not None and base.target == "local-cpu"
     lines = []
-    res = calibrate(SHIPPED, target="local-cpu", out_dir=tmp_path, networks=5, rounds=2, seconds_per_pass=0.02,
+    res = calibrate(SHIPPED, target="local-cpu", out_dir=tmp_path, networks=5, rounds=1, seconds_per_pass=0.02,
                     max_flops=1e8, progress=lines.append)
     assert res.path == tmp_path / calibration_file_name("local-cpu", here)
     assert res.base == base.path
@@ -48,3 +48,26 @@ def test_calibration_refuses_too_few_networks_and_a_folder_without_the_target(tm
         calibrate(SHIPPED, networks=2)
     with pytest.raises(PredictorError, match="no predictor for target 'local-cpu'"):
         calibrate(tmp_path, networks=5)
+
+
+def test_search_and_demo_calibrate_once_when_no_shipped_predictor_matches(tmp_path):
+    from predictors.calibrate import predictor_for_this_machine
+    here = local_fingerprint(get_target("local-cpu"))
+    shipped, cache = tmp_path / "shipped", tmp_path / "cache"
+    shipped.mkdir()
+    foreign = Predictor.load(closest_predictor(SHIPPED, "local-cpu", here).path)
+    foreign.fingerprint = dict(here, cpu_model="Another CPU 9000", cpu_flags="sse2")  # never this machine
+    foreign.save(shipped / "local-cpu__another__00000000.lgb")
+    kw = dict(networks=5, rounds=1, seconds_per_pass=0.02, max_flops=1e8)
+    said = []
+    path, how = predictor_for_this_machine(shipped, cache, "local-cpu", progress=said.append, **kw)
+    assert how.startswith("calibrated on this machine now") and path.parent == cache
+    assert any("no shipped local-cpu predictor was measured on this machine" in s for s in said)
+    assert match_predictor(path, here).level == SAME_DEVICE
+    stamp = path.stat().st_mtime_ns
+    path2, how2 = predictor_for_this_machine(shipped, cache, "local-cpu", **kw)
+    assert path2 == path and how2.startswith("calibrated on this machine before") and path.stat().st_mtime_ns == stamp
+    # a shipped predictor of this machine wins over any calibration
+    (shipped / path.name).write_bytes(path.read_bytes())
+    path3, how3 = predictor_for_this_machine(shipped, cache, "local-cpu", **kw)
+    assert path3 == shipped / path.name and how3.startswith("shipped predictor measured on this machine")
