@@ -216,23 +216,30 @@ class SearchSpace(abc.ABC, Generic[Arch]):
         ``path`` when given and returns the serialised model either way.
         """
         model = self.build(arch) if model is None else model
-        was_training = model.training
-        model.eval()
-        x = torch.zeros(batch, *self.input_shape(arch))
-        buf = io.BytesIO()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
-                              input_names=["input"], output_names=["logits"])
-        model.train(was_training)
-        data = buf.getvalue()
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_bytes(data)
-        return data
+        return export_model_onnx(model, self.input_shape(arch), path, batch, opset)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def export_model_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str | Path | None = None,
+                      batch: int = 1, opset: int = 17) -> bytes:
+    """Export ``model`` as :meth:`SearchSpace.export_onnx` does (input ``input`` of shape
+    ``(batch, *input_shape)``, output ``logits``); writes ``path`` when given."""
+    was_training = model.training
+    model.eval()
+    x = torch.zeros(batch, *input_shape, device=next(model.parameters()).device)
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
+                          input_names=["input"], output_names=["logits"])
+    model.train(was_training)
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_bytes(data)
+    return data
 
 
 def count_params(model: nn.Module) -> int:
@@ -315,5 +322,5 @@ class GeneSpace(SearchSpace[Arch]):
 
 
 __all__ = ["AffineBN", "SearchSpace", "GeneSpace", "SpaceError", "as_rng", "make_divisible", "conv_out", "act_module",
-           "k_conv", "k_act", "k_add", "k_mul", "k_pool", "k_head", "k_affine_bn", "k_se", "count_params",
+           "k_conv", "k_act", "k_add", "k_mul", "k_pool", "k_head", "k_affine_bn", "k_se", "count_params", "export_model_onnx",
            "init_weights"]
