@@ -21,9 +21,10 @@ def find_predictor(cache: Path, target: str = "local-cpu") -> Path | None:
     """The predictor the demo uses for `target` on this machine, best first:
     1. a shipped one (data/predictors/) profiled on this machine (same fingerprint);
     2. one trained (once, cached outside the repository) from a shipped table of this machine;
-    3. the closest shipped one, with a warning that names the fix."""
+    3. the closest shipped one calibrated on networks measured here (once, a few minutes; cached
+       outside the repository under this machine's fingerprint: `predictors.calibrate`)."""
     from predictors.catalog import find_predictor as best_match
-    from profiling.fingerprint import device_label, fingerprint_hash, local_fingerprint
+    from profiling.fingerprint import fingerprint_hash, local_fingerprint
     from profiling.targets import get_target
     fp = local_fingerprint(get_target(target))
     match = best_match(ROOT / "data" / "predictors", target, fp)
@@ -32,10 +33,11 @@ def find_predictor(cache: Path, target: str = "local-cpu") -> Path | None:
     trained = predictor_from_table(cache, target, fingerprint_hash(fp))
     if trained is not None or match is None:
         return trained
-    # the search's own warning (search.wiring.predictor_device_note) names the fix
-    click.echo(f"demo: no shipped {target} predictor or table was measured on this machine ({device_label(fp)}); "
-               f"using the closest: {match.describe('this machine')}", err=True)
-    return match.path
+    from predictors.calibrate import predictor_for_this_machine
+    path, how = predictor_for_this_machine(ROOT / "data" / "predictors", cache / "predictors", target,
+                                           progress=lambda s: click.echo(f"demo: {s}"))
+    click.echo(f"demo: {how}")
+    return path
 
 
 def predictor_from_table(cache: Path, target: str, fingerprint_hash: str) -> Path | None:
