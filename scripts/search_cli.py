@@ -19,9 +19,26 @@ Exit codes: 0 done, 1 error, 2 usage error, 3 budget below the fastest candidate
 """
 
 
+def _predictor_for_this_machine(target: str, cache_dir, quiet: bool):
+    """No --predictor: a shipped one measured on this machine, else the closest shipped one calibrated
+    here (once, a few minutes; cached under this machine's fingerprint), saying which."""
+    from pathlib import Path
+
+    from predictors.calibrate import predictor_for_this_machine
+    from search.run import SearchConfig, _cache_dir
+    cache = Path(cache_dir) if cache_dir else _cache_dir(SearchConfig())
+    say = (lambda s: None) if quiet else (lambda s: click.echo(f"search: {s}", err=True))
+    path, how = predictor_for_this_machine(Path(__file__).resolve().parents[1] / "data" / "predictors",
+                                           cache / "predictors", target, progress=say)
+    click.echo(f"search: predictor {how}", err=True)
+    return path
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, epilog=EPILOG)
 @click.option("--predictor", type=click.Path(dir_okay=False), help="Latency predictor (.lgb from train-predictor) "
-              "of the target device. Required, except in --benchmark mode.")
+              "of the target device. Default (this machine, no --host): the shipped predictor measured on this "
+              "machine, else the closest shipped one calibrated here on a few measured networks (once, a few "
+              "minutes; cached).")
 @click.option("--space", type=click.Choice(["nb201", "mbv3", "resnet"]), default="nb201", show_default=True,
               help="Search space.")
 @click.option("--latency-budget", "latency_budget", type=float, metavar="MS",
@@ -105,8 +122,10 @@ def main(**kw):
     if kw["latency_budget"] is not None and kw["min_accuracy"] is not None:
         raise click.UsageError("give --latency-budget or --min-accuracy, not both")
     if kw["benchmark"] is None and not kw["predictor"]:
-        raise click.UsageError("--predictor is required (a .lgb from train-predictor; see data/predictors/), "
-                               "except with --benchmark")
+        if kw["host"]:
+            raise click.UsageError("--predictor is required with --host (a .lgb built for that device: "
+                                   "train-predictor), except with --benchmark")
+        kw["predictor"] = str(_predictor_for_this_machine(kw["target"] or "local-cpu", kw["cache_dir"], quiet))
     cfg = SearchConfig(
         space=kw["space"], predictor=kw["predictor"], data=kw["data"], latency_budget_ms=kw["latency_budget"],
         min_accuracy=kw["min_accuracy"], target=kw["target"], targets_file=kw["targets_file"], host=kw["host"],
