@@ -240,6 +240,58 @@ def hello():
     return {"ok": True, "facts": facts}
 
 
+# ---- int8: onnxruntime's own static quantization ----------------------------------------
+class _FeedReader(object):
+    """A CalibrationDataReader over a list of feed dicts (duck-typed: the quantizer only calls
+    get_next; subclassing would import onnxruntime.quantization at module load)."""
+
+    def __init__(self, feeds):
+        self.feeds = list(feeds)
+        self.pos = 0
+
+    def get_next(self):
+        if self.pos >= len(self.feeds):
+            return None
+        self.pos += 1
+        return self.feeds[self.pos - 1]
+
+    def rewind(self):
+        self.pos = 0
+
+
+def quantize_file(src, dst, calibration, per_channel=True):
+    """Quantize the ONNX file `src` into `dst` with onnxruntime's static quantizer: its
+    pre-processing first (shape inference and the Conv+BatchNorm folding the runtime does
+    anyway: without it the quantizer brackets BatchNorm with its own Q/DQ pair), then QDQ
+    format, per-channel int8 weights, int8 activations calibrated (MinMax) on `calibration`,
+    a list of feed dicts. This is the form onnxruntime fuses into QLinearConv, QGemm,
+    QLinearMatMul and friends, and the explicit-quantization form TensorRT consumes.
+    Needs the onnx package (the quantizer is built on it)."""
+    import logging
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as e:
+        raise RuntimeError("int8 needs onnxruntime's quantization tools, which need the onnx package "
+                           "(%s): run `pip3 install onnx` where the model is quantized" % (e,))
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
+    try:
+        pre = dst + ".pre.onnx"
+        try:
+            quant_pre_process(src, pre, skip_symbolic_shape=True)
+        except Exception:  # a graph its optimizer cannot take: quantize it as it is
+            pre = src
+        quantize_static(pre, dst, _FeedReader(calibration), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        if pre != src and os.path.exists(pre):
+            os.remove(pre)
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return dst
+
+
 # ---- measuring -------------------------------------------------------------------------
 class Runner(object):
     def __init__(self):
@@ -295,6 +347,12 @@ class Runner(object):
         with open(os.path.join(workdir, "model.onnx"), "wb") as fh:
             fh.write(base64.b64decode(job["model"]))
         self.write_weights(os.path.join(workdir, WEIGHTS_FILE), job.get("fills", []), int(job.get("seed", 0)))
+        path = os.path.join(workdir, "model.onnx")
+        if s.get("int8"):
+            # The target runs int8: measure the model as the runtime runs it quantized, calibrated
+            # on random inputs (latency does not depend on the scales' values).
+            calibration = [self.feeds(job, extra_seed=k) for k in range(2)]
+            path = quantize_file(path, os.path.join(workdir, "model.int8.onnx"), calibration)
         so = ort.SessionOptions()
         so.intra_op_num_threads = int(s.get("threads", 1))
         so.inter_op_num_threads = 1
@@ -310,14 +368,16 @@ class Runner(object):
                 opt["trt_engine_cache_path"] = os.path.join(self.scratch, "trt-cache")
                 if s.get("fp16"):
                     opt["trt_fp16_enable"] = "True"
+                if s.get("int8"):  # explicit quantization: TensorRT reads the QDQ nodes' scales
+                    opt["trt_int8_enable"] = "True"
             options.append(opt)
-        sess = ort.InferenceSession(os.path.join(workdir, "model.onnx"), so,
+        sess = ort.InferenceSession(path, so,
                                     providers=providers, provider_options=options)
         return sess
 
-    def feeds(self, job):
+    def feeds(self, job, extra_seed=0):
         np = self.np
-        rs = np.random.RandomState(int(job.get("seed", 0)) + 1)
+        rs = np.random.RandomState(int(job.get("seed", 0)) + 1 + 1000 * extra_seed)
         feeds = {}
         for inp in job["inputs"]:
             feeds[inp["name"]] = rs.uniform(-1.0, 1.0, size=tuple(inp["shape"])).astype(np.float32)

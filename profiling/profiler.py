@@ -149,8 +149,6 @@ class Profiler:
         if self.target.runtime != "onnxruntime":
             raise ProfilingError(f"target {self.target.name}: runtime {self.target.runtime!r} is not supported "
                                  "(the profiler drives onnxruntime)")
-        if self.target.precision == "int8":
-            raise ProfilingError(f"target {self.target.name}: int8 profiling is not supported yet (use fp32 or fp16)")
         kinds = list(kinds) if kinds else list(KINDS)
         bad = [k for k in kinds if k not in KINDS and k != "network"]
         if bad:

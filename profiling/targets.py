@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -51,6 +51,23 @@ class Target:
             raise TargetError(f"target {self.name}: batch must be >= 1, got {self.batch}")
         if not self.providers:
             raise TargetError(f"target {self.name}: needs at least one execution provider")
+
+    @property
+    def form(self) -> str:
+        """The deployment form in words: precision and batch, e.g. 'int8, batch 32'."""
+        return f"{self.precision}, batch {self.batch}"
+
+    def with_form(self, precision: str | None = None, batch: int | None = None) -> "Target":
+        """This target in another deployment form; the name says which (`local-cpu` at int8 and
+        batch 8 is `local-cpu@int8-b8`), so its tables and predictors never mix with the preset's."""
+        precision = precision or self.precision
+        batch = int(batch or self.batch)
+        if (precision, batch) == (self.precision, self.batch):
+            return self
+        suffix = "-".join(([precision] if precision != self.precision else [])
+                          + ([f"b{batch}"] if batch != self.batch else []))
+        return replace(self, name=f"{self.name}@{suffix}", precision=precision, batch=batch,
+                       description=f"{self.description} (as {precision}, batch {batch})")
 
     def resolved_threads(self, cores: int | None = None) -> int:
         return self.threads or (cores or os.cpu_count() or 1)
@@ -97,11 +114,19 @@ BUILTIN_TARGETS: dict[str, Target] = {
     for t in (
         Target("local-cpu", "this machine, onnxruntime CPU EP, 1 thread, fp32, batch 1 (the default)"),
         Target("local-cpu-mt", "this machine, onnxruntime CPU EP, all cores, fp32, batch 1", threads=0),
+        Target("local-cpu-int8", "this machine, onnxruntime CPU EP, 1 thread, int8 (static QDQ, per-channel "
+               "weights: QLinearConv/QGemm), batch 1", precision="int8"),
+        Target("local-cpu-b32", "this machine, onnxruntime CPU EP, 1 thread, fp32, batch 32 (throughput)",
+               batch=32),
         Target("cuda-gpu", "an NVIDIA GPU through onnxruntime's CUDA EP, fp32, batch 1",
                providers=("CUDAExecutionProvider", "CPUExecutionProvider")),
         Target("jetson-nano", "Jetson Nano (JetPack 4), onnxruntime TensorRT EP in fp16 with CUDA EP fallback",
                providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
                precision="fp16", threads=4, arch="aarch64"),
+        Target("jetson-nano-int8", "Jetson Nano (JetPack 4), onnxruntime TensorRT EP in int8 (explicit QDQ "
+               "quantization) with CUDA EP fallback",
+               providers=("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
+               precision="int8", threads=4, arch="aarch64"),
         Target("raspberry-pi-4", "Raspberry Pi 4 (Cortex-A72), onnxruntime CPU EP, 4 threads, fp32",
                threads=4, arch="aarch64"),
     )

@@ -181,7 +181,8 @@ def session_options(target, facts: dict[str, Any], threads: int) -> dict[str, An
     """Runner session settings for `target` on a device that reported `facts` (its providers)."""
     available = facts.get("providers", [])
     providers = [p for p in target.providers if p in available] or ["CPUExecutionProvider"]
-    return {"providers": providers, "threads": threads, "fp16": target.precision == "fp16"}
+    return {"providers": providers, "threads": threads, "fp16": target.precision == "fp16",
+            "int8": target.precision == "int8"}
 
 
 def check_device(target, facts: dict[str, Any], label: str) -> None:

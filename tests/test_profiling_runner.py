@@ -26,7 +26,7 @@ def test_runner_is_python36_compatible():
     imports = {n.names[0].name.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import)}
     imports |= {n.module.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
     assert imports <= {"base64", "json", "math", "os", "platform", "shutil", "subprocess", "sys", "tempfile",
-                       "time", "numpy", "onnxruntime"}
+                       "time", "logging", "numpy", "onnxruntime"}
 
 
 def test_median_ci_and_stopping_rule():
