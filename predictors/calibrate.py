@@ -164,13 +164,11 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
             d = Path(tmp) / name  # the builders' weights file has one name: a folder per network
             d.mkdir()
             paths.append(materialize(build_network(spec, tgt.batch), str(d), seed=i))
-        stop = {"max_s": seconds_per_pass, "min_s": 0.0, "max_runs": 1000}
-
         def tick(i, n, m):
             say(f"  measured {i}/{n}: {names[i - 1]} {m.median_ms:.3f} ms")
-        try:
-            measured = measure_models(paths, tgt, host=host, targets_file=targets_file, stop=stop, rounds=rounds,
-                                      progress=tick)
+        try:  # interleaved: `rounds` passes of `seconds_per_pass` per network (profiling.interleave)
+            measured = measure_models(paths, tgt, host=host, targets_file=targets_file, passes=rounds,
+                                      slice_s=seconds_per_pass, progress=tick)
         except ProfilingError as e:
             raise PredictorError(f"calibration could not measure its networks: {e}") from None
     ms = np.array([m.median_ms for m in measured])

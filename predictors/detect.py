@@ -11,7 +11,16 @@ docs/design.md §1 (what onnxruntime's CPU optimizer does at ORT_ENABLE_ALL):
   scalar Mul/Div folded in (ORT's FusedMatMul);
 - LayerNormalization, or its opset<17 decomposition, is one `layernorm`;
 - x*Sigmoid(x) is silu, the Erf pattern and Gelu are gelu, x*HardSigmoid(x) is hardswish;
-- Reshape→Transpose→Reshape on 5-D is a `channel_shuffle`.
+- Reshape→Transpose→Reshape on 5-D is a `channel_shuffle`;
+- non-square and dilated Convs keep their `kernel_w` and `dilation`; a zero Pad feeding a Conv
+  or a pool is folded into it (ORT's PadFusion), any other Pad is a `pad`;
+- ConvTranspose → [BN] → [activation] is one `conv_transpose`;
+- x*Tanh(Softplus(x)) and Mish are mish; LeakyRelu, PRelu and Tanh are activations, fused
+  into a conv like the others (the profiled kernel is the same pair, whatever ORT does with it);
+- InstanceNormalization, torch's GroupNorm (Reshape, InstanceNormalization, Reshape, Mul, Add)
+  and GroupNormalization are one `groupnorm`; ReduceL2/Sum/Max/Mean (outside a LayerNorm and
+  a global pool) a `reduce`; Split and Slice on channels a `split` and a `slice`; a two-input
+  Einsum that is a batched matrix product an `einsum`.
 
 A `FusionRules` object keys the fusions by runtime/provider (`rules_for(target)`).
 Nodes that onnxruntime folds when it loads the model (constants, shape arithmetic,
@@ -25,6 +34,7 @@ profiler and attributes the in-context node times to the detected kernels.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -41,6 +51,10 @@ from profiling.onnx_stats import node_flops
 from .graph import FREE_OPS, OnnxGraph, load_graph
 
 
+# one-node activations, by ONNX op (Clip and PRelu look at their inputs)
+SIMPLE_ACTS = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid", "Sigmoid": "sigmoid",
+               "Gelu": "gelu", "LeakyRelu": "leakyrelu", "Tanh": "tanh", "Mish": "mish"}
+
 # layout ops with no arithmetic: detected as `reshape`-like kernels (docs/predictor.md)
 LAYOUT_OPS = frozenset({"Split", "Slice", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"})
 
@@ -51,9 +65,11 @@ class FusionRules:
     name: str
     conv_bn: bool = True
     conv_add: bool = True
-    conv_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu"})
+    conv_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
+                                      "leakyrelu", "prelu", "mish", "tanh"})
     linear_bias: bool = True
-    linear_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu"})
+    linear_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
+                                        "leakyrelu", "prelu", "mish", "tanh"})
     matmul_transpose: bool = True
     matmul_scale: bool = True
 
@@ -193,17 +209,16 @@ class _Detector:
             j = cons[0]
             n = g.nodes[j]
             op = n.op_type
-            simple = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
-                      "Sigmoid": "sigmoid", "Gelu": "gelu"}
-            if op in simple:
-                return simple[op], [j], n.output[0]
+            if op in SIMPLE_ACTS:
+                return SIMPLE_ACTS[op], [j], n.output[0]
+            if op == "PRelu" and n.input[0] == t and g.is_const(n.input[1]):
+                return "prelu", [j], n.output[0]
             if op == "Clip":
                 lo = g.attr(n, "min") if len(n.input) < 2 else (self.scalar(n.input[1]) if n.input[1] else None)
                 hi = g.attr(n, "max") if len(n.input) < 3 else (self.scalar(n.input[2]) if n.input[2] else None)
-                if lo == 0 and hi == 6:
-                    return "relu6", [j], n.output[0]
                 if lo == 0 and hi is None:
                     return "relu", [j], n.output[0]
+                return "relu6", [j], n.output[0]  # any two-sided clip costs what ReLU6 does
             return None
         if len(cons) == 2:
             ops = {g.nodes[j].op_type: j for j in cons}
@@ -214,9 +229,28 @@ class _Detector:
                     if set(g.nodes[m].input) == {t, g.nodes[s].output[0]} and \
                             g.single_consumer(g.nodes[s].output[0]) == m:
                         return act, [s, m], g.nodes[m].output[0]
+            if "Softplus" in ops and "Mul" in ops:  # mish: x * Tanh(Softplus(x))
+                sp, m = ops["Softplus"], ops["Mul"]
+                th = g.single_consumer(g.nodes[sp].output[0])
+                if th is not None and g.nodes[th].op_type == "Tanh" and \
+                        g.single_consumer(g.nodes[th].output[0]) == m and \
+                        set(g.nodes[m].input) == {t, g.nodes[th].output[0]}:
+                    return "mish", [sp, th, m], g.nodes[m].output[0]
             gelu = self.match_erf_gelu(t, cons)
             if gelu:
                 return gelu
+        return None
+
+    def shared_input_gelu(self, t: str):
+        """The Erf GELU of `t` when `t` also feeds other nodes (a residual): try the consumers
+        that can start the pattern (a scale by 1/sqrt2 or 0.5, the final Mul by x)."""
+        g = self.g
+        starts = [j for j in g.consumers.get(t, []) if j not in self.used and g.nodes[j].op_type in ("Div", "Mul")]
+        for r in (1, 2):
+            for combo in itertools.combinations(starts, r):
+                m = self.match_erf_gelu(t, list(combo))
+                if m:
+                    return m
         return None
 
     def match_erf_gelu(self, t: str, cons: list[int]):
@@ -250,6 +284,22 @@ class _Detector:
         order = [j for j in nx.topological_sort(g.graph.subgraph(group))]
         return "gelu", order, outs.pop()
 
+    def fuse_bn(self, group: list[int], out: str) -> tuple[str, bool]:
+        """Take the BatchNormalization that alone reads `out` into `group`: (its output, True)."""
+        j = self.free_consumer(out, "BatchNormalization") if self.rules.conv_bn else None
+        if j is None:
+            return out, False
+        group.append(j)
+        return self.g.nodes[j].output[0], True
+
+    def fuse_act(self, group: list[int], out: str, allowed) -> tuple[str, str]:
+        """Take the activation that alone reads `out` into `group` when the rules fuse it: (act, output)."""
+        m = self.match_act(out)
+        if m and m[0] in allowed:
+            group += m[1]
+            return m[0], m[2]
+        return "none", out
+
     # ---- kernels ---------------------------------------------------------------------
     def conv(self, i):
         g, n = self.g, self.g.nodes[i]
@@ -257,12 +307,9 @@ class _Detector:
         x = g.shape(n.input[0])
         if w is None or x is None or len(x) < 3:
             raise _Unmapped
-        group, out = [i], n.output[0]
-        bn = False  # bn=True only with a BatchNormalization node (torch exports fold BN into the bias)
-        j = self.free_consumer(out, "BatchNormalization") if self.rules.conv_bn else None
-        if j is not None:
-            group.append(j)
-            out, bn = g.nodes[j].output[0], True
+        group = [i]
+        # bn=True only with a BatchNormalization node (torch exports fold BN into the bias)
+        out, bn = self.fuse_bn(group, n.output[0])
         kind = "conv"
         j = self.free_consumer(out, "Add") if self.rules.conv_add else None
         if j is not None:
@@ -274,18 +321,151 @@ class _Detector:
                     (g.nodes[j].input[0] == out or not rival_conv):
                 group.append(j)
                 out, kind = g.nodes[j].output[0], "conv_add"
-        act = "none"
-        m = self.match_act(out)
-        if m and m[0] in self.rules.conv_acts:
-            act = m[0]
-            group += m[1]
-            out = m[2]
+        act, out = self.fuse_act(group, out, self.rules.conv_acts)
         groups = int(g.attr(n, "group", 1))
-        ks = g.attr(n, "kernel_shape") or list(w[2:])
+        ks = list(g.attr(n, "kernel_shape") or list(w[2:]))
         strides = g.attr(n, "strides") or [1]
+        dil = g.attr(n, "dilations") or [1]
+        kh, kw = int(ks[0]), int(ks[1]) if len(ks) > 1 else 1
         self.emit(kind, group, out, cin=int(w[1]) * groups, cout=int(w[0]), h=int(x[2]),
-                  w=int(x[3]) if len(x) > 3 else 1, kernel=int(max(ks)), stride=int(strides[0]),
-                  groups=groups, bn=bn, act=act)
+                  w=int(x[3]) if len(x) > 3 else 1, kernel=kh, stride=int(max(strides)),
+                  groups=groups, bn=bn, act=act, kernel_w=kw, dilation=int(max(dil)))
+
+    def conv_transpose(self, i):
+        g, n = self.g, self.g.nodes[i]
+        w, x, y = g.shape(n.input[1]), g.shape(n.input[0]), g.shape(n.output[0])
+        if w is None or x is None or y is None or len(x) != 4:
+            raise _Unmapped
+        groups = int(g.attr(n, "group", 1))
+        ks = list(g.attr(n, "kernel_shape") or list(w[2:]))
+        stride = max(1, int(round(y[2] / x[2])))
+        group = [i]
+        out, bn = self.fuse_bn(group, n.output[0])
+        act, out = self.fuse_act(group, out, self.rules.conv_acts)
+        self.emit("conv_transpose", group, out, cin=int(w[0]), cout=int(w[1]) * groups, h=int(x[2]), w=int(x[3]),
+                  kernel=int(max(ks)), stride=stride, groups=groups, bn=bn, act=act)
+
+    def pad(self, i):
+        g, n = self.g, self.g.nodes[i]
+        x = g.shape(n.input[0])
+        mode = g.attr(n, "mode", "constant")
+        mode = mode.decode() if isinstance(mode, bytes) else mode
+        pads = g.attr(n, "pads")
+        if pads is None and len(n.input) > 1 and n.input[1]:
+            v = g.value(n.input[1])
+            pads = None if v is None else [int(p) for p in v.reshape(-1)]
+        y = g.shape(n.output[0])
+        if pads is None and x is not None and y is not None and len(x) == 4 and len(y) == 4:
+            # pads computed at run time (torch's F.pad writes a Shape/Slice/Cast chain): the shapes tell
+            ph, pw = (int(y[2]) - int(x[2])) // 2, (int(y[3]) - int(x[3])) // 2
+            pads = [0, 0, ph, pw, 0, 0, int(y[2]) - int(x[2]) - ph, int(y[3]) - int(x[3]) - pw]
+        if x is None or pads is None or len(x) != 4 or len(pads) != 8:
+            raise _Unmapped
+        value = self.scalar(n.input[2]) if len(n.input) > 2 and n.input[2] else 0.0
+        nxt = g.single_consumer(n.output[0])
+        if mode == "constant" and not value and pads[:2] == [0, 0] and pads[4:6] == [0, 0] and min(pads) >= 0 and \
+                nxt is not None and g.nodes[nxt].op_type in ("Conv", "MaxPool", "AveragePool"):
+            return self.fold(i)  # onnxruntime's PadFusion: the padding becomes the conv's own
+        self.emit("pad", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]), pad=max(1, max(pads)),
+                  mode=mode if mode in ("constant", "reflect", "edge") else "constant")
+
+    def reduce(self, i):
+        """ReduceL2/Sum/Max/Mean that is neither a LayerNorm's nor a global pool: a `reduce`."""
+        g, n = self.g, self.g.nodes[i]
+        x = g.shape(n.input[0])
+        if x is None or len(x) < 2:
+            raise _Unmapped
+        axes = g.attr(n, "axes")
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            v = g.value(n.input[1])
+            axes = None if v is None else [int(a) for a in v.reshape(-1)]
+        r = len(x)
+        axes = sorted(a % r for a in axes) if axes is not None else list(range(r))
+        op = {"ReduceL2": "l2", "ReduceSum": "sum", "ReduceMax": "max", "ReduceMean": "mean"}[n.op_type]
+        c, h, w = chw(x, self.batch)
+        if axes == [1]:
+            axis = "c"
+        elif r == 4 and axes == [2, 3]:
+            axis = "hw"
+        elif axes == [r - 1]:
+            axis = "last"
+        else:
+            raise _Unmapped
+        self.emit("reduce", [i], n.output[0], op=op, c=c, h=h, w=w, axis=axis)
+
+    def instance_norm(self, i):
+        """InstanceNormalization, or torch's GroupNorm around it: Reshape [b, groups, -1],
+        InstanceNormalization, Reshape back, Mul and Add by per-channel constants."""
+        g, n = self.g, self.g.nodes[i]
+        group, src, out = [i], n.input[0], n.output[0]
+        p = g.producer.get(src)
+        if p is not None and p not in self.used and g.nodes[p].op_type == "Reshape" and \
+                g.single_consumer(g.nodes[p].output[0]) == i:
+            x = g.shape(g.nodes[p].input[0])
+            mid = g.shape(src)
+            j = self.free_consumer(out, "Reshape")
+            if x is None or mid is None or len(x) != 4 or j is None or g.shape(g.nodes[j].output[0]) != x:
+                self.view(p)  # not a GroupNorm after all: the Reshape it skipped is a view of its own
+                return self.instance_norm(i)
+            group = [p, i, j]
+            out = g.nodes[j].output[0]
+            for op in ("Mul", "Add"):
+                k = self.free_consumer(out, op)
+                if k is not None and any(g.is_const(t) for t in g.nodes[k].input if t != out):
+                    group.append(k)
+                    out = g.nodes[k].output[0]
+            return self.emit("groupnorm", group, out, c=int(x[1]), h=int(x[2]), w=int(x[3]), groups=int(mid[1]))
+        x = g.shape(src)
+        if x is None or len(x) < 3:
+            raise _Unmapped
+        c, h, w = chw(x, self.batch)
+        self.emit("groupnorm", group, out, c=c, h=h, w=w, groups=c)
+
+    def einsum(self, i):
+        """A two-input Einsum that is a batched matrix product: [batch dims] x m x k . n x k."""
+        g, n = self.g, self.g.nodes[i]
+        eq = g.attr(n, "equation")
+        eq = (eq.decode() if isinstance(eq, bytes) else str(eq or "")).replace(" ", "")
+        if len(n.input) != 2 or "->" not in eq or "." in eq:
+            raise _Unmapped
+        lhs, out = eq.split("->")
+        a, b = lhs.split(",")
+        sa, sb = g.shape(n.input[0]), g.shape(n.input[1])
+        if sa is None or sb is None or len(sa) != len(a) or len(sb) != len(b):
+            raise _Unmapped
+        size = {**dict(zip(a, sa)), **dict(zip(b, sb))}
+        batch_dims = [d for d in out if d in a and d in b]
+        m_dims = [d for d in out if d in a and d not in b]
+        n_dims = [d for d in out if d in b and d not in a]
+        k_dims = [d for d in a if d in b and d not in out]
+
+        def prod(dims):
+            return int(np.prod([size[d] for d in dims])) if dims else 1
+        lead = prod(batch_dims)
+        heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
+        self.emit("einsum", [i], n.output[0], heads=max(1, heads), m=prod(m_dims), k=prod(k_dims), n=prod(n_dims))
+
+    def channel_split(self, i) -> bool:
+        """Split or Slice of the channels of a 4-D tensor: a `split` or a `slice` kernel."""
+        g, n = self.g, self.g.nodes[i]
+        x = g.shape(n.input[0])
+        if x is None or len(x) != 4:
+            return False
+        axis = g.attr(n, "axis", 0)
+        if n.op_type == "Split":
+            outs = [t for t in n.output if t]
+            if axis % 4 != 1 or len(outs) < 1:
+                return False
+            self.emit("split", [i], outs[0], c=int(x[1]), h=int(x[2]), w=int(x[3]), parts=len(outs))
+            return True
+        y = g.shape(n.output[0])
+        axes = g.value(n.input[3]) if len(n.input) > 3 and n.input[3] and g.is_const(n.input[3]) else None
+        if y is None or (axes is not None and sorted(int(a) % 4 for a in axes.reshape(-1)) != [1]):
+            return False
+        if list(y[2:]) != list(x[2:]) or y[1] >= x[1]:
+            return False
+        self.emit("slice", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]), cout=int(y[1]))
+        return True
 
     def linear(self, i):
         g, n = self.g, self.g.nodes[i]
@@ -310,11 +490,7 @@ class _Detector:
                 if len(other) == 1 and g.is_const(other[0]) and _numel(g.shape(other[0])) == cout:
                     group.append(j)
                     out, bias = g.nodes[j].output[0], True
-        act = "none"
-        m = self.match_act(out)
-        if m and m[0] in self.rules.linear_acts:
-            act, out = m[0], m[2]
-            group += m[1]
+        act, out = self.fuse_act(group, out, self.rules.linear_acts)
         self.emit("linear", group, out, tokens=tokens, cin=int(cin), cout=int(cout), act=act, bias=bias)
 
     def matmul(self, i):
@@ -373,6 +549,8 @@ class _Detector:
             return
         if 0 in axes:
             raise _Unmapped
+        if axes == [1] or axes == [len(x) - 1]:
+            return self.reduce(i)
         red = int(np.prod([x[a] for a in axes]))
         self.emit("global_pool", [i], n.output[0], op="avg", c=max(1, _numel(x) // self.batch // red), h=red, w=1)
 
@@ -506,14 +684,32 @@ class _Detector:
     def one(self, i):
         g, n = self.g, self.g.nodes[i]
         op = n.op_type
-        if op in ("Sigmoid", "HardSigmoid", "Div", "Mul", "Add", "Erf"):
-            # the first node of a multi-node activation (silu, hardswish, gelu)?
+        if op in ("Sigmoid", "HardSigmoid", "Div", "Mul", "Add", "Erf", "Softplus"):
+            # the first node of a multi-node activation (silu, hardswish, gelu, mish)?
             for t in n.input:
                 if t and not g.is_const(t):
                     m = self.match_act(t)
+                    if not (m and len(m[1]) > 1 and i in m[1]) and op in ("Div", "Mul"):
+                        m = self.shared_input_gelu(t)
                     if m and len(m[1]) > 1 and i in m[1]:
                         c, h, w = chw(g.shape(t), self.batch)
                         return self.emit("activation", m[1], m[2], act=m[0], c=c, h=h, w=w)
+        if op == "ConvTranspose":
+            return self.conv_transpose(i)
+        if op == "Pad":
+            return self.pad(i)
+        if op in ("ReduceL2", "ReduceSum", "ReduceMax"):
+            return self.reduce(i)
+        if op == "InstanceNormalization":
+            return self.instance_norm(i)
+        if op == "GroupNormalization":
+            x = g.shape(n.input[0])
+            c, h, w = chw(x, self.batch)
+            return self.emit("groupnorm", [i], n.output[0], c=c, h=h, w=w, groups=int(g.attr(n, "num_groups", 1)))
+        if op == "Einsum":
+            return self.einsum(i)
+        if op in ("Split", "Slice") and self.channel_split(i):
+            return
         if op in ("Conv",):
             return self.conv(i)
         if op == "Gemm" or (op == "MatMul" and g.is_const(n.input[1]) and not g.is_const(n.input[0])):
@@ -544,6 +740,9 @@ class _Detector:
         if op in ("Reshape", "Flatten", "Squeeze", "Unsqueeze"):
             if op == "Reshape" and self.channel_shuffle(i):
                 return
+            nxt = g.single_consumer(n.output[0])
+            if op == "Reshape" and nxt is not None and g.nodes[nxt].op_type == "InstanceNormalization":
+                return  # the start of torch's GroupNorm: the InstanceNormalization's group takes it
             return self.view(i)
         if op in LAYOUT_OPS and n.input and not g.is_const(n.input[0]):
             # Split/Slice/Gather (q/k/v separation, ShuffleNet's channel split, class-token pick), Expand,
@@ -569,7 +768,7 @@ class _Detector:
             rest = sum(_numel(g.shape(t)) for t in ins[1:]) // self.batch // hw
             if first < 1 or rest < 1:
                 raise _Unmapped
-            return self.emit("concat", [i], n.output[0], c1=first, c2=rest, h=h, w=w)
+            return self.emit("concat", [i], n.output[0], c1=first, c2=rest, h=h, w=w, n=len(ins))
         if op in ("Resize", "Upsample"):
             x, y = g.shape(n.input[0]), g.shape(n.output[0])
             if x is None or y is None or len(x) != 4:
@@ -578,16 +777,15 @@ class _Detector:
             return self.emit("resize", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]),
                              scale=max(1, int(round(y[2] / x[2]))), mode="nearest" if mode == "nearest" else "linear")
         m = None
-        if op in ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu"):
+        if op in ("Clip", "PRelu", *SIMPLE_ACTS):
             # a stand-alone activation: reuse the matcher from the producer's tensor
             m = self.match_act(n.input[0])
             if m and i in m[1]:
                 c, h, w = chw(g.shape(n.input[0]), self.batch)
                 return self.emit("activation", m[1], m[2], act=m[0], c=c, h=h, w=w)
-            if op in ("Relu", "HardSwish", "HardSigmoid", "Sigmoid", "Gelu"):
+            if op in SIMPLE_ACTS or op in ("Clip", "PRelu"):
                 c, h, w = chw(g.shape(n.input[0]), self.batch)
-                act = {"Relu": "relu", "HardSwish": "hardswish", "HardSigmoid": "hardsigmoid",
-                       "Sigmoid": "sigmoid", "Gelu": "gelu"}[op]
+                act = SIMPLE_ACTS.get(op) or ("prelu" if op == "PRelu" else "relu6")
                 return self.emit("activation", [i], n.output[0], act=act, c=c, h=h, w=w)
         raise _Unmapped
 
@@ -652,7 +850,7 @@ def _strip(name: str) -> str:
     return name[:-6] if name.endswith("_nchwc") else name
 
 
-_ORT_ACTS = {"Relu": "relu", "Clip": "relu6", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
+_ORT_ACTS = {"Relu": "relu", "Clip": "relu6", "LeakyRelu": "leakyrelu", "Tanh": "tanh", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
              "Sigmoid": "sigmoid", "": "none"}
 
 

@@ -36,8 +36,14 @@ KERNEL_KINDS = tuple(k for k, s in KINDS.items() if s.category == "kernel")
 GROUPS = ("conv1x1", "convkxk", "dwconv", "linear", "attention", "norm", "memory", "pool", "unknown")
 
 
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+def conv_out(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    return (size + 2 * dilation * (kernel // 2) - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _conv_out_hw(p) -> tuple[int, int]:
+    """Output (h, w) of a conv spec: "same" padding per axis, dilated (older specs: square, 1)."""
+    kw, d = p.get("kernel_w", p["kernel"]), p.get("dilation", 1)
+    return conv_out(p["h"], p["kernel"], p["stride"], d), conv_out(p["w"], kw, p["stride"], d)
 
 
 def spec_group(spec: KernelSpec) -> str:
@@ -45,12 +51,14 @@ def spec_group(spec: KernelSpec) -> str:
     if k in ("conv", "conv_add"):
         if p["groups"] > 1 and p["groups"] == p["cin"]:
             return "dwconv"
-        return "conv1x1" if p["kernel"] == 1 else "convkxk"
+        return "conv1x1" if p["kernel"] == 1 and p.get("kernel_w", 1) == 1 else "convkxk"
+    if k == "conv_transpose":
+        return "convkxk"
     if k == "linear":
         return "linear"
-    if k in ("matmul", "softmax"):
+    if k in ("matmul", "softmax", "einsum"):
         return "attention"
-    if k == "layernorm":
+    if k in ("layernorm", "groupnorm"):
         return "norm"
     if k in ("pool", "global_pool"):
         return "pool"
@@ -61,16 +69,41 @@ def spec_stats(spec: KernelSpec, batch: int = 1) -> tuple[float, float, float, f
     """(flops, params, bytes, input elements, output elements) of one kernel spec."""
     k, p = spec.kind, spec.params
     if k in ("conv", "conv_add"):
-        oh, ow = conv_out(p["h"], p["kernel"], p["stride"]), conv_out(p["w"], p["kernel"], p["stride"])
+        oh, ow = _conv_out_hw(p)
+        area = p["kernel"] * p.get("kernel_w", p["kernel"])
         out = batch * p["cout"] * oh * ow
         inp = batch * p["cin"] * p["h"] * p["w"]
-        wparams = p["cout"] * (p["cin"] // p["groups"]) * p["kernel"] ** 2
+        wparams = p["cout"] * (p["cin"] // p["groups"]) * area
         params = wparams + (p["cout"] if p["bn"] else 0)
-        flops = 2.0 * out * (p["cin"] // p["groups"]) * p["kernel"] ** 2 + (out if p["bn"] else 0)
+        flops = 2.0 * out * (p["cin"] // p["groups"]) * area + (out if p["bn"] else 0)
         if k == "conv_add":
             inp += out
             flops += out
         flops += out * _ACT_COST.get(p["act"], 0)
+    elif k == "conv_transpose":
+        inp = batch * p["cin"] * p["h"] * p["w"]
+        out = batch * p["cout"] * p["h"] * p["stride"] * p["w"] * p["stride"]
+        params = p["cin"] * (p["cout"] // p["groups"]) * p["kernel"] ** 2 + p["cout"]
+        flops = 2.0 * inp * (p["cout"] // p["groups"]) * p["kernel"] ** 2 + out * (1 + _ACT_COST.get(p["act"], 0))
+    elif k in ("split", "slice"):
+        inp = batch * p["c"] * p["h"] * p["w"]
+        out = inp if k == "split" else batch * p["cout"] * p["h"] * p["w"]
+        params, flops = 0, 0.0
+    elif k == "pad":
+        inp = batch * p["c"] * p["h"] * p["w"]
+        out = batch * p["c"] * (p["h"] + 2 * p["pad"]) * (p["w"] + 2 * p["pad"])
+        params, flops = 0, 0.0
+    elif k == "reduce":
+        inp = batch * p["c"] * p["h"] * p["w"]
+        out = inp // {"c": p["c"], "hw": p["h"] * p["w"], "last": p["w"]}[p["axis"]]
+        params, flops = 0, float(inp)
+    elif k == "groupnorm":
+        inp = out = batch * p["c"] * p["h"] * p["w"]
+        params, flops = 2 * p["c"], (8.0 if p["groups"] == p["c"] else 10.0) * out
+    elif k == "einsum":
+        inp = batch * p["heads"] * (p["m"] * p["k"] + p["n"] * p["k"])
+        out = batch * p["heads"] * p["m"] * p["n"]
+        params, flops = 0, 2.0 * out * p["k"]
     elif k == "linear":
         rows = batch * p["tokens"]
         inp, out = rows * p["cin"], rows * p["cout"]
@@ -99,7 +132,7 @@ def spec_stats(spec: KernelSpec, batch: int = 1) -> tuple[float, float, float, f
         params, flops = 0, float(out)
     elif k == "activation":
         inp = out = batch * p["c"] * p["h"] * p["w"]
-        params, flops = 0, float(out * max(1, _ACT_COST.get(p["act"], 1)))
+        params, flops = (p["c"] if p["act"] == "prelu" else 0), float(out * max(1, _ACT_COST.get(p["act"], 1)))
     elif k == "concat":
         inp = out = batch * (p["c1"] + p["c2"]) * p["h"] * p["w"]
         params, flops = 0, 0.0
@@ -117,7 +150,7 @@ def spec_stats(spec: KernelSpec, batch: int = 1) -> tuple[float, float, float, f
 
 
 _ACT_COST = {"none": 0, "relu": 1, "relu6": 2, "hardswish": 4, "hardsigmoid": 3, "sigmoid": 4, "silu": 5,
-             "gelu": 8}
+             "gelu": 8, "leakyrelu": 2, "prelu": 2, "tanh": 4, "mish": 8}
 
 
 def _log(x: float) -> float:
@@ -150,8 +183,9 @@ def _features(spec: KernelSpec, batch: int) -> list[float]:
     hw = p.get("h", 1) * p.get("w", 1) if "h" in p else p.get("tokens", p.get("m", 1))
     im2col = 0.0
     if spec.kind in ("conv", "conv_add"):
-        oh, ow = conv_out(p["h"], p["kernel"], p["stride"]), conv_out(p["w"], p["kernel"], p["stride"])
-        im2col = float((p["cin"] // p["groups"]) * p["kernel"] ** 2 * oh * ow) if p["kernel"] > 1 else 0.0
+        oh, ow = _conv_out_hw(p)
+        area = p["kernel"] * p.get("kernel_w", p["kernel"])
+        im2col = float((p["cin"] // p["groups"]) * area * oh * ow) if area > 1 else 0.0
     row += [_log(flops), _log(nbytes), _log(params), flops / nbytes if nbytes else 0.0, _log(inp), _log(out),
             _log(out_hw), depthwise, float(cin / groups) if cin else math.nan,
             _log(flops / max(out, 1.0)),

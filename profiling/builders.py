@@ -11,7 +11,11 @@ Blocks are built by chaining the kernel builders; `decompose(spec)` replays the 
 builder and returns the kernel specs it emitted, in order, so the decomposition always
 agrees with the graph. The fusion and activation conventions are those of
 `docs/design.md` (relu6 = Clip(0,6), silu = x*Sigmoid(x), gelu = Gelu at opset >= 20 or
-the Erf pattern, SE = global_pool + two 1x1 convs + broadcast Mul).
+the Erf pattern, mish = Mish at opset >= 18 or x*Tanh(Softplus(x)), leakyrelu = LeakyRelu(0.1),
+prelu = PRelu with one slope per channel, SE = global_pool + two 1x1 convs + broadcast Mul).
+Each graph is what an exporter writes (a GroupNorm is torch's Reshape, InstanceNormalization,
+Reshape, Mul, Add at opset 17); onnxruntime fuses what it fuses when the session loads it, so a
+measurement is of the kernel as the runtime runs it.
 """
 from __future__ import annotations
 
@@ -71,6 +75,7 @@ class GraphBuilder:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.fills: list[dict[str, Any]] = []
         self.kernels: list[KernelSpec] = []
+        self.side_outputs: list[tuple[str, Shape]] = []  # further graph outputs (a detection neck's levels)
         self._offset = 0
         self._n = 0
 
@@ -138,9 +143,21 @@ class GraphBuilder:
 
 
 # ---- activations ------------------------------------------------------------------
-def apply_act(gb: GraphBuilder, x: str, act: str) -> str:
+def apply_act(gb: GraphBuilder, x: str, act: str, shape: Shape | None = None) -> str:
+    """`act` applied to `x`; `shape` (of x) sizes a PRelu's slopes (one per channel, or per last axis)."""
     if act == "none":
         return x
+    if act == "leakyrelu":
+        return gb.node("LeakyRelu", [x], alpha=0.1)
+    if act == "prelu":
+        slopes = (1,) if shape is None else ((shape[1], 1, 1) if len(shape) == 4 else (shape[-1],))
+        return gb.node("PRelu", [x, gb.weight("prelu_slope", slopes, "small")])
+    if act == "tanh":
+        return gb.node("Tanh", [x])
+    if act == "mish":
+        if gb.opset >= 18:
+            return gb.node("Mish", [x])
+        return gb.node("Mul", [x, gb.node("Tanh", [gb.node("Softplus", [x])])])
     if act == "relu":
         return gb.node("Relu", [x])
     if act == "relu6":
@@ -168,30 +185,65 @@ def apply_act(gb: GraphBuilder, x: str, act: str) -> str:
     raise KernelSpecError(f"unknown activation {act!r}")
 
 
+def batch_norm(gb: GraphBuilder, x: str, c: int) -> str:
+    """An inference BatchNormalization over `c` channels (positive variances and scales)."""
+    return gb.node("BatchNormalization", [x, gb.weight("bn_scale", (c,), "positive"), gb.weight("bn_bias", (c,), "small"),
+                                          gb.weight("bn_mean", (c,), "small"), gb.weight("bn_var", (c,), "positive")],
+                   epsilon=1e-5)
+
+
 # ---- kernel builders: (gb, x, shape, **params) -> (y, shape) --------------------------
-def k_conv(gb, x, shape, *, cout, kernel, stride, groups=1, bn=True, act="relu", residual=None):
+def k_conv(gb, x, shape, *, cout, kernel, stride, groups=1, bn=True, act="relu", residual=None,
+           kernel_w=None, dilation=1):
+    """Conv of kernel x kernel_w (square by default), "same" padding, dilated by `dilation`."""
     _, cin, h, w = shape
+    kw = kernel if kernel_w is None else kernel_w
     if cin % groups or cout % groups:
         raise KernelSpecError(f"conv: cin={cin} and cout={cout} must be divisible by groups={groups}")
-    ho, wo = conv_out(h, kernel, stride), conv_out(w, kernel, stride)
-    fan_in = cin // groups * kernel * kernel
-    wt = gb.weight("conv_w", (cout, cin // groups, kernel, kernel), scale=1 / math.sqrt(fan_in))
-    p = kernel // 2
+    ph, pw = dilation * (kernel // 2), dilation * (kw // 2)
+    ho = conv_output_size(h, kernel, stride, ph, dilation)
+    wo = conv_output_size(w, kw, stride, pw, dilation)
+    if ho < 1 or wo < 1:
+        raise KernelSpecError(f"conv: a {kernel}x{kw} kernel dilated {dilation} leaves no output of {h}x{w}")
+    fan_in = cin // groups * kernel * kw
+    wt = gb.weight("conv_w", (cout, cin // groups, kernel, kw), scale=1 / math.sqrt(fan_in))
     ins = [x, wt] if bn else [x, wt, gb.weight("conv_b", (cout,), "small")]
-    y = gb.node("Conv", ins, kernel_shape=[kernel, kernel], strides=[stride, stride],
-                pads=[p, p, p, p], group=groups)
+    extra = {"dilations": [dilation, dilation]} if dilation != 1 else {}
+    y = gb.node("Conv", ins, kernel_shape=[kernel, kw], strides=[stride, stride],
+                pads=[ph, pw, ph, pw], group=groups, **extra)
     if bn:
-        y = gb.node("BatchNormalization", [y, gb.weight("bn_scale", (cout,), "positive"),
-                                           gb.weight("bn_bias", (cout,), "small"),
-                                           gb.weight("bn_mean", (cout,), "small"),
-                                           gb.weight("bn_var", (cout,), "positive")], epsilon=1e-5)
+        y = batch_norm(gb, y, cout)
     kind = "conv"
     if residual is not None:
         y = gb.node("Add", [y, residual])
         kind = "conv_add"
-    y = apply_act(gb, y, act)
-    gb.emit(kind, cin=cin, cout=cout, h=h, w=w, kernel=kernel, stride=stride, groups=groups, bn=bn, act=act)
+    y = apply_act(gb, y, act, (shape[0], cout, ho, wo))
+    gb.emit(kind, cin=cin, cout=cout, h=h, w=w, kernel=kernel, stride=stride, groups=groups, bn=bn, act=act,
+            kernel_w=kw, dilation=dilation)
     return y, (shape[0], cout, ho, wo)
+
+
+def k_conv_transpose(gb, x, shape, *, cout, kernel, stride, groups=1, bn=False, act="none"):
+    """ConvTranspose that upsamples by `stride` exactly (output h*stride), as decoders use it
+    (kernel 2 stride 2; kernel 4 stride 2 pad 1; kernel 3 stride 2 pad 1 output_padding 1)."""
+    b, cin, h, w = shape
+    if kernel < stride:
+        raise KernelSpecError(f"conv_transpose: kernel={kernel} must be at least stride={stride}")
+    if cin % groups or cout % groups:
+        raise KernelSpecError(f"conv_transpose: cin={cin} and cout={cout} must be divisible by groups={groups}")
+    p = (kernel - stride + 1) // 2
+    out_pad = 2 * p - (kernel - stride)
+    wt = gb.weight("deconv_w", (cin, cout // groups, kernel, kernel), scale=1 / math.sqrt(cin // groups * kernel * kernel))
+    ins = [x, wt] if bn else [x, wt, gb.weight("deconv_b", (cout,), "small")]
+    extra = {"output_padding": [out_pad, out_pad]} if out_pad else {}
+    y = gb.node("ConvTranspose", ins, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                pads=[p, p, p, p], group=groups, **extra)
+    if bn:
+        y = batch_norm(gb, y, cout)
+    out_shape = (b, cout, h * stride, w * stride)
+    y = apply_act(gb, y, act, out_shape)
+    gb.emit("conv_transpose", cin=cin, cout=cout, h=h, w=w, kernel=kernel, stride=stride, groups=groups, bn=bn, act=act)
+    return y, out_shape
 
 
 def k_linear(gb, x, shape, *, cout, act="none", bias=True):
@@ -206,7 +258,7 @@ def k_linear(gb, x, shape, *, cout, act="none", bias=True):
         y = gb.node("MatMul", [x, wt])
         if bias:
             y = gb.node("Add", [y, gb.weight("fc_b", (cout,), "small")])
-    y = apply_act(gb, y, act)
+    y = apply_act(gb, y, act, tuple(shape[:-1]) + (cout,))
     gb.emit("linear", tokens=tokens, cin=cin, cout=cout, act=act, bias=bias)
     return y, tuple(shape[:-1]) + (cout,)
 
@@ -284,15 +336,101 @@ def k_elementwise(gb, x, shape, y, *, op="add", broadcast=False):
 
 def k_activation(gb, x, shape, *, act):
     c, h, w = _chw(shape)
-    y = apply_act(gb, x, act)
+    y = apply_act(gb, x, act, shape)
     gb.emit("activation", act=act, c=c, h=h, w=w)
     return y, shape
 
 
 def k_concat(gb, x, shape, y, y_shape):
-    out = gb.node("Concat", [x, y], axis=1)
-    gb.emit("concat", c1=shape[1], c2=y_shape[1], h=shape[2], w=shape[3])
-    return out, (shape[0], shape[1] + y_shape[1]) + tuple(shape[2:])
+    return k_concat_many(gb, [x, y], [shape, y_shape])
+
+
+def k_concat_many(gb, xs, shapes):
+    """Concat on channels of two or more [b, c_i, h, w] tensors."""
+    out = gb.node("Concat", list(xs), axis=1)
+    rest = sum(s[1] for s in shapes[1:])
+    shape = shapes[0]
+    gb.emit("concat", c1=shape[1], c2=rest, h=shape[2], w=shape[3], n=len(xs))
+    return out, (shape[0], shape[1] + rest) + tuple(shape[2:])
+
+
+def k_split(gb, x, shape, *, parts):
+    """Split into `parts` equal channel groups; returns the list of (tensor, shape)."""
+    b, c, h, w = shape
+    if c % parts:
+        raise KernelSpecError(f"split: c={c} must be divisible by parts={parts}")
+    outs = gb.node("Split", [x, gb.const("split", [c // parts] * parts)], n_out=parts, axis=1)
+    outs = [outs] if parts == 1 else outs
+    gb.emit("split", c=c, h=h, w=w, parts=parts)
+    return [(o, (b, c // parts, h, w)) for o in outs]
+
+
+def k_slice(gb, x, shape, *, cout):
+    b, c, h, w = shape
+    if cout > c:
+        raise KernelSpecError(f"slice: cout={cout} is more than the c={c} channels")
+    y = gb.node("Slice", [x, gb.const("starts", [0]), gb.const("ends", [cout]), gb.const("axes", [1])])
+    gb.emit("slice", c=c, h=h, w=w, cout=cout)
+    return y, (b, cout, h, w)
+
+
+def k_pad(gb, x, shape, *, pad, mode="constant"):
+    b, c, h, w = shape
+    if mode == "reflect" and pad >= min(h, w):
+        raise KernelSpecError(f"pad: reflect padding {pad} needs h and w above it (got {h}x{w})")
+    pads = gb.const("pads", [0, 0, pad, pad, 0, 0, pad, pad])
+    ins = [x, pads] + ([gb.const("pad_value", 0.0, np.float32)] if mode == "constant" else [])
+    y = gb.node("Pad", ins, mode=mode)
+    gb.emit("pad", c=c, h=h, w=w, pad=pad, mode=mode)
+    return y, (b, c, h + 2 * pad, w + 2 * pad)
+
+
+_REDUCE_OPS = {"l2": "ReduceL2", "mean": "ReduceMean", "sum": "ReduceSum", "max": "ReduceMax"}
+
+
+def k_reduce(gb, x, shape, *, op, axis="c"):
+    """A Reduce* over the channels, the spatial axes or the last axis, keeping dims."""
+    b, c, h, w = shape
+    axes = {"c": [1], "hw": [2, 3], "last": [3]}[axis]
+    onnx_op = _REDUCE_OPS[op]
+    if onnx_op == "ReduceSum" or gb.opset >= 18:  # axes became an input (ReduceSum at opset 13)
+        y = gb.node(onnx_op, [x, gb.const("axes", axes)], keepdims=1)
+    else:
+        y = gb.node(onnx_op, [x], axes=axes, keepdims=1)
+    gb.emit("reduce", op=op, c=c, h=h, w=w, axis=axis)
+    out = list(shape)
+    for a in axes:
+        out[a] = 1
+    return y, tuple(out)
+
+
+def k_groupnorm(gb, x, shape, *, groups):
+    """GroupNorm as torch exports it at opset 17 (InstanceNormalization over [b, groups, -1], then
+    the per-channel affine); groups == c is a plain InstanceNormalization."""
+    b, c, h, w = shape
+    if c % groups:
+        raise KernelSpecError(f"groupnorm: c={c} must be divisible by groups={groups}")
+    if groups == c:
+        y = gb.node("InstanceNormalization", [x, gb.weight("in_scale", (c,), "positive"),
+                                              gb.weight("in_bias", (c,), "small")], epsilon=1e-5)
+    else:
+        y = gb.node("Reshape", [x, gb.const("shape", [b, groups, -1])])
+        y = gb.node("InstanceNormalization", [y, gb.weight("gn_ones", (groups,), "positive"),
+                                              gb.weight("gn_zeros", (groups,), "small")], epsilon=1e-5)
+        y = gb.node("Reshape", [y, gb.const("shape", [b, c, h, w])])
+        y = gb.node("Mul", [y, gb.weight("gn_scale", (c, 1, 1), "positive")])
+        y = gb.node("Add", [y, gb.weight("gn_bias", (c, 1, 1), "small")])
+    gb.emit("groupnorm", c=c, h=h, w=w, groups=groups)
+    return y, shape
+
+
+def k_einsum(gb, a, a_shape, b, b_shape):
+    """Einsum bhmk,bhnk->bhmn (attention scores written as an einsum)."""
+    _, heads, m, k = a_shape
+    n = b_shape[2]
+    y = gb.node("Einsum", [a, b], equation="bhmk,bhnk->bhmn")
+    gb.emit("einsum", heads=heads, m=m, k=k, n=n)
+    return y, (a_shape[0], heads, m, n)
 
 
 def k_reshape(gb, x, shape, new_shape: Shape):
@@ -405,8 +543,10 @@ def b_transformer(gb, x, shape, *, heads, mlp_ratio=4.0):
 def _input_shapes(spec: KernelSpec, batch: int) -> list[Shape]:
     p = spec.params
     k = spec.kind
-    if k in ("conv", "conv_add", "mbconv", "resnet_basic", "resnet_bottleneck"):
+    if k in ("conv", "conv_add", "conv_transpose", "mbconv", "resnet_basic", "resnet_bottleneck"):
         return [(batch, p["cin"], p["h"], p["w"])]
+    if k == "einsum":
+        return [(batch, p["heads"], p["m"], p["k"]), (batch, p["heads"], p["n"], p["k"])]
     if k == "linear":
         return [(batch, p["cin"])] if p["tokens"] == 1 else [(batch, p["tokens"], p["cin"])]
     if k == "matmul":
@@ -419,7 +559,9 @@ def _input_shapes(spec: KernelSpec, batch: int) -> list[Shape]:
         second = (batch, p["c"], 1, 1) if p["broadcast"] else (batch, p["c"], p["h"], p["w"])
         return [(batch, p["c"], p["h"], p["w"]), second]
     if k == "concat":
-        return [(batch, p["c1"], p["h"], p["w"]), (batch, p["c2"], p["h"], p["w"])]
+        rest = [p["c2"] // (p["n"] - 1)] * (p["n"] - 1)
+        rest[-1] += p["c2"] - sum(rest)
+        return [(batch, p["c1"], p["h"], p["w"])] + [(batch, c, p["h"], p["w"]) for c in rest]
     return [(batch, p["c"], p["h"], p["w"])]
 
 
@@ -428,8 +570,14 @@ def _check(spec: KernelSpec) -> None:
     for name, value in p.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name != "groups":
             raise KernelSpecError(f"{spec.kind}: {name} must be positive, got {value}")
-    if "kernel" in p and p["kernel"] % 2 == 0 and spec.kind != "pool":  # pools pad (kernel-1)//2
-        raise KernelSpecError(f"{spec.kind}: kernel must be odd (same padding), got {p['kernel']}")
+    if spec.kind not in ("pool", "conv_transpose"):  # pools pad (kernel-1)//2; a transpose conv upsamples
+        for name in ("kernel", "kernel_w"):
+            if name in p and p[name] % 2 == 0:
+                raise KernelSpecError(f"{spec.kind}: {name} must be odd (same padding), got {p[name]}")
+    if spec.kind == "concat" and p["n"] < 2:
+        raise KernelSpecError(f"concat: n must be at least 2, got {p['n']}")
+    if spec.kind == "concat" and p["c2"] < p["n"] - 1:
+        raise KernelSpecError(f"concat: c2={p['c2']} cannot be split over {p['n'] - 1} inputs")
     if p.get("groups", 1) < 1:
         raise KernelSpecError(f"{spec.kind}: groups must be >= 1")
 
@@ -439,14 +587,32 @@ def _emit_spec(gb: GraphBuilder, spec: KernelSpec, xs: list[str], shapes: list[S
     x, shape = xs[0], shapes[0]
     if k == "conv":
         return k_conv(gb, x, shape, cout=p["cout"], kernel=p["kernel"], stride=p["stride"],
-                      groups=p["groups"], bn=p["bn"], act=p["act"])
+                      groups=p["groups"], bn=p["bn"], act=p["act"], kernel_w=p["kernel_w"], dilation=p["dilation"])
     if k == "conv_add":
         # The residual has the conv's output shape: a second graph input.
-        out_shape = (shape[0], p["cout"], conv_out(p["h"], p["kernel"], p["stride"]),
-                     conv_out(p["w"], p["kernel"], p["stride"]))
+        d = p["dilation"]
+        out_shape = (shape[0], p["cout"],
+                     conv_output_size(p["h"], p["kernel"], p["stride"], d * (p["kernel"] // 2), d),
+                     conv_output_size(p["w"], p["kernel_w"], p["stride"], d * (p["kernel_w"] // 2), d))
         res = gb.input("residual", out_shape)
         return k_conv(gb, x, shape, cout=p["cout"], kernel=p["kernel"], stride=p["stride"],
-                      groups=p["groups"], bn=p["bn"], act=p["act"], residual=res)
+                      groups=p["groups"], bn=p["bn"], act=p["act"], residual=res, kernel_w=p["kernel_w"],
+                      dilation=p["dilation"])
+    if k == "conv_transpose":
+        return k_conv_transpose(gb, x, shape, cout=p["cout"], kernel=p["kernel"], stride=p["stride"],
+                                groups=p["groups"], bn=p["bn"], act=p["act"])
+    if k == "split":
+        return k_split(gb, x, shape, parts=p["parts"])[0]
+    if k == "slice":
+        return k_slice(gb, x, shape, cout=p["cout"])
+    if k == "pad":
+        return k_pad(gb, x, shape, pad=p["pad"], mode=p["mode"])
+    if k == "reduce":
+        return k_reduce(gb, x, shape, op=p["op"], axis=p["axis"])
+    if k == "groupnorm":
+        return k_groupnorm(gb, x, shape, groups=p["groups"])
+    if k == "einsum":
+        return k_einsum(gb, x, shape, xs[1], shapes[1])
     if k == "linear":
         return k_linear(gb, x, shape, cout=p["cout"], act=p["act"], bias=p["bias"])
     if k == "matmul":
@@ -464,7 +630,7 @@ def _emit_spec(gb: GraphBuilder, spec: KernelSpec, xs: list[str], shapes: list[S
     if k == "activation":
         return k_activation(gb, x, shape, act=p["act"])
     if k == "concat":
-        return k_concat(gb, x, shape, xs[1], shapes[1])
+        return k_concat_many(gb, xs, shapes)
     if k == "reshape":
         return k_reshape(gb, x, shape, (shape[0], p["c"], p["h"] * p["w"]))
     if k == "transpose":
@@ -494,7 +660,7 @@ def _build(spec: KernelSpec, batch: int, opset: int) -> tuple[GraphBuilder, list
     _check(spec)
     gb = GraphBuilder(opset)
     shapes = _input_shapes(spec, batch)
-    names = ["x", "y"][: len(shapes)]
+    names = (["x", "y"] + [f"in{i}" for i in range(2, len(shapes))])[: len(shapes)]
     xs = [gb.input(n, s) for n, s in zip(names, shapes)]
     y, y_shape = _emit_spec(gb, spec, xs, shapes)
     return gb, [(y, y_shape)]

@@ -14,7 +14,13 @@ Protocol: one JSON object per line in each direction.
   -> {"op": "measure", "id": ..., "model": "<base64 ONNX>", "fills": [...],
       "inputs": [{"name": "x", "shape": [1, 3, 224, 224]}], "session": {...}, "stop": {...}}
   <- {"ok": true, "id": ..., "stats": {"median_ms": ..., ...}, "providers": [...]}
+  -> {"op": "forget", "keys": [...]}           (drop sessions kept under these `cache_key`s)
+  <- {"ok": true, "forgot": n, "kept": m}     (m: sessions the runner still keeps)
   -> {"op": "bye"}
+
+A job with a `cache_key` keeps its session (and inputs) for the next job with the same key:
+interleaved measurement (`profiling.measure.measure_interleaved`) times each model of a batch
+for a short slice, pass after pass, and sends only the key after the first pass.
 """
 import base64
 import json
@@ -383,6 +389,13 @@ class Runner(object):
             feeds[inp["name"]] = rs.uniform(-1.0, 1.0, size=tuple(inp["shape"])).astype(np.float32)
         return feeds
 
+    def forget(self, keys):
+        n = 0
+        for k in keys or []:
+            if self.cache.pop(k, None) is not None:
+                n += 1
+        return n
+
     def measure(self, job):
         key = job.get("cache_key")
         if key and key in self.cache:
@@ -439,6 +452,9 @@ def serve(stdin, stdout):
                     send(runner.measure(msg))
                 except Exception as e:  # report and keep serving
                     send({"ok": False, "id": msg.get("id"), "error": "%s: %s" % (type(e).__name__, e)})
+            elif op == "forget":
+                forgot = runner.forget(msg.get("keys")) if runner is not None else 0
+                send({"ok": True, "forgot": forgot, "kept": len(runner.cache) if runner is not None else 0})
             elif op == "bye":
                 send({"ok": True, "bye": True})
                 break

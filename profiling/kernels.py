@@ -8,7 +8,13 @@ any ONNX graph; search spaces describe candidates as lists of specs, which is th
 predictor's batch path that needs no ONNX export.
 
 Tensors are NCHW (or [batch, tokens, dim] for token kinds); the batch size is a property
-of the target, not of the spec. Convolutions pad "same" (kernel // 2).
+of the target, not of the spec. Convolutions pad "same" (kernel // 2, per axis; a dilated
+kernel pads dilation * (kernel // 2)).
+
+Parameters added after tables were shipped (`KindSchema.late`: a conv's `kernel_w` and
+`dilation`, a concat's `n`) are left out of `KernelSpec.key()` while they hold their default,
+so the rows of an older table keep their ids, and an older table without their columns reads
+back with the defaults.
 """
 from __future__ import annotations
 
@@ -17,7 +23,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "gelu", "sigmoid", "hardsigmoid")
+ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "gelu", "sigmoid", "hardsigmoid",
+               "leakyrelu", "prelu", "mish", "tanh")
 
 
 class KernelSpecError(ValueError):
@@ -30,21 +37,41 @@ class KindSchema:
     category: str  # "kernel" or "block"
     params: Mapping[str, type]
     description: str
-    # Defaults for optional parameters; everything else is required.
+    # Defaults for optional parameters; everything else is required. A callable default is
+    # computed from the other parameters (a conv's kernel_w defaults to its kernel).
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # Parameters added after tables were shipped: omitted from the key at their default.
+    late: tuple[str, ...] = ()
 
 
-def _schema(name, category, description, defaults=None, **params) -> KindSchema:
-    return KindSchema(name, category, params, description, defaults or {})
+def _schema(name, category, description, defaults=None, late=(), **params) -> KindSchema:
+    return KindSchema(name, category, params, description, defaults or {}, tuple(late))
+
+
+def _same_as_kernel(p: Mapping[str, Any]) -> Any:
+    return p["kernel"]
+
+
+PAD_MODES = ("constant", "reflect", "edge")
+REDUCE_OPS = ("l2", "mean", "sum", "max")
+REDUCE_AXES = ("c", "hw", "last")
 
 
 KINDS: dict[str, KindSchema] = {s.name: s for s in (
     # ---- kernels: what the runtime executes as one unit ------------------------------
-    _schema("conv", "kernel", "Conv [+BatchNorm] [+activation]; groups=cin=cout is depthwise",
-            {"groups": 1, "bn": True, "act": "relu"},
-            cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str),
+    _schema("conv", "kernel", "Conv [+BatchNorm] [+activation]; groups=cin=cout is depthwise; a kernel of "
+            "kernel x kernel_w (1x7, 7x1 ...), dilated by `dilation`",
+            {"groups": 1, "bn": True, "act": "relu", "kernel_w": _same_as_kernel, "dilation": 1},
+            ("kernel_w", "dilation"),
+            cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str,
+            kernel_w=int, dilation=int),
     _schema("conv_add", "kernel", "Conv [+BatchNorm] + residual Add [+activation]",
-            {"groups": 1, "bn": True, "act": "relu"},
+            {"groups": 1, "bn": True, "act": "relu", "kernel_w": _same_as_kernel, "dilation": 1},
+            ("kernel_w", "dilation"),
+            cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str,
+            kernel_w=int, dilation=int),
+    _schema("conv_transpose", "kernel", "ConvTranspose (upsampling by `stride`, output h*stride) [+BatchNorm] "
+            "[+activation]", {"groups": 1, "bn": False, "act": "none"},
             cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str),
     _schema("linear", "kernel", "Gemm/MatMul with a weight [+bias] [+activation] over `tokens` rows",
             {"act": "none", "bias": True},
@@ -62,7 +89,20 @@ KINDS: dict[str, KindSchema] = {s.name: s for s in (
             "Add or Mul (op=add|mul) of [1,c,h,w] with a same-shape or, if broadcast, a [1,c,1,1] tensor",
             {"op": "add", "broadcast": False}, op=str, c=int, h=int, w=int, broadcast=bool),
     _schema("activation", "kernel", "A stand-alone activation on [1,c,h,w]", {}, act=str, c=int, h=int, w=int),
-    _schema("concat", "kernel", "Concat of [1,c1,h,w] and [1,c2,h,w] on channels", {}, c1=int, c2=int, h=int, w=int),
+    _schema("concat", "kernel", "Concat on channels of [1,c1,h,w] and n-1 tensors of c2 channels in all",
+            {"n": 2}, ("n",), c1=int, c2=int, h=int, w=int, n=int),
+    _schema("split", "kernel", "Split of [1,c,h,w] into `parts` equal parts on channels", {},
+            c=int, h=int, w=int, parts=int),
+    _schema("slice", "kernel", "Slice of `cout` channels out of [1,c,h,w]", {}, c=int, h=int, w=int, cout=int),
+    _schema("pad", "kernel", "Pad of [1,c,h,w] by `pad` on each side of h and w (mode=constant|reflect|edge)",
+            {"mode": "constant"}, c=int, h=int, w=int, pad=int, mode=str),
+    _schema("reduce", "kernel", "ReduceL2/Mean/Sum/Max (op=l2|mean|sum|max) of [1,c,h,w] over the channels "
+            "(axis=c), the spatial axes (hw) or the last axis (last), keeping dims", {"axis": "c"},
+            op=str, c=int, h=int, w=int, axis=str),
+    _schema("groupnorm", "kernel", "GroupNorm of [1,c,h,w] in `groups` groups (groups=c is InstanceNorm), "
+            "with its per-channel scale and shift", {}, c=int, h=int, w=int, groups=int),
+    _schema("einsum", "kernel", "Einsum of two activations, [1,heads,m,k] x [1,heads,n,k] -> [1,heads,m,n]",
+            {}, heads=int, m=int, k=int, n=int),
     _schema("reshape", "kernel", "Reshape [1,c,h,w] to [1,c,h*w] (layout-preserving)", {}, c=int, h=int, w=int),
     _schema("transpose", "kernel", "Transpose [1,c,h,w] to [1,h,w,c]", {}, c=int, h=int, w=int),
     _schema("channel_shuffle", "kernel", "Reshape-Transpose-Reshape channel shuffle (ShuffleNet)",
@@ -98,7 +138,13 @@ class KernelSpec:
         schema = KINDS.get(kind)
         if schema is None:
             raise KernelSpecError(f"unknown kernel kind {kind!r}; valid kinds: {', '.join(KINDS)}")
-        merged = {**schema.defaults, **params}
+        merged = {**{k: v for k, v in schema.defaults.items() if not callable(v)}, **params}
+        for k, v in schema.defaults.items():
+            if callable(v) and k not in merged:
+                try:
+                    merged[k] = v(merged)
+                except KeyError:
+                    pass  # reported as missing below
         unknown = set(merged) - set(schema.params)
         missing = set(schema.params) - set(merged)
         if unknown or missing:
@@ -112,6 +158,10 @@ class KernelSpec:
             coerced[name] = bool(value) if typ is bool else typ(value)
         if "act" in coerced and coerced["act"] not in ACTIVATIONS:
             raise KernelSpecError(f"kind {kind}: activation {coerced['act']!r} is not one of {ACTIVATIONS}")
+        for name, allowed in (("mode", PAD_MODES if kind == "pad" else None), ("op", REDUCE_OPS if kind == "reduce" else None),
+                              ("axis", REDUCE_AXES if kind == "reduce" else None)):
+            if allowed and coerced[name] not in allowed:
+                raise KernelSpecError(f"kind {kind}: {name} {coerced[name]!r} is not one of {allowed}")
         return cls(kind, coerced)
 
     @property
@@ -120,7 +170,13 @@ class KernelSpec:
 
     def key(self) -> str:
         """A stable identifier: the same spec always hashes to the same key."""
-        blob = json.dumps({"kind": self.kind, **self.params}, sort_keys=True)
+        params = dict(self.params)
+        schema = KINDS[self.kind]
+        for name in schema.late:
+            default = schema.defaults[name]
+            if params[name] == (default(params) if callable(default) else default):
+                del params[name]
+        blob = json.dumps({"kind": self.kind, **params}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,4 +195,4 @@ class KernelSpec:
         return hash((self.kind, tuple(sorted(self.params.items()))))
 
 
-__all__ = ["ACTIVATIONS", "KINDS", "PARAM_COLUMNS", "KernelSpec", "KernelSpecError", "KindSchema"]
+__all__ = ["ACTIVATIONS", "PAD_MODES", "REDUCE_OPS", "REDUCE_AXES", "KINDS", "PARAM_COLUMNS", "KernelSpec", "KernelSpecError", "KindSchema"]

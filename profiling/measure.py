@@ -8,6 +8,13 @@ are measured with the profiler's network stopping rule and the target's session 
 (providers, threads, precision), so the figures compare with the target's latency table.
 `write_measured_networks` writes them as a measured-networks file (`onnx` and `latency_ms`
 columns) for `train-predictor --networks` (see `predictors.measured`).
+
+`measure_interleaved(conn, jobs)` is the measurement every figure should rest on when the
+machine changes speed under it (a VM that switches speed level for seconds at a time, a phone or
+Jetson under DVFS): the jobs of a batch are timed round-robin, each for a short slice per pass,
+over several passes, and each one's value is the median of its pass medians. A slow spell then
+moves one pass of every job a little instead of a few jobs a lot. The profiler, `profile-device
+--models`, finalist verification and the benchmarks' ground truth all measure this way.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ProfilingError
+from .interleave import MODEL_PASSES, MODEL_SLICE_S, combine_passes, measure_interleaved, slice_rule
 from .profiler import NETWORK_STOP  # the profiler's whole-network stopping rule
 from .targets import Target, TargetError, get_target
 
@@ -74,15 +82,16 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
                    remote_python: str = "python3", ssh_config: str | os.PathLike | None = None,
                    targets_file: str | os.PathLike | None = None, stop: dict[str, Any] | None = None,
                    progress: Callable[[int, int, ModelMeasurement], None] | None = None,
-                   rounds: int = 1) -> list[ModelMeasurement]:
-    """Measure each ONNX file on the target; a model the runner cannot run is an error naming it.
-
-    `rounds` > 1 measures the whole list that many times, round-robin, and reports each model's
-    median of its round medians (p10/p90 likewise; runs summed): a slow spell of a shared or
-    virtual machine then moves one round of every model a little instead of a few models a lot.
-    `progress` is called once per model, after its last round."""
-    if rounds < 1:
-        raise ProfilingError(f"rounds must be at least 1, not {rounds}")
+                   rounds: int | None = None, *, passes: int = MODEL_PASSES, slice_s: float = MODEL_SLICE_S,
+                   on_pass: Callable[[int, int], None] | None = None) -> list[ModelMeasurement]:
+    """Measure each ONNX file on the target, interleaved (`measure_interleaved`: `passes` round-robin
+    passes over the whole list, at least `slice_s` seconds per model per pass); a model the runner
+    cannot run is an error naming it. `rounds` is the older name of `passes`. `stop` is accepted for
+    compatibility and ignored: the passes are the stopping rule. `progress(i, n, measurement)` is
+    called once per model at the end, `on_pass(done, passes)` after each pass."""
+    passes = rounds if rounds is not None else passes
+    if passes < 1:
+        raise ProfilingError(f"passes must be at least 1, not {passes}")
     try:
         target = target if isinstance(target, Target) else get_target(target, targets_file)
     except TargetError as e:
@@ -93,31 +102,22 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
         raise ProfilingError(f"no such ONNX file: {', '.join(missing)}")
     conn = connect(target, host, remote_python, ssh_config)
     out = []
-    seen: list[list[dict[str, Any]]] = [[] for _ in files]
     try:
         jobs = []
         for path in files:
             try:
-                jobs.append(model_job(path, target, conn.facts or {}, stop))
+                jobs.append(dict(model_job(path, target, conn.facts or {}, stop), id=path.stem))
             except Exception as e:  # onnx's own parse errors name no file
                 raise ProfilingError(f"{path}: not a readable ONNX model ({e})") from None
-        for r in range(rounds):
-            for i, (path, job) in enumerate(zip(files, jobs)):
-                ans = conn.measure(dict(job, id=path.stem))
-                if not ans.get("ok"):
-                    raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")
-                seen[i].append(ans["stats"])
-                if r < rounds - 1:
-                    continue
-                st = seen[i]
-                med = statistics.median(float(x["median_ms"]) for x in st)
-                m = ModelMeasurement(path.stem, str(path), med,
-                                     statistics.median(float(x.get("p10_ms", x["median_ms"])) for x in st),
-                                     statistics.median(float(x.get("p90_ms", x["median_ms"])) for x in st),
-                                     sum(int(x.get("runs", 0)) for x in st))
-                out.append(m)
-                if progress:
-                    progress(i + 1, len(files), m)
+        answers = measure_interleaved(conn, jobs, passes=passes, slice_s=slice_s, on_pass=on_pass)
+        for i, (path, ans) in enumerate(zip(files, answers)):
+            if not ans.get("ok"):
+                raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")
+            st = ans["stats"]
+            m = ModelMeasurement(path.stem, str(path), st["median_ms"], st["p10_ms"], st["p90_ms"], st["runs"])
+            out.append(m)
+            if progress:
+                progress(i + 1, len(files), m)
     finally:
         conn.close()
     return out
@@ -139,4 +139,5 @@ def write_measured_networks(path: str | os.PathLike, measurements: Sequence[Mode
             w.writerow([m.name, family, target, f"{m.median_ms:.6g}", f"{m.p10_ms:.6g}", f"{m.p90_ms:.6g}", m.runs, rel])
 
 
-__all__ = ["ModelMeasurement", "measure_models", "model_job", "connect", "write_measured_networks", "NETWORK_STOP"]
+__all__ = ["ModelMeasurement", "measure_models", "measure_interleaved", "combine_passes", "slice_rule",
+           "MODEL_PASSES", "MODEL_SLICE_S", "model_job", "connect", "write_measured_networks", "NETWORK_STOP"]

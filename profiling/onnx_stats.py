@@ -147,6 +147,18 @@ def node_flops(node: onnx.NodeProto, info: dict[str, TensorInfo]) -> float:
         k = a[-1] if not (op == "Gemm" and _attr(node, "transA", 0)) else a[0]
         bias = out_numel if op == "Gemm" and len(node.input) > 2 and node.input[2] else 0
         return 2.0 * out_numel * k + bias
+    if op == "Einsum" and len(node.input) == 2:
+        # a contraction: every output element sums over the letters of the inputs that the output drops
+        eq = _attr(node, "equation", b"")
+        eq = (eq.decode() if isinstance(eq, bytes) else str(eq)).replace(" ", "")
+        a, b = shape(node.input[0]), shape(node.input[1])
+        if "->" not in eq or "." in eq or a is None or b is None or out is None:
+            return 0.0
+        lhs, rhs = eq.split("->")
+        la, lb = lhs.split(",")
+        sizes = {**dict(zip(la, a)), **dict(zip(lb, b))}
+        k = int(np.prod([sizes[d] for d in set(la) | set(lb) if d not in rhs])) if sizes else 1
+        return 2.0 * out_numel * k
     if op == "BatchNormalization":
         return 2.0 * out_numel
     if op in ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",

@@ -41,6 +41,7 @@ from .builders import DEFAULT_OPSET, build_model, input_shapes, opset_for_runtim
 from .errors import ProfilingError
 from .fingerprint import default_table_name, describe_diff, diff_fingerprints, fingerprint_hash, make_fingerprint
 from .kernels import KINDS, KernelSpec
+from .interleave import measure_interleaved
 from .networks import FAMILIES, build_network, network_id, sample_network
 from .onnx_stats import model_stats
 from .table import TableWriter, utc_now
@@ -57,6 +58,12 @@ SENTINEL = SENTINELS["conv"]
 OVERHEAD_PROBE = KernelSpec.make("activation", act="relu", c=1, h=1, w=1)
 KERNEL_STOP = {"max_s": 1.0}
 NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
+# Interleaved measurement (profiling.measure.measure_interleaved): configurations are measured in
+# batches of INTERLEAVE_BATCH, PASSES round-robin passes over the batch, each configuration timed for
+# a slice of KERNEL_SLICE_S (networks NETWORK_SLICE_S) and at least 3 runs per pass; a row's value
+# is the median of its pass medians. passes=1 measures one configuration at a time to its own CI.
+PASSES, INTERLEAVE_BATCH = 5, 16
+KERNEL_SLICE_S, NETWORK_SLICE_S = 0.04, 0.15
 DEFAULT_MAX_CONFIGS = 5000
 NETWORK_SHARE = 0.06  # networks per kernel configuration when --networks is not given
 DEFAULT_NETWORKS = 300  # with --kinds network and neither --networks nor a budget
@@ -139,6 +146,8 @@ class Profiler:
                  runner_python: str | None = None, progress: Callable[..., None] | None = None,
                  sentinel_every: int = 40, sentinel_every_s: float = 20.0, drift_threshold: float = 0.10,
                  baseline_checks: int = BASELINE_CHECKS,
+                 passes: int = PASSES, batch_size: int = INTERLEAVE_BATCH,
+                 kernel_slice_s: float = KERNEL_SLICE_S, network_slice_s: float = NETWORK_SLICE_S,
                  stop_rule: dict[str, Any] | None = None, network_stop_rule: dict[str, Any] | None = None,
                  compact_rows: int = 250, compact_seconds: float = 60.0,
                  _slow_sentinels: dict[int, float] | None = None):
@@ -186,6 +195,10 @@ class Profiler:
         self.sentinel_every_s = sentinel_every_s
         self.drift_threshold = drift_threshold
         self.baseline_checks = max(1, int(baseline_checks))
+        if passes < 1 or batch_size < 1 or not kernel_slice_s > 0 or not network_slice_s > 0:
+            raise ProfilingError("passes and batch_size must be at least 1 and the slices positive")
+        self.passes, self.batch_size = int(passes), int(batch_size)
+        self.kernel_slice_s, self.network_slice_s = float(kernel_slice_s), float(network_slice_s)
         self.stop_rule = dict(KERNEL_STOP, **(stop_rule or {}))
         self.network_stop_rule = dict(NETWORK_STOP, **(network_stop_rule or {}))
         self.compact_rows = compact_rows
@@ -429,12 +442,36 @@ class _Run:
             job.payload["delay_ms"] = delay
         return job
 
+    def _sentinel_due(self, state: _RunnerState, batched: int = 0) -> bool:
+        return bool(state.pending or state.needs_sentinel or state.since_sentinel + batched >= self.p.sentinel_every
+                    or time.monotonic() - state.last_sentinel_t >= self.p.sentinel_every_s)
+
+    def next_batch(self, state: _RunnerState) -> list[Job] | str | None:
+        """The next work of a runner: a sentinel job alone, or a batch of up to `batch_size`
+        configurations (measured interleaved), "wait", or None when the run is over."""
+        first = self.next_job(state)
+        if first is None or first == "wait" or first.sentinel or self.p.passes == 1:  # type: ignore[union-attr]
+            return first if first is None or first == "wait" else [first]  # type: ignore[list-item]
+        batch = [first]
+        with self.lock:
+            self.in_flight[first.config_id] = first
+        while len(batch) < self.p.batch_size:
+            with self.lock:
+                if self._sentinel_due(state, len(batch)):
+                    break
+            job = self.next_job(state)
+            if job is None or job == "wait":
+                break
+            batch.append(job)  # type: ignore[arg-type]
+            with self.lock:
+                self.in_flight[job.config_id] = job  # type: ignore[union-attr]
+        return batch
+
     def next_job(self, state: _RunnerState) -> Job | None:
         with self.lock:
             if self.stop.is_set():
                 return None
-            if state.pending or state.needs_sentinel or state.since_sentinel >= self.p.sentinel_every or \
-                    time.monotonic() - state.last_sentinel_t >= self.p.sentinel_every_s:
+            if self._sentinel_due(state):
                 return self._sentinel_job(state)
             if self.requeue:
                 return self.requeue.popleft()
@@ -644,33 +681,41 @@ class _Run:
     def worker(self, state: _RunnerState) -> None:
         try:
             while not self.stop.is_set():
-                job = self.next_job(state)
-                if job is None:
+                batch = self.next_batch(state)
+                if batch is None:
                     break
-                if job == "wait":
+                if batch == "wait":
                     time.sleep(0.05)
                     continue
                 with self.lock:
-                    if not job.sentinel:
-                        self.in_flight[job.config_id] = job
-                payload = dict(job.payload, id=job.config_id,
-                               session=session_options(self.p.target, state.conn.facts or {}, self.threads))
+                    for job in batch:
+                        if not job.sentinel:
+                            self.in_flight[job.config_id] = job
+                session = session_options(self.p.target, state.conn.facts or {}, self.threads)
+                payloads = [dict(job.payload, id=job.config_id, session=session) for job in batch]
                 try:
-                    answer = state.conn.measure(payload)
+                    if len(batch) == 1 and (batch[0].sentinel or self.p.passes == 1):
+                        answers = [state.conn.measure(payloads[0])]
+                    else:
+                        slices = [self.p.network_slice_s if j.category == "network" else self.p.kernel_slice_s
+                                  for j in batch]
+                        answers = measure_interleaved(state.conn, payloads, passes=self.p.passes, slice_s=slices)
                 except ProfilingError as e:
                     with self.lock:
                         state.alive = False
-                        self.in_flight.pop(job.config_id, None)
-                        if not job.sentinel:
-                            self.requeue.appendleft(job)
-                            self.planned.discard(job.config_id)
+                        for job in reversed(batch):  # the batch in flight goes back, in order
+                            self.in_flight.pop(job.config_id, None)
+                            if not job.sentinel:
+                                self.requeue.appendleft(job)
+                                self.planned.discard(job.config_id)
                         if not any(r.alive for r in self.runners):
                             self.error = e
                             self.stop.set()
                         else:
                             self.p.progress("note", message=f"{state.label} stopped, continuing without it: {e}")
                     return
-                self.complete(state, job, answer)
+                for job, answer in zip(batch, answers):
+                    self.complete(state, job, answer)
                 if state.cooldown_s:
                     time.sleep(state.cooldown_s)  # let a drifting device settle
                     state.cooldown_s = 0.0

@@ -34,6 +34,9 @@ KIND_WEIGHTS = {
     "layernorm": 0.025, "pool": 0.025, "global_pool": 0.02, "elementwise": 0.04, "activation": 0.04,
     "concat": 0.02, "reshape": 0.015, "transpose": 0.02, "channel_shuffle": 0.015, "resize": 0.02,
     "mbconv": 0.11, "resnet_basic": 0.04, "resnet_bottleneck": 0.04, "se": 0.03, "transformer": 0.06,
+    # session 7: the vocabulary of detection necks, segmentation decoders, CSP and hybrid nets
+    "conv_transpose": 0.02, "split": 0.012, "slice": 0.012, "pad": 0.012, "reduce": 0.012,
+    "groupnorm": 0.015, "einsum": 0.012,
 }
 
 # (channels, resolution) pairs of real CNN stages (MobileNetV2/V3, EfficientNet, ResNet, CIFAR nets).
@@ -53,8 +56,9 @@ TOKEN_SHAPES = [
     (49, 256, 8), (49, 512, 16), (785, 384, 6), (197, 256, 8), (17, 192, 4), (50, 192, 3),
 ]
 MLP_RATIOS = [2.0, 3.0, 4.0]
-ACT_PRIOR = (["relu", "relu6", "hardswish", "silu", "none", "gelu", "sigmoid"],
-             [0.33, 0.14, 0.15, 0.15, 0.15, 0.04, 0.04])
+ACT_PRIOR = (["relu", "relu6", "hardswish", "silu", "none", "gelu", "sigmoid", "leakyrelu", "mish", "prelu",
+              "tanh", "hardsigmoid"],
+             [0.28, 0.12, 0.13, 0.14, 0.14, 0.04, 0.03, 0.06, 0.025, 0.015, 0.01, 0.01])
 BLOCK_ACTS = (["relu", "relu6", "hardswish", "silu"], [0.35, 0.2, 0.25, 0.2])
 
 
@@ -97,8 +101,19 @@ def _act(rng) -> str:
 # ---- one draw per kind ---------------------------------------------------------------
 def _conv(rng, u):
     c, r = _cnn_shape(rng, u)
-    style = _choice(rng, ["pointwise", "depthwise", "full", "grouped", "stem"], p=[0.31, 0.26, 0.24, 0.12, 0.07])
+    style = _choice(rng, ["pointwise", "depthwise", "full", "grouped", "stem", "asymmetric", "dilated"],
+                    p=[0.28, 0.24, 0.22, 0.11, 0.06, 0.05, 0.04])
     act, bn = _act(rng), bool(rng.random() < 0.9)
+    if style == "asymmetric":  # Inception's 1x7 / 7x1 factorised convs
+        k = int(_choice(rng, [3, 5, 7, 7]))
+        kh, kw = (1, k) if rng.random() < 0.5 else (k, 1)
+        cout = _channels(rng) if u else int(c * _choice(rng, [0.5, 1, 1]))
+        return dict(cin=c, cout=max(8, cout), h=r, w=r, kernel=kh, kernel_w=kw, stride=1, act=act, bn=bn)
+    if style == "dilated":  # DeepLab's atrous convs, dilated depthwise convs
+        d = int(_choice(rng, [2, 2, 3, 4, 6, 12]))
+        if rng.random() < 0.3:
+            return dict(cin=c, cout=c, h=r, w=r, kernel=3, stride=1, groups=c, dilation=d, act=act, bn=bn)
+        return dict(cin=c, cout=_channels(rng) if u else c, h=r, w=r, kernel=3, stride=1, dilation=d, act=act, bn=bn)
     if style == "stem":
         r = _choice(rng, [224, 192, 160, 128, 112, 96, 64, 32]) if not u else _res(rng, 16, 224)
         return dict(cin=3, cout=int(_choice(rng, [16, 24, 32, 48, 64])), h=r, w=r,
@@ -106,9 +121,9 @@ def _conv(rng, u):
     if style == "pointwise":
         cout = _channels(rng) if u else max(8, int(c * _choice(rng, [0.25, 1 / 6, 0.5, 1, 2, 4, 6])) // 8 * 8)
         return dict(cin=c, cout=cout, h=r, w=r, kernel=1, stride=1, act=act, bn=bn)
-    if style == "depthwise":
-        return dict(cin=c, cout=c, h=r, w=r, kernel=int(_choice(rng, [3, 5, 7])), stride=int(_choice(rng, [1, 1, 2])),
-                    groups=c, act=act, bn=bn)
+    if style == "depthwise":  # 1x1 depthwise: MobileOne's training-time branches
+        return dict(cin=c, cout=c, h=r, w=r, kernel=int(_choice(rng, [1, 3, 3, 5, 7])),
+                    stride=int(_choice(rng, [1, 1, 2])), groups=c, act=act, bn=bn)
     if style == "grouped":
         if rng.random() < 0.6:
             # RegNet/ResNeXt fix the group *width*, so group counts are odd numbers like 7 or 13
@@ -197,8 +212,55 @@ def _activation(rng, u):
 
 def _concat(rng, u):
     c, r = _cnn_shape(rng, u)
-    c2 = _channels(rng) if u else int(c * _choice(rng, [0.5, 1, 1, 2]))
-    return dict(c1=c, c2=max(8, c2), h=r, w=r)
+    n = int(_choice(rng, [2, 2, 2, 3, 4]))  # 3-4: CSP/ELAN stages, Inception branches, SPPF
+    c2 = _channels(rng) if u else int(c * _choice(rng, [0.5, 1, 1, 2]) * (n - 1))
+    return dict(c1=c, c2=max(8 * (n - 1), c2), h=r, w=r, n=n)
+
+
+def _conv_transpose(rng, u):
+    c, r = _cnn_shape(rng, u)
+    r = min(r, 56)
+    k, s = _choice(rng, [(2, 2), (2, 2), (4, 2), (3, 2), (4, 4)])
+    cout = _channels(rng, 8, 512) if u else max(8, int(c * _choice(rng, [0.5, 0.5, 1])))
+    return dict(cin=c, cout=cout, h=r, w=r, kernel=k, stride=s, bn=bool(rng.random() < 0.5),
+                act=_choice(rng, ["none", "relu", "relu", "silu", "leakyrelu"]))
+
+
+def _split(rng, u):
+    c, r, parts = _divisible_channels(rng, u, [2, 2, 2, 3, 4])
+    return dict(c=c, h=r, w=r, parts=parts)
+
+
+def _slice(rng, u):
+    c, r = _cnn_shape(rng, u)
+    return dict(c=c, h=r, w=r, cout=max(1, int(c * _choice(rng, [0.25, 0.5, 0.5, 0.75]))))
+
+
+def _pad(rng, u):
+    c, r = _cnn_shape(rng, u)
+    return dict(c=c, h=r, w=r, pad=int(_choice(rng, [1, 1, 2, 3])),
+                mode=_choice(rng, ["constant", "constant", "reflect", "edge"]))
+
+
+def _reduce(rng, u):
+    if rng.random() < 0.3:  # tokens [1, T, D]: c=T, h=1, w=D
+        t, d, _ = _token_shape(rng, u)
+        return dict(op=_choice(rng, ["mean", "l2", "sum"]), c=t, h=1, w=d, axis="last")
+    c, r = _cnn_shape(rng, u)
+    return dict(op=_choice(rng, ["l2", "l2", "mean", "sum", "max"]), c=c, h=r, w=r,
+                axis=_choice(rng, ["c", "c", "hw"]))
+
+
+def _groupnorm(rng, u):
+    c, r = _cnn_shape(rng, u)
+    groups = int(_choice(rng, [1, 8, 16, 32, 32, 0]))
+    groups = c if groups == 0 else groups  # 0: InstanceNorm
+    return dict(c=max(groups, c // groups * groups), h=r, w=r, groups=groups)
+
+
+def _einsum(rng, u):
+    t, d, h = _token_shape(rng, u)
+    return dict(heads=h, m=t, k=d // h, n=t)
 
 
 def _reshape(rng, u):
@@ -206,10 +268,16 @@ def _reshape(rng, u):
     return dict(c=c, h=r, w=r)
 
 
-def _channel_shuffle(rng, u):
+def _divisible_channels(rng, u, counts) -> tuple[int, int, int]:
+    """(channels, resolution, n) with the channels a multiple of n, n drawn from `counts`."""
     c, r = _cnn_shape(rng, u)
-    g = int(_choice(rng, [2, 2, 3, 4, 8]))
-    return dict(c=max(g, c // g * g), h=r, w=r, groups=g)
+    n = int(_choice(rng, counts))
+    return max(n, c // n * n), r, n
+
+
+def _channel_shuffle(rng, u):
+    c, r, g = _divisible_channels(rng, u, [2, 2, 3, 4, 8])
+    return dict(c=c, h=r, w=r, groups=g)
 
 
 def _resize(rng, u):
@@ -271,6 +339,8 @@ DRAWS: dict[str, Callable[[np.random.Generator, bool], dict[str, Any]]] = {
     "activation": _activation, "concat": _concat, "reshape": _reshape, "transpose": _reshape,
     "channel_shuffle": _channel_shuffle, "resize": _resize, "mbconv": _mbconv, "resnet_basic": _resnet_basic,
     "resnet_bottleneck": _resnet_bottleneck, "se": _se, "transformer": _transformer,
+    "conv_transpose": _conv_transpose, "split": _split, "slice": _slice, "pad": _pad, "reduce": _reduce,
+    "groupnorm": _groupnorm, "einsum": _einsum,
 }
 assert set(DRAWS) == set(KINDS)
 
@@ -324,7 +394,8 @@ def kind_weights(kinds: list[str]) -> np.ndarray:
 
 
 # ---- adaptive refinement ------------------------------------------------------------
-_DISCRETE = {"kernel": [1, 3, 5, 7], "stride": [1, 2], "heads": [1, 2, 3, 4, 6, 8, 12, 16],
+_DISCRETE = {"kernel": [1, 3, 5, 7], "kernel_w": [1, 3, 5, 7], "dilation": [1, 2, 4], "parts": [2, 3, 4],
+             "pad": [1, 2, 3], "n": [2, 3, 4], "stride": [1, 2], "heads": [1, 2, 3, 4, 6, 8, 12, 16],
              "scale": [2, 4], "expand": [1.0, 2.0, 3.0, 4.0, 6.0], "mlp_ratio": [2.0, 3.0, 4.0],
              "reduction": [4, 8, 16]}
 
@@ -378,8 +449,12 @@ def _repair(kind: str, p: dict[str, Any], depthwise: bool) -> dict[str, Any]:
         else:
             g = max(1, int(p.get("groups", 1)))
             p["cin"], p["cout"] = max(g, p["cin"] // g * g), max(g, p["cout"] // g * g)
-    if kind == "channel_shuffle":
+    if kind in ("channel_shuffle", "groupnorm"):
         p["c"] = max(p["groups"], p["c"] // p["groups"] * p["groups"])
+    if kind == "split":
+        p["c"] = max(p["parts"], p["c"] // p["parts"] * p["parts"])
+    if kind == "slice":
+        p["cout"] = min(p["cout"], p["c"])
     if kind == "resnet_bottleneck":
         p["mid"] = max(p["groups"], p["mid"] // p["groups"] * p["groups"])
     if kind == "transformer" or kind == "matmul" or kind == "softmax":

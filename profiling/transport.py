@@ -146,6 +146,10 @@ class RunnerConnection:
     def measure(self, job: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
         return self.request(dict(job, op="measure"), timeout=timeout)
 
+    def forget(self, keys: list[str], timeout: float = 60.0) -> None:
+        """Drop the sessions the runner keeps under these `cache_key`s."""
+        self.request({"op": "forget", "keys": list(keys)}, timeout=timeout)
+
     def close(self) -> None:
         if self.proc.poll() is None:
             try:

@@ -212,15 +212,16 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--kinds", "kinds_text", metavar="KIND,KIND,...", help="Only these kinds ('network' for networks only).")
 @click.option("--families", "families_text", metavar="FAMILY,FAMILY,...",
               help="Whole networks only from these generator families (mobilenet, resnet, vit, mixed, regnet, "
-                   "oddwidth, dense).")
+                   "oddwidth, dense, csp, inception, repblock, fpn, unet, hybrid, mixer).")
 @click.option("--models", "models", multiple=True, type=click.Path(), metavar="MODEL.onnx",
               help="Instead of a table: measure these whole ONNX models on the target (repeat; a folder "
                    "means its *.onnx) into a measured-networks CSV (--out, default measured-networks.csv) for "
                    "train-predictor --networks.")
 @click.option("--family", default="measured", show_default=True, help="With --models: the family column.")
-@click.option("--rounds", type=click.IntRange(min=1), default=1, show_default=True,
-              help="With --models: measure the whole list this many times, round-robin, and keep each model's "
-                   "median (steadier on a shared or virtual machine).")
+@click.option("--passes", "--rounds", "rounds", type=click.IntRange(min=1), default=8, show_default=True,
+              help="With --models: interleave, measuring the whole list this many times round-robin (at least "
+                   "0.25 s per model per pass), and keep each model's median over the passes (a machine that "
+                   "changes speed for seconds at a time then moves one pass of every model, not a few models).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")

@@ -34,7 +34,7 @@ def models(tmp_path_factory):
 def test_measure_models_and_the_file_train_predictor_reads(models, tmp_path):
     from predictors.measured import read_networks_file
     seen = []
-    res = measure_models(models, "local-cpu", stop=FAST, progress=lambda i, n, m: seen.append((i, n, m.name)))
+    res = measure_models(models, "local-cpu", passes=2, slice_s=0.02, progress=lambda i, n, m: seen.append((i, n, m.name)))
     assert [m.name for m in res] == ["resnet", "mobilenet"] and seen == [(1, 2, "resnet"), (2, 2, "mobilenet")]
     assert all(0 < m.p10_ms <= m.median_ms <= m.p90_ms and m.runs >= 1 for m in res)
     out = models[0].parent / "measured.csv"
@@ -47,15 +47,38 @@ def test_measure_models_and_the_file_train_predictor_reads(models, tmp_path):
     assert {str(c) for c in nets.candidates} == {str(p) for p in models}  # relative paths resolved
 
 
-def test_rounds_measure_every_model_each_round(models):
-    one = measure_models(models[:1], "local-cpu", stop=dict(FAST, max_runs=5, max_s=5.0, min_runs=5))
-    seen = []
-    three = measure_models(models, "local-cpu", stop=dict(FAST, max_runs=5, max_s=5.0, min_runs=5), rounds=3,
-                           progress=lambda i, n, m: seen.append((i, n, m.runs)))
-    assert [m.name for m in three] == ["resnet", "mobilenet"] and [s[:2] for s in seen] == [(1, 2), (2, 2)]
-    assert three[0].runs == 3 * one[0].runs and all(0 < m.p10_ms <= m.median_ms <= m.p90_ms for m in three)
-    with pytest.raises(ProfilingError, match="rounds"):
-        measure_models(models, "local-cpu", rounds=0)
+def test_models_are_measured_interleaved_pass_after_pass(models):
+    passes = []
+    three = measure_models(models, "local-cpu", passes=3, slice_s=0.02, on_pass=lambda d, n: passes.append((d, n)))
+    assert [m.name for m in three] == ["resnet", "mobilenet"] and passes == [(1, 3), (2, 3), (3, 3)]
+    # at least 3 timed runs per model per pass, and the old `rounds` name still means passes
+    assert all(m.runs >= 9 and 0 < m.p10_ms <= m.median_ms <= m.p90_ms for m in three)
+    assert all(m.runs >= 6 for m in measure_models(models[:1], "local-cpu", rounds=2, slice_s=0.01))
+    with pytest.raises(ProfilingError, match="passes"):
+        measure_models(models, "local-cpu", passes=0)
+
+
+def test_measure_interleaved_gives_every_job_its_passes_and_names_a_failure(models):
+    from profiling.interleave import measure_interleaved
+    from profiling.measure import connect, model_job
+    from profiling.targets import get_target
+    target = get_target("local-cpu")
+    conn = connect(target)
+    try:
+        jobs = [dict(model_job(p, target, conn.facts), id=p.stem) for p in models]
+        broken = dict(jobs[0], id="broken", model="bm90IGEgbW9kZWw=")  # base64 of "not a model"
+        answers = measure_interleaved(conn, [jobs[0], broken, jobs[1]], passes=4, slice_s=[0.02, 0.02, 0.05])
+        assert [a["id"] for a in answers] == ["resnet", "broken", "mobilenet"]
+        assert not answers[1]["ok"] and answers[1]["error"]
+        for a in (answers[0], answers[2]):
+            st = a["stats"]
+            assert a["ok"] and st["passes"] == 4 and len(st["pass_ms"]) == 4 and st["runs"] >= 12
+            assert st["median_ms"] == pytest.approx(float(np.median(st["pass_ms"])))
+        # the sessions lived for the batch only: the runner keeps none of them afterwards
+        assert conn.request({"op": "forget", "keys": []})["kept"] == 0
+        assert conn.measure(dict(jobs[1], stop=FAST))["ok"]  # and the runner is still serving
+    finally:
+        conn.close()
 
 
 def test_measure_models_errors_name_the_input(models, tmp_path):

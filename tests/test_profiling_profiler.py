@@ -21,7 +21,9 @@ KINDS = ["conv", "linear", "softmax", "elementwise", "mbconv", "se"]
 
 
 def _profile(out, **kw):
-    args = dict(kinds=KINDS, stop_rule=FAST, network_stop_rule=FAST, seed=1)
+    # interleaved as by default, with short slices: batches of up to 16, 2 passes each
+    args = dict(kinds=KINDS, stop_rule=FAST, network_stop_rule=FAST, seed=1, passes=2, kernel_slice_s=0.005,
+                network_slice_s=0.01)
     args.update(kw)
     return Profiler("local-cpu", out, **args).run()
 
@@ -34,7 +36,8 @@ def test_profile_resume_and_table_contents(tmp_path):
     assert len(df) == 16 and df["config_id"].is_unique
     assert set(df["category"]) == {"kernel", "block", "network"} and set(df["kind"]) - {"network"} <= set(KINDS)
     assert (df["median_ms"] > 0).all() and (df["p10_ms"] <= df["median_ms"]).all() and (df["median_ms"] <= df["p90_ms"]).all()
-    assert (df["runs"] >= 3).all() and (df["flops"] >= 0).all() and df["measured_at"].str.endswith("Z").all()
+    # interleaved: at least 3 timed runs per configuration per pass, 2 passes
+    assert (df["runs"] >= 6).all() and (df["flops"] >= 0).all() and df["measured_at"].str.endswith("Z").all()
     conv = df[df["kind"] == "conv"].iloc[0]
     spec = KernelSpec.from_dict(conv.to_dict())
     assert spec.key() == conv["config_id"]
@@ -147,8 +150,8 @@ KILL_SCRIPT = r"""
 import sys
 sys.path.insert(0, {root!r})
 from profiling.profiler import Profiler
-Profiler("local-cpu", {out!r}, kinds={kinds!r}, max_configs=400, networks=0, seed=2,
-         stop_rule={{"max_s": 0.03, "max_runs": 20, "warmup_runs": 1, "warmup_s": 0.0}}, compact_rows=7).run()
+Profiler("local-cpu", {out!r}, kinds={kinds!r}, max_configs=400, networks=0, seed=2, passes=3, batch_size=8,
+         kernel_slice_s=0.01, compact_rows=7).run()
 """
 
 

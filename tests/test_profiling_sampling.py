@@ -38,7 +38,7 @@ def test_cost_caps():
 def test_refinement_samples_near_the_worst_predicted_points(tmp_path):
     out = tmp_path / "t.parquet"
     Profiler("local-cpu", out, kinds=["linear"], max_configs=30, networks=0, seed=4,
-             stop_rule={"max_s": 0.03, "warmup_runs": 1, "warmup_s": 0.0}).run()
+             stop_rule={"max_s": 0.03, "warmup_runs": 1, "warmup_s": 0.0}, passes=2, kernel_slice_s=0.005).run()
     df, _ = read_table(out)
     worst = sampling.worst_predicted(df, "linear", top=5)
     assert len(worst) == 5 and all(w["kind"] == "linear" for w in worst)

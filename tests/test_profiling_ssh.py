@@ -42,7 +42,7 @@ def test_device_farm_two_hosts(sshd, tmp_path):
     hosts = ["hwnas-device", f"{sshd['user']}@127.0.0.1:{sshd['port']}"]
     s = Profiler("local-cpu", out, hosts=hosts, ssh_config=sshd["config"], remote_python=sys.executable,
                  kinds=["softmax", "elementwise", "layernorm", "activation"], max_configs=16, networks=0,
-                 stop_rule=FAST, seed=3).run()
+                 stop_rule=FAST, seed=3, passes=2, kernel_slice_s=0.005, batch_size=4).run()
     assert s.new_kernels == 16 and s.hosts == hosts
     df, _ = read_table(out)
     assert set(df["host"]) == set(hosts)  # both runners took jobs from the one queue
