@@ -5,10 +5,13 @@ import sys
 
 import click
 
+from search.config import BaselineConfig
+
 EPILOG = """\b
 Examples:
   search --predictor data/predictors/local-cpu.lgb --space nb201 --data digits --latency-budget 2
   search --predictor pi4.lgb --space mbv3 --data ./my_images --min-accuracy 90 --host pi@raspberrypi
+  search --predictor data/predictors/local-cpu.lgb --baseline resnet56 --data ./cifar10 --speedup 3
   search --space nb201 --benchmark ../shared/data/nb201/nb201_cifar10.csv:edgegpu \\
          --data ./cifar10/train --latency-budget 5
 
@@ -106,6 +109,13 @@ def _predictor_for_this_machine(target: str, cache_dir, quiet: bool):
               "checkpoints (default ~/.cache/hwnas, or $HWNAS_CACHE).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Use a predictor built for another target than --target.")
+@click.option("--baseline", metavar="NAME|MODEL", help=BaselineConfig.__dataclass_fields__["baseline"].metadata["help"])
+@click.option("--speedup", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help=BaselineConfig.__dataclass_fields__["speedup"].metadata["help"])
+@click.option("--max-params", type=click.IntRange(min=1), metavar="N",
+              help=BaselineConfig.__dataclass_fields__["max_params"].metadata["help"])
+@click.option("--max-memory-mb", type=click.FloatRange(min=0, min_open=True), metavar="MB",
+              help=BaselineConfig.__dataclass_fields__["max_memory_mb"].metadata["help"])
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def main(**kw):
     """Search the efficient frontier of accuracy against latency, verify the finalists on the device.
@@ -119,6 +129,11 @@ def main(**kw):
     from search.run import SearchConfig, run_search
 
     quiet = kw.pop("quiet")
+    from profiling.validate import ConfigError
+    try:
+        BaselineConfig(kw["baseline"], kw["speedup"], kw["max_params"], kw["max_memory_mb"])
+    except ConfigError as e:
+        raise click.UsageError(f"--{e.param.replace('_', '-')}: {e.problem}") from None
     if kw["latency_budget"] is not None and kw["min_accuracy"] is not None:
         raise click.UsageError("give --latency-budget or --min-accuracy, not both")
     if kw["benchmark"] is None and not kw["predictor"]:
@@ -135,6 +150,8 @@ def main(**kw):
         generations=kw["generations"], accuracy=kw["accuracy"], supernet_epochs=kw["supernet_epochs"],
         supernet_weight=kw["supernet_weight"], rerank=kw["rerank"], rerank_epochs=kw["rerank_epochs"],
         rerank_per_class=kw["rerank_per_class"],
+        baseline=kw["baseline"], speedup=kw["speedup"], max_params=kw["max_params"],
+        max_memory_mb=kw["max_memory_mb"],
         device=kw["device"], proxy_batch=kw["proxy_batch"], proxies=tuple(p.strip() for p in kw["proxies"].split(",") if p.strip()), cache_dir=kw["cache_dir"], progress=not quiet)
     try:
         res = run_search(cfg)
@@ -172,9 +189,22 @@ def summarize(res) -> None:
         g = res.ground_truth
         click.echo(f"benchmark: chosen val_acc {g.chosen_val_acc}, best under budget {g.best_val_acc} "
                    f"(gap {g.gap:.2f})")
+    if res.baseline is not None:
+        from search.baseline_search import train_commands
+        base = res.baseline
+        speedup, how = base.speedup_of(b)
+        click.echo(f"baseline: {base.name}: estimated score {base.candidate.accuracy:.1f}/100, "
+                   + (f"measured {base.candidate.measured_ms:.3f} ms" if base.candidate.measured_ms is not None
+                      else f"predicted {base.candidate.predicted_ms:.3f} ms"))
+        if speedup is not None:
+            click.echo(f"speed-up over the baseline: {speedup:.2f}x ({how})")
     for n in res.notes:
         click.echo(f"note: {n}")
     click.echo(f"outputs in {res.out_dir}/ (report.md explains the choice)")
+    if res.baseline is not None and b is not None:
+        click.echo("train the choice and the baseline with the same recipe, to see the accuracy:")
+        for cmd in train_commands(f"{res.out_dir}/best.json", res.baseline.spec, res.baseline.data, str(res.out_dir)):
+            click.echo(f"  {cmd}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def _pymoo_parts(space, evaluator: Evaluator, formulation: Formulation, rng: np.
     from pymoo.core.problem import Problem
     from pymoo.core.sampling import Sampling
 
-    n_constr = 0 if formulation.kind == "frontier" else 1
+    n_constr = formulation.n_constraints
     cache_arch: dict[str, Any] = {}
 
     def to_key(arch) -> str:
@@ -55,7 +55,7 @@ def _pymoo_parts(space, evaluator: Evaluator, formulation: Formulation, rng: np.
             acc = np.array([c.accuracy for c in cands])
             lat = np.array([c.predicted_ms for c in cands])
             out["F"] = np.column_stack([-acc, lat])
-            g = formulation.search_constraint(acc, lat)
+            g = formulation.search_constraint(acc, lat, [c.params for c in cands], [c.memory_mb for c in cands])
             if g is not None:
                 out["G"] = g
 

@@ -47,9 +47,25 @@ def resolve_baseline(spec: str | Path, num_classes: int | None = None, in_channe
         name, sk = match_onnx(p)
         return name, _sized(sk, num_classes, in_channels, resolution)
     if p.suffix in (".pt", ".pth"):
-        label, sk = _from_checkpoint(p)
-        return label, _sized(sk, num_classes, in_channels, resolution)
+        _, sk = _from_checkpoint(p)
+        name = "".join(ch if ch.isalnum() or ch in "_." else "_" for ch in p.stem)  # no ':' or '|' in a space key
+        return name, _sized(sk, num_classes, in_channels, resolution)
     raise SearchError(f"baseline {s}: a {p.suffix or 'suffix-less'} file is not supported; give {SUPPORTED}")
+
+
+def check_baseline_spec(spec: str | Path) -> str | None:
+    """Why ``spec`` cannot be a baseline (checked before any work), or None. Files are read later."""
+    s = str(spec)
+    p = Path(s)
+    if p.suffix in (".onnx", ".pt", ".pth"):
+        return None if p.is_file() else f"{s}: no such file"
+    if p.exists():
+        return f"{s}: a {p.suffix or 'suffix-less'} file is not supported; give {SUPPORTED}"
+    try:
+        get_known(s)
+    except SpaceError:
+        return f"{s!r} is not supported: give {SUPPORTED}"
+    return None
 
 
 def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_channels: int | None = None,
@@ -66,6 +82,14 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
             raise SearchError(f"{p}: not a search's best.json (no 'arch' field)") from None
         if arch is None:
             raise SearchError(f"{p}: the search chose no architecture")
+        if best.get("space") == "baseline" and "skeleton" in best.get("space_options", {}):
+            from search.spaces import get_space  # a search from a file baseline: its skeleton is recorded
+            space = get_space("baseline", **{**best["space_options"], "num_classes": num_classes,
+                                             "in_channels": in_channels, "resolution": resolution})
+            return arch, space.skeleton_of(space.from_string(arch))
+        if best.get("space", "baseline") != "baseline":
+            raise SearchError(f"{p}: a search of the {best['space']!r} space; `train` takes architectures of a "
+                              f"baseline-derived space (search --baseline) or known models")
         return resolve_architecture(arch, num_classes, in_channels, resolution)
     if ":" in s and not p.exists():
         from search.spaces.baseline import BaselineSpace
@@ -157,5 +181,5 @@ def load_trained(path: str | Path):
     return net.eval()
 
 
-__all__ = ["SUPPORTED", "checkpoint_payload", "load_trained", "match_onnx", "resolve_architecture",
+__all__ = ["SUPPORTED", "check_baseline_spec", "checkpoint_payload", "load_trained", "match_onnx", "resolve_architecture",
            "resolve_baseline"]

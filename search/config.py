@@ -15,6 +15,7 @@ trained:
                         accuracy threshold
     VerificationConfig  the finalists measured on the device (locally or over `host`)
     AlgorithmConfig     the search algorithm (a name from search.algorithms.ALGORITHMS)
+    BaselineConfig      the user's model to start from, the speed-up asked of it, size limits
     RunConfig           the output directory, the wall-clock budget, the seed, the caches
 
 `SearchSpec` holds one of each and checks what involves two parts. The flat
@@ -195,6 +196,37 @@ class AccuracyConfig:
 
 
 @dataclass
+class BaselineConfig:
+    """Starting from the user's model (search.baseline_search), and size limits on any search."""
+    baseline: str | None = field(default=None, metadata=option(
+        "Start from this model: a known model (see `known-models`: resnet20, resnet56, mobilenet_v2, ...), a .pt "
+        "written by `train`/`search`, or an ONNX file of a known architecture. The space is derived from its "
+        "stages (the stem is kept; each stage may change depth, width and block type); by default the search "
+        "minimises latency subject to estimated accuracy >= the baseline's. The baseline is measured on the "
+        "device, and the report states the measured speed-up over it.", metavar="NAME|MODEL"))
+    speedup: float | None = field(default=None, metadata=option(
+        "With --baseline: maximise estimated accuracy subject to latency <= the baseline's measured latency / S.",
+        metavar="S"))
+    max_params: int | None = field(default=None, metadata=option(
+        "Constraint: at most N weights (inference graph, BatchNorm folded).", metavar="N"))
+    max_memory_mb: float | None = field(default=None, metadata=option(
+        "Constraint: peak activations + weights at batch 1, float32, computed from the graph, at most MB "
+        "(needs --baseline).", metavar="MB"))
+
+    def __post_init__(self) -> None:
+        check_range("speedup", self.speedup, 0, None, low_open=True)
+        check_range("max_params", self.max_params, 1)
+        check_range("max_memory_mb", self.max_memory_mb, 0, None, low_open=True)
+        if self.speedup is not None and self.baseline is None:
+            raise ConfigError("speedup", "is relative to a baseline's latency: give `baseline` too")
+        if self.baseline is not None:
+            from search.architecture import check_baseline_spec
+            problem = check_baseline_spec(self.baseline)
+            if problem:
+                raise ConfigError("baseline", problem)
+
+
+@dataclass
 class VerificationConfig:
     host: str | None = field(default=None, metadata=option(
         "Measure finalists over SSH on this device instead of locally.", metavar="USER@DEVICE"))
@@ -275,6 +307,7 @@ class SearchSpec:
     verification: VerificationConfig = field(default_factory=VerificationConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
 
     def __post_init__(self) -> None:
         if self.latency.latency_budget_ms is not None and self.accuracy.min_accuracy is not None:
@@ -283,7 +316,7 @@ class SearchSpec:
 
 PARTS = {"data": DataConfig, "space": SpaceConfig, "latency": LatencyConfig, "accuracy": AccuracyConfig,
          "supernet": SupernetConfig, "rerank": RerankSettings, "verification": VerificationConfig,
-         "algorithm": AlgorithmConfig, "run": RunConfig}
+         "algorithm": AlgorithmConfig, "run": RunConfig, "baseline": BaselineConfig}
 
 
 def cli_fields(cls) -> list:
@@ -291,6 +324,6 @@ def cli_fields(cls) -> list:
     return [f for f in fields(cls) if "help" in f.metadata]
 
 
-__all__ = ["AccuracyConfig", "AlgorithmConfig", "DataConfig", "LatencyConfig", "PARTS", "RESULT_FILES",
+__all__ = ["AccuracyConfig", "AlgorithmConfig", "BaselineConfig", "DataConfig", "LatencyConfig", "PARTS", "RESULT_FILES",
            "RerankSettings", "RunConfig", "SearchSpec", "SpaceConfig", "SupernetConfig", "VerificationConfig",
            "cli_fields", "option"]

@@ -48,7 +48,11 @@ def write_frontier(out: Path, cands: Sequence[Candidate], meta: dict) -> list[Ca
 
 
 def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulation,
-                  best: Candidate | None, title: str, accuracy_label: str) -> None:
+                  best: Candidate | None, title: str, accuracy_label: str,
+                  baseline: tuple[str, Candidate] | None = None, known: Sequence[tuple] = ()) -> None:
+    """The candidates, the frontier, the verified finalists and the choice; with ``baseline``
+    (name, candidate) the baseline and the chosen network's speed-up over it, and ``known``
+    ((name, predicted ms, published top-1, dataset), ...) as ticks on the latency axis."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,6 +84,23 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
     if best is not None:
         ax.scatter([best.latency_ms], [best.accuracy], marker="*", s=220, color="gold",
                    edgecolor="black", zorder=6, label="chosen")
+    if baseline is not None:
+        name, b = baseline
+        ax.scatter([b.latency_ms], [b.accuracy], marker="s", s=70, color="black", zorder=6,
+                   label=f"baseline {name} ({'measured' if b.measured_ms is not None else 'predicted'})")
+        if best is not None and best.key != b.key:
+            how = "measured" if b.measured_ms is not None and best.measured_ms is not None else "predicted"
+            ax.annotate(f"{b.latency_ms / best.latency_ms:.2f}x faster ({how})", xy=(best.latency_ms, best.accuracy),
+                        xytext=(b.latency_ms, b.accuracy), fontsize=8, ha="right", va="bottom",
+                        arrowprops=dict(arrowstyle="->", color="black", lw=1.0, ls=":"), zorder=6)
+    if known:
+        import matplotlib.transforms as mtransforms
+        trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+        for i, (name, ms, top1, dataset) in enumerate(known):
+            ax.plot([ms, ms], [0, 0.05], color="#8c564b", lw=1.2, transform=trans, zorder=2,
+                    label="known models at this resolution (predicted ms; published top-1)" if i == 0 else None)
+            ax.text(ms, 0.06 + 0.05 * (i % 3), f"{name} {top1:g}%", transform=trans, fontsize=6.5, rotation=0,
+                    ha="center", color="#8c564b")
     ax.set_xlabel("latency (ms): predicted for candidates, measured for verified finalists")
     ax.set_ylabel(accuracy_label)
     ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=10)  # a long constraint ran off the figure

@@ -154,14 +154,20 @@ def skeleton_memory(sk) -> Memory:
         x = step([x], c, 1)
     x = step([x], c, 1)                       # Flatten
     x = step([x], sk.num_classes, 1)          # the classifier
+    return Memory(params_from_specs(skeleton_specs(sk)), peak_live_bytes(steps, sizes, keep=[x]))
+
+
+def params_from_specs(specs) -> int:
+    """Weights of the kernels: convolutions (with their bias: BatchNorm folds into it) and linear
+    layers; the other kernels have none."""
     params = 0
-    for s in skeleton_specs(sk):
+    for s in specs:
         p = s.params
         if s.kind in ("conv", "conv_add"):
             params += p["cout"] * (p["cin"] // p["groups"]) * p["kernel"] ** 2 + p["cout"]
         elif s.kind == "linear":
             params += p["cin"] * p["cout"] + (p["cout"] if p["bias"] else 0)
-    return Memory(params, peak_live_bytes(steps, sizes, keep=[x]))
+    return params
 
 
-__all__ = ["FLOAT_BYTES", "Memory", "onnx_memory", "peak_live_bytes", "skeleton_memory"]
+__all__ = ["FLOAT_BYTES", "Memory", "onnx_memory", "params_from_specs", "peak_live_bytes", "skeleton_memory"]

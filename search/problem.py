@@ -39,12 +39,22 @@ class Formulation:
     # During the search the constraint is relaxed by this fraction, so that candidates just
     # over the line survive until the device has been asked (the predictor has an interval).
     search_margin: float = 0.15
+    # size constraints, on top of the kind's: weights of the inference graph, and peak
+    # activations + weights (search.memory); never relaxed by the margin (they are exact)
+    max_params: int | None = None
+    max_memory_mb: float | None = None
+    # where the constraint came from, for describe(): e.g. "the baseline resnet20's (61.2)"
+    origin: str | None = None
 
     def __post_init__(self) -> None:
         if self.latency_budget_ms is not None and self.min_accuracy is not None:
             raise SearchError("give either a latency budget or a minimum accuracy, not both")
         if self.latency_budget_ms is not None and not self.latency_budget_ms > 0:
             raise SearchError(f"the latency budget must be > 0 ms, got {self.latency_budget_ms}")
+        if self.max_params is not None and not self.max_params > 0:
+            raise SearchError(f"the parameter limit must be > 0, got {self.max_params}")
+        if self.max_memory_mb is not None and not self.max_memory_mb > 0:
+            raise SearchError(f"the memory limit must be > 0 MB, got {self.max_memory_mb}")
 
     @property
     def kind(self) -> str:
@@ -55,27 +65,59 @@ class Formulation:
         return "frontier"
 
     def describe(self) -> str:
+        src = f" ({self.origin})" if self.origin else ""
         if self.kind == "budget":
-            return f"maximise estimated accuracy subject to latency <= {self.latency_budget_ms:g} ms"
-        if self.kind == "min_accuracy":
-            return f"minimise latency subject to estimated accuracy >= {self.min_accuracy:g}"
-        return "the whole accuracy/latency frontier (no constraint)"
+            text = f"maximise estimated accuracy subject to latency <= {self.latency_budget_ms:g} ms{src}"
+        elif self.kind == "min_accuracy":
+            text = f"minimise latency subject to estimated accuracy >= {self.min_accuracy:g}{src}"
+        else:
+            text = "the whole accuracy/latency frontier"
+        sizes = self.describe_sizes()
+        if self.kind == "frontier":
+            return text + (f" subject to {sizes}" if sizes else " (no constraint)")
+        return text + (f", and {sizes}" if sizes else "")
 
-    def search_constraint(self, acc: np.ndarray, lat: np.ndarray) -> np.ndarray | None:
-        """pymoo-style constraint values (<= 0 is feasible) with the search margin."""
+    def describe_sizes(self) -> str:
+        parts = []
+        if self.max_params is not None:
+            parts.append(f"params <= {self.max_params:,}")
+        if self.max_memory_mb is not None:
+            parts.append(f"memory (peak activations + weights) <= {self.max_memory_mb:g} MB")
+        return " and ".join(parts)
+
+    @property
+    def n_constraints(self) -> int:
+        return int(self.kind != "frontier") + int(self.max_params is not None) + int(self.max_memory_mb is not None)
+
+    def search_constraint(self, acc: np.ndarray, lat: np.ndarray, params: np.ndarray | None = None,
+                          memory_mb: np.ndarray | None = None) -> np.ndarray | None:
+        """pymoo-style constraint values (<= 0 is feasible), the kind's with the search margin,
+        then the size limits (relative, so the columns have comparable scales)."""
+        cols = []
         if self.kind == "budget":
-            return (lat - self.latency_budget_ms * (1 + self.search_margin))[:, None]
-        if self.kind == "min_accuracy":
+            cols.append(lat - self.latency_budget_ms * (1 + self.search_margin))
+        elif self.kind == "min_accuracy":
             slack = self.search_margin * max(abs(self.min_accuracy), 1e-9) * 0.1
-            return ((self.min_accuracy - slack) - acc)[:, None]
-        return None
+            cols.append((self.min_accuracy - slack) - acc)
+        if self.max_params is not None:
+            cols.append(np.asarray(params, float) / self.max_params - 1.0)
+        if self.max_memory_mb is not None:
+            cols.append(np.asarray(memory_mb, float) / self.max_memory_mb - 1.0)
+        return np.column_stack(cols) if cols else None
 
-    def feasible(self, acc: float, lat: float) -> bool:
+    def feasible(self, acc: float, lat: float, params: int | None = None, memory_mb: float | None = None) -> bool:
+        if not self.size_ok(params, memory_mb):
+            return False
         if self.kind == "budget":
             return lat <= self.latency_budget_ms
         if self.kind == "min_accuracy":
             return acc >= self.min_accuracy
         return True
+
+    def size_ok(self, params: int | None, memory_mb: float | None) -> bool:
+        if self.max_params is not None and (params is None or params > self.max_params):
+            return False
+        return self.max_memory_mb is None or (memory_mb is not None and memory_mb <= self.max_memory_mb)
 
 
 @dataclass
@@ -93,6 +135,8 @@ class Candidate:
     measured_ms: float | None = None
     generation: int = 0
     dropped: str | None = None    # why a verified finalist was dropped
+    params: int | None = None     # inference-graph weights, when the space computes them
+    memory_mb: float | None = None  # peak activations + weights (search.memory), when the space computes it
 
     @property
     def latency_ms(self) -> float:
@@ -111,6 +155,8 @@ class Candidate:
             "measured_ms": None if self.measured_ms is None else float(self.measured_ms),
             "generation": int(self.generation),
             "dropped": self.dropped,
+            "params": self.params,
+            "memory_mb": self.memory_mb,
         }
 
 
@@ -208,12 +254,14 @@ class Evaluator:
             todo = list(new.values())
             med, lo, hi = self.latency.predict(todo)
             acc = np.asarray(self.accuracy.score(todo), dtype=float)
+            size_of = getattr(self.space, "size_of", None)
             for i, (k, a) in enumerate(new.items()):
+                params, memory_mb = size_of(a) if size_of is not None else (None, None)
                 self.cache[k] = Candidate(
                     key=k, arch=a, encoding=np.asarray(self.space.encode(a), dtype=float),
                     accuracy=float(acc[i]), predicted_ms=float(med[i]), low_ms=float(lo[i]),
                     high_ms=float(hi[i]), raw_predicted_ms=float(med[i]), raw_low_ms=float(lo[i]),
-                    raw_high_ms=float(hi[i]), generation=self.generation)
+                    raw_high_ms=float(hi[i]), generation=self.generation, params=params, memory_mb=memory_mb)
             self._apply_correction([self.cache[k] for k in new])
             if self.on_new:
                 self.on_new(len(new))

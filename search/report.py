@@ -86,6 +86,8 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
         L.append("\nLoad `best.pt` as a PyTorch module (the space rebuilds the network from its architecture "
                  "string, sized as in this search):\n")
         L.append("```python\n" + BEST_PT_LOADER.format(out=path.parent) + "```")
+    if result.baseline is not None:
+        L.extend(baseline_section(result.baseline, best, config, path.parent))
     if result.reranked:
         L.append("\n## Short training of the best-estimated candidates\n")
         L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")
@@ -108,4 +110,29 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
     tmp.replace(path)
 
 
-__all__ = ["write_report"]
+def baseline_section(base, best, config, out) -> list[str]:
+    """The chosen network against the baseline it started from: measured speed-up, size, and the
+    `train` commands that prove the accuracy."""
+    from search.baseline_search import train_commands
+    b = base.candidate
+    speedup, how = base.speedup_of(best)
+    L = ["\n## Against the baseline\n",
+         "| | arch | est. accuracy | measured ms | predicted ms | params | memory MB |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [("baseline " + base.name, b)] + ([("chosen", best)] if best is not None else [])
+    for label, c in rows:
+        params = "—" if c.params is None else f"{c.params:,}"
+        mem = "—" if c.memory_mb is None else f"{c.memory_mb:.2f}"
+        L.append(f"| {label} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.measured_ms)} | {c.predicted_ms:.3f} | "
+                 f"{params} | {mem} |")
+    if speedup is not None:
+        L.append(f"\n**Speed-up over the baseline: {speedup:.2f}x ({how}"
+                 + (", both on the same device and runner" if how == "measured" else ", not verified on the device")
+                 + ").** The accuracy estimate is a rank score in the same units for both; whether the chosen "
+                   "network is as accurate after training is what `train` shows, with the same recipe:\n")
+        L.append("```\n" + "\n".join(train_commands(f"{out}/best.json", base.spec, base.data, str(out)))
+                 + "\n```")
+    return L
+
+
+__all__ = ["baseline_section", "write_report"]

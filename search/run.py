@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -74,6 +74,11 @@ class SearchConfig:
     rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
     rerank_options: dict | None = None      # the reduced network (default for nb201: C=8, N=1)
     rerank_resolution: int | None = None    # default for nb201: 16 (never above the data's)
+    # starting from a baseline (search.baseline_search): a known model's name, or a .pt/.onnx of one
+    baseline: str | None = None
+    speedup: float | None = None            # with baseline: latency <= baseline's measured / speedup
+    max_params: int | None = None           # size constraints (search.memory), any formulation
+    max_memory_mb: float | None = None
 
 
 @dataclass
@@ -92,6 +97,7 @@ class SearchResult:
     notes: list[str]
     ground_truth: Any = None
     reranked: list = field(default_factory=list)   # search.rerank.RerankResult, best first
+    baseline: Any = None                            # search.baseline_search.BaselineInfo
 
 
 class _Progress:
@@ -118,7 +124,12 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
 
     t0 = time.monotonic()
     ui = _Progress(config.progress)
-    formulation = Formulation(config.latency_budget_ms, config.min_accuracy)
+    if config.baseline:
+        config = replace(config, space="baseline")
+    elif config.speedup is not None:
+        raise SearchError("--speedup is relative to a baseline's latency: give --baseline NAME|MODEL too")
+    formulation = Formulation(config.latency_budget_ms, config.min_accuracy, max_params=config.max_params,
+                              max_memory_mb=config.max_memory_mb)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
@@ -132,7 +143,17 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     predictor, target = wiring.load_predictor_and_target(config, benchmark=bench is not None)
     wiring.torch_device(config.device)
     data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
-    space = wiring.make_space(config.space, data, config.space_options)
+    base_name, base_opts = None, None
+    if config.baseline:
+        from search.baseline_search import baseline_space_options
+        if bench is not None:
+            raise SearchError("--baseline needs a real device (a predictor and the target); --benchmark is the "
+                              "NB201 table's devices only")
+        base_name, base_opts = baseline_space_options(config.baseline, data)
+    space = wiring.make_space(config.space, data, base_opts or config.space_options)
+    if config.max_memory_mb is not None and space.size_of(space.sample(0))[1] is None:
+        raise SearchError(f"--max-memory-mb: the {config.space} space does not compute memory without an "
+                          f"export; search from a baseline (--baseline NAME), whose space does")
     latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
@@ -146,6 +167,15 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
             ui.log(f"[yellow]warning:[/] {mismatch}")
     correction = FeatureCorrection(space) if bench is not None else Correction()
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
+    baseline = None
+    if base_opts is not None:
+        from search.baseline_search import baseline_formulation, score_and_measure_baseline
+        baseline = score_and_measure_baseline(base_name, space, evaluator, device, base_opts,
+                                              measure=config.finalists > 0, log=ui.log, spec=config.baseline,
+                                              data=config.data)
+        formulation = baseline_formulation(baseline, config.speedup, config.latency_budget_ms, config.min_accuracy,
+                                           config.max_params, config.max_memory_mb)
+        ui.log(f"objective: {formulation.describe()}")
 
     interrupted = False
     rounds: list[VerifyRound] = []
@@ -211,7 +241,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         ui.log("[yellow]interrupted: writing what was found so far ...[/]")
     except BudgetTooLowError as e:
         _finish(config, out, space, evaluator, device, formulation, None, rounds, interrupted,
-                notes + [str(e)], t0, data, accuracy, latency, bench)
+                notes + [str(e)], t0, data, accuracy, latency, bench, baseline=baseline)
         raise
 
     best = choose_best(evaluator.candidates, formulation, space)
@@ -227,7 +257,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
             notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
             ui.log("[yellow]interrupted: the choice is the estimator's; writing the outputs ...[/]")
     return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
-                   notes, t0, data, accuracy, latency, bench, reranked)
+                   notes, t0, data, accuracy, latency, bench, reranked, baseline=baseline)
 
 
 def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
@@ -381,7 +411,7 @@ def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, 
 
 
 def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
-            data, accuracy, latency, bench, reranked: list | None = None) -> SearchResult:
+            data, accuracy, latency, bench, reranked: list | None = None, baseline=None) -> SearchResult:
     from search import wiring
     from search.report import write_report
 
@@ -391,7 +421,16 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     if not cands:
         (out / "frontier.csv").write_text("")
     title = f"{config.space} on {device.name}: {formulation.describe()}"
-    plot_frontier(out / "frontier.png", cands, formulation, best, title, getattr(accuracy, "unit", accuracy.name))
+    markers = {}
+    if baseline is not None:
+        from search.baseline_search import known_markers
+        speedup, how = baseline.speedup_of(best)
+        title = f"from {baseline.name} on {device.name}: {formulation.describe()}" + (
+            f"; {how} speed-up {speedup:.2f}x" if speedup else "")
+        markers = {"baseline": (baseline.name, baseline.candidate),
+                   "known": known_markers(space, getattr(latency, "predictor", None), data.resolution)}
+    plot_frontier(out / "frontier.png", cands, formulation, best, title, getattr(accuracy, "unit", accuracy.name),
+                  **markers)
     gt = None
     if bench is not None and best is not None:
         gt = ground_truth(bench.csv_path, bench.device, formulation.latency_budget_ms, best.key)
@@ -399,6 +438,10 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                  "accuracy_estimator": accuracy.name, "interrupted": interrupted}
     if reranked:
         best_meta["short_training"] = [asdict(r) for r in reranked]
+    if baseline is not None:
+        best_meta["baseline"] = baseline.to_dict(best)
+        best_meta["speedup"] = best_meta["baseline"]["speedup"]
+        best_meta["space_options"] = dict(getattr(space, "build_options", {}))
     write_best(out, best, config.space, best_meta)
     if best is not None and config.export_best:
         try:
@@ -412,7 +455,7 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                           out_dir=out, formulation=formulation, n_evaluated=len(cands),
                           n_measurements=device.n_measurements, rounds=rounds, interrupted=interrupted,
                           elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
-                          notes=notes, ground_truth=gt, reranked=list(reranked or []))
+                          notes=notes, ground_truth=gt, reranked=list(reranked or []), baseline=baseline)
     write_report(out / "report.md", config, result, meta, device, data)
     if hasattr(device, "close"):
         device.close()

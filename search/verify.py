@@ -216,7 +216,7 @@ def rank_key(formulation: Formulation) -> Callable[[Candidate], tuple]:
 
 
 def feasible(c: Candidate, formulation: Formulation) -> bool:
-    return c.dropped is None and formulation.feasible(c.accuracy, c.latency_ms)
+    return c.dropped is None and formulation.feasible(c.accuracy, c.latency_ms, c.params, c.memory_mb)
 
 
 def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: int, space=None,
@@ -442,7 +442,7 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
             if on_measure:
                 on_measure(c, r + 1)
         settle_near_budget(space, evaluator, device, formulation, finalists, vr, cap=remeasure_cap,
-                           on_measure=on_settle)
+                           on_settle=on_settle)
         evaluator.recorrect()
         vr.correction = evaluator.correction.describe()
         rounds.append(vr)

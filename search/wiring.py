@@ -77,7 +77,7 @@ def make_space(name: str, data: Data, options: dict | None = None):
     """The space sized to the data; `options` override (e.g. {"C": 8, "N": 1} for nb201)."""
     from search.spaces import SpaceError, get_space
     opts: dict[str, Any] = {"num_classes": data.num_classes, "in_channels": data.in_channels}
-    if name == "nb201":
+    if name in ("nb201", "baseline"):
         opts["resolution"] = data.resolution
     elif name in ("mbv3", "resnet"):
         opts["resolutions"] = (data.resolution,)
@@ -155,6 +155,13 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     except ProxyError as e:
         raise SearchError(f"--proxies: {e}") from None
     use_supernet = config.accuracy == "supernet" or (config.accuracy == "auto" and not config.benchmark)
+    if space.name == "baseline":
+        # no weight-sharing supernet over the baseline's block types (one weight set per block type
+        # would be needed): the proxies score the candidates and the baseline, in the same units
+        if config.accuracy == "supernet":
+            raise SearchError("--accuracy supernet: a baseline-derived space has no supernet; use proxies "
+                              "(the default with --baseline)")
+        use_supernet = False
     supernet = _trained_supernet(config, space, data, cache_dir, log) if use_supernet else None
     inputs, targets = data.train.batch(min(config.proxy_batch, len(data.train)), seed=config.seed)
     cache = cache_dir / (f"proxies-{space.name}-"

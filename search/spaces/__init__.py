@@ -28,10 +28,17 @@ def _resnet(**kw: Any) -> SearchSpace:
 
 
 def _baseline(baseline: str = "resnet20", num_classes: int | None = None, in_channels: int | None = None,
-              resolution: int | None = None, **kw: Any) -> SearchSpace:
-    """The space derived from a known model (`search.known_models`), sized to the data."""
-    from search.known_models import get_known
+              resolution: int | None = None, skeleton: str | None = None, **kw: Any) -> SearchSpace:
+    """The space derived from a known model (`search.known_models`), or from ``skeleton`` (the JSON
+    of a `search.spaces.skeleton.Skeleton`, e.g. a trained model's) called ``baseline``; sized to the data."""
+    import json
+
     from search.spaces.baseline import BaselineSpace
+    from search.spaces.skeleton import skeleton_from_dict
+    if skeleton is not None:
+        sk = skeleton_from_dict(json.loads(skeleton)).with_data(resolution, in_channels, num_classes)
+        return BaselineSpace(sk, baseline, **kw)
+    from search.known_models import get_known
     sk = get_known(baseline).skeleton(num_classes, in_channels, resolution)
     return BaselineSpace(sk, get_known(baseline).name, **kw)
 

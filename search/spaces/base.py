@@ -207,6 +207,12 @@ class SearchSpace(abc.ABC, Generic[Arch]):
         the result; it is accepted for symmetry with the predictor's API.
         """
 
+    def size_of(self, arch: Arch) -> tuple[int, float | None]:
+        """(weights of the inference graph, peak activations + weights in MB, or None where the
+        space cannot compute it without an export). See :mod:`search.memory`."""
+        from search.memory import params_from_specs
+        return params_from_specs(self.kernel_specs(arch)), None
+
     def export_onnx(self, arch: Arch, path: str | Path | None = None, batch: int = 1,
                     model: nn.Module | None = None, opset: int = 17) -> bytes:
         """Export ``arch`` (or ``model``, e.g. a subnet with inherited weights) to ONNX.

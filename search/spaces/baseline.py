@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from profiling.kernels import KernelSpec
+from search.memory import skeleton_memory
 from search.spaces.base import GeneSpace, SpaceError, as_rng, make_divisible
 from search.spaces.skeleton import Block, Skeleton, SkeletonNetwork, build_network, skeleton_specs
 
@@ -188,6 +189,15 @@ class BaselineSpace(GeneSpace[BaselineArch]):
 
     def input_shape(self, arch) -> tuple[int, int, int]:
         return (self.in_channels, self.resolution, self.resolution)
+
+    def size_of(self, arch) -> tuple[int, float]:
+        """(params, peak activations + weights in MB), from the skeleton (search.memory)."""
+        sizes = self.__dict__.setdefault("_sizes", {})
+        hit = sizes.get(arch)
+        if hit is None:
+            mem = skeleton_memory(self.skeleton_of(arch))
+            hit = sizes[arch] = (mem.params, round(mem.total_mb, 4))
+        return hit
 
     def build(self, arch) -> SkeletonNetwork:
         return build_network(self.skeleton_of(arch))

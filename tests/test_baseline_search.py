@@ -1,0 +1,108 @@
+"""`search --baseline`: a search that starts from a known model, measures it on this machine and
+reports the chosen network's measured speed-up over it; size constraints; the known models'
+frontier; baselines given as files."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from search.architecture import match_onnx, resolve_baseline
+from search.known_latency import known_model_rows, mark_dominated, plot_known_frontier
+from search.known_models import get_known
+from search.problem import SearchError
+from search.run import SearchConfig, run_search
+from search.spaces.base import export_model_onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+PREDICTOR = sorted((ROOT / "data" / "predictors").glob("local-cpu__*.lgb"))[0]
+
+
+def _config(tmp_path, out: str, **kw) -> SearchConfig:
+    """Small mode: digits (8x8), a few dozen candidates, one verification round."""
+    small = dict(predictor=PREDICTOR, data="digits", data_max_per_class=30, population=6, generations=2,
+                 finalists=1, verify_rounds=1, reference_size=8, proxy_batch=16, proxies=("jacob_cov",),
+                 out=tmp_path / out, cache_dir=tmp_path / "cache", budget_minutes=3, progress=False)
+    return SearchConfig(**{**small, **kw})
+
+
+def test_search_from_a_baseline_reports_a_measured_speedup(tmp_path):
+    res = run_search(_config(tmp_path, "s1", baseline="resnet20"))
+    base = res.baseline
+    assert base.name == "resnet20" and base.candidate.key == "resnet20:own-d3-w1|own-d3-w1|own-d3-w1"
+    assert base.candidate.measured_ms > 0                       # measured on this machine, like a finalist
+    f = res.formulation                                        # default: at least the baseline's estimate
+    assert f.kind == "min_accuracy" and f.min_accuracy == base.candidate.accuracy
+    best = res.best
+    assert best is not None and best.accuracy >= base.candidate.accuracy
+    best_json = json.loads((res.out_dir / "best.json").read_text())
+    speedup, how = base.speedup_of(best)
+    assert best_json["speedup"] == pytest.approx(speedup) and best_json["baseline"]["speedup_is"] == how
+    assert speedup == pytest.approx(base.candidate.latency_ms / best.latency_ms)
+    report = (res.out_dir / "report.md").read_text()
+    assert "## Against the baseline" in report and f"{speedup:.2f}x" in report
+    assert f"train {res.out_dir}/best.json --data digits" in report
+    assert (res.out_dir / "frontier.png").stat().st_size > 0
+
+    # --speedup: latency <= the baseline's measured latency / S, with a parameter limit
+    limit = base.candidate.params // 2
+    res2 = run_search(_config(tmp_path, "s2", baseline="resnet20", speedup=1.5, max_params=limit))
+    f2 = res2.formulation
+    assert f2.kind == "budget" and f2.max_params == limit
+    assert f2.latency_budget_ms == pytest.approx(res2.baseline.candidate.measured_ms / 1.5)
+    assert res2.best is not None and res2.best.params <= limit
+    assert all(c.params is not None and c.memory_mb > 0 for c in res2.candidates)
+
+
+def test_speedup_needs_a_baseline_and_memory_needs_a_skeleton_space(tmp_path):
+    with pytest.raises(SearchError, match="--baseline"):
+        run_search(_config(tmp_path, "e1", speedup=2.0))
+    with pytest.raises(SearchError, match="memory"):
+        run_search(_config(tmp_path, "e2", space="nb201", max_memory_mb=1.0, finalists=0))
+
+
+def test_baseline_files_onnx_of_a_known_architecture_and_refusals(tmp_path):
+    sk = get_known("resnet20").skeleton(num_classes=10, resolution=8)
+    from search.spaces.skeleton import build_network
+    export_model_onnx(build_network(sk), (3, 8, 8), tmp_path / "mine.onnx")
+    assert match_onnx(tmp_path / "mine.onnx")[0] == "resnet20"
+    name, got = resolve_baseline(str(tmp_path / "mine.onnx"), 10, 3, 8)
+    assert name == "resnet20" and got == sk
+    # an architecture outside the supported families is refused, naming them
+    from search.spaces import get_space
+    nb = get_space("nb201", resolution=8)
+    nb.export_onnx(nb.sample(0), tmp_path / "other.onnx")
+    with pytest.raises(SearchError, match="RegNet"):
+        resolve_baseline(str(tmp_path / "other.onnx"), 10, 3, 8)
+    with pytest.raises(SearchError, match="resnet56"):
+        resolve_baseline("vgg16", 10, 3, 8)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(SearchError, match="not an hwnas checkpoint|not of a stage skeleton"):
+        resolve_baseline(str(tmp_path / "other.pt"), 10, 3, 8)
+
+
+def test_known_models_frontier_predicted_and_measured(tmp_path):
+    from predictors.model import Predictor
+    rows = known_model_rows(Predictor.load(PREDICTOR))
+    assert {r.name for r in rows} >= {"resnet20", "resnet56", "mobilenet_v2", "efficientnet_b0"}
+    assert all(r.predicted_ms > 0 and r.memory_mb > 0 and r.params > 0 for r in rows)
+    for r in rows:  # dominated: another model of its dataset at least as accurate and as fast
+        beaten = [o for o in rows if o is not r and o.dataset == r.dataset and o.top1 >= r.top1
+                  and o.latency_ms <= r.latency_ms and (o.top1 > r.top1 or o.latency_ms < r.latency_ms)]
+        assert r.dominated == bool(beaten)
+    cifar = [r for r in rows if r.dataset == "CIFAR-10"]
+    cifar[0].predicted_ms = max(r.latency_ms for r in cifar) * 2   # slower than all, and less accurate
+    mark_dominated(rows)
+    assert cifar[0].dominated == (cifar[0].top1 < max(r.top1 for r in cifar))
+    plot_known_frontier(rows, tmp_path / "k.png", "test")
+    assert (tmp_path / "k.png").stat().st_size > 0
+
+    from scripts.known_models_cli import main
+    out = CliRunner().invoke(main, ["--predictor", str(PREDICTOR), "--models", "resnet20,resnet32", "--measure",
+                                    "--json", "--out", str(tmp_path / "km")])
+    assert out.exit_code == 0, out.output
+    payload = json.loads(out.stdout)
+    assert payload["measured"] and [m["name"] for m in payload["models"]] == ["resnet20", "resnet32"]
+    assert all(m["measured_ms"] > 0 for m in payload["models"])
+    assert (tmp_path / "km" / "known_models.png").exists()
