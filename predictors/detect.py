@@ -806,6 +806,8 @@ class _Detector:
             except (_Unmapped, TypeError, IndexError, ValueError, ZeroDivisionError):
                 if i not in self.used:
                     self.unknown_op(i)
+        if g.quantization is not None:
+            self.kernels = [_int8_form(k) for k in self.kernels]
         return Detection(self.kernels, self.unknown, self.folded, g.depth(), g)
 
     def unknown_op(self, i):
@@ -821,6 +823,17 @@ class _Detector:
                                       [list(t.shape) if t is not None and t.shape is not None else None for t in ins],
                                       [list(t.shape) if t is not None and t.shape is not None else None for t in outs]))
         self.used.add(i)
+
+
+def _int8_form(k: DetectedKernel) -> DetectedKernel:
+    """A kernel of a quantized graph as its fp32 original is detected. The quantizer folds
+    BatchNorm into the convolution before quantizing (onnxruntime does the same to an fp32
+    graph when it loads it), so a quantized conv cannot say whether it had one; it reads as
+    the common form, with BatchNorm. An int8 table measures both forms as the same
+    QLinearConv, so the choice changes no int8 time."""
+    if "bn" in k.spec.params and not k.spec.params["bn"]:
+        k.spec = KernelSpec.make(k.spec.kind, **dict(k.spec.params, bn=True))
+    return k
 
 
 def detect_kernels(graph_or_model, batch: int = 1, rules: FusionRules | None = None) -> Detection:

@@ -12,6 +12,9 @@ TF-ported models: Shape → Cast → Ceil → ... → Pad), onnxruntime's own op
 the graph (`_runtime_fold`, ORT_ENABLE_BASIC) and its folded values are fed back to inference;
 a small numpy folder covers graphs onnxruntime cannot load.
 
+A quantized model (QDQ or QOperator form) is read as the float graph it was made from
+(`predictors.quantized`); `OnnxGraph.quantization` says how it was quantized.
+
 Shape inference runs on a copy of the graph whose large initializers are replaced by
 declared inputs, so a 100 MB ResNet-50 file is not serialised again for the inference.
 """
@@ -28,6 +31,8 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from profiling.onnx_stats import TensorInfo, _elem_bytes
+
+from .quantized import QuantizationInfo, dequantize_graph
 
 MIN_OPSET, MAX_OPSET = 11, 21
 # Ops that cost nothing at run time: onnxruntime removes them when it loads the model.
@@ -51,6 +56,8 @@ class OnnxGraph:
     opset: int
     batch: int
     outputs: set[str] = field(default_factory=set)
+    # How the model was quantized (None: a float model); the graph is its float original.
+    quantization: QuantizationInfo | None = None
     _values: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ---- small helpers shared by the detector ----------------------------------------
@@ -379,6 +386,7 @@ def load_graph(model_or_path, batch: int = 1) -> OnnxGraph:
         opset = target
     else:
         model = onnx.ModelProto.FromString(model.SerializeToString()) if isinstance(model_or_path, onnx.ModelProto) else model
+    model, quantization = dequantize_graph(model)  # an int8 graph reads as its float original
     _set_dims(model, batch, where)
 
     light = _light_copy(model)
@@ -463,7 +471,7 @@ def load_graph(model_or_path, batch: int = 1) -> OnnxGraph:
         raise GraphError(f"{where}: input(s) {missing} have no shape; export with a fixed input shape")
     return OnnxGraph(model=model, nodes=nodes, graph=g, info=info, producer=producer, consumers=consumers,
                      const=const, initializers=initializers, opset=opset, batch=batch,
-                     outputs={v.name for v in model.graph.output})
+                     outputs={v.name for v in model.graph.output}, quantization=quantization)
 
 
 __all__ = ["GraphError", "OnnxGraph", "load_graph", "FREE_OPS", "MIN_OPSET", "MAX_OPSET"]

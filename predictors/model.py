@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -108,12 +109,19 @@ class Prediction:
     kernels: list[dict] = field(default_factory=list)
     unknown_ops: list[dict] = field(default_factory=list)
     folded_ops: int = 0
+    batch: int = 1  # the predictor's target batch: one run processes this many images
+
+    @property
+    def images_per_s(self) -> float:
+        """Throughput at the target's batch: images per second of back-to-back runs."""
+        return self.batch * 1000.0 / self.latency_ms if self.latency_ms > 0 else float("inf")
 
     def to_dict(self, per_kernel: bool = False) -> dict:
         d = {"model": self.model, "latency_ms": self.latency_ms, "low_ms": self.low_ms, "high_ms": self.high_ms,
              "kernel_sum_ms": self.kernel_sum_ms,
              "kernels": self.kernels if per_kernel else len(self.kernels),
-             "unknown_ops": self.unknown_ops, "folded_ops": self.folded_ops}
+             "unknown_ops": self.unknown_ops, "folded_ops": self.folded_ops,
+             "batch": self.batch, "images_per_s": self.images_per_s}
         return d
 
 
@@ -855,8 +863,13 @@ class Predictor:
         """Detection, kernel predictions, unknown-op estimates and the summed graph inputs of an ONNX model."""
         from .detect import detect_kernels, rules_for
         from .graph import load_graph
+        from .quantized import DeploymentFormWarning, form_mismatch
         g = load_graph(model_or_path, self.batch)
         det = detect_kernels(g, self.batch, rules_for(self.target))
+        mismatch = form_mismatch(self.target, g.quantization)
+        if mismatch:
+            warnings.warn(f"{model_or_path if isinstance(model_or_path, (str, os.PathLike)) else 'model'}: {mismatch}",
+                          DeploymentFormWarning, stacklevel=3)
         specs = det.specs()
         ms, lo, hi = self.kernel_ms(specs)
         pending: list = []
@@ -891,7 +904,7 @@ class Predictor:
                    for k, m, l, h in zip(det.kernels, ms, lo, hi)]
         label = name or (str(model_or_path) if not hasattr(model_or_path, "graph") else (model_or_path.graph.name or "<model>"))
         return Prediction(label, float(pred[0]), float(plo[0]), float(phi[0]), float(sums[0, 0]), kernels, unknown,
-                          len(det.folded))
+                          len(det.folded), self.batch)
 
     # ---- sklearn-style fit on tables ---------------------------------------------------
     def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None,

@@ -283,16 +283,21 @@ def quantize_file(src, dst, calibration, per_channel=True):
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
     try:
-        pre = dst + ".pre.onnx"
+        import onnx  # present wherever the quantizer is (it imports onnx itself)
+        # One self-contained file: the pre-processor's optimized copy would lose the path of
+        # external weights (and its in-memory form breaks on Reshape shapes).
+        inline, pre = dst + ".inline.onnx", dst + ".pre.onnx"
+        onnx.save(onnx.load(src), inline)
         try:
-            quant_pre_process(src, pre, skip_symbolic_shape=True)
+            quant_pre_process(inline, pre, skip_symbolic_shape=True)
         except Exception:  # a graph its optimizer cannot take: quantize it as it is
-            pre = src
+            pre = inline
         quantize_static(pre, dst, _FeedReader(calibration), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
-        if pre != src and os.path.exists(pre):
-            os.remove(pre)
+        for tmp in (inline, pre):
+            if os.path.exists(tmp):
+                os.remove(tmp)
     finally:
         logging.getLogger().setLevel(quiet)
     return dst

@@ -15,12 +15,20 @@ JSON (`--json`): a list, one object per model, always with the same keys and typ
   unknown_ops (list of {name, op_type, estimate_ms}: ops outside the kernel vocabulary, estimated
   by the roofline fallback), folded_ops (int: ONNX nodes that run no kernel, such as Reshape or
   Identity, or that are folded into a neighbour's kernel), error (str or null: why this model
-  could not be predicted; its numbers are then null).
+  could not be predicted; its numbers are then null), batch (int: the predictor's target batch, at
+  which the model is predicted), images_per_s (float: batch * 1000 / latency_ms; null on error),
+  precision (str: the target's precision, fp32/fp16/int8).
+
+A model's batch axis is the target's: a predictor of a batch-32 target (local-cpu-b32) predicts
+one run of 32 images, and the table shows images/s beside the milliseconds. A quantized model
+(QDQ or QOperator) is read as its float original; predicting it with a predictor of a float
+target, or a float model with an int8 one, prints a warning.
 """
 from __future__ import annotations
 
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 
@@ -41,17 +49,19 @@ Examples:
 """
 
 
-def prediction_json(r, per_kernel: bool) -> dict:
+def prediction_json(r, per_kernel: bool, precision: str = "fp32") -> dict:
     """One model's result in the documented, stable JSON schema (module docstring)."""
     return {"model": r.model, "latency_ms": r.latency_ms, "low_ms": r.low_ms, "high_ms": r.high_ms,
             "kernel_sum_ms": r.kernel_sum_ms, "n_kernels": len(r.kernels),
             "kernels": list(r.kernels) if per_kernel else [], "unknown_ops": list(r.unknown_ops),
-            "folded_ops": int(r.folded_ops), "error": None}
+            "folded_ops": int(r.folded_ops), "error": None, "batch": int(r.batch),
+            "images_per_s": float(r.images_per_s), "precision": precision}
 
 
-def failed_json(model: str, error: str) -> dict:
+def failed_json(model: str, error: str, batch: int = 1, precision: str = "fp32") -> dict:
     return {"model": model, "latency_ms": None, "low_ms": None, "high_ms": None, "kernel_sum_ms": None,
-            "n_kernels": 0, "kernels": [], "unknown_ops": [], "folded_ops": 0, "error": error}
+            "n_kernels": 0, "kernels": [], "unknown_ops": [], "folded_ops": 0, "error": error,
+            "batch": batch, "images_per_s": None, "precision": precision}
 
 
 def choose_predictor(predictor: str, target: str | None) -> tuple[Path, str | None]:
@@ -120,6 +130,7 @@ def main(models, predictor, target, as_json, per_kernel, timing):
     from predictors import Predictor
     from predictors.graph import GraphError
     from predictors.model import PredictorError
+    from predictors.quantized import DeploymentFormWarning
     if not models:
         fail("give at least one ONNX model: predict-latency MODEL.onnx [--predictor FILE]", EXIT_USAGE)
     with cli_errors():
@@ -139,6 +150,7 @@ def main(models, predictor, target, as_json, per_kernel, timing):
         if warning:
             click.echo(f"warning: {warning}", err=True)
     results, failed = [], []
+    precision = (p.target or {}).get("precision") or "fp32"
     for m in models:
         t1 = time.perf_counter()
         try:
@@ -146,11 +158,15 @@ def main(models, predictor, target, as_json, per_kernel, timing):
                 raise GraphError(f"{m} is a directory, not an ONNX file")
             if not Path(m).exists():
                 raise GraphError(f"{m} does not exist")
-            r = p.predict(m, name=m)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DeploymentFormWarning)
+                r = p.predict(m, name=m)
+            for w in caught:
+                click.echo(f"warning: {w.message}", err=True)
         except (PredictorError, GraphError, OSError, ValueError) as e:
             click.echo(f"error: {m}: {e}", err=True)
             failed.append(m)
-            results.append(failed_json(m, str(e)))
+            results.append(failed_json(m, str(e), p.batch, precision))
             continue
         results.append(r)
         if timing:
@@ -160,7 +176,7 @@ def main(models, predictor, target, as_json, per_kernel, timing):
         p.write_tree_cache()  # after the predictions: later runs with this file skip parsing the trees
     good = [r for r in results if not isinstance(r, dict)]
     if as_json:
-        click.echo(json.dumps([r if isinstance(r, dict) else prediction_json(r, per_kernel) for r in results],
+        click.echo(json.dumps([r if isinstance(r, dict) else prediction_json(r, per_kernel, precision) for r in results],
                               indent=2))
     else:
         _print_tables(good, p, path, per_kernel)
@@ -174,13 +190,15 @@ def _print_tables(results, p, path, per_kernel: bool) -> None:
     from rich.console import Console
     from rich.table import Table
     console = Console()
-    t = Table(title=f"predicted latency on {p.target_name} ({path})")
+    precision = (p.target or {}).get("precision") or "fp32"
+    t = Table(title=f"predicted latency on {p.target_name} ({precision}, batch {p.batch}) ({path})")
     t.add_column("model", overflow="fold")  # a path is never cut: it is what the user copies
-    for col in ("latency ms", "80% interval ms", "kernels", "unknown ops"):
+    throughput = p.batch > 1
+    for col in ("latency ms",) + (("images/s",) if throughput else ()) + ("80% interval ms", "kernels", "unknown ops"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in results:
-        t.add_row(r.model, f"{r.latency_ms:.3f}", f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)),
-                  str(len(r.unknown_ops)))
+        t.add_row(r.model, f"{r.latency_ms:.3f}", *((f"{r.images_per_s:.1f}",) if throughput else ()),
+                  f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)), str(len(r.unknown_ops)))
     console.print(t)
     for r in results:
         if r.unknown_ops:

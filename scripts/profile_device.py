@@ -59,8 +59,8 @@ def _print_targets(console: Console, targets_file) -> None:
     width = max(len(t.name) for t in targets)
     for t in targets:
         providers = "+".join(p.replace("ExecutionProvider", "") for p in t.providers)
-        console.print(f"{t.name:<{width}}  {providers}, {t.precision}, threads={t.threads or 'all'}, "
-                      f"batch={t.batch}, arch={t.arch or 'any'}", soft_wrap=True)
+        console.print(f"{t.name:<{width}}  {t.form}: {providers}, threads={t.threads or 'all'}, "
+                      f"arch={t.arch or 'any'}", soft_wrap=True)
         console.print(f"{'':<{width}}  {t.description}", soft_wrap=True, style="dim")
 
 
@@ -154,7 +154,7 @@ def _print_summary(console: Console, s) -> None:
         console.print(f"  [red]failed[/] {f['kind']} {f['config_id']}: {f['error']}")
 
 
-def _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
+def _measure_models(console, err, models, family, target, targets_file, hosts, ssh_config, remote_python,
                     out, quiet, rounds=1) -> None:
     from profiling.measure import measure_models, write_measured_networks
     files = []
@@ -175,12 +175,12 @@ def _measure_models(console, err, models, family, target_name, targets_file, hos
         if not quiet:
             console.print(f"[{i}/{n}] {m.name}: {m.median_ms:.3f} ms (p10-p90 {m.p10_ms:.3f}-{m.p90_ms:.3f}, {m.runs} runs)")
     try:
-        res = measure_models(files, target_name, host=hosts[0] if hosts else None, remote_python=remote_python,
+        res = measure_models(files, target, host=hosts[0] if hosts else None, remote_python=remote_python,
                              ssh_config=ssh_config, targets_file=targets_file, progress=report, rounds=rounds)
     except ProfilingError as e:
         err.print(f"[red]error:[/] {e}", soft_wrap=True)
         sys.exit(1)
-    write_measured_networks(out_csv, res, target_name, family)
+    write_measured_networks(out_csv, res, target.name, family)
     console.print(f"wrote {len(res)} measured networks to {out_csv} (train-predictor --networks {out_csv})")
 
 
@@ -200,6 +200,11 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--target", "target_name", default="local-cpu", show_default=True, help="Target preset (see --list-targets).")
 @click.option("--targets-file", type=click.Path(dir_okay=False), help="TOML file with [targets.NAME] tables.")
 @click.option("--list-targets", "show_targets", is_flag=True, help="List the targets and exit.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]),
+              help="Deploy the target in this precision (int8: every kernel, block and network is quantized "
+                   "by onnxruntime's static quantizer before it is measured). Default: the target's.")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="Measure at this batch size (throughput = batch / latency). Default: the target's.")
 @click.option("--host", "hosts", multiple=True, metavar="USER@HOST[:PORT]",
               help="Measure on this device over SSH; repeat for several identical devices.")
 @click.option("--ssh-config", type=click.Path(dir_okay=False), help="ssh config file (passed as ssh -F).")
@@ -226,7 +231,7 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_python, out, overwrite, budget_minutes,
+def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_config, remote_python, out, overwrite, budget_minutes,
          max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
@@ -241,8 +246,10 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
     families = [f.strip() for f in families_text.split(",") if f.strip()] if families_text else None
     with cli_errors(FLAGS):
         check_args(target_name, targets_file, hosts, ssh_config, out, families, models, overwrite)
+    from profiling.targets import get_target
+    target = get_target(target_name, targets_file).with_form(precision, batch)  # checked above
     if models:
-        _measure_models(console, err, models, family, target_name, targets_file, hosts, ssh_config, remote_python,
+        _measure_models(console, err, models, family, target, targets_file, hosts, ssh_config, remote_python,
                         out, quiet, rounds)
         return
     from profiling.profiler import Profiler  # after the cheap paths: it imports onnx/lightgbm
@@ -254,7 +261,7 @@ def main(target_name, targets_file, show_targets, hosts, ssh_config, remote_pyth
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        profiler = Profiler(target_name, out, hosts=list(hosts), kinds=kinds, families=families,
+        profiler = Profiler(target, out, hosts=list(hosts), kinds=kinds, families=families,
                             budget_minutes=budget_minutes,
                             max_configs=max_configs, networks=networks, seed=seed, resume=resume,
                             targets_file=targets_file, ssh_config=ssh_config, remote_python=remote_python,

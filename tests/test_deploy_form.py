@@ -40,6 +40,7 @@ def test_quantized_network_runs_holds_qdq_and_fuses_to_qlinearconv(tmp_path):
     int8 = quantize(fp32, calibration=x)  # a batch of "user data", split at the model's batch of 1
     ops = [n.op_type for n in int8.graph.node]
     assert "QuantizeLinear" in ops and "DequantizeLinear" in ops and is_quantized(int8) and not is_quantized(fp32)
+    assert "BatchNormalization" not in ops  # pre-processing folded it into the conv, as the runtime does
     # weights are stored as int8 (per channel: one scale per output channel of the first conv)
     assert any(t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 4 for t in int8.graph.initializer)
     assert "QLinearConv" in _ort_optimized_ops(int8, tmp_path)
@@ -77,3 +78,83 @@ def test_int8_target_profiles_quantized_kernels_into_an_int8_table(tmp_path):
     assert len(df) == 3 and (df["median_ms"] > 0).all()
     assert meta["fingerprint"]["precision"] == "int8" and meta["target"]["precision"] == "int8"
     assert meta["fingerprint"]["batch"] == 1
+
+
+def _qoperator(fp32: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
+    """The QOperator form (QLinearConv, QLinearAdd, QGemm, ...) of the same network, from
+    onnxruntime's quantizer directly."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from profiling.device_runner import _FeedReader
+    from profiling.quantize import calibration_feeds
+    onnx.save(fp32, str(tmp_path / "in.onnx"))
+    quant_pre_process(str(tmp_path / "in.onnx"), str(tmp_path / "pre.onnx"), skip_symbolic_shape=True)
+    quantize_static(str(tmp_path / "pre.onnx"), str(tmp_path / "qop.onnx"), _FeedReader(calibration_feeds(fp32)),
+                    quant_format=QuantFormat.QOperator, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return onnx.load(str(tmp_path / "qop.onnx"))
+
+
+def test_detector_maps_qdq_and_qoperator_graphs_to_the_fp32_kernel_specs(tmp_path):
+    from predictors.detect import detect_kernels
+    fp32 = _fp32_model(tmp_path)
+    qdq, qop = quantize(fp32), _qoperator(fp32, tmp_path)
+    assert "QLinearConv" in {n.op_type for n in qop.graph.node} and "Conv" not in {n.op_type for n in qop.graph.node}
+    dets = {name: detect_kernels(m) for name, m in (("fp32", fp32), ("qdq", qdq), ("qop", qop))}
+    specs = {name: [s.key() for s in d.specs()] for name, d in dets.items()}
+    kinds = [s.kind for s in dets["fp32"].specs()]
+    assert "conv_add" in kinds and "linear" in kinds  # residual adds and the classifier are fused kernels
+    assert specs["qdq"] == specs["fp32"] and specs["qop"] == specs["fp32"]
+    assert not dets["qdq"].unknown and not dets["qop"].unknown
+    assert dets["fp32"].graph.quantization is None
+    assert dets["qdq"].graph.quantization.form == "qdq" and dets["qop"].graph.quantization.form == "qoperator"
+    assert dets["qdq"].graph.quantization.qdq_nodes > 0 and dets["qop"].graph.quantization.integer_ops >= 6
+
+
+def test_an_fp32_predictor_warns_on_a_quantized_graph(tmp_path, repo_root):
+    from predictors.model import Predictor
+    from predictors.quantized import DeploymentFormWarning
+    path = sorted((repo_root / "data" / "predictors").glob("local-cpu__*.lgb"))[0]
+    pred = Predictor.load(path)
+    fp32 = _fp32_model(tmp_path)
+    with pytest.warns(DeploymentFormWarning, match="quantized"):
+        p_int8 = pred.predict(quantize(fp32))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeploymentFormWarning)
+        p_fp32 = pred.predict(fp32)
+    assert p_int8.latency_ms == pytest.approx(p_fp32.latency_ms)  # the same kernels: the fp32 model's time
+
+
+@pytest.fixture(scope="module")
+def batch4_predictor(tmp_path_factory):
+    """A predictor of local-cpu at batch 4, from a small table measured here at batch 4."""
+    from predictors.model import Predictor
+    d = tmp_path_factory.mktemp("b4")
+    target = get_target("local-cpu").with_form(batch=4)
+    Profiler(target, d / "b4.parquet", kinds=["conv", "conv_add", "linear", "global_pool", "reshape"],
+             max_configs=25, networks=3, stop_rule=FAST, network_stop_rule=FAST, seed=4, drift_threshold=10.0,
+             sentinel_every=1000, sentinel_every_s=1e9).run()
+    df, meta = read_table(d / "b4.parquet")
+    assert meta["fingerprint"]["batch"] == 4 and meta["target"]["name"] == "local-cpu@b4"
+    p = Predictor(kernel_rounds=20, graph_rounds=20).fit([d / "b4.parquet"])
+    p.save(d / "b4.lgb")
+    return d / "b4.lgb"
+
+
+def test_predict_latency_on_a_batch_4_target_reports_images_per_second(batch4_predictor, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from scripts.predict_latency import main as predict_cli
+    monkeypatch.setenv("HWNAS_CACHE", str(tmp_path / "cache"))
+    onnx.save(_fp32_model(tmp_path), str(tmp_path / "tiny.onnx"))
+    res = CliRunner().invoke(predict_cli, [str(tmp_path / "tiny.onnx"), "--predictor", str(batch4_predictor), "--json"])
+    assert res.exit_code == 0, res.output
+    row = json.loads(res.stdout)[0]
+    assert row["batch"] == 4 and row["precision"] == "fp32" and row["error"] is None
+    assert row["images_per_s"] == pytest.approx(4 * 1000.0 / row["latency_ms"])
+    table = CliRunner().invoke(predict_cli, [str(tmp_path / "tiny.onnx"), "--predictor", str(batch4_predictor)])
+    assert table.exit_code == 0 and "images/s" in table.stdout and "batch 4" in table.stdout
