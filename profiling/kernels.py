@@ -70,9 +70,6 @@ KINDS: dict[str, KindSchema] = {s.name: s for s in (
             ("kernel_w", "dilation"),
             cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str,
             kernel_w=int, dilation=int),
-    _schema("conv_transpose", "kernel", "ConvTranspose (upsampling by `stride`, output h*stride) [+BatchNorm] "
-            "[+activation]", {"groups": 1, "bn": False, "act": "none"},
-            cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str),
     _schema("linear", "kernel", "Gemm/MatMul with a weight [+bias] [+activation] over `tokens` rows",
             {"act": "none", "bias": True},
             tokens=int, cin=int, cout=int, act=str, bias=bool),
@@ -91,18 +88,6 @@ KINDS: dict[str, KindSchema] = {s.name: s for s in (
     _schema("activation", "kernel", "A stand-alone activation on [1,c,h,w]", {}, act=str, c=int, h=int, w=int),
     _schema("concat", "kernel", "Concat on channels of [1,c1,h,w] and n-1 tensors of c2 channels in all",
             {"n": 2}, ("n",), c1=int, c2=int, h=int, w=int, n=int),
-    _schema("split", "kernel", "Split of [1,c,h,w] into `parts` equal parts on channels", {},
-            c=int, h=int, w=int, parts=int),
-    _schema("slice", "kernel", "Slice of `cout` channels out of [1,c,h,w]", {}, c=int, h=int, w=int, cout=int),
-    _schema("pad", "kernel", "Pad of [1,c,h,w] by `pad` on each side of h and w (mode=constant|reflect|edge)",
-            {"mode": "constant"}, c=int, h=int, w=int, pad=int, mode=str),
-    _schema("reduce", "kernel", "ReduceL2/Mean/Sum/Max (op=l2|mean|sum|max) of [1,c,h,w] over the channels "
-            "(axis=c), the spatial axes (hw) or the last axis (last), keeping dims", {"axis": "c"},
-            op=str, c=int, h=int, w=int, axis=str),
-    _schema("groupnorm", "kernel", "GroupNorm of [1,c,h,w] in `groups` groups (groups=c is InstanceNorm), "
-            "with its per-channel scale and shift", {}, c=int, h=int, w=int, groups=int),
-    _schema("einsum", "kernel", "Einsum of two activations, [1,heads,m,k] x [1,heads,n,k] -> [1,heads,m,n]",
-            {}, heads=int, m=int, k=int, n=int),
     _schema("reshape", "kernel", "Reshape [1,c,h,w] to [1,c,h*w] (layout-preserving)", {}, c=int, h=int, w=int),
     _schema("transpose", "kernel", "Transpose [1,c,h,w] to [1,h,w,c]", {}, c=int, h=int, w=int),
     _schema("channel_shuffle", "kernel", "Reshape-Transpose-Reshape channel shuffle (ShuffleNet)",
@@ -121,6 +106,23 @@ KINDS: dict[str, KindSchema] = {s.name: s for s in (
             {"reduction": 4}, c=int, h=int, w=int, reduction=int),
     _schema("transformer", "block", "Pre-norm ViT encoder block: LN, MHSA, LN, MLP with GELU",
             {"mlp_ratio": 4.0}, tokens=int, dim=int, heads=int, mlp_ratio=float),
+    # ---- kernels added in session 7: after the blocks, so the kernel kinds of older predictors keep
+    # their index (the pooled kernel model takes a kind's index as a feature) -------------------------
+    _schema("conv_transpose", "kernel", "ConvTranspose (upsampling by `stride`, output h*stride) [+BatchNorm] "
+            "[+activation]", {"groups": 1, "bn": False, "act": "none"},
+            cin=int, cout=int, h=int, w=int, kernel=int, stride=int, groups=int, bn=bool, act=str),
+    _schema("split", "kernel", "Split of [1,c,h,w] into `parts` equal parts on channels", {},
+            c=int, h=int, w=int, parts=int),
+    _schema("slice", "kernel", "Slice of `cout` channels out of [1,c,h,w]", {}, c=int, h=int, w=int, cout=int),
+    _schema("pad", "kernel", "Pad of [1,c,h,w] by `pad` on each side of h and w (mode=constant|reflect|edge)",
+            {"mode": "constant"}, c=int, h=int, w=int, pad=int, mode=str),
+    _schema("reduce", "kernel", "ReduceL2/Mean/Sum/Max (op=l2|mean|sum|max) of [1,c,h,w] over the channels "
+            "(axis=c), the spatial axes (hw) or the last axis (last), keeping dims", {"axis": "c"},
+            op=str, c=int, h=int, w=int, axis=str),
+    _schema("groupnorm", "kernel", "GroupNorm of [1,c,h,w] in `groups` groups (groups=c is InstanceNorm), "
+            "with its per-channel scale and shift", {}, c=int, h=int, w=int, groups=int),
+    _schema("einsum", "kernel", "Einsum of two activations, [1,heads,m,k] x [1,heads,n,k] -> [1,heads,m,n]",
+            {}, heads=int, m=int, k=int, n=int),
 )}
 
 # Every parameter name used by any kind: the table has one column for each.

@@ -136,6 +136,12 @@ def main(tables, out, overwrite, adapt_from, networks, network_weight, device, c
             q = f", quiet rows {v['quiet_within10']:.0%} (n={v['quiet_n']})" if "quiet_within10" in v else ""
             click.echo(f"  kernel {kind:16s} {v['variant']:8s} CV {v['within10']:6.1%} within ±10%, MAPE "
                        f"{v['mape']:6.1%} (n={v['n']}){q}")
+        from predictors.features import KERNEL_KINDS
+        from predictors.model import MIN_KIND_ROWS
+        pooled = [k for k in KERNEL_KINDS if k not in p.kernel_models]
+        if pooled:  # an older table lacks the newer kinds: say which ones fall back
+            click.echo(f"  kinds without a model of their own (fewer than {MIN_KIND_ROWS} rows in the table), predicted "
+                       f"by the pooled kernel model: {', '.join(pooled)}")
         if "graph_choice" in tr:
             click.echo(f"graph correction: {tr['graph_choice']} (CV mean |log error|: " + ", ".join(
                 f"{t} {v['mean_abs_log_err']:.3f}" for t, v in tr["graph_cv"].items()) + ")")

@@ -145,6 +145,20 @@ def test_the_builders_graphs_detect_back_to_their_spec(spec):
     assert not det.unknown and det.specs() == [spec], [s.to_dict() for s in det.specs()]
 
 
+def test_shipped_predictors_keep_their_kernel_kind_codes():
+    # the pooled kernel model takes a kind's index in KERNEL_KINDS as a feature: new kinds go after
+    # the old ones, so a predictor trained before session 7 still reads its kinds' codes right
+    from pathlib import Path
+
+    from predictors.features import KERNEL_KINDS
+    from predictors.fileformat import read_predictor_header
+    shipped = sorted((Path(__file__).resolve().parents[1] / "data" / "predictors").glob("*.lgb"))
+    assert shipped
+    for path in shipped:
+        old = read_predictor_header(path)["feature_schema"]["kernel_kinds"]
+        assert list(KERNEL_KINDS[:len(old)]) == list(old), path.name
+
+
 def test_a_table_without_the_new_kinds_still_names_them_as_kinds():
     # an older table has no rows of the new kinds: the specs are still valid, hashable and
     # featurised (the predictor falls back for a kind it has no model of)
