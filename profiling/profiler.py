@@ -149,7 +149,7 @@ class Profiler:
                  passes: int = PASSES, batch_size: int = INTERLEAVE_BATCH,
                  kernel_slice_s: float = KERNEL_SLICE_S, network_slice_s: float = NETWORK_SLICE_S,
                  stop_rule: dict[str, Any] | None = None, network_stop_rule: dict[str, Any] | None = None,
-                 compact_rows: int = 250, compact_seconds: float = 60.0,
+                 compact_rows: int = 250, compact_seconds: float = 60.0, ray_address: str | None = None,
                  _slow_sentinels: dict[int, float] | None = None):
         try:
             self.target = target if isinstance(target, Target) else get_target(target, targets_file)
@@ -204,10 +204,21 @@ class Profiler:
         self.compact_rows = compact_rows
         self.compact_seconds = compact_seconds
         self._slow_sentinels = dict(_slow_sentinels or {})
+        # None: one process (a thread per runner); otherwise the Ray cluster whose device actors
+        # measure ('auto', an address, or '' for the one this process joined or a private one)
+        self.ray_address = ray_address
+        self._fleet_shutdown: Callable[[], None] | None = None
         self.opset = DEFAULT_OPSET  # lowered in run() for an older runtime on the device
 
     # ---- set-up ------------------------------------------------------------------------
     def _connect(self) -> list[_RunnerState]:
+        if self.ray_address is not None:
+            from .fleet import start_fleet
+            conns, self._fleet_shutdown = start_fleet(
+                self.target, self.ray_address, self.hosts, remote_python=self.remote_python,
+                ssh_config=self.ssh_config, runner_python=self.runner_python,
+                warn=lambda message: self.progress("note", message=message))
+            return [_RunnerState(c, c.label) for c in conns]  # type: ignore[arg-type]
         if not self.hosts:
             try:
                 self.target.check_local_support()
@@ -290,6 +301,9 @@ class Profiler:
         finally:
             for r in runners:
                 r.conn.close()
+            if self._fleet_shutdown is not None:
+                self._fleet_shutdown()
+                self._fleet_shutdown = None
 
 
 class _Run:
@@ -452,9 +466,7 @@ class _Run:
         first = self.next_job(state)
         if first is None or first == "wait" or first.sentinel or self.p.passes == 1:  # type: ignore[union-attr]
             return first if first is None or first == "wait" else [first]  # type: ignore[list-item]
-        batch = [first]
-        with self.lock:
-            self.in_flight[first.config_id] = first
+        batch = [first]  # next_job counts each job in flight
         while len(batch) < self.p.batch_size:
             with self.lock:
                 if self._sentinel_due(state, len(batch)):
@@ -463,39 +475,46 @@ class _Run:
             if job is None or job == "wait":
                 break
             batch.append(job)  # type: ignore[arg-type]
-            with self.lock:
-                self.in_flight[job.config_id] = job  # type: ignore[union-attr]
         return batch
 
     def next_job(self, state: _RunnerState) -> Job | None:
+        """The runner's next job, counted in flight before the lock is released (with several
+        runners, one counted later could let another draw past the target)."""
         with self.lock:
-            if self.stop.is_set():
-                return None
-            if self._sentinel_due(state):
-                return self._sentinel_job(state)
-            if self.requeue:
-                return self.requeue.popleft()
-            if self.p.budget_s is not None and self.elapsed() >= self.p.budget_s:
-                self.stop_reason = self.stop_reason or "budget"
-                return None
-            if self._network_due():
-                job = self._next_network()
-                if job is not None:
-                    return job
-            if self._kernels_left():
-                nxt = self._next_spec()
-                if nxt is not None:
-                    return self.p._kernel_job(*nxt)
-                self.stop_reason = self.stop_reason or "exhausted"
-                return None
-            if self.network_target is not None and self.network_rows + self._in_flight("network") < self.network_target:
-                job = self._next_network()
-                if job is not None:
-                    return job
-            if self.in_flight:
-                return "wait"  # type: ignore[return-value]  # another runner may requeue work
-            self.stop_reason = self.stop_reason or ("max_configs" if self.kernel_target is not None else "done")
+            job = self._pick_job(state)
+            if isinstance(job, Job) and not job.sentinel:
+                self.in_flight[job.config_id] = job
+            return job
+
+    def _pick_job(self, state: _RunnerState) -> Job | None:
+        """Called with self.lock held."""
+        if self.stop.is_set():
             return None
+        if self._sentinel_due(state):
+            return self._sentinel_job(state)
+        if self.requeue:
+            return self.requeue.popleft()
+        if self.p.budget_s is not None and self.elapsed() >= self.p.budget_s:
+            self.stop_reason = self.stop_reason or "budget"
+            return None
+        if self._network_due():
+            job = self._next_network()
+            if job is not None:
+                return job
+        if self._kernels_left():
+            nxt = self._next_spec()
+            if nxt is not None:
+                return self.p._kernel_job(*nxt)
+            self.stop_reason = self.stop_reason or "exhausted"
+            return None
+        if self.network_target is not None and self.network_rows + self._in_flight("network") < self.network_target:
+            job = self._next_network()
+            if job is not None:
+                return job
+        if self.in_flight:
+            return "wait"  # type: ignore[return-value]  # another runner may requeue work
+        self.stop_reason = self.stop_reason or ("max_configs" if self.kernel_target is not None else "done")
+        return None
 
     # ---- results -----------------------------------------------------------------------
     def complete(self, state: _RunnerState, job: Job, answer: dict[str, Any]) -> None:
@@ -687,10 +706,6 @@ class _Run:
                 if batch == "wait":
                     time.sleep(0.05)
                     continue
-                with self.lock:
-                    for job in batch:
-                        if not job.sentinel:
-                            self.in_flight[job.config_id] = job
                 session = session_options(self.p.target, state.conn.facts or {}, self.threads)
                 payloads = [dict(job.payload, id=job.config_id, session=session) for job in batch]
                 try:
@@ -702,12 +717,15 @@ class _Run:
                         answers = measure_interleaved(state.conn, payloads, passes=self.p.passes, slice_s=slices)
                 except ProfilingError as e:
                     with self.lock:
-                        state.alive = False
                         for job in reversed(batch):  # the batch in flight goes back, in order
                             self.in_flight.pop(job.config_id, None)
                             if not job.sentinel:
                                 self.requeue.appendleft(job)
                                 self.planned.discard(job.config_id)
+                    if self._restarted(state, e):
+                        continue
+                    with self.lock:
+                        state.alive = False
                         if not any(r.alive for r in self.runners):
                             self.error = e
                             self.stop.set()
@@ -723,6 +741,21 @@ class _Run:
             with self.lock:
                 self.error = self.error or e
                 self.stop.set()
+
+    def _restarted(self, state: _RunnerState, error: ProfilingError) -> bool:
+        """A runner that can come back (a Ray device actor restarted by Ray) starts over with a
+        fresh sentinel check; its baseline stays, so drift is still judged against it."""
+        restart = getattr(state.conn, "restart", None)
+        if restart is None or self.stop.is_set():
+            return False
+        self.p.progress("note", message=f"{state.label} stopped ({error}); waiting for it to restart")
+        if not restart():
+            return False
+        with self.lock:
+            state.pending, state.check, state.since_good = [], {}, []
+            state.needs_sentinel = True
+        self.p.progress("note", message=f"{state.label} restarted; its configuration in flight was re-queued")
+        return True
 
     def _call_overhead(self) -> None:
         """The latency of a near-empty graph: the per-call overhead inside every row's median.

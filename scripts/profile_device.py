@@ -184,6 +184,19 @@ def _measure_models(console, err, models, family, target, targets_file, hosts, s
     console.print(f"wrote {len(res)} measured networks to {out_csv} (train-predictor --networks {out_csv})")
 
 
+def _print_resource(console, target, hosts, ssh_config, remote_python) -> None:
+    from profiling.fingerprint import fingerprint_hash, make_fingerprint
+    from profiling.fleet import device_resource
+    from profiling.measure import connect
+    from scripts.cli import usage_error
+    if len(hosts) > 1:
+        usage_error("--ray-resource names one device: give at most one --host")
+    with cli_errors(FLAGS):
+        conn = connect(target, hosts[0] if hosts else None, remote_python, ssh_config)
+    conn.close()
+    console.print(device_resource(target.name, fingerprint_hash(make_fingerprint(conn.facts or {}, target))))
+
+
 def _parse_kinds(text: str | None) -> list[str] | None:
     if not text:
         return None
@@ -230,9 +243,18 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="Continue an existing table with the same fingerprint (--no-resume starts it over).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Measure through device actors in a Ray cluster (ADDRESS: the head's HOST:PORT, or 'auto' for "
+                   "one started on this machine; none: join the local one or start a private one). Every node "
+                   "declaring the target's device resource (see --ray-resource) and every --host gets an actor; "
+                   "this process alone writes the table. Needs the 'distributed' extra (docs/distributed.md).")
+@click.option("--ray-resource", "show_resource", is_flag=True,
+              help="Print the Ray resource that names this target's device here (or on --host) and exit: "
+                   "pass it to `ray start --resources` on the node beside the device.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_config, remote_python, out, overwrite, budget_minutes,
-         max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume, quiet):
+def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_config, remote_python, out, overwrite,
+         budget_minutes, max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume,
+         ray_address, show_resource, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -248,6 +270,9 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
         check_args(target_name, targets_file, hosts, ssh_config, out, families, models, overwrite)
     from profiling.targets import get_target
     target = get_target(target_name, targets_file).with_form(precision, batch)  # checked above
+    if show_resource:
+        _print_resource(console, target, hosts, ssh_config, remote_python)
+        return
     if models:
         _measure_models(console, err, models, family, target, targets_file, hosts, ssh_config, remote_python,
                         out, quiet, rounds)
@@ -265,7 +290,7 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
                             budget_minutes=budget_minutes,
                             max_configs=max_configs, networks=networks, seed=seed, resume=resume,
                             targets_file=targets_file, ssh_config=ssh_config, remote_python=remote_python,
-                            progress=progress)
+                            progress=progress, ray_address=ray_address)
         summary = profiler.run()
     except ProfilingError as e:
         progress.stop()

@@ -23,6 +23,7 @@ benchmark (``scripts/bench_accuracy.py``) does not score (see ``docs/accuracy.md
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -380,6 +381,36 @@ class _Percentiles:
         return self.columns, np.stack(out, 1)
 
 
+@dataclass
+class FeatureJob:
+    """What one architecture's features need (sent once to a pool's workers)."""
+    space: Any
+    inputs: torch.Tensor
+    targets: torch.Tensor
+    proxies: list[str]
+    seed: int
+    supernet: Any = None
+    val: Any = None
+    calib: Any = None
+
+
+def compute_features(job: FeatureJob, arch: Any) -> dict[str, float]:
+    """The proxies of ``arch`` (and, with a supernet, its subnet's accuracy), seeded by
+    ``job.seed``: the unit of work of `AccuracyEstimator`, in this process or a pool's task."""
+    torch.manual_seed(job.seed)
+    feats: dict[str, float] = {}
+    if job.proxies:
+        net = job.space.build(arch)
+        c, h, w = job.space.input_shape(arch)
+        x = job.inputs
+        if tuple(x.shape[-2:]) != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        feats = compute_proxies(net, x, job.targets, job.proxies, seed=job.seed)
+    if job.supernet is not None:
+        feats[SUPERNET_COLUMN] = job.supernet.evaluate(arch, job.val, calib=job.calib, seed=job.seed)
+    return feats
+
+
 class AccuracyEstimator:
     """Scores architectures of ``space`` (higher = more accurate) without training them.
 
@@ -423,26 +454,60 @@ class AccuracyEstimator:
         self.ensemble = RankEnsemble(cols, w)
         self.supervised: SupervisedEstimator | None = None
         self._cache: dict[str, dict[str, float]] = {}
+        self._ready: dict[str, dict[str, float]] = {}  # computed by the pool, not yet taken by _features_one
+        self.pool = None  # a search.tasks pool for `prefetch` (None: compute in `features`, one by one)
 
     def _features_one(self, arch: Any) -> dict[str, float]:
         key = self.space.to_string(arch)
         hit = self._cache.get(key)
         if hit is None:
-            torch.manual_seed(self.seed)
-            net = self.space.build(arch)
-            c, h, w = self.space.input_shape(arch)
-            x = self.inputs
-            if tuple(x.shape[-2:]) != (h, w):
-                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-            hit = compute_proxies(net, x, self.targets, self.proxies, seed=self.seed)
-            if self.supernet is not None:
-                hit[SUPERNET_COLUMN] = self.supernet.evaluate(arch, self.val, calib=self.calib, seed=self.seed)
+            hit = self._compute(arch)
             self._cache[key] = hit
         return hit
+
+    def _compute(self, arch: Any, proxies: Sequence[str] | None = None, supernet: bool = True) -> dict[str, float]:
+        """The proxies (and the supernet column) of one architecture: computed by a pool ahead
+        of time (`prefetch`), else here."""
+        ready = self._ready.pop(self.space.to_string(arch), None)
+        if ready is not None:
+            return ready
+        return compute_features(self._job(proxies, supernet), arch)
+
+    def _job(self, proxies: Sequence[str] | None = None, supernet: bool = True) -> "FeatureJob":
+        return FeatureJob(self.space, self.inputs, self.targets, list(self.proxies if proxies is None else proxies),
+                          self.seed, self.supernet if supernet else None, self.val, self.calib)
+
+    def _missing(self, archs: Sequence[Any]) -> list[Any]:
+        """The architectures `features` would compute (not cached), each once."""
+        seen: dict[str, Any] = {}
+        for a in archs:
+            key = self.space.to_string(a)
+            if key not in self._cache and key not in self._ready:
+                seen.setdefault(key, a)
+        return list(seen.values())
+
+    def prefetch(self, archs: Iterable[Any]) -> int:
+        """Compute the uncached architectures of ``archs`` on ``self.pool`` (a
+        `search.tasks` pool; Ray tasks with --ray) so that `features` finds them ready.
+        Returns how many were computed; without a pool it does nothing."""
+        if self.pool is None:
+            return 0
+        todo = self._missing(list(archs))
+        n = 0
+        for arch_list, job in self._prefetch_jobs(todo):
+            for i, feats in self.pool.map(compute_features, arch_list, job):
+                self._ready[self.space.to_string(arch_list[i])] = feats
+            n += len(arch_list)
+        return n
+
+    def _prefetch_jobs(self, todo: list[Any]) -> list[tuple[list[Any], "FeatureJob"]]:
+        """[(architectures, the job that computes what they lack)]."""
+        return [(todo, self._job())] if todo else []
 
     def features(self, archs: Iterable[Any]) -> pd.DataFrame:
         """One row per architecture: the proxies (and ``supernet_acc``), cached per arch."""
         archs = list(archs)
+        self.prefetch(archs)
         return pd.DataFrame([self._features_one(a) for a in archs], index=[self.space.to_string(a) for a in archs])
 
     def fit(self, archs: Sequence[Any] | None = None, accuracies: Sequence[float] | None = None) -> "AccuracyEstimator":

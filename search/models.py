@@ -82,15 +82,28 @@ class _CachedEstimator(AccuracyEstimator):
             except Exception:
                 continue  # a row of another layout
 
+    def _on_disk(self, key: str) -> bool:
+        hit = self.disk.get(key)
+        return hit is not None and all(p in hit for p in self.proxies)
+
+    def _prefetch_jobs(self, todo):
+        """Cells with every proxy on disk need only their supernet column (if any)."""
+        fresh = [a for a in todo if not self._on_disk(self.space.to_string(a))]
+        jobs = [(fresh, self._job())] if fresh else []
+        cached = [a for a in todo if self._on_disk(self.space.to_string(a))]
+        if cached and self.supernet is not None:
+            jobs.append((cached, self._job(proxies=[])))
+        return jobs
+
     def _features_one(self, arch):
         key = self.space.to_string(arch)
         if key in self._cache:
             return self._cache[key]
         hit = self.disk.get(key)
-        if hit is not None and all(p in hit for p in self.proxies):
+        if self._on_disk(key):
             feats = {p: hit[p] for p in self.proxies}
-            if self.supernet is not None:
-                feats[SUPERNET_COLUMN] = self.supernet.evaluate(arch, self.val, calib=self.calib, seed=self.seed)
+            if self.supernet is not None:  # not cached: it depends on the supernet's training
+                feats[SUPERNET_COLUMN] = self._compute(arch, proxies=[])[SUPERNET_COLUMN]
             self._cache[key] = feats
             return feats
         feats = super()._features_one(arch)
@@ -115,13 +128,14 @@ class EstimatedAccuracy:
 
     def __init__(self, space, inputs, targets, proxies: Sequence[str], supernet=None, val=None, calib=None,
                  cache_file: str | Path | None = None, reference_size: int = 64, seed: int = 0,
-                 supernet_weight: float = 0.25):
+                 supernet_weight: float = 0.25, pool=None):
         self.space = space
         self.supernet = supernet
         self.est = _CachedEstimator(space, inputs, targets, proxies=proxies, supernet=supernet,
                                     val=None if val is None else val, calib=calib,
                                     supernet_weight=supernet_weight, reference_size=reference_size, seed=seed,
                                     cache_file=cache_file)
+        self.est.pool = pool  # a search.tasks pool (Ray tasks with --ray); None: one by one here
         cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
         self.name = "rank ensemble of " + "+".join(cols) + " (search.estimator; 0-100 rank score)"
         self.est.fit()  # the reference population: reference_size random architectures

@@ -69,19 +69,33 @@ def _resized(ds, resolution: int):
                                                 for i in range(0, len(ds.x), 512)]))
 
 
+def _train_and_score(job: tuple, arch: Any) -> tuple[float, float]:
+    """One short training (a pool's unit of work): (held-out accuracy %, seconds)."""
+    import torch
+    from search.supernet import accuracy, train_standalone
+    space, train, val, tc, seed = job
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    net = train_standalone(space.build(arch), train, tc)
+    return accuracy(net, val), time.perf_counter() - t
+
+
 def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candidates: Sequence[Candidate],
                        train, val, data_resolution: int, config: RerankConfig, cache_file: Path | None = None,
-                       log: Callable[[str], None] | None = None) -> list[RerankResult]:
+                       log: Callable[[str], None] | None = None, pool=None) -> list[RerankResult]:
     """Train the ``config.top_k`` best-estimated of ``candidates`` briefly; best short accuracy first.
 
     ``make_space(options)`` builds the space with those options (the caller knows the data's
-    classes and channels); ``train`` and ``val`` are normalised ImageDatasets.
+    classes and channels); ``train`` and ``val`` are normalised ImageDatasets. The trainings run
+    on ``pool`` (a `search.tasks` pool: Ray tasks with --ray; default: one after the other here);
+    this process alone appends them to ``cache_file``.
     """
-    import torch
-    from search.supernet import TrainConfig, accuracy, train_standalone
+    from search.supernet import TrainConfig
+    from search.tasks import LocalPool
 
-    pool = sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]
-    if not pool:
+    pool = pool or LocalPool()
+    ranked = sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]
+    if not ranked:
         return []
     res = config.resolution_for(space_name, data_resolution)
     opts = {**config.options_for(space_name), **({"resolution": res} if space_name == "nb201" else {})}
@@ -91,25 +105,19 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
     recipe = json.dumps({"space": space_name, "options": opts, "train": asdict(tc), "n_train": len(train),
                          "n_val": len(val)}, sort_keys=True)
     done = {row["key"]: float(row["accuracy"]) for row in read_cache_lines(cache_file) if row.get("recipe") == recipe}
-    train_r, val_r = None, None
-    out: list[RerankResult] = []
-    for i, c in enumerate(pool):
-        if c.key in done:
-            out.append(RerankResult(c.key, c.accuracy, done[c.key], 0.0, True))
-            continue
-        if train_r is None:
-            train_r, val_r = _resized(train, res), _resized(val, res)
-        t = time.perf_counter()
-        torch.manual_seed(config.seed)
-        net = train_standalone(space.build(c.arch), train_r, tc)
-        acc = accuracy(net, val_r)
-        sec = time.perf_counter() - t
-        out.append(RerankResult(c.key, c.accuracy, acc, sec, False))
-        if cache_file is not None:
-            append_cache_line(cache_file, {"key": c.key, "accuracy": acc, "seconds": round(sec, 2), "recipe": recipe})
-        if log:
-            log(f"  short training {i + 1}/{len(pool)}: {c.key}  estimated {c.accuracy:.2f} → "
-                f"{acc:.2f}% held-out after {config.epochs:g} epochs  [{sec:.0f} s]")
+    out = [RerankResult(c.key, c.accuracy, done[c.key], 0.0, True) for c in ranked if c.key in done]
+    todo = [c for c in ranked if c.key not in done]
+    if todo:
+        job = (space, _resized(train, res), _resized(val, res), tc, config.seed)
+        for n, (i, (acc, sec)) in enumerate(pool.map(_train_and_score, [c.arch for c in todo], job), 1):
+            c = todo[i]
+            out.append(RerankResult(c.key, c.accuracy, acc, sec, False))
+            if cache_file is not None:
+                append_cache_line(cache_file, {"key": c.key, "accuracy": acc, "seconds": round(sec, 2),
+                                               "recipe": recipe})
+            if log:
+                log(f"  short training {n}/{len(todo)}: {c.key}  estimated {c.accuracy:.2f} → "
+                    f"{acc:.2f}% held-out after {config.epochs:g} epochs  [{sec:.0f} s]")
     out.sort(key=lambda r: -r.short_accuracy)
     return out
 

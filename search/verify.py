@@ -37,10 +37,16 @@ class RunnerDevice:
     """
 
     def __init__(self, target, host: str | None = None, workdir: str | Path | None = None,
-                 remote_python: str = "python3", ssh_config: str | None = None, stop: dict | None = None):
+                 remote_python: str = "python3", ssh_config: str | None = None, stop: dict | None = None,
+                 ray_address: str | None = None):
         self.target = target
         self.host = host
-        self.name = f"{target.name}" + (f" on {host}" if host else " (this machine, profiling runner)")
+        # None: a runner of this process; otherwise a device actor of that Ray cluster (the
+        # profiler's `--ray` fleet: a declared device slot of the target, or `host`)
+        self.ray_address = ray_address
+        self.name = f"{target.name}" + (f" on {host}" if host else " (this machine, profiling runner)") \
+            + (" through Ray" if ray_address is not None else "")
+        self._fleet_shutdown = None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="hwnas-finalists-"))
         self.remote_python, self.ssh_config = remote_python, ssh_config
         self.stop = stop
@@ -55,10 +61,30 @@ class RunnerDevice:
         from search.problem import SearchError
         if self.conn is None:
             try:
-                self.conn = connect(self.target, self.host, self.remote_python, self.ssh_config)
+                if self.ray_address is not None:
+                    self.conn = self._actor()
+                else:
+                    self.conn = connect(self.target, self.host, self.remote_python, self.ssh_config)
             except ProfilingError as e:
                 raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
         return self.conn
+
+    def _actor(self):
+        """The first device actor of the target in the Ray cluster (the others are let go)."""
+        from profiling.errors import ProfilingError
+        from profiling.fleet import start_fleet
+        from profiling.transport import check_device
+        conns, self._fleet_shutdown = start_fleet(self.target, self.ray_address, [self.host] if self.host else [],
+                                                  remote_python=self.remote_python, ssh_config=self.ssh_config)
+        for c in conns[1:]:
+            c.kill()
+        try:
+            check_device(self.target, conns[0].facts or {}, conns[0].label)
+        except ProfilingError:
+            self._fleet_shutdown()
+            self._fleet_shutdown = None
+            raise
+        return conns[0]
 
     def export(self, space, cand: Candidate) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +117,9 @@ class RunnerDevice:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+        if self._fleet_shutdown is not None:
+            self._fleet_shutdown()
+            self._fleet_shutdown = None
 
 
 # ------------------------------------------------------------------ feature correction
