@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable
 
 from .errors import ProfilingError
+from .transport import RunnerConnection
 
 RESOURCE_PREFIX = "hwnas-device"
 SSH_RESOURCE_PREFIX = "hwnas-ssh"
@@ -81,8 +82,9 @@ class DeviceActor:
     def hello(self) -> dict[str, Any]:
         return {"facts": self.facts, "node": socket.gethostname(), "pid": os.getpid()}
 
-    def measure(self, job: dict[str, Any]) -> dict[str, Any]:
-        return self.conn.measure(job)
+    def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        """One runner protocol message and its answer (measure, forget, ...)."""
+        return self.conn.request(msg, timeout=timeout)
 
     def close(self) -> None:
         self.conn.close()
@@ -123,8 +125,13 @@ class ActorConnection:
         self.facts, self.node, self.pid = info["facts"], info["node"], info["pid"]
         return self.facts
 
-    def measure(self, job: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
-        return self._call("measure", job, timeout=timeout)
+    def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+        # the runner's own timeout fires first and says which device was silent
+        return self._call("request", msg, timeout, timeout=None if timeout is None else timeout + 30)
+
+    # the runner protocol's messages, as `RunnerConnection` sends them (one definition of each)
+    measure = RunnerConnection.measure
+    forget = RunnerConnection.forget
 
     def restart(self) -> bool:
         """After the actor died: wait for Ray to restart it (a fresh runner); False when it

@@ -26,6 +26,7 @@ from scripts.profile_device import main as cli  # noqa: E402
 pytestmark = pytest.mark.ssh
 FAST = {"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0}
 KINDS = ["softmax", "elementwise", "layernorm", "activation"]
+INTERLEAVE = dict(passes=2, kernel_slice_s=0.005, batch_size=2)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -74,20 +75,24 @@ def local_actor_pid() -> int | None:
 
 def test_two_device_actors_write_the_same_table_as_one_process(cluster, sshd, tmp_path):
     host = f"{sshd['user']}@127.0.0.1:{sshd['port']}"
-    common = ["--ssh-config", sshd["config"], "--remote-python", sys.executable, "--max-configs", "6",
-              "--networks", "1", "--kinds", "softmax,elementwise,activation", "--quiet", "--seed", "4"]
-    res = CliRunner().invoke(cli, ["--ray", "--host", host, "--out", str(tmp_path / "ray.parquet"), *common])
-    assert res.exit_code == 0, res.output
-    res1 = CliRunner().invoke(cli, ["--host", host, "--out", str(tmp_path / "one.parquet"), *common])
-    assert res1.exit_code == 0, res1.output
+    common = dict(hosts=[host], ssh_config=sshd["config"], remote_python=sys.executable, kinds=KINDS, max_configs=8,
+                  networks=1, stop_rule=FAST, network_stop_rule=FAST, seed=4, **INTERLEAVE)
+    s = Profiler("local-cpu", tmp_path / "ray.parquet", ray_address="", **common).run()
+    s1 = Profiler("local-cpu", tmp_path / "one.parquet", **common).run()
+    assert s.rows_new == s1.rows_new == 9 and s.fingerprint_hash == s1.fingerprint_hash
     df, meta = read_table(tmp_path / "ray.parquet")
     df1, meta1 = read_table(tmp_path / "one.parquet")
-    assert len(df) == len(df1) == 7 and df["config_id"].is_unique
+    assert len(df) == len(df1) == 9 and df["config_id"].is_unique
     assert list(df.columns) == list(df1.columns) and dict(df.dtypes) == dict(df1.dtypes)
-    assert set(meta) == set(meta1) and meta["fingerprint_hash"] == meta1["fingerprint_hash"]
+    assert set(meta) == set(meta1) and meta["fingerprint"] == meta1["fingerprint"]
     hosts = set(df["host"])
     assert len(hosts) == 2 and any(h.startswith(device_resource("local-cpu")) for h in hosts) \
         and any(h.startswith(host) for h in hosts), hosts  # both actors took jobs from the one queue
+    # the command line: --ray alone joins the cluster this process runs
+    res = CliRunner().invoke(cli, ["--ray", "--max-configs", "2", "--networks", "0", "--kinds", "softmax", "--quiet",
+                                   "--out", str(tmp_path / "cli.parquet")])
+    assert res.exit_code == 0, res.output
+    assert len(read_table(tmp_path / "cli.parquet")[0]) == 2
 
 
 def test_killed_actor_loses_nothing(cluster, sshd, tmp_path):
@@ -107,7 +112,7 @@ def test_killed_actor_loses_nothing(cluster, sshd, tmp_path):
 
     out = tmp_path / "t.parquet"
     s = Profiler("local-cpu", out, ray_address="", hosts=["hwnas-device"], ssh_config=sshd["config"],
-                 remote_python=sys.executable, kinds=KINDS, max_configs=24, networks=0, stop_rule=FAST, seed=5,
+                 remote_python=sys.executable, kinds=KINDS, max_configs=24, networks=0, stop_rule=FAST, seed=5, **INTERLEAVE,
                  progress=progress).run()
     assert len(kills) >= 1, "no local actor process found to kill"
     assert s.new_kernels == 24 and s.stopped_by == "max_configs"
