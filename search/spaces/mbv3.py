@@ -79,13 +79,15 @@ class ConvBNAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, c: int, mid: int):
+    """Global pool, 1x1 conv + ReLU, 1x1 conv + ``gate`` (hardsigmoid or sigmoid), channel Mul."""
+
+    def __init__(self, c: int, mid: int, gate: str = "hardsigmoid"):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.reduce = nn.Conv2d(c, mid, 1, bias=True)
         self.relu = nn.ReLU(inplace=False)
         self.expand = nn.Conv2d(mid, c, 1, bias=True)
-        self.gate = nn.Hardsigmoid()
+        self.gate = act_module(gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))

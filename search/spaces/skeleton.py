@@ -31,7 +31,7 @@ from torch import nn
 
 from profiling.kernels import KernelSpec
 from search.spaces.base import SpaceError, act_module, conv_out, init_weights, k_conv, k_head, k_mul, k_pool, make_divisible
-from search.spaces.mbv3 import ConvBNAct
+from search.spaces.mbv3 import ConvBNAct, SqueezeExcite
 
 BLOCK_TYPES = ("basic", "bottleneck", "grouped", "mbconv")
 
@@ -158,19 +158,6 @@ class BlockCfg:
     def residual(self) -> bool:
         """Any residual Add (identity or projection)."""
         return self.block.type != "mbconv" or (self.block.stride == 1 and self.cin == self.block.cout)
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, c: int, mid: int, gate: str):
-        super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.reduce = nn.Conv2d(c, mid, 1, bias=True)
-        self.relu = nn.ReLU(inplace=False)
-        self.expand = nn.Conv2d(mid, c, 1, bias=True)
-        self.gate = nn.Hardsigmoid() if gate == "hardsigmoid" else nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))
 
 
 class SkeletonBlock(nn.Module):
