@@ -106,7 +106,8 @@ def _plain_torch_models():
 
     def cbs(cin, cout, k=1, s=1, act="silu"):
         a = {"silu": nn.SiLU(), "leaky": nn.LeakyReLU(0.1), "relu": nn.ReLU()}[act]
-        return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, bias=False), nn.BatchNorm2d(cout), a)
+        pad = k // 2 if k % 2 else k // 2 - 1  # YOLOv5's 6x6 stride-2 stem pads 2
+        return nn.Sequential(nn.Conv2d(cin, cout, k, s, pad, bias=False), nn.BatchNorm2d(cout), a)
 
     class Bottleneck(nn.Module):
         def __init__(self, c, shortcut=True, act="silu"):
@@ -233,7 +234,7 @@ def _plain_torch_models():
     return [
         ("yolo_pan_n", "yolo-pan", "plain-torch", lambda: YoloPAN(0.25, 1), 320),
         ("yolo_pan_s", "yolo-pan", "plain-torch", lambda: YoloPAN(0.5, 1), 320),
-        ("yolo_pan_n640", "yolo-pan", "plain-torch", lambda: YoloPAN(0.25, 1), 416),
+        ("yolo_pan_n416", "yolo-pan", "plain-torch", lambda: YoloPAN(0.25, 1), 416),
         ("yolo_pan_leaky_n", "yolo-pan", "plain-torch", lambda: YoloPAN(0.25, 1, act="leaky"), 320),
         ("yolo_pan_leaky_s", "yolo-pan", "plain-torch", lambda: YoloPAN(0.375, 1, act="leaky"), 256),
         ("unet_16", "unet", "plain-torch", lambda: UNet(16, 4), 128),

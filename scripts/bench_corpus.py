@@ -1,0 +1,284 @@
+"""Held-out-by-family benchmark of the latency predictor on a corpus of real architectures.
+
+The corpus comes from `scripts/export_corpus.py` (run in the separate benchmark environment):
+a folder of ONNX files and `manifest.csv` (name, family, source). Three steps, each its own
+command so the measurement can hold the quiet-machine lock alone (docs/benchmarks.md):
+
+    # 1. ground truth, twice (runs A and B): interleaved round-robin passes over the whole corpus
+    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus --run A
+    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus --run B
+    # 2. calibration of a predictor from another machine class (<= 5 minutes of measurement)
+    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus calibrate --corpus /work/corpus \\
+        --base data/predictors/local-cpu__intel-xeon-processor__b74ee75f.lgb
+    # 3. predictions and the report (no lock needed: nothing is timed)
+    python -m scripts.bench_corpus evaluate --corpus /work/corpus --table data/tables/local-cpu__amd-epyc__8430cb8f.parquet
+
+`evaluate` reports, on the corpus measured here (the median of runs A and B):
+  (a) a predictor trained on the table, its graph correction refitted with each family of the
+      corpus held out in turn (the other families' measured models join the table's networks);
+  (b) a FLOPs-only fit, log ms = a + b log FLOPs, with each family held out in turn;
+  (c) the plain kernel sum of the table's kernel models (no graph model);
+  (d) the shipped predictor for this target as it is, and the calibrated one from step 2;
+each as % within ±10%, median |error|, max |error| and (where it has one) 80%-interval
+coverage, plus the reproducibility of the ground truth (runs A vs B within ±5% / ±10%).
+Results go to `<corpus>/bench/` as JSON.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+ROUNDS = 6
+SECONDS_PER_PASS = 0.25
+
+
+def _manifest(corpus: Path) -> list[dict]:
+    path = corpus / "manifest.csv"
+    if not path.exists():
+        raise click.UsageError(f"{path} does not exist: export the corpus first (scripts/export_corpus.py)")
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if (corpus / r["onnx"]).exists()]
+    return rows
+
+
+def _bench_dir(corpus: Path) -> Path:
+    d = corpus / "bench"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def _stats(y, pred, low=None, high=None) -> dict:
+    y, pred = np.asarray(y, float), np.asarray(pred, float)
+    err = pred / y - 1
+    out = {"n": int(len(y)), "within10": float(np.mean(np.abs(err) <= 0.10)),
+           "median_abs_err": float(np.median(np.abs(err))), "max_abs_err": float(np.max(np.abs(err))),
+           "mean_signed_err": float(np.mean(err))}
+    if low is not None:
+        out["coverage80"] = float(np.mean((y >= np.asarray(low)) & (y <= np.asarray(high))))
+        out["median_interval_width"] = float(np.median((np.asarray(high) - np.asarray(low)) / pred))
+    return out
+
+
+def _fmt(name: str, s: dict) -> str:
+    line = (f"{name:44s} {s['within10']:6.1%} within ±10%   median |err| {s['median_abs_err']:6.1%}   "
+            f"max |err| {s['max_abs_err']:7.1%}")
+    if "coverage80" in s:
+        line += f"   80% interval holds {s['coverage80']:5.1%}"
+    return line + f"   (n={s['n']})"
+
+
+@click.group()
+def main():
+    """Held-out-by-family benchmark of the predictor on a corpus of real architectures."""
+
+
+@main.command()
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--run", "run_name", required=True, help="Name of this measurement run (A, B, ...).")
+@click.option("--rounds", default=ROUNDS, show_default=True, help="Round-robin passes over the corpus.")
+@click.option("--seconds", default=SECONDS_PER_PASS, show_default=True, help="Timed seconds per model per pass.")
+@click.option("--target", default="local-cpu", show_default=True)
+def measure(corpus, run_name, rounds, seconds, target):
+    """Measure every corpus model on TARGET, interleaved (ROUNDS passes of SECONDS each)."""
+    from profiling.measure import measure_models
+    corpus = Path(corpus)
+    rows = _manifest(corpus)
+    paths = [corpus / r["onnx"] for r in rows]
+    stop = {"max_s": seconds, "min_s": seconds, "min_runs": 10 ** 9, "max_runs": 10 ** 6, "hard_min_runs": 2,
+            "warmup_runs": 2, "warmup_s": 0.02}
+    t0 = time.time()
+    click.echo(f"measuring {len(paths)} models x {rounds} passes of {seconds:g}s on {target} (run {run_name})")
+
+    def tick(i, n, m):
+        click.echo(f"  [{i}/{n}] {m.name}: {m.median_ms:.3f} ms", err=True)
+    res = measure_models(paths, target, stop=stop, rounds=rounds, progress=tick)
+    out = {"run": run_name, "target": target, "rounds": rounds, "seconds_per_pass": seconds,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": time.time() - t0,
+           "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs}
+                      for m in res}}
+    path = _bench_dir(corpus) / f"measured_{run_name}.json"
+    path.write_text(json.dumps(out, indent=1))
+    click.echo(f"wrote {path} ({time.time() - t0:.0f}s)")
+
+
+@main.command()
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--base", required=True, type=click.Path(exists=True), help="A predictor from another machine class.")
+@click.option("--networks", default=24, show_default=True)
+@click.option("--rounds", default=4, show_default=True)
+@click.option("--target", default="local-cpu", show_default=True)
+def calibrate(corpus, base, networks, rounds, target):
+    """Calibrate BASE on this machine (the product's `calibrate`), for the report's calibration row."""
+    from predictors.calibrate import calibrate as run
+    out = _bench_dir(Path(corpus)) / "calibrated.lgb"
+    res = run(base, target=target, out=out, networks=networks, rounds=rounds, progress=lambda s: click.echo(s, err=True))
+    click.echo(res.summary())
+    (out.parent / "calibrated.json").write_text(json.dumps({"base": str(base), "seconds": res.seconds,
+                                                            "networks": networks, "rounds": rounds}))
+    click.echo(f"wrote {out} in {res.seconds:.0f}s")
+
+
+def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
+    got = {}
+    for r in runs:
+        p = _bench_dir(corpus) / f"measured_{r}.json"
+        if p.exists():
+            got[r] = json.loads(p.read_text())["models"]
+    if not got:
+        raise click.UsageError(f"no measurement in {_bench_dir(corpus)}: run `measure --run A` first")
+    names = set.intersection(*(set(v) for v in got.values()))
+    truth = {n: float(np.median([got[r][n]["median_ms"] for r in got])) for n in names}
+    repro = {}
+    if len(got) >= 2:
+        a, b = list(got)[:2]
+        ratio = np.array([got[a][n]["median_ms"] / got[b][n]["median_ms"] for n in sorted(names)])
+        drift = float(np.median(ratio))
+        repro = {"runs": [a, b], "n": len(ratio), "within5": float(np.mean(np.abs(ratio - 1) <= 0.05)),
+                 "within10": float(np.mean(np.abs(ratio - 1) <= 0.10)), "median_ratio": drift,
+                 "within5_after_drift": float(np.mean(np.abs(ratio / drift - 1) <= 0.05))}
+    return truth, repro
+
+
+@main.command()
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--table", "tables", multiple=True, type=click.Path(exists=True),
+              help="The table of this machine the predictor is trained on (repeat to merge).")
+@click.option("--shipped", type=click.Path(exists=True), help="A shipped predictor to report as it is.")
+@click.option("--runs", default="A,B", show_default=True, help="The measurement runs to use (median of them).")
+@click.option("--network-weight", default=5.0, show_default=True)
+@click.option("--graph-cv", default="random", show_default=True, type=click.Choice(["random", "family"]),
+              help="How the graph correction is chosen (the shipped predictors use random).")
+@click.option("--graph-ensemble", default=1, show_default=True,
+              help="Boosted models averaged in the tree graph correction (the shipped predictors: 5; 1 keeps the "
+                   "per-family refits affordable on 2 cores).")
+@click.option("--kernels-from", type=click.Path(exists=True),
+              help="A predictor already trained on --table: reuse its kernel models (skips the kernel fit; the "
+                   "graph correction is refitted per held-out family all the same).")
+@click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
+def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ensemble, kernels_from, json_out):
+    """Predict every corpus model and report accuracy, each family held out in turn."""
+    from predictors import Predictor
+    corpus = Path(corpus)
+    rows = _manifest(corpus)
+    truth, repro = _measured(corpus, runs.split(","))
+    rows = [r for r in rows if r["name"] in truth]
+    names = [r["name"] for r in rows]
+    fam = np.array([r["family"] for r in rows])
+    paths = [str(corpus / r["onnx"]) for r in rows]
+    y = np.array([truth[n] for n in names])
+    report: dict = {"models": len(rows), "families": len(set(fam)), "reproducibility": repro, "rows": {}}
+    click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
+    if repro:
+        click.echo(f"reproducibility (run {repro['runs'][0]} vs {repro['runs'][1]}): {repro['within5']:.1%} within "
+                   f"±5%, {repro['within10']:.1%} within ±10%, machine drift {repro['median_ratio'] - 1:+.1%} "
+                   f"({repro['within5_after_drift']:.1%} within ±5% after it)")
+    per_model: dict[str, dict] = {n: {"family": f, "measured_ms": float(m)} for n, f, m in zip(names, fam, y)}
+
+    # the detected kernels' FLOPs (the graph's shapes resolved as the predictor resolves them)
+    from predictors import features as F
+    flops = None
+    if shipped:
+        p = Predictor.load(shipped)
+        res = [p.predict(x) for x in paths]
+        flops = np.array([p.onnx_inputs(x)[3][0, F.ADDITIVE.index("flops")] for x in paths])
+        for n, r in zip(names, res):
+            per_model[n]["shipped_ms"] = r.latency_ms
+        report["rows"]["shipped_as_is"] = _stats(y, [r.latency_ms for r in res], [r.low_ms for r in res],
+                                                 [r.high_ms for r in res])
+        report["shipped"] = str(shipped)
+    cal = _bench_dir(corpus) / "calibrated.lgb"
+    if cal.exists():
+        p = Predictor.load(cal)
+        res = [p.predict(x) for x in paths]
+        report["rows"]["calibrated"] = _stats(y, [r.latency_ms for r in res], [r.low_ms for r in res],
+                                              [r.high_ms for r in res])
+        report["calibration"] = json.loads((cal.parent / "calibrated.json").read_text())
+        for n, r in zip(names, res):
+            per_model[n]["calibrated_ms"] = r.latency_ms
+
+    if tables:
+        t0 = time.time()
+        if kernels_from:
+            base = Predictor.load(kernels_from)
+            base.graph_cv, base.real_network_weight, base.adapters = graph_cv, network_weight, []
+            report["kernels_from"] = str(kernels_from)
+        else:
+            base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight)
+            base.fit(list(tables))
+            click.echo(f"trained on {', '.join(tables)} in {time.time() - t0:.0f}s", err=True)
+        # Detection and kernel predictions depend on the kernel models only, which every refit of the
+        # graph correction below shares: compute each model's inputs once.
+        inputs = {x: base.onnx_inputs(x) for x in paths}
+        sums = np.vstack([inputs[x][3] for x in paths])
+        fallback = sums[:, F.ADDITIVE.index("ms_unknown")] / np.maximum(sums[:, 0], 1e-12)
+        report["rows"]["kernel_sum"] = _stats(y, base._base(sums))
+        flops = sums[:, F.ADDITIVE.index("flops")]
+        nets = base.network_rows(base._table(list(tables), None)[0])
+        pred_a, lo_a, hi_a, unrel = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), bool)
+        for f in sorted(set(fam)):
+            tr = fam != f
+            q = copy.copy(base)
+            q.training = dict(base.training)
+            q._reset_cache()
+            q.graph_ensemble = graph_ensemble
+            q.onnx_inputs = lambda x, _c=inputs: _c[x]  # same kernel models: the cached detection
+            q.fit_graph([n["specs"] for n in nets] + [paths[i] for i in np.flatnonzero(tr)],
+                        np.concatenate([[n["ms"] for n in nets], y[tr]]),
+                        families=[n["family"] for n in nets] + list(fam[tr]),
+                        weights=[1.0] * len(nets) + [network_weight] * int(tr.sum()))
+            for i in np.flatnonzero(~tr):
+                r = q.predict(paths[i])
+                pred_a[i], lo_a[i], hi_a[i] = r.latency_ms, r.low_ms, r.high_ms
+                unrel[i] = bool(getattr(r, "unreliable", False))
+            click.echo(f"  held out {f:18s} ({int((~tr).sum())} models): graph {q.training.get('graph_choice')}", err=True)
+        report["rows"]["table_family_out"] = _stats(y, pred_a, lo_a, hi_a)
+        reliable = ~unrel
+        if reliable.any() and unrel.any():
+            report["rows"]["table_family_out_reliable_only"] = _stats(y[reliable], pred_a[reliable], lo_a[reliable],
+                                                                      hi_a[reliable])
+        report["table"] = list(tables)
+        for i, n in enumerate(names):
+            per_model[n].update(predicted_ms=float(pred_a[i]), low_ms=float(lo_a[i]), high_ms=float(hi_a[i]),
+                                kernel_sum_ms=float(base._base(sums[i:i + 1])[0]), fallback_share=float(fallback[i]),
+                                unreliable=bool(unrel[i]))
+        fam_rows = {}
+        for f in sorted(set(fam)):
+            m = fam == f
+            fam_rows[f] = _stats(y[m], pred_a[m], lo_a[m], hi_a[m])
+        report["per_family"] = fam_rows
+    if flops is not None:  # (b) FLOPs-only, log ms = a + b log FLOPs, each family held out
+        pred_f = np.zeros(len(y))
+        for f in sorted(set(fam)):
+            tr = fam != f
+            b, a = np.polyfit(np.log(flops[tr]), np.log(y[tr]), 1)
+            pred_f[~tr] = np.exp(a + b * np.log(flops[~tr]))
+        report["rows"]["flops_only_family_out"] = _stats(y, pred_f)
+        for n, v in zip(names, pred_f):
+            per_model[n]["flops_only_ms"] = float(v)
+    report["per_model"] = per_model
+    labels = {"table_family_out": "(a) table predictor, family held out", "flops_only_family_out":
+              "(b) FLOPs-only, family held out", "kernel_sum": "(c) plain kernel sum",
+              "table_family_out_reliable_only": "    (a) on models not marked unreliable",
+              "shipped_as_is": "shipped predictor as it is", "calibrated": "calibrated (another machine + calibration)"}
+    for k, lab in labels.items():
+        if k in report["rows"]:
+            click.echo(_fmt(lab, report["rows"][k]))
+    if "per_family" in report:
+        click.echo("per family (a):")
+        for f, s in report["per_family"].items():
+            click.echo(f"  {f:20s} {s['within10']:6.1%} within ±10%, median |err| {s['median_abs_err']:6.1%} (n={s['n']})")
+    out = Path(json_out) if json_out else _bench_dir(corpus) / "report.json"
+    out.write_text(json.dumps(report, indent=1))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
