@@ -110,6 +110,12 @@ class Prediction:
     unknown_ops: list[dict] = field(default_factory=list)
     folded_ops: int = 0
     batch: int = 1  # the predictor's target batch: one run processes this many images
+    # what the prediction rests on (predictors.reliability): shares of the kernel sum
+    fallback_share: float = 0.0
+    extrapolated_share: float = 0.0
+    unreliable: bool = False
+    reliability_note: str = ""
+    unknown_by_type: dict = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
@@ -121,7 +127,10 @@ class Prediction:
              "kernel_sum_ms": self.kernel_sum_ms,
              "kernels": self.kernels if per_kernel else len(self.kernels),
              "unknown_ops": self.unknown_ops, "folded_ops": self.folded_ops,
-             "batch": self.batch, "images_per_s": self.images_per_s}
+             "batch": self.batch, "images_per_s": self.images_per_s,
+             "unreliable": self.unreliable, "fallback_share": self.fallback_share,
+             "extrapolated_share": self.extrapolated_share, "unknown_by_type": self.unknown_by_type,
+             "reliability_note": self.reliability_note}
         return d
 
 
@@ -354,6 +363,7 @@ class Predictor:
         self.pooled = None
         self.pooled_q = (-0.3, 0.3)
         self.fallback = {"t0_ms": 0.005, "ms_per_byte": 1e-8, "ms_per_flop": 1e-9}
+        self.kernel_ranges: dict[str, list[float]] = {}  # per kind: log FLOPs and log bytes range of the table
         self.graph_model = None
         self.graph_type, self.graph_offset, self.graph_lin = "sum", 0.0, None
         self.graph_gscale, self.graph_blend, self.graph_clip = None, None, None
@@ -451,8 +461,13 @@ class Predictor:
         scale = A.max(axis=0) + 1e-30
         coef, _ = nnls(A / scale, np.ones(len(ms)))
         coef = coef / scale
+        pred = coef[0] + st[:, 2] * coef[1] + st[:, 0] * coef[2]
         self.fallback = {"t0_ms": float(coef[0]), "ms_per_byte": float(coef[1]), "ms_per_flop": float(coef[2]),
-                         "method": "roofline: t0 + bytes*ms_per_byte + flops*ms_per_flop, fitted on all kernel rows"}
+                         "method": "roofline: t0 + bytes*ms_per_byte + flops*ms_per_flop, fitted on all kernel rows",
+                         # how far a roofline estimate is from a kernel's measured time (widens intervals)
+                         "log_interval": list(_conformal(np.log(ms / np.maximum(pred, 1e-12))))}
+        from .reliability import kind_ranges
+        self.kernel_ranges = kind_ranges(st, [s.kind for s in specs])
 
     def fit_overhead(self, candidates, ms: np.ndarray) -> None:
         """The per-run overhead each isolated kernel measurement includes, from measured blocks."""
@@ -903,8 +918,26 @@ class Predictor:
                     "ms": float(m), "low_ms": float(l), "high_ms": float(h)}
                    for k, m, l, h in zip(det.kernels, ms, lo, hi)]
         label = name or (str(model_or_path) if not hasattr(model_or_path, "graph") else (model_or_path.graph.name or "<model>"))
-        return Prediction(label, float(pred[0]), float(plo[0]), float(phi[0]), float(sums[0, 0]), kernels, unknown,
-                          len(det.folded), self.batch)
+        rel = self._reliability(det, ms, unknown, float(sums[0, 0]))
+        scale = float(pred[0]) / max(float(self._base(sums)[0]), 1e-12)  # the graph correction (and adapters)
+        low = max(float(plo[0]) - rel.low_extra_ms * scale, 0.05 * float(pred[0]))
+        high = float(phi[0]) + rel.high_extra_ms * scale
+        return Prediction(label, float(pred[0]), low, high, float(sums[0, 0]), kernels, unknown,
+                          len(det.folded), self.batch, rel.fallback_share, rel.extrapolated_share, rel.unreliable, rel.note,
+                          rel.unknown_by_type)
+
+    def _reliability(self, det, ms, unknown: list[dict], kernel_sum_ms: float):
+        """Fallback and extrapolation shares of one ONNX prediction, and its interval's widening."""
+        from .reliability import assess, extrapolation
+        ext = []
+        if self.kernel_ranges:
+            for k, m in zip(det.kernels, ms):
+                st = F.spec_stats(k.spec, self.batch)
+                d = extrapolation(math.log(max(st[0], 1.0)), math.log(max(st[2], 1.0)),
+                                  self.kernel_ranges.get(k.spec.kind))
+                if d > 0:
+                    ext.append((float(m), d, *self.kernel_q.get(k.spec.kind, self.pooled_q)))
+        return assess(kernel_sum_ms, unknown, self.fallback.get("log_interval"), ext)
 
     # ---- sklearn-style fit on tables ---------------------------------------------------
     def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None,
@@ -1090,6 +1123,7 @@ class Predictor:
             "kernel_variants": {k: m.variant for k, m in self.kernel_models.items()},
             "overhead_ms": self.overhead_ms,
             "unknown_op_fallback": self.fallback,
+            "kernel_ranges": self.kernel_ranges,
             "adapters": self.adapters,
             "training": self.training,
             "hwnas_version": hwnas_version(),
@@ -1195,6 +1229,7 @@ class Predictor:
         p.kernel_q = {k: tuple(v) for k, v in cal.get("kernel_log_interval", {}).items()}
         p.pooled_q = tuple(cal.get("pooled_log_interval", p.pooled_q))
         p.fallback = header.get("unknown_op_fallback", p.fallback)
+        p.kernel_ranges = header.get("kernel_ranges", {})
         p.overhead_ms = float(header.get("overhead_ms", 0.0))
         p.adapters = header.get("adapters", [])
         p.training = header.get("training", {})

@@ -12,12 +12,16 @@ JSON (`--json`): a list, one object per model, always with the same keys and typ
   model (str), latency_ms, low_ms, high_ms (float: prediction and 80% interval), kernel_sum_ms
   (float: the kernels' sum before the graph correction), n_kernels (int), kernels (list: one
   object per kernel {kind, params, ms, low_ms, high_ms, ops} with --per-kernel, else empty),
-  unknown_ops (list of {name, op_type, estimate_ms}: ops outside the kernel vocabulary, estimated
-  by the roofline fallback), folded_ops (int: ONNX nodes that run no kernel, such as Reshape or
-  Identity, or that are folded into a neighbour's kernel), error (str or null: why this model
-  could not be predicted; its numbers are then null), batch (int: the predictor's target batch, at
-  which the model is predicted), images_per_s (float: batch * 1000 / latency_ms; null on error),
-  precision (str: the target's precision, fp32/fp16/int8).
+  unknown_ops (list of {name, op_type, estimate_ms, share, ...}: ops outside the kernel vocabulary,
+  estimated by the roofline fallback; share = estimate / kernel_sum_ms), folded_ops (int: ONNX
+  nodes that run no kernel, such as Reshape or Identity, or that are folded into a neighbour's
+  kernel), unreliable (bool: more than 30% of the kernel sum rests on fallback estimates),
+  fallback_share, extrapolated_share (float: shares of the kernel sum estimated by the fallback,
+  and predicted by kernels outside their kind's table range; both widen the interval),
+  reliability_note (str: the same in words, "" when nothing to say), error (str or null: why this
+  model could not be predicted; its numbers are then null, unreliable is true), batch (int: the
+  predictor's target batch, at which the model is predicted), images_per_s (float: batch * 1000 /
+  latency_ms; null on error), precision (str: the target's precision, fp32/fp16/int8).
 
 A model's batch axis is the target's: a predictor of a batch-32 target (local-cpu-b32) predicts
 one run of 32 images, and the table shows images/s beside the milliseconds. A quantized model
@@ -54,13 +58,16 @@ def prediction_json(r, per_kernel: bool, precision: str = "fp32") -> dict:
     return {"model": r.model, "latency_ms": r.latency_ms, "low_ms": r.low_ms, "high_ms": r.high_ms,
             "kernel_sum_ms": r.kernel_sum_ms, "n_kernels": len(r.kernels),
             "kernels": list(r.kernels) if per_kernel else [], "unknown_ops": list(r.unknown_ops),
-            "folded_ops": int(r.folded_ops), "error": None, "batch": int(r.batch),
+            "folded_ops": int(r.folded_ops), "unreliable": bool(r.unreliable),
+            "fallback_share": float(r.fallback_share), "extrapolated_share": float(r.extrapolated_share),
+            "reliability_note": r.reliability_note, "error": None, "batch": int(r.batch),
             "images_per_s": float(r.images_per_s), "precision": precision}
 
 
 def failed_json(model: str, error: str, batch: int = 1, precision: str = "fp32") -> dict:
     return {"model": model, "latency_ms": None, "low_ms": None, "high_ms": None, "kernel_sum_ms": None,
-            "n_kernels": 0, "kernels": [], "unknown_ops": [], "folded_ops": 0, "error": error,
+            "n_kernels": 0, "kernels": [], "unknown_ops": [], "folded_ops": 0, "unreliable": True,
+            "fallback_share": None, "extrapolated_share": None, "reliability_note": "", "error": error,
             "batch": batch, "images_per_s": None, "precision": precision}
 
 
@@ -194,18 +201,26 @@ def _print_tables(results, p, path, per_kernel: bool) -> None:
     t = Table(title=f"predicted latency on {p.target_name} ({precision}, batch {p.batch}) ({path})")
     t.add_column("model", overflow="fold")  # a path is never cut: it is what the user copies
     throughput = p.batch > 1
-    for col in ("latency ms",) + (("images/s",) if throughput else ()) + ("80% interval ms", "kernels", "unknown ops"):
+    for col in ("latency ms",) + (("images/s",) if throughput else ()) + (
+            "80% interval ms", "kernels", "unknown ops (share)", "reliable"):
         t.add_column(col, justify="right", no_wrap=True)
     for r in results:
         t.add_row(r.model, f"{r.latency_ms:.3f}", *((f"{r.images_per_s:.1f}",) if throughput else ()),
-                  f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)), str(len(r.unknown_ops)))
+                  f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)),
+                  f"{len(r.unknown_ops)} ({r.fallback_share:.0%})" if r.unknown_ops else "0",
+                  "[red]UNRELIABLE[/red]" if r.unreliable else "yes")
     console.print(t)
     for r in results:
+        if r.reliability_note:
+            style = "red" if r.unreliable else "yellow"
+            console.print(f"[{style}]{r.model}: {r.reliability_note}[/{style}]", soft_wrap=True)
         if r.unknown_ops:
             console.print(f"[yellow]{r.model}: {len(r.unknown_ops)} op(s) outside the kernel vocabulary, "
-                          "estimated by the bytes/FLOPs roofline fallback:[/yellow]", soft_wrap=True)
+                          "estimated by the bytes/FLOPs roofline fallback (share of the kernel sum):[/yellow]",
+                          soft_wrap=True)
             for u in r.unknown_ops:
-                console.print(f"  {u['name']} ({u['op_type']}): {u['estimate_ms']:.4f} ms", soft_wrap=True)
+                console.print(f"  {u['name']} ({u['op_type']}): {u['estimate_ms']:.4f} ms ({u.get('share', 0):.1%})",
+                              soft_wrap=True)
         if per_kernel:
             k = Table(title=f"{r.model}: kernels (sum {r.kernel_sum_ms:.3f} ms before the graph model)")
             for col in ("#", "kind", "parameters", "ms", "80% interval", "ONNX nodes"):
