@@ -180,6 +180,7 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
         "base": base_path.name, "base_fingerprint": pred.fingerprint, "networks": int(networks),
         "rounds": int(rounds), "seconds_per_pass": float(seconds_per_pass), "seed": int(seed),
         "measured_ms": ms.tolist(), "base_ms": np.asarray(base_ms).tolist(), "names": names})
+    new.training["calibration"]["seconds"] = round(time.time() - t_start, 1)  # measuring and adapting
     path = None
     if out is not None or out_dir is not None:
         path = Path(out) if out is not None else Path(out_dir).expanduser() / calibration_file_name(tgt.name, fingerprint)

@@ -8,8 +8,8 @@ command so the measurement can hold the quiet-machine lock alone (docs/benchmark
     flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus --run A
     flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus --run B
     # 2. calibration of a predictor from another machine class (<= 5 minutes of measurement)
-    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus calibrate --corpus /work/corpus \\
-        --base data/predictors/local-cpu__intel-xeon-processor__b74ee75f.lgb
+    flock -x /work/cpu.lock taskset -c 1 train-predictor --calibrate --out /work/corpus/bench/calibrated.lgb \\
+        --adapt-from data/predictors/local-cpu__intel-xeon-processor__b74ee75f.lgb
     # 3. predictions and the report (no lock needed: nothing is timed)
     python -m scripts.bench_corpus evaluate --corpus /work/corpus --table data/tables/local-cpu__amd-epyc__8430cb8f.parquet
 
@@ -109,23 +109,6 @@ def measure(corpus, run_name, rounds, seconds, target):
     click.echo(f"wrote {path} ({time.time() - t0:.0f}s)")
 
 
-@main.command()
-@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--base", required=True, type=click.Path(exists=True), help="A predictor from another machine class.")
-@click.option("--networks", default=24, show_default=True)
-@click.option("--rounds", default=4, show_default=True)
-@click.option("--target", default="local-cpu", show_default=True)
-def calibrate(corpus, base, networks, rounds, target):
-    """Calibrate BASE on this machine (the product's `calibrate`), for the report's calibration row."""
-    from predictors.calibrate import calibrate as run
-    out = _bench_dir(Path(corpus)) / "calibrated.lgb"
-    res = run(base, target=target, out=out, networks=networks, rounds=rounds, progress=lambda s: click.echo(s, err=True))
-    click.echo(res.summary())
-    (out.parent / "calibrated.json").write_text(json.dumps({"base": str(base), "seconds": res.seconds,
-                                                            "networks": networks, "rounds": rounds}))
-    click.echo(f"wrote {out} in {res.seconds:.0f}s")
-
-
 def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
     got = {}
     for r in runs:
@@ -200,7 +183,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
         res = [p.predict(x) for x in paths]
         report["rows"]["calibrated"] = _stats(y, [r.latency_ms for r in res], [r.low_ms for r in res],
                                               [r.high_ms for r in res])
-        report["calibration"] = json.loads((cal.parent / "calibrated.json").read_text())
+        c = p.training.get("calibration", {})
+        report["calibration"] = {k: c.get(k) for k in ("base", "networks", "rounds", "seconds_per_pass", "seconds")}
         for n, r in zip(names, res):
             per_model[n]["calibrated_ms"] = r.latency_ms
 
