@@ -36,7 +36,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-ROUNDS = 6
+PASSES = 6
 SECONDS_PER_PASS = 0.25
 
 
@@ -83,24 +83,36 @@ def main():
 @main.command()
 @click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--run", "run_name", required=True, help="Name of this measurement run (A, B, ...).")
-@click.option("--rounds", default=ROUNDS, show_default=True, help="Round-robin passes over the corpus.")
+@click.option("--passes", default=PASSES, show_default=True, help="Round-robin passes over each batch of models.")
 @click.option("--seconds", default=SECONDS_PER_PASS, show_default=True, help="Timed seconds per model per pass.")
+@click.option("--batch-gb", default=2.5, show_default=True,
+              help="Models measured interleaved together hold at most this many GB of weights (the runner keeps "
+                   "a batch's sessions open).")
 @click.option("--target", default="local-cpu", show_default=True)
-def measure(corpus, run_name, rounds, seconds, target):
-    """Measure every corpus model on TARGET, interleaved (ROUNDS passes of SECONDS each)."""
+def measure(corpus, run_name, passes, seconds, batch_gb, target):
+    """Measure every corpus model on TARGET, interleaved (profiling.measure.measure_models: PASSES
+    round-robin passes of SECONDS per model), in batches that bound the runner's memory."""
     from profiling.measure import measure_models
     corpus = Path(corpus)
     rows = _manifest(corpus)
     paths = [corpus / r["onnx"] for r in rows]
-    stop = {"max_s": seconds, "min_s": seconds, "min_runs": 10 ** 9, "max_runs": 10 ** 6, "hard_min_runs": 2,
-            "warmup_runs": 2, "warmup_s": 0.02}
+    batches, size = [[]], 0
+    for p in paths:
+        b = p.stat().st_size
+        if batches[-1] and size + b > batch_gb * 1e9:
+            batches.append([])
+            size = 0
+        batches[-1].append(p)
+        size += b
     t0 = time.time()
-    click.echo(f"measuring {len(paths)} models x {rounds} passes of {seconds:g}s on {target} (run {run_name})")
-
-    def tick(i, n, m):
-        click.echo(f"  [{i}/{n}] {m.name}: {m.median_ms:.3f} ms", err=True)
-    res = measure_models(paths, target, stop=stop, rounds=rounds, progress=tick)
-    out = {"run": run_name, "target": target, "rounds": rounds, "seconds_per_pass": seconds,
+    click.echo(f"measuring {len(paths)} models in {len(batches)} interleaved batch(es) x {passes} passes of "
+               f"{seconds:g}s on {target} (run {run_name})")
+    res = []
+    for i, batch in enumerate(batches):
+        res += measure_models(batch, target, passes=passes, slice_s=seconds,
+                              on_pass=lambda d, n, i=i: click.echo(f"  batch {i + 1}/{len(batches)}: pass {d}/{n} "
+                                                                    f"({time.time() - t0:.0f}s)", err=True))
+    out = {"run": run_name, "target": target, "passes": passes, "seconds_per_pass": seconds, "batches": len(batches),
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": time.time() - t0,
            "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs}
                       for m in res}}
