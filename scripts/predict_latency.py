@@ -202,13 +202,13 @@ def _print_tables(results, p, path, per_kernel: bool) -> None:
     t.add_column("model", overflow="fold")  # a path is never cut: it is what the user copies
     throughput = p.batch > 1
     for col in ("latency ms",) + (("images/s",) if throughput else ()) + (
-            "80% interval ms", "kernels", "unknown ops (share)", "reliable"):
+            "80% interval ms", "kernels", "unknown ops"):
         t.add_column(col, justify="right", no_wrap=True)
-    for r in results:
+    for r in results:  # unknown ops: their count and share of the kernel sum; the notes below say more
         t.add_row(r.model, f"{r.latency_ms:.3f}", *((f"{r.images_per_s:.1f}",) if throughput else ()),
                   f"{r.low_ms:.3f} – {r.high_ms:.3f}", str(len(r.kernels)),
-                  f"{len(r.unknown_ops)} ({r.fallback_share:.0%})" if r.unknown_ops else "0",
-                  "[red]UNRELIABLE[/red]" if r.unreliable else "yes")
+                  (f"{len(r.unknown_ops)} ({r.fallback_share:.0%})" if r.unknown_ops else "0")
+                  + (" [red]![/red]" if r.unreliable else ""))
     console.print(t)
     for r in results:
         if r.reliability_note:
