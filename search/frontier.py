@@ -12,7 +12,7 @@ from typing import Sequence
 from search.problem import Candidate, Formulation, pareto_front
 
 CSV_COLUMNS = ["arch", "estimated_accuracy", "predicted_ms", "predicted_low_ms", "predicted_high_ms",
-               "raw_predicted_ms", "measured_ms", "dropped", "generation", "encoding"]
+               "raw_predicted_ms", "measured_ms", "dropped", "generation", "params", "memory_mb", "encoding"]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -41,6 +41,8 @@ def write_frontier(out: Path, cands: Sequence[Candidate], meta: dict) -> list[Ca
             r["encoding"] = " ".join(f"{x:g}" for x in r["encoding"])
             r["measured_ms"] = "" if r["measured_ms"] is None else r["measured_ms"]
             r["dropped"] = r["dropped"] or ""
+            r["params"] = "" if r["params"] is None else r["params"]
+            r["memory_mb"] = "" if r["memory_mb"] is None else r["memory_mb"]
             w.writerow({k: r[k] for k in CSV_COLUMNS})
     os.replace(out / "frontier.csv.tmp", out / "frontier.csv")
     _atomic_write(out / "frontier.json", json.dumps({**meta, "frontier": rows}, indent=2))

@@ -44,6 +44,9 @@ def test_search_from_a_baseline_reports_a_measured_speedup(tmp_path):
     assert "## Against the baseline" in report and f"{speedup:.2f}x" in report
     assert f"train {res.out_dir}/best.json --data digits" in report
     assert (res.out_dir / "frontier.png").stat().st_size > 0
+    import csv
+    rows = list(csv.DictReader((res.out_dir / "frontier.csv").open()))
+    assert rows and all(int(r["params"]) > 0 and float(r["memory_mb"]) > 0 for r in rows)  # size on the frontier
 
     # --speedup: latency <= the baseline's measured latency / S, with a parameter limit
     limit = base.candidate.params // 2
