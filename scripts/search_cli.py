@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from search.config import BaselineConfig
+from search.config import BaselineConfig, RunConfig
 
 EPILOG = """\b
 Examples:
@@ -116,6 +116,8 @@ def _predictor_for_this_machine(target: str, cache_dir, quiet: bool):
               help=BaselineConfig.__dataclass_fields__["max_params"].metadata["help"])
 @click.option("--max-memory-mb", type=click.FloatRange(min=0, min_open=True), metavar="MB",
               help=BaselineConfig.__dataclass_fields__["max_memory_mb"].metadata["help"])
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help=RunConfig.__dataclass_fields__["ray_address"].metadata["help"])
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def main(**kw):
     """Search the efficient frontier of accuracy against latency, verify the finalists on the device.
@@ -151,7 +153,7 @@ def main(**kw):
         supernet_weight=kw["supernet_weight"], rerank=kw["rerank"], rerank_epochs=kw["rerank_epochs"],
         rerank_per_class=kw["rerank_per_class"],
         baseline=kw["baseline"], speedup=kw["speedup"], max_params=kw["max_params"],
-        max_memory_mb=kw["max_memory_mb"],
+        max_memory_mb=kw["max_memory_mb"], ray_address=kw["ray_address"],
         device=kw["device"], proxy_batch=kw["proxy_batch"], proxies=tuple(p.strip() for p in kw["proxies"].split(",") if p.strip()), cache_dir=kw["cache_dir"], progress=not quiet)
     try:
         res = run_search(cfg)

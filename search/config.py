@@ -280,6 +280,11 @@ class RunConfig:
     seed: int = field(default=0, metadata=option("Random seed."))
     cache_dir: str | Path | None = field(default=None, metadata=option(
         "Per-cell proxy scores and supernet checkpoints (default ~/.cache/hwnas, or $HWNAS_CACHE).", metavar="DIR"))
+    ray_address: str | None = field(default=None, metadata=option(
+        "Run on a Ray cluster (ADDRESS: the head's HOST:PORT, or 'auto' for one started on this machine; none: "
+        "join the local one or start a private one): proxy scores and --rerank trainings as Ray tasks (a GPU each "
+        "with --device cuda), finalists measured through a device actor. Needs the 'distributed' extra "
+        "(docs/distributed.md).", flag="--ray", metavar="[ADDRESS]", is_flag=False, flag_value=""))
     export_best: bool = True
     progress: bool = True
 

@@ -79,6 +79,10 @@ class SearchConfig:
     speedup: float | None = None            # with baseline: latency <= baseline's measured / speedup
     max_params: int | None = None           # size constraints (search.memory), any formulation
     max_memory_mb: float | None = None
+    # a Ray cluster ('auto', HOST:PORT, '' for the one joined or a private one): proxy scores and
+    # re-ranking trainings run as its tasks, finalists are measured through one of its device
+    # actors (profiling.fleet); None: everything in this process
+    ray_address: str | None = None
 
 
 @dataclass
@@ -157,8 +161,13 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
-    accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log)
-    device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists")
+    from search.tasks import make_pool
+    pool = make_pool(config.ray_address, config.device)
+    if config.ray_address is not None:
+        ui.log(f"evaluations on {pool.name}")
+    accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log, pool=pool)
+    device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists",
+                                                          ray_address=config.ray_address)
     if bench is None and config.finalists > 0:
         conn = device.connect()  # an unreachable --host fails now, not after the search
         mismatch = wiring.predictor_device_note(predictor, target, conn.facts)
@@ -251,18 +260,22 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     if config.rerank > 0 and not interrupted:
         try:
             best, reranked = _rerank(config, evaluator, device, space, formulation, data, best, rounds,
-                                     _cache_dir(config), ui, notes)
+                                     _cache_dir(config), ui, notes, pool)
         except KeyboardInterrupt:
             interrupted = True
             notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
             ui.log("[yellow]interrupted: the choice is the estimator's; writing the outputs ...[/]")
-    return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
-                   notes, t0, data, accuracy, latency, bench, reranked, baseline=baseline)
+    try:
+        return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
+                       notes, t0, data, accuracy, latency, bench, reranked, baseline=baseline)
+    finally:
+        if hasattr(pool, "close"):
+            pool.close()  # leaves the Ray cluster if the pool joined it
 
 
 def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
             best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
-            notes: list[str]) -> tuple[Candidate | None, list]:
+            notes: list[str], tasks=None) -> tuple[Candidate | None, list]:
     """Short training (search.rerank) of the `config.rerank` best-estimated candidates within the
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
@@ -292,7 +305,7 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         return wiring.make_space(config.space, rdata, {**config.space_options, **options})
 
     results = rerank_by_training(config.space, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
-                                 cache_file=cache, log=ui.log)
+                                 cache_file=cache, log=ui.log, pool=tasks)
     by_key = {c.key: c for c in pool}
     chosen, vr = None, VerifyRound(round=len(rounds) + 1)
     for r in results:

@@ -146,7 +146,7 @@ def latency_model(predictor, space, path):
 
 
 # ----------------------------------------------------------------------------- accuracy
-def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None]):
+def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None], pool=None):
     """The estimator of `search.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`."""
     from search.models import EstimatedAccuracy, cache_name
     from search.proxies import ProxyError, canonical_names
@@ -171,7 +171,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
         f"per-cell cache {cache}")
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
                              cache_file=cache, reference_size=config.reference_size, seed=config.seed,
-                             supernet_weight=config.supernet_weight)
+                             supernet_weight=config.supernet_weight, pool=pool)
 
 
 def supernet_train_config(config, data: Data):

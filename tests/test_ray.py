@@ -22,6 +22,7 @@ from profiling.fleet import device_resource  # noqa: E402
 from profiling.profiler import Profiler  # noqa: E402
 from profiling.table import read_table  # noqa: E402
 from scripts.profile_device import main as cli  # noqa: E402
+from tests.test_search import _cfg, predictor_path  # noqa: E402,F401  (the search tests' predictor fixture)
 
 pytestmark = pytest.mark.ssh
 FAST = {"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0}
@@ -202,3 +203,19 @@ def test_short_trainings_as_ray_tasks(cluster, tmp_path):
                                 pool=RayPool(""))
     assert {r.key: r.short_accuracy for r in remote} == {r.key: r.short_accuracy for r in local}
     assert len(read_cache_lines(cache)) == 3
+
+
+def test_search_with_ray_matches_the_single_process_search(cluster, tmp_path, predictor_path):
+    """`search --ray`: proxy scores as Ray tasks, finalists through a device actor; the same
+    candidates and estimates as in one process, and this process wrote the per-cell cache."""
+    import numpy as np
+    from search.models import read_cache_lines
+    from search.run import run_search
+    kw = dict(min_accuracy=40.0, population=6, generations=1, finalists=1)
+    one = run_search(_cfg(tmp_path / "one", predictor_path, **kw))
+    many = run_search(_cfg(tmp_path / "ray", predictor_path, ray_address="", **kw))
+    assert [c.key for c in many.candidates] == [c.key for c in one.candidates]
+    assert np.allclose([c.accuracy for c in many.candidates], [c.accuracy for c in one.candidates])
+    assert many.n_measurements >= 1 and all(c.measured_ms > 0 for c in many.candidates if c.measured_ms is not None)
+    caches = list((tmp_path / "ray" / "cache").glob("proxies-*.jsonl"))
+    assert len(caches) == 1 and len(read_cache_lines(caches[0])) >= len({c.key for c in many.candidates})
