@@ -51,6 +51,12 @@ def _predictor_for_this_machine(target: str, cache_dir, quiet: bool):
                    "without the supernet: the candidate's weighted mean percentile (supernet accuracy and "
                    "proxies) among random architectures of the space; 50 = the median random architecture, "
                    "90 = better than 90%% of them. Not a top-1 accuracy in %%. Without either: the whole frontier.")
+@click.option("--min-throughput", type=click.FloatRange(min=0, min_open=True), metavar="IMG_S",
+              help="Maximise accuracy subject to throughput >= IMG_S images/s at the target's batch (a predictor "
+                   "of a batch-N target, e.g. local-cpu-b32: the budget is N x 1000 / IMG_S ms per run).")
+@click.option("--objective", type=click.Choice(["latency", "throughput"]), default="latency", show_default=True,
+              help="With --min-accuracy: minimise the latency of one run, or maximise images/s at the target's "
+                   "batch (the same choice at a fixed batch; reported as images/s).")
 @click.option("--data", default="digits", show_default=True, metavar="DIR|NPZ|digits",
               help="Your data: an image-folder directory (class sub-directories, optionally under train/), "
                    "an .npz with x and y, or the bundled scikit-learn 'digits'.")
@@ -136,8 +142,11 @@ def main(**kw):
         BaselineConfig(kw["baseline"], kw["speedup"], kw["max_params"], kw["max_memory_mb"])
     except ConfigError as e:
         raise click.UsageError(f"--{e.param.replace('_', '-')}: {e.problem}") from None
-    if kw["latency_budget"] is not None and kw["min_accuracy"] is not None:
-        raise click.UsageError("give --latency-budget or --min-accuracy, not both")
+    if sum(kw[k] is not None for k in ("latency_budget", "min_accuracy", "min_throughput")) > 1:
+        raise click.UsageError("give one of --latency-budget, --min-accuracy, --min-throughput")
+    if kw["objective"] == "throughput" and (kw["latency_budget"] is not None or kw["min_throughput"] is not None):
+        raise click.UsageError("--objective throughput maximises images/s under --min-accuracy; a floor is "
+                               "--min-throughput (with the default objective)")
     if kw["benchmark"] is None and not kw["predictor"]:
         if kw["host"]:
             raise click.UsageError("--predictor is required with --host (a .lgb built for that device: "
@@ -145,7 +154,8 @@ def main(**kw):
         kw["predictor"] = str(_predictor_for_this_machine(kw["target"] or "local-cpu", kw["cache_dir"], quiet))
     cfg = SearchConfig(
         space=kw["space"], predictor=kw["predictor"], data=kw["data"], latency_budget_ms=kw["latency_budget"],
-        min_accuracy=kw["min_accuracy"], target=kw["target"], targets_file=kw["targets_file"], host=kw["host"],
+        min_accuracy=kw["min_accuracy"], min_throughput=kw["min_throughput"], objective=kw["objective"],
+        target=kw["target"], targets_file=kw["targets_file"], host=kw["host"],
         finalists=kw["finalists"], verify_rounds=kw["verify_rounds"], measure_ties=kw["measure_ties"], out=kw["out"],
         budget_minutes=kw["budget_minutes"], seed=kw["seed"], force=kw["force"], benchmark=kw["benchmark"],
         max_measurements=kw["max_measurements"], algorithm=kw["algorithm"], population=kw["population"],

@@ -27,6 +27,12 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
     L.append(f"- accuracy estimate: {meta['accuracy_estimator']}")
     L.append(f"- latency: {meta['latency_model']}")
     L.append(f"- device for finalists: {device.name}" + (f" ({device.how})" if getattr(device, "how", None) else ""))
+    target = getattr(device, "target", None)
+    if target is not None:
+        L.append(f"- deployment form: {target.form}" + (
+            "; every finalist is quantized (onnxruntime static QDQ, per-channel int8 weights) before it is "
+            "measured" if target.precision == "int8" else "")
+            + (f"; throughput = {target.batch} x 1000 / latency ms images/s" if target.batch > 1 else ""))
     L.append(f"- {result.n_evaluated} architectures scored in {result.elapsed_s:.0f} s; "
              f"frontier of {len(result.frontier)} points\n")
     L.append("## What was measured\n")
@@ -81,6 +87,17 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                    f"{len(result.reranked)} best-estimated candidates within the budget, the first the device "
                    f"confirmed within it (table below)")
         L.append(f"- why: {why}")
+        if target is not None and target.batch > 1:
+            from search.deploy import images_per_s
+            ms = best.measured_ms if best.measured_ms is not None else best.predicted_ms
+            L.append(f"- throughput at batch {target.batch}: {images_per_s(ms, target.batch):.1f} images/s "
+                     f"({'measured' if best.measured_ms is not None else 'predicted'})")
+        int8 = (meta.get("best") or {}).get("int8")
+        if int8:
+            L.append(f"- `best.onnx` is the int8 model ({int8['quantization']}; the fp32 export is "
+                     f"`best.fp32.onnx`): held-out accuracy {int8['fp32_accuracy']:.2f}% fp32 -> "
+                     f"{int8['int8_accuracy']:.2f}% int8, a drop of {int8['accuracy_drop_points']:.2f} points on "
+                     f"{int8['held_out_images']} images")
         L.append("- files: `best.json` (architecture), `best.onnx` and `best.pt` (ready to fine-tune), "
                  "`frontier.csv`/`frontier.json`/`frontier.png`")
         L.append("\nLoad `best.pt` as a PyTorch module (the space rebuilds the network from its architecture "

@@ -78,6 +78,9 @@ class SearchConfig:
     baseline: str | None = None
     speedup: float | None = None            # with baseline: latency <= baseline's measured / speedup
     max_params: int | None = None           # size constraints (search.memory), any formulation
+    # deployment form (search.deploy): a throughput floor at the target's batch is a latency budget
+    min_throughput: float | None = None     # images/s at the target's batch
+    objective: str = "latency"              # latency | throughput (with min_accuracy: images/s at the batch)
     max_memory_mb: float | None = None
     # a Ray cluster ('auto', HOST:PORT, '' for the one joined or a private one): proxy scores and
     # re-ranking trainings run as its tasks, finalists are measured through one of its device
@@ -145,6 +148,25 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         csv_path, dev_name = parse_benchmark(config.benchmark)
         bench = BenchmarkDevice(csv_path, dev_name, config.max_measurements)
     predictor, target = wiring.load_predictor_and_target(config, benchmark=bench is not None)
+    batch = target.batch if target is not None else 1
+    if config.objective not in ("latency", "throughput"):
+        raise SearchError(f"objective {config.objective!r} is not one of latency, throughput")
+    if config.min_throughput is not None:
+        from search.deploy import throughput_budget_ms
+        if config.latency_budget_ms is not None or config.min_accuracy is not None:
+            raise SearchError("give a throughput floor, a latency budget or a minimum accuracy, one of them")
+        if config.min_throughput <= 0:
+            raise SearchError(f"the throughput floor must be positive, not {config.min_throughput:g} images/s")
+        config = replace(config, latency_budget_ms=throughput_budget_ms(config.min_throughput, batch))
+        formulation = Formulation(config.latency_budget_ms, None, max_params=config.max_params,
+                                  max_memory_mb=config.max_memory_mb)
+        ui.log(f"throughput floor {config.min_throughput:g} images/s at batch {batch}: a latency budget of "
+               f"{config.latency_budget_ms:.3f} ms per batch")
+    if config.objective == "throughput":
+        if config.latency_budget_ms is not None:
+            raise SearchError("the throughput objective maximises images/s under an accuracy constraint: give "
+                              "a minimum accuracy (or a throughput floor with the accuracy objective)")
+        ui.log(f"objective: maximise images/s at batch {batch} (one run of {batch} image(s) per latency)")
     wiring.torch_device(config.device)
     data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
     base_name, base_opts = None, None
@@ -433,12 +455,14 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     front = write_frontier(out, cands, meta) if cands else []
     if not cands:
         (out / "frontier.csv").write_text("")
-    title = f"{config.space} on {device.name}: {formulation.describe()}"
+    target = getattr(device, "target", None)
+    form = f" ({target.form})" if target is not None else ""
+    title = f"{config.space} on {device.name}{form}: {formulation.describe()}"
     markers = {}
     if baseline is not None:
         from search.baseline_search import known_markers
         speedup, how = baseline.speedup_of(best)
-        title = f"from {baseline.name} on {device.name}: {formulation.describe()}" + (
+        title = f"from {baseline.name} on {device.name}{form}: {formulation.describe()}" + (
             f"; {how} speed-up {speedup:.2f}x" if speedup else "")
         markers = {"baseline": (baseline.name, baseline.candidate),
                    "known": known_markers(space, getattr(latency, "predictor", None), data.resolution)}
@@ -449,6 +473,13 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
         gt = ground_truth(bench.csv_path, bench.device, formulation.latency_budget_ms, best.key)
     best_meta = {"formulation": formulation.describe(), "device": device.name,
                  "accuracy_estimator": accuracy.name, "interrupted": interrupted}
+    if target is not None:
+        from search.deploy import images_per_s
+        ms = best.measured_ms if best is not None and best.measured_ms is not None else (
+            best.predicted_ms if best is not None else None)
+        best_meta["deployment"] = {"target": target.name, "precision": target.precision, "batch": target.batch,
+                                   "images_per_s": images_per_s(ms, target.batch),
+                                   "objective": config.objective, "min_throughput": config.min_throughput}
     if reranked:
         best_meta["short_training"] = [asdict(r) for r in reranked]
     if baseline is not None:
@@ -459,6 +490,9 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     if best is not None and config.export_best:
         try:
             best_meta.update(wiring.export_best(space, best, accuracy, data, out))
+            if target is not None and target.precision == "int8":  # the deployed model is the quantized one
+                from search.deploy import export_int8
+                best_meta.update(export_int8(out, data))
             write_best(out, best, config.space, best_meta)
         except KeyboardInterrupt:
             notes.append("best.onnx/best.pt were not written (interrupted)")
@@ -469,7 +503,7 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                           n_measurements=device.n_measurements, rounds=rounds, interrupted=interrupted,
                           elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
                           notes=notes, ground_truth=gt, reranked=list(reranked or []), baseline=baseline)
-    write_report(out / "report.md", config, result, meta, device, data)
+    write_report(out / "report.md", config, result, dict(meta, best=best_meta), device, data)
     if hasattr(device, "close"):
         device.close()
     return result

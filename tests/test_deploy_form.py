@@ -158,3 +158,44 @@ def test_predict_latency_on_a_batch_4_target_reports_images_per_second(batch4_pr
     assert row["images_per_s"] == pytest.approx(4 * 1000.0 / row["latency_ms"])
     table = CliRunner().invoke(predict_cli, [str(tmp_path / "tiny.onnx"), "--predictor", str(batch4_predictor)])
     assert table.exit_code == 0 and "images/s" in table.stdout and "batch 4" in table.stdout
+
+
+def test_int8_batch4_search_quantizes_finalists_and_exports_a_quantized_best_onnx(tmp_path):
+    """A search on an int8 target at batch 4: finalists are measured quantized (the runner's
+    session hook), best.onnx is the int8 model with its held-out accuracy drop, and the
+    throughput objective reports images/s at batch 4."""
+    import json
+
+    from predictors import features as F
+    from predictors.model import Predictor
+    from search.run import SearchConfig, run_search
+    from search.spaces import get_space
+    target = get_target("local-cpu-int8").with_form(batch=4)
+    # A real LightGBM predictor of the int8 batch-4 target, fit on NB201 kernels with roofline
+    # times (standing in for an int8 profile: the test is about the search's handling of the form).
+    space = get_space("nb201", resolution=8)
+    rng = np.random.default_rng(0)
+    specs = list({s for _ in range(40) for s in space.kernel_specs(space.sample(rng))})
+    st = np.array([F.spec_stats(s, 4) for s in specs])
+    p = Predictor(target=target.to_dict(), kernel_rounds=20)
+    p.fit_kernels(specs, 0.004 + st[:, 0] * 2e-9 + st[:, 2] * 5e-9)
+    p.save(tmp_path / "int8-b4.lgb")
+    probe = SearchConfig(space="nb201", predictor=str(tmp_path / "int8-b4.lgb"), data="digits", population=8,
+                         generations=1, finalists=1, verify_rounds=1, out=str(tmp_path / "out"),
+                         cache_dir=str(tmp_path / "cache"), progress=False, proxies=("jacob_cov", "params"),
+                         proxy_batch=16, accuracy="proxies", reference_size=8, objective="throughput",
+                         min_accuracy=1.0)
+    res = run_search(probe)
+    out = tmp_path / "out"
+    assert res.best is not None and res.best.measured_ms is not None
+    best = json.loads((out / "best.json").read_text())
+    meta = best.get("meta", best)
+    dep = meta["deployment"]
+    assert (dep["precision"], dep["batch"], dep["objective"]) == ("int8", 4, "throughput")
+    assert dep["images_per_s"] == pytest.approx(4000.0 / res.best.measured_ms)
+    assert is_quantized(onnx.load(str(out / "best.onnx"))) and not is_quantized(onnx.load(str(out / "best.fp32.onnx")))
+    int8 = meta["int8"]
+    assert int8["accuracy_drop_points"] == pytest.approx(int8["fp32_accuracy"] - int8["int8_accuracy"])
+    assert int8["held_out_images"] > 0
+    report = (out / "report.md").read_text()
+    assert "deployment form: int8, batch 4" in report and "images/s" in report and "best.fp32.onnx" in report
