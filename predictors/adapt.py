@@ -38,6 +38,8 @@ from typing import Sequence
 import numpy as np
 
 from . import features as F
+from .errors import PredictorError
+from .numerics import conformal_interval, metrics, ridge_gram, ridge_solve
 
 NG = len(F.GROUPS)
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -67,7 +69,7 @@ def _design(kind: str, base: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def _solve(A, t, lam, pen):
-    return np.linalg.solve(A.T @ A + np.diag(pen * lam) + 1e-9 * np.eye(A.shape[1]), A.T @ t)
+    return ridge_solve(A, t, pen * lam, jitter=1e-9)
 
 
 def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, device: str = "new-device",
@@ -96,7 +98,7 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
                 A, pen, off = _design(kind, base, Z)
                 if A.shape[1] >= n and lam == 0:
                     continue
-                B = np.linalg.solve(A.T @ A + np.diag(pen * lam) + 1e-9 * np.eye(A.shape[1]), A.T)  # [p, n]
+                B = np.linalg.solve(ridge_gram(A, pen * lam, jitter=1e-9), A.T)  # [p, n]
                 h = np.einsum("ij,ji->i", A, B)  # the hat matrix's diagonal, without the n x n matrix
                 r = (t - off - A @ (B @ (t - off))) / np.maximum(1.0 - h, 1e-6)
                 loo = t - r
@@ -112,10 +114,9 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
         members.append({"space": space, "kind": kind, "lambda": lam, "loo_mse_log": err,
                         "coef": _solve(A, t - off, lam, pen).tolist()})
     loo_log = np.mean([c[4] for c in cands[:top_k]], axis=0)
-    from .model import _conformal, metrics
     return {"method": "ridge-ensemble-loo", "device": device, "n_networks": int(n),
             "features": [nm for nm, k in zip(names, keep) if k], "all_features": names, "mean": mean.tolist(),
-            "std": std.tolist(), "members": members, "log_interval": list(_conformal(np.log(y) - loo_log)),
+            "std": std.tolist(), "members": members, "log_interval": list(conformal_interval(np.log(y) - loo_log)),
             "log_ratio_range": [float(np.min(np.log(y / parent))), float(np.max(np.log(y / parent)))],
             "loo": metrics(y, np.exp(loo_log))}
 
@@ -159,7 +160,6 @@ def adapt(base, candidates, ms, device: str = "new-device", target: dict | None 
 
     candidates: lists of KernelSpec, or ONNX paths/ModelProtos, one per measured network.
     """
-    from .model import PredictorError
     ms = np.asarray(ms, float)
     if len(candidates) != len(ms):
         raise PredictorError(f"{len(candidates)} networks but {len(ms)} latencies")

@@ -863,8 +863,8 @@ def _strip(name: str) -> str:
     return name[:-6] if name.endswith("_nchwc") else name
 
 
-_ORT_ACTS = {"Relu": "relu", "Clip": "relu6", "LeakyRelu": "leakyrelu", "Tanh": "tanh", "HardSigmoid": "hardsigmoid", "HardSwish": "hardswish",
-             "Sigmoid": "sigmoid", "": "none"}
+# onnxruntime's fused-activation names: the ONNX ops, Clip as relu6 (the only clip it fuses), "" = none
+_ORT_ACTS = {**SIMPLE_ACTS, "Clip": "relu6", "": "none"}
 
 
 @dataclass

@@ -19,13 +19,14 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from predictors.errors import PredictorStageError
 
 MAGIC = "HWNAS-PREDICTOR"
 FORMAT_VERSION = 1
 SCHEMA_VERSION = 1
 
 
-class PredictorFileError(ValueError):
+class PredictorFileError(PredictorStageError, ValueError):
     """The predictor file is missing, truncated, corrupted or of an unsupported schema."""
 
 

@@ -31,6 +31,7 @@ import onnx
 from onnx import helper, numpy_helper, shape_inference
 
 from profiling.onnx_stats import TensorInfo, _elem_bytes
+from predictors.errors import PredictorStageError
 
 from .quantized import QuantizationInfo, dequantize_graph
 
@@ -39,7 +40,7 @@ MIN_OPSET, MAX_OPSET = 11, 21
 FREE_OPS = {"Identity", "Dropout", "Constant", "ConstantOfShape", "Shape", "Size"}
 
 
-class GraphError(ValueError):
+class GraphError(PredictorStageError, ValueError):
     """The ONNX model cannot be read or its shapes cannot be resolved; the message says why."""
 
 

@@ -26,6 +26,9 @@ import pandas as pd
 
 from profiling.kernels import KernelSpec
 
+from .errors import PredictorError
+from .tables import network_specs
+
 
 @dataclass
 class MeasuredNetworks:
@@ -46,7 +49,6 @@ def _text(v) -> str | None:
 
 def read_networks_file(path: str | os.PathLike) -> MeasuredNetworks:
     """Read a measured-networks file (format above); every bad row is named in the error."""
-    from .model import PredictorError, network_specs
     path = Path(path)
     if not path.exists():
         raise PredictorError(f"networks file {path} does not exist")

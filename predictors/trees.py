@@ -182,4 +182,12 @@ def average_models(texts: "list[str]") -> str:
     return head + "".join(blocks) + "end of trees\n"
 
 
-__all__ = ["TreeModel", "average_models"]
+def train_tree_model(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: "list[str] | tuple[str, ...]",
+                     weight: "np.ndarray | None" = None) -> TreeModel:
+    """Boost a LightGBM regressor and keep its text model (evaluated by `TreeModel`, no pickle)."""
+    import lightgbm as lgb  # lazy: lightgbm (and the scikit-learn it pulls) takes over a second; only training needs it
+    ds = lgb.Dataset(X, y, weight=weight, feature_name=list(names), free_raw_data=True, params={"verbose": -1})
+    return TreeModel(lgb.train(params, ds, num_boost_round=rounds).model_to_string())
+
+
+__all__ = ["TreeModel", "average_models", "train_tree_model"]

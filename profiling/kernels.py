@@ -23,11 +23,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from profiling.errors import ProfilingStageError
+
 ACTIVATIONS = ("none", "relu", "relu6", "hardswish", "silu", "gelu", "sigmoid", "hardsigmoid",
                "leakyrelu", "prelu", "mish", "tanh")
 
 
-class KernelSpecError(ValueError):
+class KernelSpecError(ProfilingStageError, ValueError):
     """A kernel kind or parameter is wrong; the message lists the valid ones."""
 
 

@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
+from profiling.errors import ProfilingStageError
+
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-class TargetError(ValueError):
+class TargetError(ProfilingStageError, ValueError):
     """A target name, file or setting is wrong; the message says how to fix it."""
 
 

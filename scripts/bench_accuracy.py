@@ -66,7 +66,7 @@ def cifar_dir(cache: Path) -> Path:
 
 
 def proxy_batch(cache: Path, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    from search.data import load_dataset
+    from search.accuracy.data import load_dataset
     ds = load_dataset(cifar_dir(cache), split="train", max_per_class=50, seed=seed).normalized(CIFAR_MEAN, CIFAR_STD)
     return ds.batch(n, seed=seed)
 
@@ -88,7 +88,7 @@ def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_
                 phase_cells: Sequence[int] = (1000, 1000, 1000)) -> Path:
     """Fill the cache phase by phase (see PHASES), so an interrupted run still holds every
     cheap proxy on all cells; each cell's proxies come from one seeded network."""
-    from search.proxies import PROXIES, compute_proxies
+    from search.accuracy.proxies import PROXIES, compute_proxies
     from search.spaces import get_space
     torch.set_num_threads(1)
     cache.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_
 
 
 def proxy_report(cache: Path, batch: int, n_cells: int = 1000, n_labels: int = 100, reps: int = 10) -> dict:
-    from search.estimator import DEFAULT_ENSEMBLE, RankEnsemble, SupervisedEstimator, structure_features
+    from search.accuracy.estimator import DEFAULT_ENSEMBLE, RankEnsemble, SupervisedEstimator, structure_features
     from search.spaces import get_space
     path = cache / f"nb201_proxies_b{batch}.csv"
     if not path.exists():
@@ -208,7 +208,7 @@ def supervised_dev_check(n_cells: int = 1000, n_labels: int = 100, reps: int = 1
     of the other reference cells (their reference proxies), ``n_labels`` labelled, scored on the
     rest, as in :func:`proxy_report`. This is where the design of ``method="average"`` can be
     checked without touching the benchmark's 1,000 cells."""
-    from search.estimator import SupervisedEstimator, structure_features
+    from search.accuracy.estimator import SupervisedEstimator, structure_features
     from search.spaces import get_space
     feats = ["flops", "params", "synflow", "nwot", "jacob_cov"]
     bench = set(bench_cells(n_cells)["arch"])
@@ -242,7 +242,7 @@ def _supernet_data(cache: Path, per_class: int, val_per_class: int, size: int, s
     """The CIFAR-10 subset of the supernet benchmark: ``per_class`` training images per class and
     ``val_per_class`` images per class of the test split (1,000 = the whole test split), resized to
     ``size``, normalised with the training subset's statistics."""
-    from search.data import load_dataset
+    from search.accuracy.data import load_dataset
     root = cifar_dir(cache)
     t = time.time()
     train = load_dataset(root, split="train", image_size=size, max_per_class=per_class, seed=seed)
@@ -299,7 +299,7 @@ def run_standalone(cache: Path, n_subnets: int, per_class: int, val_per_class: i
     ``reverse`` walks the subnets backwards (a second process can then fill the cache from the other end);
     ``shard=(k, n)`` trains only the k-th of every n (arch, seed) runs, for n processes side by side."""
     from search.spaces import get_space
-    from search.supernet import TrainConfig, accuracy, train_standalone
+    from search.accuracy.supernet import TrainConfig, accuracy, train_standalone
     torch.set_num_threads(1)
     work = cache / "supernet"
     work.mkdir(parents=True, exist_ok=True)
@@ -332,7 +332,7 @@ def _trained_bench_supernet(work: Path, space, train, C: int, N: int, size: int,
     and, with ``few_shot_edge``, split into fine-tuned parts. Returns ``(supernet, tag, info,
     paths per step, training seconds, few-shot seconds)``, or None when ``few_shot_ops`` trained
     only some parts."""
-    from search.supernet import FewShotNB201Supernet, TrainConfig, build_supernet
+    from search.accuracy.supernet import FewShotNB201Supernet, TrainConfig, build_supernet
     cfg_s = TrainConfig(epochs=supernet_epochs, batch_size=batch_size, lr=lr, n_random=n_random, sampling=sampling,
                         hflip=True, checkpoint_every=100, seed=seed)
     paths = cfg_s.paths_per_step(space)
@@ -452,7 +452,7 @@ def run_supernet_weight(cache: Path, cells: int, per_class: int, size: int, C: i
     table's ``jacov`` and ``params`` (the default ensemble, each weighted 1/2) with each weight of
     ``weights``; Spearman and Kendall with NB201's ``val_acc``, on all cells and on the top 20 %
     by ``val_acc`` (where a search's choice is made)."""
-    from search.estimator import RankEnsemble
+    from search.accuracy.estimator import RankEnsemble
     from search.spaces import get_space
     torch.set_num_threads(1)
     work = cache / "supernet"

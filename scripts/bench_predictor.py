@@ -112,7 +112,7 @@ def families_benchmark(p, table, refs: list[dict], weight: float, speed: float |
     the references' latencies are also scored divided by it, i.e. at the speed the machine had when
     the table was profiled, which is what a predictor trained on that table predicts.
     """
-    from predictors.model import metrics
+    from predictors.numerics import metrics
     nets = p.network_rows(table)
     cand = [r["specs"] if not r["unknown"] else r["onnx"] for r in refs]
     fams = sorted({r["family"] for r in refs})
@@ -334,7 +334,7 @@ def main(tables, cache, skip_families, only, skip_nb201, pred_path, write_networ
     click.echo("  " + out.stderr.strip().replace("\n", "\n  "))
     if not skip_families:
         click.echo("== held-out families (reference architectures measured here)")
-        from predictors.model import load_tables
+        from predictors.tables import load_tables
         table, _ = load_tables(list(tables))  # read once: the anchors and the held-out fits use it
         refs, speed = reference_networks(p, cache, tuple(only), rounds, table, anchors)
         if write_networks:

@@ -63,7 +63,7 @@ def _profile(ray_mod, slots: int | None, configs: int, seed: int, passes: int) -
 def _evaluation(ray_mod, cells: int, workers: int, chunk: int) -> dict:
     import numpy as np
     from search import wiring
-    from search.estimator import FeatureJob, compute_features
+    from search.accuracy.estimator import FeatureJob, compute_features
     from search.tasks import RayPool
     from search.run import DEFAULT_PROXIES
     data = wiring.load_data("digits", seed=0)

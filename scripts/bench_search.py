@@ -11,7 +11,7 @@ demand on a CIFAR-10 batch (the shared JPEG tarball, extracted under --work) and
 cell there, so the cells the searches visit are scored once across all runs.
 
 `--rerank K` runs `search --rerank K` (the K best-estimated cells within the budget trained for a
-few epochs on 10,000 CIFAR-10 images, `search.rerank`) and adds `estimator_gap`: the gap of the
+few epochs on 10,000 CIFAR-10 images, `search.accuracy.rerank`) and adds `estimator_gap`: the gap of the
 cell the estimator alone would choose from the same measured cells. The random baseline is not
 re-ranked.
 """

@@ -54,7 +54,9 @@ def _fmt(ms: list[dict]) -> str:
 def main(base_path, table_path, refs_path, shots, draws, test_share, seed, out):
     from predictors.adapt import adapt
     from predictors.measured import read_networks_file
-    from predictors.model import Predictor, load_tables, metrics
+    from predictors import Predictor
+    from predictors.numerics import metrics
+    from predictors.tables import load_tables
 
     base = Predictor.load(base_path)
     df, meta = load_tables([table_path])

@@ -79,10 +79,10 @@ def _predictor_for_this_machine(target: str, cache_dir, quiet: bool):
 @click.option("--generations", type=int, default=12, show_default=True, help="NSGA-II generations.")
 @click.option("--algorithm", type=click.Choice(["nsga2", "random"]), default="nsga2", show_default=True)
 @click.option("--accuracy", type=click.Choice(["auto", "proxies", "supernet"]), default="auto", show_default=True,
-              help="Accuracy estimator (search.estimator rank ensemble): auto = the space's supernet trained "
+              help="Accuracy estimator (search.accuracy.estimator rank ensemble): auto = the space's supernet trained "
                    "once on --data (cached in --cache-dir, resumable) + proxies; proxies only in --benchmark mode.")
 @click.option("--proxies", default="jacob_cov,params", show_default=True,
-              help="Zero-cost proxies of the rank ensemble (comma-separated; see search.proxies).")
+              help="Zero-cost proxies of the rank ensemble (comma-separated; see search.accuracy.proxies).")
 @click.option("--proxy-batch", type=click.IntRange(min=2), default=64, show_default=True, metavar="N",
               help="Images of --data the proxies are computed on; more images give steadier scores "
                    "(jacob_cov's cost grows about linearly: 0.17 s a cell at 32 images, 0.54 s at 128, full NB201 "

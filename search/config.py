@@ -174,7 +174,7 @@ class AccuracyConfig:
         "architectures of the space; 50 = the median random architecture, 90 = better than 90% of them. Not a "
         "top-1 accuracy in %. Without either: the whole frontier.", metavar="A"))
     proxies: tuple[str, ...] = field(default=("jacob_cov", "params"), metadata=option(
-        "Zero-cost proxies of the rank ensemble (comma-separated; see search.proxies).", metavar="P,P"))
+        "Zero-cost proxies of the rank ensemble (comma-separated; see search.accuracy.proxies).", metavar="P,P"))
     proxy_batch: int = field(default=64, metadata=option(
         "Images of --data the proxies are computed on; more images give steadier scores (jacob_cov's cost grows "
         "about linearly: 0.17 s a cell at 32 images, 0.54 s at 128, full NB201 network, one core).", metavar="N"))
@@ -188,7 +188,7 @@ class AccuracyConfig:
         check_range("proxy_batch", self.proxy_batch, 2, optional=False)
         check_range("reference_size", self.reference_size, 2, optional=False)
         self.proxies = tuple(self.proxies)
-        from search.proxies import ProxyError, canonical_names
+        from search.accuracy.proxies import ProxyError, canonical_names
         try:
             canonical_names(self.proxies)
         except ProxyError as e:

@@ -4,7 +4,7 @@
   kernel specs (no ONNX export); `MacsLatency` is a stand-in that needs no predictor (MACs
   of the kernel specs, in arbitrary units) for benchmark mode, where the measurements
   adapt it to the device anyway.
-- Accuracy: `EstimatedAccuracy` is `search.estimator.AccuracyEstimator`'s unsupervised rank
+- Accuracy: `EstimatedAccuracy` is `search.accuracy.estimator.AccuracyEstimator`'s unsupervised rank
   ensemble (zero-cost proxies on a batch of the user's data and, when a supernet is wired,
   the subnet's accuracy with inherited weights), as a 0-100 rank score; proxy scores are
   cached per cell on disk.
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from search.estimator import SUPERNET_COLUMN, AccuracyEstimator
+from search.accuracy.estimator import SUPERNET_COLUMN, AccuracyEstimator
 from search.problem import SearchError
 
 
@@ -115,7 +115,7 @@ class _CachedEstimator(AccuracyEstimator):
 
 
 class EstimatedAccuracy:
-    """The search's accuracy objective: `search.estimator`'s unsupervised rank ensemble.
+    """The search's accuracy objective: `search.accuracy.estimator`'s unsupervised rank ensemble.
 
     score(arch) = 100 x the arch's weighted mean percentile, over the ensemble's columns (the
     proxies and, with a supernet, the subnet's supernet accuracy), within a fixed reference
@@ -137,7 +137,7 @@ class EstimatedAccuracy:
                                     cache_file=cache_file)
         self.est.pool = pool  # a search.tasks pool (Ray tasks with --ray); None: one by one here
         cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
-        self.name = "rank ensemble of " + "+".join(cols) + " (search.estimator; 0-100 rank score)"
+        self.name = "rank ensemble of " + "+".join(cols) + " (search.accuracy.estimator; 0-100 rank score)"
         self.est.fit()  # the reference population: reference_size random architectures
 
     @property

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
+from search.errors import SearchStageError
 
 
-class SearchError(RuntimeError):
+class SearchError(SearchStageError, RuntimeError):
     """A search cannot run or cannot meet its constraint; the message says what to do."""
 
 

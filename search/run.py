@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from search.estimator import DEFAULT_ENSEMBLE
+from search.accuracy.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
 from search.frontier import frontier_points, plot_frontier, write_best, write_frontier
@@ -30,7 +30,7 @@ from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator,
 from search.verify import (FeatureCorrection, RunnerDevice, VerifyRound, best_verified, feasible,
                            measure_candidate, rank_key, verify_finalists)
 
-DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.estimator's best unsupervised ensemble on NB201
+DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.accuracy.estimator's best unsupervised ensemble on NB201
 
 
 @dataclass
@@ -68,7 +68,7 @@ class SearchConfig:
     export_best: bool = True
     progress: bool = True
     space_options: dict = field(default_factory=dict)
-    # re-ranking the best candidates by a short stand-alone training (search.rerank); 0 = off
+    # re-ranking the best candidates by a short stand-alone training (search.accuracy.rerank); 0 = off
     rerank: int = 0                         # how many of the best-estimated candidates within the budget to train
     rerank_epochs: float = 5.0
     rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
@@ -103,7 +103,7 @@ class SearchResult:
     correction: str
     notes: list[str]
     ground_truth: Any = None
-    reranked: list = field(default_factory=list)   # search.rerank.RerankResult, best first
+    reranked: list = field(default_factory=list)   # search.accuracy.rerank.RerankResult, best first
     baseline: Any = None                            # search.baseline_search.BaselineInfo
 
 
@@ -298,13 +298,13 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
 def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
             best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
             notes: list[str], tasks=None) -> tuple[Candidate | None, list]:
-    """Short training (search.rerank) of the `config.rerank` best-estimated candidates within the
+    """Short training (search.accuracy.rerank) of the `config.rerank` best-estimated candidates within the
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
     verified within the budget. The estimator's choice stays when none is."""
     from search import wiring
     from search.models import cache_name
-    from search.rerank import RerankConfig, describe, rerank_by_training
+    from search.accuracy.rerank import RerankConfig, describe, rerank_by_training
     if formulation.kind != "budget":
         # under --min-accuracy the objective is latency, and the frontier has no single objective
         notes.append("--rerank applies to --latency-budget searches only; the choice is the usual one")

@@ -4,8 +4,8 @@
     for i, scores in pool.map(score_fn, archs, shared):  # results as they complete
         ...
 
-Proxy scores (`search.estimator.AccuracyEstimator.prefetch`), short trainings for re-ranking
-(`search.rerank`) and supernet subnet evaluations are each one call of a module-level function
+Proxy scores (`search.accuracy.estimator.AccuracyEstimator.prefetch`), short trainings for re-ranking
+(`search.accuracy.rerank`) and supernet subnet evaluations are each one call of a module-level function
 `fn(shared, item)`; a pool runs them and hands the results back to the caller, which alone
 writes the per-cell caches, so a cache stays the single source of truth whichever pool ran the
 work. `LocalPool` runs them one after the other in this process; `RayPool` runs each as a Ray

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.data import DataError, ImageDataset, load_dataset
+from search.accuracy.data import DataError, ImageDataset, load_dataset
 from search.problem import SearchError
 
 
@@ -180,7 +180,7 @@ def evaluate(net: nn.Module, data: ImageDataset, batch_size: int = 256) -> float
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    from search.supernet import _augment as translate_and_flip
+    from search.accuracy.supernet import _augment as translate_and_flip
     return translate_and_flip(x, gen, hflip)
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from predictors.numerics import ridge_solve
 from search.problem import Candidate, Correction, Evaluator, Formulation, pareto_front
 
 
@@ -203,9 +204,7 @@ class FeatureCorrection(Correction):
     @staticmethod
     def _ridge(Z, y, alpha):
         A = np.column_stack([np.ones(len(Z)), Z])
-        reg = alpha * np.eye(A.shape[1])
-        reg[0, 0] = 0.0
-        return np.linalg.solve(A.T @ A + reg, A.T @ y)
+        return ridge_solve(A, y, np.r_[0.0, np.full(Z.shape[1], alpha)])  # the intercept is not shrunk
 
     def _loo(self, Z, y, alpha) -> float:
         errs = []

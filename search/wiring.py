@@ -1,11 +1,11 @@
 """Wiring: builds the search's ingredients from a `SearchConfig` on top of the other packages.
 
-- data: `search.data.load_dataset`, split 80/20 and normalised on the training part;
+- data: `search.accuracy.data.load_dataset`, split 80/20 and normalised on the training part;
 - space: `search.spaces.get_space`, sized to the data (channels, classes, resolution);
 - predictor and target: `predictors.model.Predictor.load` and `profiling.targets.get_target`,
   refusing a predictor built for another target unless `force`;
-- accuracy: `search.estimator.AccuracyEstimator` (proxies and, by default, the supernet of
-  `search.supernet`, trained once on the data and checkpointed in the cache directory);
+- accuracy: `search.accuracy.estimator.AccuracyEstimator` (proxies and, by default, the supernet of
+  `search.accuracy.supernet`, trained once on the data and checkpointed in the cache directory);
 - export of the chosen architecture (`best.onnx`, `best.pt`).
 
 Each function checks its input and fails with a one-line `SearchError` before any long work.
@@ -23,7 +23,7 @@ from search.problem import SearchError
 @dataclass
 class Data:
     name: str
-    train: Any          # search.data.ImageDataset, normalised
+    train: Any          # search.accuracy.data.ImageDataset, normalised
     val: Any
     num_classes: int
     in_channels: int
@@ -40,7 +40,7 @@ class Data:
 
 def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500) -> Data:
     """`digits`, an .npz file or an image-folder directory (class folders, optionally under train/)."""
-    from search.data import DataError, load_dataset
+    from search.accuracy.data import DataError, load_dataset
     p = Path(spec)
     if spec != "digits":
         if not p.exists():
@@ -147,9 +147,9 @@ def latency_model(predictor, space, path):
 
 # ----------------------------------------------------------------------------- accuracy
 def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None], pool=None):
-    """The estimator of `search.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`."""
+    """The estimator of `search.accuracy.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`."""
     from search.models import EstimatedAccuracy, cache_name
-    from search.proxies import ProxyError, canonical_names
+    from search.accuracy.proxies import ProxyError, canonical_names
     try:
         names = canonical_names(config.proxies)
     except ProxyError as e:
@@ -167,7 +167,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     cache = cache_dir / (f"proxies-{space.name}-"
                          f"{cache_name(repr(space), data.name, len(inputs), config.seed)}.jsonl")
     what = "+".join(names) + (" + supernet accuracy" if supernet is not None else "")
-    log(f"accuracy: rank ensemble of {what} (search.estimator), proxies on a batch of {len(inputs)}, "
+    log(f"accuracy: rank ensemble of {what} (search.accuracy.estimator), proxies on a batch of {len(inputs)}, "
         f"per-cell cache {cache}")
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
                              cache_file=cache, reference_size=config.reference_size, seed=config.seed,
@@ -175,7 +175,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
 
 
 def supernet_train_config(config, data: Data):
-    from search.supernet import TrainConfig
+    from search.accuracy.supernet import TrainConfig
     epochs = config.supernet_epochs if config.supernet_epochs is not None else 8.0
     return TrainConfig(epochs=epochs, batch_size=min(64, max(8, len(data.train) // 4)), seed=config.seed,
                        checkpoint_every=20)
@@ -198,7 +198,7 @@ def _trained_supernet(config, space, data: Data, cache_dir: Path, log):
     """The space's supernet trained on the data once; the checkpoint (named by everything the
     weights depend on) is reused by later runs and resumed if a run was killed mid-training."""
     from search.models import cache_name
-    from search.supernet import SupernetError, build_supernet
+    from search.accuracy.supernet import SupernetError, build_supernet
     import torch
     device = torch_device(config.device)
     tc = supernet_train_config(config, data)
@@ -227,7 +227,7 @@ def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
     """best.onnx and best.pt: with a supernet, the subnet carrying the supernet's weights (BN
     statistics recalibrated on the training data); else a freshly initialised network."""
     import torch
-    from search.supernet import recalibrate_bn
+    from search.accuracy.supernet import recalibrate_bn
     sn = getattr(accuracy, "supernet", None)
     info: dict[str, Any] = {"inherited_supernet_weights": sn is not None}
     if sn is not None:

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from search.data import load_dataset
-from search.estimator import (DEFAULT_ENSEMBLE, SUPERNET_COLUMN, AccuracyEstimator, EstimatorError, RankEnsemble,
+from search.accuracy.data import load_dataset
+from search.accuracy.estimator import (DEFAULT_ENSEMBLE, SUPERNET_COLUMN, AccuracyEstimator, EstimatorError, RankEnsemble,
                               SupervisedEstimator, nb201_path_features, spearman, structure_features)
 from search.spaces import get_space
-from search.supernet import build_supernet
+from search.accuracy.supernet import build_supernet
 
 torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -267,7 +267,7 @@ def test_kernel_variant_and_graph_correction_are_chosen_by_cross_validation(trai
 
 
 def test_few_networks_fall_back_to_the_calibrated_kernel_sum(trained, table):
-    from predictors.model import load_tables
+    from predictors.tables import load_tables
     p, _ = trained
     df, meta = load_tables([table])
     df4 = df.drop(df[df.category == "network"].index[4:])
@@ -278,24 +278,19 @@ def test_few_networks_fall_back_to_the_calibrated_kernel_sum(trained, table):
     assert q.graph_offset == pytest.approx(float(np.median(ratio)))
 
 
-_GRAPH_KEYS = ("graph_model", "graph_q", "graph_type", "graph_offset", "graph_lin", "graph_gscale", "graph_blend",
-               "graph_clip")
-
-
 def _graph_state(p):
-    return {k: getattr(p, k) for k in _GRAPH_KEYS}, dict(p.training)
+    return (p.graph, p.graph_q), dict(p.training)
 
 
 def _restore_graph_state(p, saved):
-    for k, v in saved[0].items():
-        setattr(p, k, v)
+    p.graph, p.graph_q = saved[0]
     p.training = saved[1]
     p._clear_pred_cache()
 
 
 def test_graph_correction_is_selected_by_leave_one_family_out_cv(trained, table, tmp_path):
     """With network families, each family is held out in turn; the choice has the least mean per-family error."""
-    from predictors.model import load_tables
+    from predictors.tables import load_tables
     p, _ = trained
     df, meta = load_tables([table])
     nets = p.network_rows(df)

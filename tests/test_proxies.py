@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.proxies import PROXIES, ProxyError, compute_proxies
+from search.accuracy.proxies import PROXIES, ProxyError, compute_proxies
 from search.spaces import get_space
 
 torch.set_num_threads(1)

@@ -184,7 +184,7 @@ def test_short_trainings_as_ray_tasks(cluster, tmp_path):
     from search import wiring
     from search.models import read_cache_lines
     from search.problem import Candidate
-    from search.rerank import RerankConfig, rerank_by_training
+    from search.accuracy.rerank import RerankConfig, rerank_by_training
     from search.tasks import RayPool
     data = wiring.load_data("digits", seed=0, max_per_class=40)
     space = wiring.make_space("nb201", data)

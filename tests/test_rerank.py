@@ -26,7 +26,7 @@ def _candidates(space, estimated: dict[str, float]):
 
 def test_short_training_reorders_what_the_estimator_ranked_and_caches_it(tmp_path):
     from search import wiring
-    from search.rerank import RerankConfig, rerank_by_training
+    from search.accuracy.rerank import RerankConfig, rerank_by_training
     data = wiring.load_data("digits", seed=0)
     space = wiring.make_space("nb201", data)
     # the estimator (here: made up) prefers the dead cell and the pooling-only cell to the conv cell

@@ -112,7 +112,7 @@ def test_budget_search_writes_every_output_and_verifies(tmp_path, predictor_path
     # best.pt/best.onnx hold the subnet with the supernet's weights, BN recalibrated
     assert ck["inherited_supernet_weights"] is True and best["inherited_supernet_weights"] is True
     assert Path(ck["supernet_checkpoint"]).exists() and 0 <= ck["supernet_val_accuracy"] <= 100
-    from search.supernet import build_supernet
+    from search.accuracy.supernet import build_supernet
     space = get_space("nb201", resolution=8, num_classes=10, in_channels=3)
     net = space.build(space.from_string(best["arch"]))
     net.load_state_dict(ck["state_dict"])

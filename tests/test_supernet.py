@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from search.data import DataError, load_dataset
+from search.accuracy.data import DataError, load_dataset
 from search.spaces import get_space
-from search.supernet import (SupernetError, TrainConfig, accuracy, build_supernet, recalibrate_bn)
+from search.accuracy.supernet import (SupernetError, TrainConfig, accuracy, build_supernet, recalibrate_bn)
 
 torch.set_num_threads(1)
 
@@ -194,7 +194,7 @@ def test_few_shot_split_gives_each_op_of_the_edge_its_own_fine_tuned_weights(dig
     """Few-shot NAS: each sub-supernet starts as the parent, trains only paths with its op on the
     split edge, scores only the subnets with that op there, and resumes from its own checkpoint."""
     from search.spaces.nb201 import OPS
-    from search.supernet import FewShotNB201Supernet
+    from search.accuracy.supernet import FewShotNB201Supernet
     space = get_space("nb201", **TINY["nb201"])
     train, val = digits
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def test_few_shot_split_gives_each_op_of_the_edge_its_own_fine_tuned_weights(dig
 def test_augmentation_translates_each_image_by_its_own_offset():
     """The vectorised crop equals cropping each zero-padded image at the offsets the generator
     draws (the draws come first, in this order, so CPU and GPU runs augment alike)."""
-    from search.supernet import _augment
+    from search.accuracy.supernet import _augment
     x = torch.randn(16, 3, 12, 12)
     out = _augment(x, torch.Generator().manual_seed(7), hflip=True)
     gen = torch.Generator().manual_seed(7)

@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from profiling.kernels import KernelSpec
+from search.errors import SearchStageError
 
 Arch = TypeVar("Arch", bound=Hashable)
 
 
-class SpaceError(ValueError):
+class SpaceError(SearchStageError, ValueError):
     """An architecture, string or encoding does not belong to the space."""
 
 

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from search.errors import SearchStageError
 
 PROXIES: tuple[str, ...] = ("synflow", "snip", "grasp", "fisher", "grad_norm", "jacob_cov", "nwot", "zico",
                             "zen", "params", "flops")
@@ -61,7 +62,7 @@ DATA_FREE: frozenset[str] = frozenset({"synflow", "params", "flops"})
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class ProxyError(ValueError):
+class ProxyError(SearchStageError, ValueError):
     """An unknown proxy name or unusable inputs."""
 
 

@@ -4,8 +4,8 @@ One supernet holds the weights of every subnet of its space; it is trained once 
 user's data and then scores any architecture in seconds with inherited weights:
 
     from search.spaces import get_space
-    from search.data import load_dataset
-    from search.supernet import build_supernet, TrainConfig
+    from search.accuracy.data import load_dataset
+    from search.accuracy.supernet import build_supernet, TrainConfig
 
     data = load_dataset("digits")
     train, val = data.split(0.2)
@@ -51,14 +51,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search.data import ImageDataset
+from search.accuracy.data import ImageDataset
 from search.spaces.base import SearchSpace, init_weights, make_divisible
 from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space
 from search.spaces.nb201 import EDGES, OPS, NB201Space, build_macro, cell_plan, edge_key, make_op
 from search.spaces.resnet import BottleneckCfg, ResNetArch, ResNetSpace
+from search.errors import SearchStageError
 
 
-class SupernetError(RuntimeError):
+class SupernetError(SearchStageError, RuntimeError):
     """A supernet cannot train, resume or evaluate; the message says why."""
 
 

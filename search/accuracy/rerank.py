@@ -62,7 +62,7 @@ def _resized(ds, resolution: int):
     """A copy of an ImageDataset at ``resolution`` (resized once, not at every step)."""
     import dataclasses
     import torch
-    from search.supernet import _resize
+    from search.accuracy.supernet import _resize
     if ds.x.shape[-1] == resolution:
         return ds
     return dataclasses.replace(ds, x=torch.cat([_resize(ds.x[i:i + 512], resolution)
@@ -72,7 +72,7 @@ def _resized(ds, resolution: int):
 def _train_and_score(job: tuple, arch: Any) -> tuple[float, float]:
     """One short training (a pool's unit of work): (held-out accuracy %, seconds)."""
     import torch
-    from search.supernet import accuracy, train_standalone
+    from search.accuracy.supernet import accuracy, train_standalone
     space, train, val, tc, seed = job
     t = time.perf_counter()
     torch.manual_seed(seed)
@@ -90,7 +90,7 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
     on ``pool`` (a `search.tasks` pool: Ray tasks with --ray; default: one after the other here);
     this process alone appends them to ``cache_file``.
     """
-    from search.supernet import TrainConfig
+    from search.accuracy.supernet import TrainConfig
     from search.tasks import LocalPool
 
     pool = pool or LocalPool()

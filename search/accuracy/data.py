@@ -22,11 +22,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from search.errors import SearchStageError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
-class DataError(ValueError):
+class DataError(SearchStageError, ValueError):
     """A dataset source cannot be read or holds no usable images."""
 
 

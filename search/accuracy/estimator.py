@@ -31,13 +31,14 @@ import pandas as pd
 import torch
 from scipy.stats import spearmanr
 
-from search.proxies import canonical_names, compute_proxies
+from search.accuracy.proxies import canonical_names, compute_proxies
+from search.errors import SearchStageError
 
 DEFAULT_ENSEMBLE: tuple[str, ...] = ("jacob_cov", "params")
 SUPERNET_COLUMN = "supernet_acc"
 
 
-class EstimatorError(ValueError):
+class EstimatorError(SearchStageError, ValueError):
     """Missing features, labels or an unfitted estimator."""
 
 
@@ -419,7 +420,7 @@ class AccuracyEstimator:
         inputs, targets: one fixed batch of the user's (normalised) data for the proxies;
             resized to each architecture's input resolution.
         proxies: proxies to compute (default: those of the default ensemble).
-        supernet: a trained :class:`~search.supernet.Supernet`; adds ``supernet_acc``.
+        supernet: a trained :class:`~search.accuracy.supernet.Supernet`; adds ``supernet_acc``.
         val, calib: held-out and calibration data for the supernet evaluations.
         supernet_weight: the weight of ``supernet_acc`` in the unsupervised ensemble; the
             proxies share a weight of 1 equally. The default 0.25 (a fifth of the score) is
