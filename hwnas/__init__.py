@@ -26,6 +26,7 @@ from predictors.errors import PredictorError, PredictorStageError
 from predictors.model import Prediction, Predictor
 from profiling.errors import HwnasError, ProfilingError, ProfilingStageError
 from profiling.targets import Target, get_target, list_targets
+from profiling.validate import ConfigError
 from search.errors import SearchStageError
 
 from .api import get_space, profile, search
@@ -35,5 +36,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Predictor", "Prediction", "profile", "search", "get_space", "get_target", "list_targets", "Target",
     "HwnasError", "ProfilingStageError", "PredictorStageError", "SearchStageError", "ProfilingError",
-    "PredictorError", "__version__",
+    "PredictorError", "ConfigError", "__version__",
 ]

@@ -305,7 +305,7 @@ class _Detector:
         g, n = self.g, self.g.nodes[i]
         w = g.shape(n.input[1])
         x = g.shape(n.input[0])
-        if w is None or x is None or len(x) < 3:
+        if w is None or x is None or len(x) < 3 or len(w) < 3:
             raise _Unmapped
         group = [i]
         # bn=True only with a BatchNormalization node (torch exports fold BN into the bias)
@@ -519,7 +519,7 @@ class _Detector:
 
     def softmax(self, i):
         x = self.g.shape(self.g.nodes[i].input[0])
-        if x is None:
+        if not x:  # unknown shape or a scalar
             raise _Unmapped
         lead = int(np.prod(x[:-2])) if len(x) > 2 else self.batch
         heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
@@ -527,6 +527,8 @@ class _Detector:
                   m=int(x[-2]) if len(x) >= 2 else 1, n=int(x[-1]))
 
     def layernorm(self, group, x_shape, out):
+        if not x_shape:  # unknown shape or a scalar
+            raise _Unmapped
         tokens = int(np.prod(x_shape[1:-1])) if len(x_shape) > 2 else 1
         if x_shape[0] != self.batch and x_shape[0] % self.batch == 0:
             tokens *= x_shape[0] // self.batch
@@ -725,11 +727,15 @@ class _Detector:
         if op in ("MaxPool", "AveragePool"):
             x = g.shape(n.input[0])
             ks = g.attr(n, "kernel_shape")
+            if x is None or len(x) < 3 or not ks:
+                raise _Unmapped
             strides = g.attr(n, "strides") or [1]
             return self.emit("pool", [i], n.output[0], op="max" if op == "MaxPool" else "avg", c=int(x[1]),
                              h=int(x[2]), w=int(x[3]) if len(x) > 3 else 1, kernel=int(max(ks)), stride=int(strides[0]))
         if op in ("GlobalAveragePool", "GlobalMaxPool"):
             x = g.shape(n.input[0])
+            if x is None or len(x) < 3:
+                raise _Unmapped
             return self.emit("global_pool", [i], n.output[0], op="avg" if op == "GlobalAveragePool" else "max",
                              c=int(x[1]), h=int(x[2]), w=int(x[3]) if len(x) > 3 else 1)
         if op in ("Add", "Sub", "Mul", "Div") and len(n.input) == 2:
@@ -803,7 +809,10 @@ class _Detector:
                 continue
             try:
                 self.one(i)
-            except (_Unmapped, TypeError, IndexError, ValueError, ZeroDivisionError):
+            # the expected failures only: no mapping applies (_Unmapped: unknown op type, unknown or
+            # unusable shapes), parameters out of the kernel vocabulary's range (KernelSpecError and
+            # other ValueErrors) or a zero-size dimension; a TypeError or IndexError is a bug here
+            except (_Unmapped, ValueError, ZeroDivisionError):
                 if i not in self.used:
                     self.unknown_op(i)
         if g.quantization is not None:

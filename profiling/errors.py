@@ -4,6 +4,7 @@ Every error hwnas raises for something a user must fix derives from `HwnasError`
 base of the stage that raised it:
 
     HwnasError
+    ├── profiling.validate.ConfigError   a configuration value, checked before any work (any stage)
     ├── ProfilingStageError   profiling.errors.ProfilingError, profiling.kernels.KernelSpecError,
     │                         profiling.targets.TargetError
     ├── PredictorStageError   (predictors.errors) PredictorError, PredictorFileError, GraphError

@@ -20,8 +20,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from profiling.errors import HwnasError
 
-class ConfigError(ValueError):
+
+class ConfigError(HwnasError, ValueError):
     """A configuration value is wrong: `param` names it, the message says what is wrong and how
     to fix it. Raised before any work, so it is a usage error (the CLI exits with status 2)."""
 

@@ -87,6 +87,15 @@ def test_hwnas_error_catches_every_stage_and_keeps_the_builtin_bases(tmp_path):
         assert str(info.value)
 
 
+def test_a_configuration_error_is_an_hwnas_error_naming_its_parameter():
+    import hwnas
+    from profiling.validate import check_range
+    with pytest.raises(hwnas.ConfigError) as info:
+        check_range("min_accuracy", 150, 0, 100)
+    assert isinstance(info.value, hwnas.HwnasError) and isinstance(info.value, ValueError)
+    assert info.value.param == "min_accuracy"
+
+
 def test_the_accuracy_errors_belong_to_the_search_stage():
     from search.accuracy.estimator import EstimatorError
     from search.accuracy.supernet import SupernetError
