@@ -137,7 +137,7 @@ def main(tables, out, overwrite, adapt_from, networks, network_weight, device, c
             click.echo(f"  kernel {kind:16s} {v['variant']:8s} CV {v['within10']:6.1%} within ±10%, MAPE "
                        f"{v['mape']:6.1%} (n={v['n']}){q}")
         from predictors.features import KERNEL_KINDS
-        from predictors.model import MIN_KIND_ROWS
+        from predictors.kernel_models import MIN_KIND_ROWS
         pooled = [k for k in KERNEL_KINDS if k not in p.kernel_models]
         if pooled:  # an older table lacks the newer kinds: say which ones fall back
             click.echo(f"  kinds without a model of their own (fewer than {MIN_KIND_ROWS} rows in the table), predicted "
