@@ -15,11 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	# The pinned CPU wheel first, so nothing later can pull a CUDA build.
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	# Ray (the optional 'distributed' extra, about 30 s from the pip cache) so the tests use a real
 	# local cluster; where it cannot install, the Ray tests skip and say why.
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,distributed]' || \
-	  echo "note: Ray did not install; the Ray tests will skip
+	  echo "note: Ray did not install; the Ray tests will skip"
 	touch $(STAMP)
 
 # The main job on the embedded default: this machine, the shipped table and

@@ -238,12 +238,12 @@ def start_fleet(target, address: str | None = None, hosts: list[str] | tuple[str
             ray.shutdown()
 
     conns: list[ActorConnection] = []
+    pending: list[tuple[ActorConnection, str | None]] = []
     try:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         remote = ray.remote(DeviceActor)
         here = ray.get_runtime_context().get_node_id()
         cluster = ray.cluster_resources()
-        pending: list[tuple[ActorConnection, str | None]] = []
         ssh_cfg = str(ssh_config) if ssh_config else None
         for i, (res, fp) in enumerate(fleet_slots(ray, target.name)):
             actor = remote.options(num_cpus=0, resources={res: 1}, max_restarts=ACTOR_RESTARTS,
@@ -284,7 +284,7 @@ def start_fleet(target, address: str | None = None, hosts: list[str] | tuple[str
             raise ProfilingError(f"no device actor of target {target.name} started in the Ray cluster "
                                  "(the warnings above say why)")
     except BaseException:
-        for c, _ in locals().get("pending", []):
+        for c, _ in pending:
             c.kill()
         if joined:
             ray.shutdown()
