@@ -7,7 +7,10 @@ One or more runners (a local subprocess, or one per `--host` over SSH) take jobs
 one scheduler: kernel and block configurations drawn by `profiling.sampling` (prior +
 uniform first, then adaptive refinement), whole networks from `profiling.networks`
 interleaved with them, and a sentinel kernel every `sentinel_every` configurations or
-seconds. A sentinel further from its baseline than its tolerance is a drift event: the
+seconds. Configurations are measured in batches of up to `batch_size`, interleaved
+(`profiling.interleave.measure_interleaved`: `passes` round-robin passes, a short slice each), so
+a machine that changes speed for seconds at a time moves one pass of every row of the batch a
+little instead of a few rows a lot; a batch's rows are written when its last pass ends. A sentinel further from its baseline than its tolerance is a drift event: the
 configurations that runner measured since its last good sentinel go back in the queue, and
 are measured again (`remeasured=True`) once the sentinel is back to normal.
 Every row is made durable as soon as it is measured (`profiling.table.TableWriter`).
