@@ -181,7 +181,7 @@ def test_kernel_spec_shapes_follow_the_network():
     sp = NB201Space()
     specs = sp.kernel_specs(sp.from_string(NB201_CASES[0]))
     assert specs[0].to_dict() == {"kind": "conv", "cin": 3, "cout": 16, "h": 32, "w": 32, "kernel": 3, "stride": 1,
-                                  "groups": 1, "bn": True, "act": "none"}
+                                  "groups": 1, "bn": True, "act": "none", "kernel_w": 3, "dilation": 1}
     assert specs[-1].to_dict() == {"kind": "linear", "tokens": 1, "cin": 64, "cout": 10, "act": "none", "bias": True}
     adds = [s for s in specs if s.kind == "conv_add"]
     assert [(s.params["cin"], s.params["h"]) for s in adds] == [(32, 16), (64, 8)]
