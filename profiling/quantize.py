@@ -5,7 +5,8 @@
     int8 = quantize(model, calibration=images[:32])        # a batch of the user's data (N,C,H,W)
 
 The result is a QDQ model (QuantizeLinear/DequantizeLinear around each quantizable op,
-per-channel int8 weights, int8 activations calibrated with MinMax) that onnxruntime fuses
+per-channel int8 weights, uint8 activations calibrated with MinMax: U8S8, onnxruntime's fast
+path on x86; symmetric int8 activations for TensorRT with `activations="int8"`) that onnxruntime fuses
 into QLinearConv, QGemm, QLinearMatMul, ... when it loads it, and that TensorRT reads as an
 explicitly quantized network. The same function (`device_runner.quantize_file`) quantizes
 every model the profiler measures on an int8 target, on the device, so a latency table of an
@@ -86,9 +87,13 @@ def calibration_feeds(model: onnx.ModelProto, calibration: Calibration = None, *
 
 
 def quantize(model: str | os.PathLike | onnx.ModelProto, calibration: Calibration = None, *,
-             per_channel: bool = True, batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+             per_channel: bool = True, batch: int = 1, seed: int = 0, activations: str = "uint8") -> onnx.ModelProto:
     """`model` quantized to int8 by onnxruntime's static quantizer (QDQ format; see the module
-    docstring). Raises ProfilingError naming the model when onnxruntime cannot quantize it."""
+    docstring). `activations`: "uint8" (U8S8, onnxruntime's fast path on x86 CPUs) or "int8"
+    (symmetric S8S8, for TensorRT). Raises ProfilingError naming the model when onnxruntime
+    cannot quantize it."""
+    if activations not in ("uint8", "int8"):
+        raise ProfilingError(f"activations must be 'uint8' or 'int8', not {activations!r}")
     where = str(model) if not isinstance(model, onnx.ModelProto) else "the model"
     if not isinstance(model, onnx.ModelProto):
         try:
@@ -103,7 +108,7 @@ def quantize(model: str | os.PathLike | onnx.ModelProto, calibration: Calibratio
         large = model.ByteSize() > 1_500_000_000
         onnx.save(model, src, save_as_external_data=large, location="weights.bin" if large else None)
         try:
-            quantize_file(src, dst, feeds, per_channel=per_channel)
+            quantize_file(src, dst, feeds, per_channel=per_channel, activations=activations)
         except Exception as e:  # the quantizer raises anything from a KeyError to a protobuf error
             raise ProfilingError(f"onnxruntime could not quantize {where}: {type(e).__name__}: {e}") from None
         return onnx.load(dst)

@@ -115,7 +115,11 @@ def main():
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--per-family", type=int, default=1, show_default=True)
 @click.option("--max-mb", type=float, default=40.0, show_default=True)
-def prepare(corpus, out, per_family, max_mb):
+@click.option("--activations", type=click.Choice(["uint8", "int8"]), default="uint8", show_default=True,
+              help="uint8: U8S8 (onnxruntime's x86 fast path, the int8 target's form); int8: the quantizer's "
+                   "default S8S8.")
+@click.option("--no-b32", is_flag=True, help="Skip the batch-32 copies.")
+def prepare(corpus, out, per_family, max_mb, activations, no_b32):
     """Quantize and re-batch the selected models (CPU-heavy: shared lock)."""
     from profiling.errors import ProfilingError
     from profiling.quantize import quantize
@@ -131,13 +135,15 @@ def prepare(corpus, out, per_family, max_mb):
         m = onnx.load(r["path"])
         entry = {"family": r["family"], "fp32": r["path"], "mb": r["mb"]}
         try:
-            q = quantize(m, batch=1)
+            q = quantize(m, batch=1, activations=activations)
             onnx.save(q, str(out / "int8" / f"{r['name']}.onnx"))
             entry["int8"] = str(out / "int8" / f"{r['name']}.onnx")
         except ProfilingError as e:
             entry["int8_error"] = str(e)[:300]
         b = rebatched(m)
-        if _runs_at(b, 2):
+        if no_b32:
+            entry["b32_error"] = "not prepared (--no-b32)"
+        elif _runs_at(b, 2):
             onnx.save(b, str(out / "b32" / f"{r['name']}.onnx"))
             entry["b32"] = str(out / "b32" / f"{r['name']}.onnx")
         else:
@@ -166,7 +172,8 @@ def _job(path: str, target, facts, quantized_file: bool) -> dict:
 @click.option("--slice-s", type=float, default=0.25, show_default=True)
 @click.option("--chunk", type=int, default=8, show_default=True)
 @click.option("--only", default=None, help="Comma-separated model names (default: all prepared).")
-def measure(out, run_id, passes, slice_s, chunk, only):
+@click.option("--forms", default=",".join(FORMS), show_default=True, help="Which forms to measure.")
+def measure(out, run_id, passes, slice_s, chunk, only, forms):
     """Measure fp32-b1, int8-b1 and fp32-b32 interleaved (take the EXCLUSIVE cpu lock around this)."""
     from profiling.interleave import measure_interleaved
     from profiling.measure import connect
@@ -188,10 +195,10 @@ def measure(out, run_id, passes, slice_s, chunk, only):
                 e = prep[n]
                 jobs.append(dict(_job(e["fp32"], t_b1, conn.facts or {}, False), id=f"{n}|fp32_b1"))
                 keys.append((n, "fp32_b1"))
-                if "int8" in e:
+                if "int8" in e and "int8_b1" in forms:
                     jobs.append(dict(_job(e["int8"], t_b1, conn.facts or {}, True), id=f"{n}|int8_b1"))
                     keys.append((n, "int8_b1"))
-                if "b32" in e:
+                if "b32" in e and "fp32_b32" in forms:
                     jobs.append(dict(_job(e["b32"], t_b32, conn.facts or {}, False), id=f"{n}|fp32_b32"))
                     keys.append((n, "fp32_b32"))
             answers = measure_interleaved(conn, jobs, passes=passes, slice_s=slice_s)
