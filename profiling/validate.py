@@ -154,7 +154,7 @@ def check_output_dir(param: str, path: str | os.PathLike, overwrite: bool = Fals
         earlier = [r for r in results if (p / r).exists()]
         if earlier and not overwrite:
             raise ConfigError(param, f"{p} holds an earlier run's results ({', '.join(earlier)}); give a new "
-                                     f"directory, or set {overwrite_param} to replace them")
+                                     f"directory, or use {overwrite_param} to replace them")
         return p
     _writable_parent(param, p)
     return p

@@ -153,7 +153,7 @@ def main(shared, work, out, devices, population, generations, percentiles, max_m
                                seed=seed, budget_minutes=30, progress=False, export_best=False,
                                data_max_per_class=100, proxy_batch=proxy_batch, space_options=PROXY_NETS[proxy_net],
                                reference_size=200, measure_ties=measure_ties, rerank=rerank,
-                               rerank_epochs=rerank_epochs, rerank_per_class=rerank_per_class)
+                               rerank_epochs=rerank_epochs, rerank_per_class=rerank_per_class, overwrite=True)
             res = run_search(cfg)
             # no choice (nothing verified or predicted under the budget): the row counts, gap None
             gt = res.ground_truth or ground_truth(csv, dev, budget, None)

@@ -81,7 +81,8 @@ def _library_errors() -> tuple[type[BaseException], ...]:
     from predictors.model import PredictorError
     from profiling.errors import ProfilingError
     from profiling.targets import TargetError
-    classes += [ProfilingError, TargetError, PredictorError, PredictorFileError, GraphError]
+    from search.problem import SearchError
+    classes += [ProfilingError, TargetError, PredictorError, PredictorFileError, GraphError, SearchError]
     return tuple(classes)
 
 
@@ -122,5 +123,19 @@ def target_threads(target) -> int:
     return int(target.resolved_threads(os.cpu_count() or 1))
 
 
-__all__ = ["EXIT_BUDGET", "EXIT_CODES_HELP", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE",
+def search_threads(target_name: str | None, predictor: str | None, targets_file: str | None = None) -> int:
+    """The thread count of the target a search measures on: `target_name`, else the predictor's own
+    target (read from its header), else local-cpu's."""
+    from profiling.targets import Target, get_target
+    if target_name:
+        return target_threads(get_target(target_name, targets_file))
+    if predictor:
+        from predictors.fileformat import read_predictor_header
+        recorded = read_predictor_header(predictor).get("target")
+        if recorded:
+            return target_threads(Target.from_dict(recorded))
+    return target_threads(get_target("local-cpu"))
+
+
+__all__ = ["search_threads", "EXIT_BUDGET", "EXIT_CODES_HELP", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE",
            "cli_errors", "fail", "flag_for", "set_torch_threads", "target_threads", "usage_error"]

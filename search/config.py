@@ -45,6 +45,16 @@ def option(help: str, flag: str | None = None, metavar: str | None = None, **cli
     return {"help": help, "flag": flag, "metavar": metavar, "click": click_kw}
 
 
+def _space_names() -> list[str]:
+    from search.spaces import SPACES
+    return list(SPACES)
+
+
+def _algorithm_names() -> list[str]:
+    from search.algorithms import ALGORITHMS
+    return list(ALGORITHMS)
+
+
 # ------------------------------------------------------------------------------------ parts
 @dataclass
 class DataConfig:
@@ -52,16 +62,19 @@ class DataConfig:
         "Your data: an image-folder directory (class sub-directories, optionally under train/), an .npz with x "
         "and y, or the bundled scikit-learn 'digits'.", flag="--data", metavar="DIR|NPZ|digits"))
     max_per_class: int | None = 500     # images read per class from an image folder
+    image_size: int | None = field(default=None, metadata=option(
+        "Resize the images to this size (square); the space is sized to it.", metavar="PX"))
 
     def __post_init__(self) -> None:
         if self.source != "digits":
             check_input_path("source", self.source, "image folder, .npz file or 'digits'")
         check_range("max_per_class", self.max_per_class, 1)
+        check_range("image_size", self.image_size, 4)
 
 
 @dataclass
 class SpaceConfig:
-    name: str = field(default="nb201", metadata=option("Search space.", flag="--space"))
+    name: str = field(default="nb201", metadata=option("Search space.", flag="--space", registry=_space_names))
     options: dict = field(default_factory=dict)   # overrides of the space's constructor options
 
     def __post_init__(self) -> None:
@@ -72,8 +85,10 @@ class SpaceConfig:
 @dataclass
 class LatencyConfig:
     predictor: str | Path | None = field(default=None, metadata=option(
-        "Latency predictor (.lgb from train-predictor) of the target device. Required, except in --benchmark mode.",
-        metavar="FILE"))
+        "Latency predictor (.lgb from train-predictor) of the target device. Default (or 'auto'; this machine, "
+        "no --host): the shipped predictor measured on this machine, else the closest shipped one (CPU model and "
+        "speed-relevant flags) calibrated here on a few measured networks (once, a few minutes; cached).",
+        metavar="FILE|auto"))
     latency_budget_ms: float | None = field(default=None, metadata=option(
         "Maximise accuracy subject to latency <= MS milliseconds.", flag="--latency-budget", metavar="MS"))
     target: str | None = field(default=None, metadata=option(
@@ -83,12 +98,25 @@ class LatencyConfig:
                                                                             metavar="FILE"))
     force: bool = field(default=False, metadata=option("Use a predictor built for another target than --target.",
                                                        is_flag=True))
+    min_throughput: float | None = field(default=None, metadata=option(
+        "Maximise accuracy subject to throughput >= IMG_S images/s at the target's batch (a predictor of a "
+        "batch-N target, e.g. local-cpu-b32: the budget is N x 1000 / IMG_S ms per run).", metavar="IMG_S"))
+    objective: str = field(default="latency", metadata=option(
+        "With --min-accuracy: minimise the latency of one run, or maximise images/s at the target's batch (the "
+        "same choice at a fixed batch; reported as images/s).", choices=("latency", "throughput")))
     benchmark: str | None = field(default=None, metadata=option(
         "NB201 benchmark mode: the DEVICE_ms column of CSV (keyed by arch) is the device; each lookup is one "
         "measurement.", metavar="CSV:DEVICE"))
 
     def __post_init__(self) -> None:
         check_input_file("predictor", self.predictor, "predictor file (.lgb)")
+        check_range("min_throughput", self.min_throughput, 0, None, low_open=True)
+        check_choice("objective", self.objective, ("latency", "throughput"), "objective")
+        if self.min_throughput is not None and self.latency_budget_ms is not None:
+            raise ConfigError("min_throughput", "give `min_throughput` or `latency_budget_ms`, not both")
+        if self.objective == "throughput" and (self.latency_budget_ms is not None or self.min_throughput is not None):
+            raise ConfigError("objective", "throughput maximises images/s under `min_accuracy`; a floor is "
+                                           "`min_throughput` (with the latency objective)")
         check_input_file("targets_file", self.targets_file, "TOML targets file")
         check_range("latency_budget_ms", self.latency_budget_ms, 0, None, low_open=True)
         if self.benchmark is not None:
@@ -257,7 +285,7 @@ class VerificationConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = field(default="nsga2", metadata=option("Search algorithm (search.algorithms registry).",
-                                                       flag="--algorithm"))
+                                                       flag="--algorithm", registry=_algorithm_names))
     population: int = field(default=24, metadata=option("Architectures per generation.", metavar="N"))
     generations: int = field(default=12, metadata=option("Generations.", metavar="N"))
 
@@ -317,6 +345,8 @@ class SearchSpec:
     def __post_init__(self) -> None:
         if self.latency.latency_budget_ms is not None and self.accuracy.min_accuracy is not None:
             raise ConfigError("latency_budget_ms", "give `latency_budget_ms` or `min_accuracy`, not both")
+        if self.latency.min_throughput is not None and self.accuracy.min_accuracy is not None:
+            raise ConfigError("min_throughput", "give `min_throughput` or `min_accuracy`, not both")
 
 
 PARTS = {"data": DataConfig, "space": SpaceConfig, "latency": LatencyConfig, "accuracy": AccuracyConfig,

@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -128,7 +129,7 @@ class EstimatedAccuracy:
 
     def __init__(self, space, inputs, targets, proxies: Sequence[str], supernet=None, val=None, calib=None,
                  cache_file: str | Path | None = None, reference_size: int = 64, seed: int = 0,
-                 supernet_weight: float = 0.25, pool=None):
+                 supernet_weight: float = 0.25, pool=None, log=None, deadline: float | None = None):
         self.space = space
         self.supernet = supernet
         self.est = _CachedEstimator(space, inputs, targets, proxies=proxies, supernet=supernet,
@@ -138,7 +139,27 @@ class EstimatedAccuracy:
         self.est.pool = pool  # a search.tasks pool (Ray tasks with --ray); None: one by one here
         cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
         self.name = "rank ensemble of " + "+".join(cols) + " (search.accuracy.estimator; 0-100 rank score)"
-        self.est.fit()  # the reference population: reference_size random architectures
+        # the reference population: reference_size random architectures, drawn as est.fit() draws
+        # them, scored here one by one for the progress line (and cut short at the deadline)
+        rng = np.random.default_rng(seed)
+        ref = [space.sample(rng) for _ in range(reference_size)]
+        self.est.prefetch(ref)  # with a pool (Ray tasks), all at once; else nothing here
+        t0 = time.monotonic()
+        self.reference_cut: int | None = None
+        n = 0
+        for i, a in enumerate(ref):
+            self.est._features_one(a)
+            n = i + 1
+            if log and (n % 8 == 0 or n == len(ref)):
+                el = time.monotonic() - t0
+                log(f"reference population: {n}/{len(ref)} architectures scored ({el:.0f} s, about "
+                    f"{el / n * (len(ref) - n):.0f} s left)")
+            if deadline is not None and time.monotonic() >= deadline and 8 <= n < len(ref):
+                self.reference_cut = n
+                if log:
+                    log(f"reference population: cut at {n} architectures by the time budget")
+                break
+        self.est.fit(ref[:n] if ref else None)
 
     @property
     def n_computed(self) -> int:

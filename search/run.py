@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from search.config import (AccuracyConfig, AlgorithmConfig, BaselineConfig, DataConfig, LatencyConfig,
+                           RerankSettings, RunConfig, SearchSpec, SpaceConfig, SupernetConfig, VerificationConfig)
 from search.accuracy.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
@@ -39,6 +41,7 @@ class SearchConfig:
     predictor: str | Path | None = None     # .lgb; optional only in benchmark mode
     data: str = "digits"                    # DIR (image folders) | NPZ | digits
     data_max_per_class: int | None = 500    # images read per class from an image folder
+    data_image_size: int | None = None      # resize the images to this size (square)
     latency_budget_ms: float | None = None
     min_accuracy: float | None = None
     target: str | None = None               # default: the predictor's own target
@@ -86,6 +89,58 @@ class SearchConfig:
     # re-ranking trainings run as its tasks, finalists are measured through one of its device
     # actors (profiling.fleet); None: everything in this process
     ray_address: str | None = None
+    overwrite: bool = False                 # replace an earlier run's results in `out`
+    remeasure_cap: int = 5                  # measurements of a finalist within its uncertainty of the budget
+
+    def spec(self) -> SearchSpec:
+        """The typed parts of search.config (each validates itself: a ConfigError names the field)."""
+        return SearchSpec(
+            latency=LatencyConfig(predictor=self.predictor, latency_budget_ms=self.latency_budget_ms,
+                                  target=self.target, targets_file=self.targets_file, force=self.force,
+                                  min_throughput=self.min_throughput, objective=self.objective,
+                                  benchmark=self.benchmark),
+            data=DataConfig(source=self.data, max_per_class=self.data_max_per_class, image_size=self.data_image_size),
+            space=SpaceConfig(name=self.space, options=dict(self.space_options)),
+            accuracy=AccuracyConfig(estimator=self.accuracy, min_accuracy=self.min_accuracy,
+                                    proxies=tuple(self.proxies), proxy_batch=self.proxy_batch,
+                                    reference_size=self.reference_size,
+                                    supernet=SupernetConfig(epochs=self.supernet_epochs, weight=self.supernet_weight,
+                                                            device=self.device),
+                                    rerank=RerankSettings(top_k=self.rerank, epochs=self.rerank_epochs,
+                                                          per_class=self.rerank_per_class,
+                                                          options=self.rerank_options,
+                                                          resolution=self.rerank_resolution)),
+            verification=VerificationConfig(host=self.host, finalists=self.finalists, rounds=self.verify_rounds,
+                                            measure_ties=self.measure_ties, remeasure_cap=self.remeasure_cap,
+                                            max_measurements=self.max_measurements, calibration=self.calibration),
+            algorithm=AlgorithmConfig(name=self.algorithm, population=self.population, generations=self.generations),
+            run=RunConfig(out=self.out, overwrite=self.overwrite, budget_minutes=self.budget_minutes, seed=self.seed,
+                          cache_dir=self.cache_dir, ray_address=self.ray_address, export_best=self.export_best,
+                          progress=self.progress),
+            baseline=BaselineConfig(baseline=self.baseline, speedup=self.speedup, max_params=self.max_params,
+                                    max_memory_mb=self.max_memory_mb))
+
+    @classmethod
+    def from_spec(cls, s: SearchSpec) -> "SearchConfig":
+        """The flat configuration of a typed one (the engine's own reading of it)."""
+        a, sn, rr, v = s.accuracy, s.accuracy.supernet, s.accuracy.rerank, s.verification
+        return cls(space=s.space.name, space_options=dict(s.space.options), predictor=s.latency.predictor,
+                   data=s.data.source, data_max_per_class=s.data.max_per_class, data_image_size=s.data.image_size,
+                   latency_budget_ms=s.latency.latency_budget_ms, min_accuracy=a.min_accuracy, target=s.latency.target,
+                   targets_file=s.latency.targets_file, force=s.latency.force, benchmark=s.latency.benchmark,
+                   min_throughput=s.latency.min_throughput, objective=s.latency.objective,
+                   host=v.host, finalists=v.finalists, verify_rounds=v.rounds, measure_ties=v.measure_ties,
+                   remeasure_cap=v.remeasure_cap, max_measurements=v.max_measurements, calibration=v.calibration,
+                   algorithm=s.algorithm.name, population=s.algorithm.population,
+                   generations=s.algorithm.generations, accuracy=a.estimator, proxies=tuple(a.proxies),
+                   proxy_batch=a.proxy_batch, reference_size=a.reference_size, supernet_epochs=sn.epochs,
+                   supernet_weight=sn.weight, device=sn.device, rerank=rr.top_k, rerank_epochs=rr.epochs,
+                   rerank_per_class=rr.per_class, rerank_options=rr.options, rerank_resolution=rr.resolution,
+                   out=s.run.out, overwrite=s.run.overwrite, budget_minutes=s.run.budget_minutes, seed=s.run.seed,
+                   cache_dir=s.run.cache_dir, ray_address=s.run.ray_address, export_best=s.run.export_best,
+                   progress=s.run.progress,
+                   baseline=s.baseline.baseline, speedup=s.baseline.speedup, max_params=s.baseline.max_params,
+                   max_memory_mb=s.baseline.max_memory_mb)
 
 
 @dataclass
@@ -125,10 +180,16 @@ def _cache_dir(config: SearchConfig) -> Path:
     return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
 
 
-def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None
-               ) -> SearchResult:
+def run_search(config: SearchConfig | SearchSpec,
+               on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None) -> SearchResult:
+    """Run one search. `config` is validated first, part by part (search.config: a ConfigError
+    names the wrong field), before any data is loaded or any supernet trained."""
     from search import wiring  # data, space, predictor/target, estimator, supernet
 
+    if isinstance(config, SearchSpec):
+        config = SearchConfig.from_spec(config)
+    else:
+        config.spec()
     t0 = time.monotonic()
     ui = _Progress(config.progress)
     if config.baseline:
@@ -168,7 +229,8 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
                               "a minimum accuracy (or a throughput floor with the accuracy objective)")
         ui.log(f"objective: maximise images/s at batch {batch} (one run of {batch} image(s) per latency)")
     wiring.torch_device(config.device)
-    data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class)
+    data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class,
+                            image_size=config.data_image_size)
     base_name, base_opts = None, None
     if config.baseline:
         from search.baseline_search import baseline_space_options
@@ -187,15 +249,32 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     pool = make_pool(config.ray_address, config.device)
     if config.ray_address is not None:
         ui.log(f"evaluations on {pool.name}")
-    accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log, pool=pool)
     device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists",
                                                           ray_address=config.ray_address)
     if bench is None and config.finalists > 0:
-        conn = device.connect()  # an unreachable --host fails now, not after the search
+        conn = device.connect()  # an unreachable host fails now, not after the supernet and the search
         mismatch = wiring.predictor_device_note(predictor, target, conn.facts)
         if mismatch:
             notes.append(mismatch)
             ui.log(f"[yellow]warning:[/] {mismatch}")
+    deadline = t0 + config.budget_minutes * 60.0  # the whole run: supernet, reference, search, verification
+    # the accuracy estimator (supernet training, the reference population) takes at most half
+    # the budget; the search has until the last 15% (verification, outputs)
+    try:
+        accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log,
+                                         deadline=t0 + 0.5 * (deadline - t0), pool=pool)
+    except KeyboardInterrupt:
+        _write_setup_interrupted(config, out, formulation, data, "training the supernet or scoring the reference "
+                                 "population (the supernet checkpoint keeps the steps trained; the same command "
+                                 "resumes from it)")
+        raise
+    sn_info = getattr(getattr(accuracy, "supernet", None), "train_info", None) or {}
+    if sn_info.get("stopped_at"):
+        notes.append(f"the supernet trained {sn_info['stopped_at']} of {sn_info['total']} steps within its share of "
+                     f"the {config.budget_minutes:g}-minute budget (the checkpoint resumes in a later run)")
+    if getattr(accuracy, "reference_cut", None):
+        notes.append(f"the reference population was cut at {accuracy.reference_cut} of {config.reference_size} "
+                     f"architectures by the time budget")
     correction = FeatureCorrection(space) if bench is not None else Correction()
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
     baseline = None
@@ -211,7 +290,9 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
     interrupted = False
     rounds: list[VerifyRound] = []
     info = GenerationInfo(0, 0, 0.0)
-    deadline = t0 + config.budget_minutes * 60.0
+    search_deadline = deadline - 0.15 * config.budget_minutes * 60.0
+    ui.log(f"search: up to {config.generations} generations of {config.population}, until "
+           f"{max(0.0, search_deadline - time.monotonic()):.0f} s from now at most")
 
     def gen_callback(i: GenerationInfo):
         cands = evaluator.candidates
@@ -222,8 +303,10 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
             f"{best.accuracy:.2f} @ {best.predicted_ms:.3f} ms  {best.key}"
         label = {"budget": "best under budget", "min_accuracy": "fastest above threshold",
                  "frontier": "most accurate"}[formulation.kind]
+        left = i.elapsed_s / (i.generation + 1) * (config.generations - i.generation - 1)
+        left = min(left, max(0.0, search_deadline - time.monotonic()))
         ui.log(f"gen {i.generation + 1:>3}/{config.generations}  evaluated {i.n_evaluated:>5}  "
-               f"frontier {len(front):>3}  {label}: {best_s}  [{i.elapsed_s:.0f}s]")
+               f"frontier {len(front):>3}  {label}: {best_s}  [{i.elapsed_s:.0f}s, about {left:.0f} s left]")
         # partial outputs every generation: a killed run still leaves a frontier
         write_frontier(out, cands, _meta(config, formulation, evaluator, device, interrupted=True,
                                          partial=True))
@@ -238,9 +321,9 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
         # ---- the search
         info = algorithm.run(space, evaluator, formulation, population=config.population,
                              generations=config.generations, seed=config.seed, callback=gen_callback,
-                             deadline=deadline)
-        if time.monotonic() >= deadline:
-            notes.append(f"the search stopped at the {config.budget_minutes:g}-minute budget "
+                             deadline=search_deadline)
+        if time.monotonic() >= search_deadline and info.generation + 1 < config.generations:
+            notes.append(f"the search stopped at its share of the {config.budget_minutes:g}-minute budget "
                          f"after generation {info.generation + 1}")
         _check_budget(evaluator, formulation)
         # ---- hardware in the loop
@@ -262,7 +345,7 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
                 rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,
                                           on_measure=on_measure, measure_ties=config.measure_ties,
-                                          on_settle=on_settle)
+                                          on_settle=on_settle, remeasure_cap=config.remeasure_cap)
             except MeasurementLimitReached:
                 pass
             ui.log(f"predictor correction: {evaluator.correction.describe()}")
@@ -295,6 +378,17 @@ def run_search(config: SearchConfig, on_generation: Callable[[GenerationInfo, li
             pool.close()  # leaves the Ray cluster if the pool joined it
 
 
+def _write_setup_interrupted(config: SearchConfig, out: Path, formulation: Formulation, data, phase: str) -> None:
+    """Ctrl-C before the search had a candidate: report.md and best.json say where it stopped."""
+    from search.frontier import write_best
+    note = f"interrupted (Ctrl-C) while {phase}; nothing was searched yet"
+    write_best(out, None, config.space, {"formulation": formulation.describe(), "interrupted": True, "note": note})
+    (out / "frontier.csv").write_text("")
+    (out / "report.md").write_text(f"# hwnas search report (interrupted: partial)\n\n- space: `{config.space}`; "
+                                   f"data: {data.name}\n- objective: {formulation.describe()}\n\n## Notes\n\n"
+                                   f"- {note}\n")
+
+
 def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
             best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
             notes: list[str], tasks=None) -> tuple[Candidate | None, list]:
@@ -316,7 +410,8 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         return best, []
     rdata = data
     if config.rerank_per_class is not None and config.rerank_per_class != config.data_max_per_class:
-        rdata = wiring.load_data(config.data, config.seed, max_per_class=config.rerank_per_class)
+        rdata = wiring.load_data(config.data, config.seed, max_per_class=config.rerank_per_class,
+                                 image_size=config.data_image_size)
     rc = RerankConfig(top_k=config.rerank, epochs=config.rerank_epochs, seed=config.seed,
                       space_options=config.rerank_options, resolution=config.rerank_resolution)
     what = describe(rc, config.space, rdata.resolution, len(rdata.train))

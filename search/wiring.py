@@ -38,8 +38,9 @@ class Data:
         return self.train.y
 
 
-def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500) -> Data:
-    """`digits`, an .npz file or an image-folder directory (class folders, optionally under train/)."""
+def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_size: int | None = None) -> Data:
+    """`digits`, an .npz file or an image-folder directory (class folders, optionally under train/);
+    `image_size` resizes the images (square)."""
     from search.accuracy.data import DataError, load_dataset
     p = Path(spec)
     if spec != "digits":
@@ -56,7 +57,7 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500) -> Data
                                   f"sub-directory of images per class (or train/ and test/ with those)")
     split = "train" if p.is_dir() and (p / "train").is_dir() else None
     try:
-        ds = load_dataset(spec, split=split, max_per_class=max_per_class, seed=seed)
+        ds = load_dataset(spec, split=split, max_per_class=max_per_class, seed=seed, image_size=image_size)
         train, val = ds.split(0.2, seed=seed)
         mean, std = train.stats()
         train, val = train.normalized(mean, std), val.normalized(mean, std)
@@ -66,7 +67,7 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500) -> Data
         raise SearchError(f"--data {spec}: cannot read it: {e}") from None
     c, h, _ = ds.shape
     if spec == "digits":
-        name = f"digits (scikit-learn, {len(ds):,} {h}x{h} images)"
+        name = f"digits (scikit-learn, {len(ds):,} {h}x{h} images{'' if image_size is None else ', resized'})"
     else:
         name = f"{spec}{' (train split)' if split else ''} ({ds.num_classes} classes, {len(ds):,} images)"
     return Data(name, train, val, ds.num_classes, c, h)
@@ -146,8 +147,12 @@ def latency_model(predictor, space, path):
 
 
 # ----------------------------------------------------------------------------- accuracy
-def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None], pool=None):
-    """The estimator of `search.accuracy.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`."""
+def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None],
+                   deadline: float | None = None, pool=None):
+    """The estimator of `search.accuracy.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`.
+    Supernet training may take 60% of the time left before `deadline` (time.monotonic()), and
+    scoring the reference population the rest of it."""
+    import time
     from search.models import EstimatedAccuracy, cache_name
     from search.accuracy.proxies import ProxyError, canonical_names
     try:
@@ -162,7 +167,8 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
             raise SearchError("--accuracy supernet: a baseline-derived space has no supernet; use proxies "
                               "(the default with --baseline)")
         use_supernet = False
-    supernet = _trained_supernet(config, space, data, cache_dir, log) if use_supernet else None
+    share = None if deadline is None else time.monotonic() + 0.6 * max(0.0, deadline - time.monotonic())
+    supernet = _trained_supernet(config, space, data, cache_dir, log, share) if use_supernet else None
     inputs, targets = data.train.batch(min(config.proxy_batch, len(data.train)), seed=config.seed)
     cache = cache_dir / (f"proxies-{space.name}-"
                          f"{cache_name(repr(space), data.name, len(inputs), config.seed)}.jsonl")
@@ -171,7 +177,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
         f"per-cell cache {cache}")
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
                              cache_file=cache, reference_size=config.reference_size, seed=config.seed,
-                             supernet_weight=config.supernet_weight, pool=pool)
+                             supernet_weight=config.supernet_weight, pool=pool, log=log, deadline=deadline)
 
 
 def supernet_train_config(config, data: Data):
@@ -194,7 +200,7 @@ def torch_device(name: str):
     return device
 
 
-def _trained_supernet(config, space, data: Data, cache_dir: Path, log):
+def _trained_supernet(config, space, data: Data, cache_dir: Path, log, deadline: float | None = None):
     """The space's supernet trained on the data once; the checkpoint (named by everything the
     weights depend on) is reused by later runs and resumed if a run was killed mid-training."""
     from search.models import cache_name
@@ -214,7 +220,7 @@ def _trained_supernet(config, space, data: Data, cache_dir: Path, log):
             done = False
     log(f"supernet: {'loading' if done else 'training'} {ckpt} ({tc.epochs:g} epochs on {len(data.train)} images)")
     try:
-        info = sn.fit(data.train, tc, checkpoint=ckpt, log=None if done else log)
+        info = sn.fit(data.train, tc, checkpoint=ckpt, log=None if done else log, deadline=deadline)
     except SupernetError as e:
         raise SearchError(f"supernet: {e}") from None
     sn.eval()

@@ -142,3 +142,98 @@ def test_profile_device_refuses(case, files, tmp_path):
     }[case]
     rc, out = run(main, args)
     assert rc == code and names in out, out
+
+
+# --------------------------------------------------------------------------------- search
+SEARCH_CASES = {
+    # case: (arguments, exit code, what the message names)
+    "accuracy out of range": (["--min-accuracy", "150"], 2, "--min-accuracy"),
+    "budget not positive": (["--latency-budget", "-1"], 2, "--latency-budget"),
+    "budget and threshold": (["--latency-budget", "1", "--min-accuracy", "50"], 2, "--min-accuracy"),
+    "bad host syntax": (["--host", "me@dev;reboot"], 2, "--host"),
+    "unknown target": (["--target", "nope"], 2, "unknown target 'nope'"),
+    "unknown space": (["--space", "nope"], 2, "unknown space 'nope'"),
+    "unknown algorithm": (["--algorithm", "nope"], 2, "unknown algorithm 'nope'"),
+    "unknown proxy": (["--proxies", "params,nope"], 2, "--proxies"),
+    "unknown estimator": (["--accuracy", "nope"], 2, "--accuracy"),
+    "population too small": (["--population", "1"], 2, "--population"),
+    "minutes not positive": (["--budget-minutes", "0"], 2, "--budget-minutes"),
+    "negative supernet weight": (["--supernet-weight", "-1"], 2, "--supernet-weight"),
+    "directory as predictor": (["--predictor", "{dir}"], 2, "is a directory"),
+    "missing predictor": (["--predictor", "{dir}/none.lgb"], 2, "none.lgb"),
+    "corrupt predictor": (["--predictor", "{dir}/junk.lgb"], 1, "junk.lgb"),
+    "missing data": (["--data", "{dir}/none"], 2, "--data"),
+    "corrupt data": (["--data", "{dir}/junk.npz"], 1, "junk.npz"),
+    "empty data folder": (["--data", "{dir}/adir"], 1, "empty"),
+    "out is a file": (["--out", "{dir}/a_file"], 2, "--out"),
+    "out under a file": (["--out", "{dir}/a_file/run"], 2, "a_file"),
+    "out holds earlier results": (["--out", "{earlier}"], 2, "--overwrite"),
+    "bad benchmark syntax": (["--benchmark", "nocolon"], 2, "--benchmark"),
+    "missing benchmark file": (["--benchmark", "{dir}/none.csv:edgegpu"], 2, "none.csv"),
+    "unreachable host": (["--host", "nobody@127.0.0.1:1"], 1, "nobody@127.0.0.1:1"),
+}
+
+
+@pytest.mark.skipif(not PREDICTORS, reason="no shipped local-cpu predictor under data/predictors/")
+@pytest.mark.parametrize("case", list(SEARCH_CASES))
+def test_search_refuses_before_any_work(case, files, tmp_path):
+    """Every case is refused before the supernet trains or the search starts (the accuracy
+    estimator would take minutes: a case that reached it would not finish in this suite's time)."""
+    from scripts.search_cli import main
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "report.md").write_text("an earlier run")
+    args, code, names = SEARCH_CASES[case]
+    args = [a.format(dir=files, earlier=earlier) for a in args]
+    base = ["--predictor", str(PREDICTORS[0]), "--out", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "c"),
+            "--quiet"]
+    t0 = time.monotonic()
+    rc, out = run(main, base + args)
+    assert rc == code and names.format(dir=files) in out, out
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "run" / "frontier.json").exists()
+
+
+def _interrupt(cmd: list[str], when: str, tmp_path, timeout: float = 180) -> tuple[int, str]:
+    """Run `cmd` (a module of scripts) in a subprocess, send SIGINT once `when` appears on its
+    stderr, and return (exit code, everything it printed)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "-m", *cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen, t0 = [], time.monotonic()
+    try:
+        for line in p.stdout:
+            seen.append(line)
+            if when in line:
+                time.sleep(1.0)
+                p.send_signal(signal.SIGINT)
+                break
+            assert time.monotonic() - t0 < timeout, "".join(seen)
+        rest, _ = p.communicate(timeout=120)
+    except BaseException:
+        p.kill()
+        raise
+    return p.returncode, "".join(seen) + rest
+
+
+@pytest.mark.skipif(not PREDICTORS, reason="no shipped local-cpu predictor under data/predictors/")
+def test_ctrl_c_during_supernet_training_writes_the_outputs(tmp_path):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    rc, text = _interrupt(["scripts.search_cli", "--predictor", str(PREDICTORS[0]), "--accuracy", "supernet",
+                           "--supernet-epochs", "50", "--out", str(out), "--cache-dir", str(cache)],
+                          "step 20/", tmp_path)
+    assert rc == 130 and "Traceback" not in text, text
+    report = (out / "report.md").read_text()
+    assert "interrupted" in report and "supernet" in report
+    assert json.loads((out / "best.json").read_text())["interrupted"] is True
+    assert list(cache.glob("supernet-*.pt")), "the steps trained are kept for a later run"
+
+
+@pytest.mark.skipif(not TABLES, reason="no shipped local-cpu table under data/tables/")
+def test_ctrl_c_during_predictor_training_writes_nothing_half_done(tmp_path):
+    out = tmp_path / "p.lgb"
+    rc, text = _interrupt(["scripts.train_predictor", "--table", str(TABLES[0]), "--out", str(out)], "kernel",
+                          tmp_path)
+    assert rc == 130 and "Traceback" not in text and "interrupted" in text, text
+    assert not out.exists()

@@ -61,7 +61,8 @@ def test_search_chooses_the_best_short_trained_cell_the_device_confirms(tmp_path
     cfg = SearchConfig(space="nb201", data="digits", benchmark=f"{NB201_CSV}:edgegpu", latency_budget_ms=budget,
                        population=8, generations=2, max_measurements=16, calibration=6, finalists=3,
                        out=str(tmp_path / "b"), cache_dir=str(tmp_path / "c"), progress=False, proxies=("params",),
-                       proxy_batch=16, export_best=False, reference_size=12, rerank=3, rerank_epochs=1.0)
+                       proxy_batch=16, export_best=False, reference_size=12, rerank=3, rerank_epochs=1.0,
+                       overwrite=True)  # run twice into one directory
     res = run_search(cfg)
     assert 2 <= len(res.reranked) <= 3
     # taken in order of short-training accuracy: every one before the choice was measured over budget

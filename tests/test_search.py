@@ -184,7 +184,7 @@ def test_cli_clear_errors_for_bad_data(tmp_path, predictor_path):
     r = _cli("--predictor", str(predictor_path), "--data", str(empty), "--out", str(tmp_path / "o"))
     assert r.returncode == 1 and "empty" in r.stderr
     r = _cli("--predictor", str(predictor_path), "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
-    assert r.returncode == 1 and "no such file" in r.stderr
+    assert r.returncode == 2 and "--data" in r.stderr and "does not exist" in r.stderr  # a missing path: usage
     for bad in ("gpu", "cuda:99"):  # no such device type; no such GPU on any machine the tests run on
         r = _cli("--predictor", str(predictor_path), "--device", bad, "--out", str(tmp_path / "o"))
         assert r.returncode == 1 and f"--device {bad}" in r.stderr and "--device cpu" in r.stderr, r.stderr

@@ -183,12 +183,14 @@ class Supernet(nn.Module, abc.ABC):
 
     # -- training
     def fit(self, data: ImageDataset, config: TrainConfig | None = None, checkpoint: str | Path | None = None,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """Train on ``data`` (normalised images), resuming from ``checkpoint`` if it exists.
+            log: Callable[[str], None] | None = None, deadline: float | None = None) -> dict[str, Any]:
+        """Train on ``data`` (normalised images), resuming from ``checkpoint`` if it exists, until
+        ``deadline`` (time.monotonic()) at most.
 
-        Returns ``{"steps", "resumed_from", "seconds", "last_loss"}``.
+        Returns ``{"steps", "resumed_from", "seconds", "last_loss"}`` (and ``"stopped_at"`` when
+        the deadline cut it short).
         """
-        return train_supernet(self, data, config or TrainConfig(), checkpoint, log)
+        return train_supernet(self, data, config or TrainConfig(), checkpoint, log, deadline)
 
     def evaluate(self, arch: Any, val: ImageDataset, calib: ImageDataset | None = None, calib_images: int = 500,
                  batch_size: int = 200, seed: int = 0) -> float:
@@ -555,8 +557,10 @@ def _config_key(config: TrainConfig, supernet: Supernet, n_train: int) -> dict[s
 
 
 def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, checkpoint: str | Path | None = None,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Sandwich-rule training with checkpoints (see the module docstring)."""
+                   log: Callable[[str], None] | None = None, deadline: float | None = None) -> dict[str, Any]:
+    """Sandwich-rule training with checkpoints (see the module docstring). At `deadline`
+    (time.monotonic()) it stops after the current step, saves the checkpoint (a later run
+    resumes from it) and returns with `"stopped_at"` set; Ctrl-C saves it too, then propagates."""
     total = config.total_steps(len(data))
     params_decay = [p for n, p in supernet.named_parameters() if p.dim() > 1]
     params_no = [p for n, p in supernet.named_parameters() if p.dim() <= 1]
@@ -596,12 +600,26 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
         os.replace(tmp, ckpt)
 
     steps_per_epoch = max(1, len(data) // config.batch_size)
-    dev = _device(supernet)
     supernet.train()
     t0 = time.time()
+    try:
+        return _train_steps(supernet, data, config, opt, lr_at, save, start, total, steps_per_epoch, t0, log,
+                            deadline)
+    except KeyboardInterrupt:
+        done = getattr(supernet, "_steps_done", start)
+        if done > start:
+            save(done)  # the steps trained so far are kept: the same command resumes from them
+            if log:
+                log(f"interrupted at step {done}/{total}: checkpoint {ckpt} saved; run again to resume")
+        raise
+
+
+def _train_steps(supernet, data, config, opt, lr_at, save, start, total, steps_per_epoch, t0, log, deadline):
+    dev = _device(supernet)
     last_loss = float("nan")
     order: np.ndarray | None = None
     order_epoch = -1
+    supernet._steps_done = start
     for step in range(start, total):
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
@@ -632,13 +650,21 @@ def train_supernet(supernet: Supernet, data: ImageDataset, config: TrainConfig, 
         if config.grad_clip:
             nn.utils.clip_grad_norm_(supernet.parameters(), config.grad_clip)
         opt.step()
+        supernet._steps_done = step + 1
         last_loss = losses[0]
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total:
+        out_of_time = deadline is not None and time.monotonic() >= deadline and step + 1 < total
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == total or out_of_time:
             save(step + 1)
             if log:
                 elapsed = time.time() - t0
                 left = elapsed / (step + 1 - start) * (total - step - 1)
                 log(f"step {step + 1}/{total} loss {last_loss:.3f} ({elapsed:.0f} s, about {left:.0f} s left)")
+        if out_of_time:
+            if log:
+                log(f"supernet: stopped at step {step + 1}/{total} by the time budget (checkpoint saved; a later "
+                    f"run resumes from it)")
+            return {"steps": step + 1, "resumed_from": start, "seconds": time.time() - t0, "last_loss": last_loss,
+                    "stopped_at": step + 1, "total": total}
     return {"steps": total, "resumed_from": start, "seconds": time.time() - t0, "last_loss": last_loss}
 
 
