@@ -79,7 +79,7 @@ def check_input_path(param: str, path: str | os.PathLike, what: str = "file or d
     """An existing, readable file or directory."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(param, f"{p} does not exist (expected a {what})")
+        raise ConfigError(param, f"{p} does not exist (expected: {what})")
     if not os.access(p, os.R_OK):
         raise ConfigError(param, f"{p} cannot be read (permission denied)")
     return p

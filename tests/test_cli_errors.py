@@ -39,6 +39,7 @@ def files(tmp_path_factory):
     (d / "junk.parquet").write_bytes(b"PAR1 not really")
     (d / "junk.onnx").write_bytes(b"\x08\x01garbage")
     (d / "junk.csv").write_text("a,b\n1,2\n")
+    (d / "junk.npz").write_bytes(b"PK\x03\x04 not a zip")
     (d / "a_file").write_text("x")
     (d / "adir").mkdir()
     (d / "existing.lgb").write_text("an earlier result")
