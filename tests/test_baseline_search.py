@@ -23,7 +23,7 @@ def _config(tmp_path, out: str, **kw) -> SearchConfig:
     """Small mode: digits (8x8), a few dozen candidates, one verification round."""
     small = dict(predictor=PREDICTOR, data="digits", data_max_per_class=30, population=6, generations=2,
                  finalists=1, verify_rounds=1, reference_size=8, proxy_batch=16, proxies=("jacob_cov",),
-                 out=tmp_path / out, cache_dir=tmp_path / "cache", budget_minutes=3, progress=False)
+                 out=tmp_path / out, cache_dir=tmp_path / "cache", budget_minutes=10, progress=False)
     return SearchConfig(**{**small, **kw})
 
 
