@@ -59,7 +59,8 @@ def test_search_from_a_baseline_reports_a_measured_speedup(tmp_path):
 
 
 def test_speedup_needs_a_baseline_and_memory_needs_a_skeleton_space(tmp_path):
-    with pytest.raises(SearchError, match="--baseline"):
+    from profiling.validate import ConfigError
+    with pytest.raises(ConfigError, match="baseline"):  # refused when the configuration is checked, before any work
         run_search(_config(tmp_path, "e1", speedup=2.0))
     with pytest.raises(SearchError, match="memory"):
         run_search(_config(tmp_path, "e2", space="nb201", max_memory_mb=1.0, finalists=0))
