@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hwnas-installed
 
-.PHONY: venv demo test ssh-server clean-venv
+.PHONY: venv demo test lint ssh-server clean-venv
 
 venv: $(STAMP)
 
@@ -35,7 +35,14 @@ ssh-server:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client >/dev/null) ; } || \
 	  echo "note: no sshd and no way to install it; SSH tests will skip"
 
-test: $(STAMP) ssh-server
+# Lint and types first (seconds): ruff on the whole tree, its formatter on the formatted paths,
+# mypy as configured in pyproject.toml (strict on hwnas/ and the typed predictor modules).
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check hwnas
+	$(PY) -m mypy
+
+test: $(STAMP) ssh-server lint
 	$(PY) -m pytest -q
 
 clean-venv:

@@ -20,6 +20,7 @@ accuracy/latency frontier of a search space with it:
 The stage packages (`profiling`, `predictors`, `search`) hold the implementation; this
 package is the stable front door. See docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from predictors.errors import PredictorError, PredictorStageError
@@ -34,7 +35,20 @@ from .api import get_space, profile, search
 __version__ = "0.1.0"
 
 __all__ = [
-    "Predictor", "Prediction", "profile", "search", "get_space", "get_target", "list_targets", "Target",
-    "HwnasError", "ProfilingStageError", "PredictorStageError", "SearchStageError", "ProfilingError",
-    "PredictorError", "ConfigError", "__version__",
+    "Predictor",
+    "Prediction",
+    "profile",
+    "search",
+    "get_space",
+    "get_target",
+    "list_targets",
+    "Target",
+    "HwnasError",
+    "ProfilingStageError",
+    "PredictorStageError",
+    "SearchStageError",
+    "ProfilingError",
+    "PredictorError",
+    "ConfigError",
+    "__version__",
 ]

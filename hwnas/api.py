@@ -4,6 +4,7 @@ Each imports its stage inside the function: the search spaces and the search imp
 pymoo (seconds), the profiler onnx and onnxruntime; `import hwnas` stays fast for a script
 that only loads a predictor.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,13 @@ if TYPE_CHECKING:
     from search.spaces.base import SearchSpace
 
 
-def profile(target: "str | Target" = "local-cpu", out: str | os.PathLike[str] | None = None,
-            **options: Any) -> "ProfileSummary":
+def profile(
+    target: "str | Target" = "local-cpu", out: str | os.PathLike[str] | None = None, **options: Any
+) -> "ProfileSummary":
     """Measure a target into a latency table (`profiling.profiler.Profiler`; `options` are its
     keyword arguments: hosts, kinds, budget_minutes, max_configs, networks, seed, resume, ...)."""
     from profiling.profiler import Profiler  # lazy: imports onnx and onnxruntime
+
     return Profiler(target, out, **options).run()
 
 
@@ -28,14 +31,16 @@ def search(config: "SearchConfig | None" = None, **fields: Any) -> "SearchResult
     """Run a search: either a `search.run.SearchConfig`, or its fields as keyword arguments
     (space, predictor, data, latency_budget_ms, min_accuracy, budget_minutes, out, ...)."""
     from search.run import SearchConfig, run_search  # lazy: the search imports torch and pymoo (seconds)
+
     if config is not None and fields:
         raise TypeError("give either a SearchConfig or its fields as keyword arguments, not both")
     return run_search(config if config is not None else SearchConfig(**fields))
 
 
-def get_space(name: str, **options: Any) -> "SearchSpace":
+def get_space(name: str, **options: Any) -> "SearchSpace[Any]":
     """A search space by name (`nb201`, `mbv3`, `resnet`; see `search.spaces`)."""
     from search.spaces import get_space as _get_space  # lazy: the spaces build torch modules
+
     return _get_space(name, **options)
 
 

@@ -137,14 +137,16 @@ class RidgeCorrection:
         if self.cols is not None:
             X = X[:, self.cols]
         Z = (np.nan_to_num(X) - self.mean) / self.std
-        return self.intercept + Z @ self.coef
+        return np.asarray(self.intercept + Z @ self.coef)
 
     @classmethod
     def fit(cls, X: np.ndarray, S: np.ndarray | None, r: np.ndarray, ctx: FitContext | None = None,
             lam: float | None = None, cols: str | list[int] | None = None, **options: Any) -> "RidgeCorrection":
         if lam is None:
             return cls.fit_cv(X, r, ctx.seed if ctx is not None else 0)
-        return cls.fit_penalty(X, r, lam, share_columns() if cols == "share" else cols)
+        if isinstance(cols, str):  # a named column set: only "share" exists
+            return cls.fit_penalty(X, r, lam, share_columns())
+        return cls.fit_penalty(X, r, lam, cols)
 
     @classmethod
     def fit_penalty(cls, X: np.ndarray, r: np.ndarray, lam: float, cols: list[int] | None = None) -> "RidgeCorrection":
@@ -204,7 +206,7 @@ class GroupScaleCorrection:
         ng = len(F.GROUPS)
         base = np.maximum(S[:, 0] + self.overhead, 1e-6)
         pred = S[:, 7:7 + ng] @ self.w + S[:, 7 + ng:7 + 2 * ng] @ self.v + self.b
-        return np.log(np.maximum(pred, 0.05 * base) / base)
+        return np.asarray(np.log(np.maximum(pred, 0.05 * base) / base))
 
     @classmethod
     def fit(cls, X: np.ndarray | None, S: np.ndarray, r: np.ndarray, ctx: FitContext | None = None,
@@ -262,6 +264,7 @@ class TreeCorrection:
         self.tree = tree
 
     def predict(self, X: np.ndarray | None, S: np.ndarray | None = None) -> np.ndarray:
+        assert X is not None, "a tree correction reads the graph features"
         return np.asarray(self.tree.predict(X))
 
     @classmethod
@@ -363,8 +366,8 @@ class ChosenCorrection:
             model = GroupScaleCorrection.from_dict(g["group_scale"])
         elif t == "scale":
             model = ScaleCorrection(offset)
-        clip = tuple(g["clip"]) if g.get("clip") is not None else None
-        return cls(t, model, offset, g.get("blend"), clip)  # type: ignore[arg-type]
+        clip = (float(g["clip"][0]), float(g["clip"][1])) if g.get("clip") is not None else None
+        return cls(t, model, offset, g.get("blend"), clip)
 
 
 __all__ = ["GraphCorrection", "CORRECTIONS", "register", "FitContext", "SumCorrection", "ScaleCorrection",

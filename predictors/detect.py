@@ -39,7 +39,6 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import networkx as nx
 import numpy as np

@@ -29,16 +29,18 @@ Interval = tuple[float, float]
 class KindModel:
     """log ms = linear(log FLOPs, log bytes) + LightGBM trees on the residual (extrapolates sanely)."""
 
-    def __init__(self, coef: Sequence[float], tree: TreeModel, variant: str = "l2"):
+    def __init__(self, coef: Sequence[float] | np.ndarray, tree: TreeModel, variant: str = "l2"):
         self.coef = [float(c) for c in coef]
         self.tree = tree
         self.variant = variant
 
     def linear(self, X: np.ndarray) -> np.ndarray:
-        return self.coef[0] + X[:, _LF] * self.coef[1] + X[:, _LB] * self.coef[2]
+        out: np.ndarray = self.coef[0] + X[:, _LF] * self.coef[1] + X[:, _LB] * self.coef[2]
+        return out
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        return self.linear(X) + self.tree.predict(X)
+        out: np.ndarray = self.linear(X) + self.tree.predict(X)
+        return out
 
     def model_to_string(self) -> str:
         return self.tree.model_to_string()

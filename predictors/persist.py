@@ -139,7 +139,7 @@ def write_tree_cache(p: "Predictor") -> Path | None:
         arrays["scalars"] = np.array([[float(d[k]) for k in TreeModel._SCALARS] for d in parsed])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub reads a key as allow_pickle
         os.replace(tmp, path)
         return path
     except OSError:

@@ -9,6 +9,8 @@ decision_type bit 1 = default left, bits 2-3 = missing type (0 none, 1 zero, 2 N
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import numpy as np
 
 
@@ -182,7 +184,7 @@ def average_models(texts: "list[str]") -> str:
     return head + "".join(blocks) + "end of trees\n"
 
 
-def train_tree_model(X: np.ndarray, y: np.ndarray, params: dict, rounds: int, names: "list[str] | tuple[str, ...]",
+def train_tree_model(X: np.ndarray, y: np.ndarray, params: dict[str, Any], rounds: int, names: Sequence[str],
                      weight: "np.ndarray | None" = None) -> TreeModel:
     """Boost a LightGBM regressor and keep its text model (evaluated by `TreeModel`, no pickle)."""
     import lightgbm as lgb  # lazy: lightgbm (and the scikit-learn it pulls) takes over a second; only training needs it

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import os
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence

@@ -88,7 +88,7 @@ def run_proxies(cache: Path, n_cells: int, grasp_cells: int, batch: int, budget_
                 phase_cells: Sequence[int] = (1000, 1000, 1000)) -> Path:
     """Fill the cache phase by phase (see PHASES), so an interrupted run still holds every
     cheap proxy on all cells; each cell's proxies come from one seeded network."""
-    from search.accuracy.proxies import PROXIES, compute_proxies
+    from search.accuracy.proxies import compute_proxies
     from search.spaces import get_space
     torch.set_num_threads(1)
     cache.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import sys
 import time
 from pathlib import Path

@@ -18,7 +18,6 @@ re-ranked.
 from __future__ import annotations
 
 import json
-import os
 import tarfile
 import time
 from pathlib import Path

@@ -12,8 +12,6 @@ verification stops it and still writes every output from what was found so far.
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,7 +24,7 @@ from search.config import (AccuracyConfig, AlgorithmConfig, BaselineConfig, Data
 from search.accuracy.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
-from search.frontier import frontier_points, plot_frontier, write_best, write_frontier
+from search.frontier import plot_frontier, write_best, write_frontier
 from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
 from search.verify import (FeatureCorrection, RunnerDevice, VerifyRound, best_verified, feasible,
@@ -547,8 +545,9 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
 
     cands = evaluator.candidates
     meta = _meta(config, formulation, evaluator, device, interrupted)
-    front = write_frontier(out, cands, meta) if cands else []
-    if not cands:
+    if cands:
+        write_frontier(out, cands, meta)
+    else:
         (out / "frontier.csv").write_text("")
     target = getattr(device, "target", None)
     form = f" ({target.form})" if target is not None else ""

@@ -6,7 +6,6 @@ import pytest
 
 from profiling.builders import materialize
 from profiling.errors import ProfilingError
-from profiling.kernels import KernelSpec
 from profiling.networks import build_network
 from profiling.profiler import Profiler
 from profiling.quantize import is_quantized, quantize

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from predictors.detect import detect_kernels
-from search.known_models import KNOWN_MODELS, get_known, list_known, regnet_stages
+from search.known_models import get_known, list_known, regnet_stages
 from search.memory import onnx_memory, skeleton_memory
 from search.spaces.base import SpaceError
 from search.spaces.baseline import BaselineSpace, StageGene

@@ -1,6 +1,5 @@
 """FLOPs and bytes of real ONNX graphs, checked against the layers' definitions."""
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 

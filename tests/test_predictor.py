@@ -1,10 +1,8 @@
 """The latency predictor on a small real table measured here (session fixture, under a minute)."""
 import json
-import math
 import time
 
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn as nn

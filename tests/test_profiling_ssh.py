@@ -5,11 +5,6 @@ a throwaway user key in its own authorized_keys file and an ssh client config pa
 with `--ssh-config` (ssh -F), so the user's ~/.ssh is neither read nor changed. The
 "device" is this machine, and the remote Python is the test interpreter.
 """
-import getpass
-import os
-import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -1,5 +1,4 @@
 """The table: journal + atomic compaction, resume, fingerprint refusal, write errors."""
-import json
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import pytest
 
 from profiling.errors import ProfilingError
 from profiling.kernels import PARAM_COLUMNS, KernelSpec
-from profiling.table import COLUMNS, TableWriter, journal_path, read_metadata, read_table
+from profiling.table import COLUMNS, TableWriter, journal_path, read_table
 
 FP = {"cpu_model": "Test CPU", "cpu_flags": "avx2 fma", "cores": 4, "machine": "x86_64", "gpu": None,
       "gpu_driver": None, "os": "Linux", "runtime": "onnxruntime", "runtime_version": "1.0",

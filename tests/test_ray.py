@@ -17,7 +17,6 @@ from click.testing import CliRunner
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (the 'distributed' extra; `make test` installs it)")
 
-from profiling.errors import ProfilingError  # noqa: E402
 from profiling.fleet import device_resource  # noqa: E402
 from profiling.profiler import Profiler  # noqa: E402
 from profiling.table import read_table  # noqa: E402

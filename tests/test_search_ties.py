@@ -26,7 +26,6 @@ def space():
 def _by_capacity(space):
     """Distinct cells ordered by MACs, smallest first."""
     from search.verify import capacity
-    from search.problem import Candidate
     rng = np.random.default_rng(0)
     archs = {space.to_string(a): a for a in (space.sample(rng) for _ in range(60))}
     probe = _cands(space, list(archs.values()), [0.0] * len(archs), [1.0] * len(archs))
