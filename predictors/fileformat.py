@@ -93,8 +93,8 @@ def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
     """(header, {model name: LightGBM model text}); raises PredictorFileError on any defect."""
     path = Path(path)
     if not path.exists():
-        raise PredictorFileError(f"predictor file {path} does not exist; build one with `train-predictor "
-                                 f"--table TABLE.parquet --out {path}`")
+        raise PredictorFileError(f"predictor file {path} does not exist; build one from a latency table "
+                                 "(train-predictor, hwnas.Predictor().fit(table).save(path))")
     raw = path.read_bytes()
     first = raw.partition(b"\n")[0]
     _check_first_line(first, path)

@@ -23,7 +23,7 @@ def load_tables(paths: Sequence[str | os.PathLike[str]]) -> tuple[pd.DataFrame, 
     frames, meta0 = [], None
     for p in paths:
         if not Path(p).exists():
-            raise PredictorError(f"table {p} does not exist; profile one with `profile-device --out {p}`")
+            raise PredictorError(f"table {p} does not exist; profile the device into it first (profile-device, hwnas.profile)")
         try:
             df, meta = read_table(p)
         except Exception as e:
@@ -37,7 +37,7 @@ def load_tables(paths: Sequence[str | os.PathLike[str]]) -> tuple[pd.DataFrame, 
                                      "(fingerprints differ); train one predictor per target")
         frames.append(df)
     if not frames:
-        raise PredictorError("no table given; pass --table PATH")
+        raise PredictorError("no table given: give the path of at least one latency table")
     df = pd.concat(frames, ignore_index=True).drop_duplicates("config_id", keep="last").reset_index(drop=True)
     return df, meta0 or {}
 

@@ -173,11 +173,11 @@ class Profiler:
             raise ProfilingError(f"unknown network family {', '.join(bad)}; valid families: {', '.join(FAMILIES)}")
         self.families = families
         if budget_minutes is not None and budget_minutes <= 0:
-            raise ProfilingError("--budget-minutes must be positive")
+            raise ProfilingError("`budget_minutes` must be positive")
         if max_configs is not None and max_configs < 0:
-            raise ProfilingError("--max-configs must be >= 0")
+            raise ProfilingError("`max_configs` must be >= 0")
         if networks is not None and networks < 0:
-            raise ProfilingError("--networks must be >= 0")
+            raise ProfilingError("`networks` must be >= 0")
         self.out_path = Path(out_path) if out_path else None
         self.out_is_dir = bool(out_path) and str(out_path).endswith(("/", os.sep))
         self.hosts = list(hosts)
@@ -290,7 +290,7 @@ class Profiler:
             for r, fp in zip(runners[1:], fps[1:]):
                 diff = diff_fingerprints(fps[0], fp)
                 if diff:
-                    raise ProfilingError(f"--host devices must be identical, but {runners[0].label} and {r.label} "
+                    raise ProfilingError(f"the `hosts` must be identical devices, but {runners[0].label} and {r.label} "
                                          f"differ: {describe_diff(diff, runners[0].label, r.label)}")
             fp = fps[0]
             self.opset = opset_for_runtime(fp.get("runtime_version", ""))

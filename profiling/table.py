@@ -189,7 +189,7 @@ class TableWriter:
                 raise ProfilingError(
                     f"{self.path} was measured on a different device or setting, so this run will not "
                     f"append to it: {describe_diff(diff)}. The file is left as it is; "
-                    f"choose another --out (or omit --out for a name derived from the fingerprint)")
+                    f"choose another `out` (or none, for a name derived from the fingerprint)")
             if resume:
                 df, _ = read_table(self.path, include_journal=True)
                 for rec in df.to_dict("records"):
@@ -211,7 +211,7 @@ class TableWriter:
             os.unlink(probe)
         except OSError as e:
             raise ProfilingError(f"cannot write the table to {self.path}: {e.strerror or e} "
-                                 f"(choose a writable --out)") from None
+                                 f"(choose a writable `out`)") from None
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise ProfilingError(f"cannot write the table {self.path}: the file is read-only")
 

@@ -43,7 +43,7 @@ class HostSpec:
         """`[user@]host[:port]`; IPv6 hosts in brackets: `user@[::1]:2222`."""
         m = re.fullmatch(r"(?:([^@\s]+)@)?(\[[^\]]+\]|[^:@\s]+)(?::(\d+))?", text.strip())
         if not m:
-            raise ProfilingError(f"bad --host {text!r}: expected USER@HOST[:PORT]")
+            raise ProfilingError(f"bad `hosts` entry {text!r}: expected USER@HOST[:PORT]")
         user, host, port = m.groups()
         return cls(user, host.strip("[]"), int(port) if port else None)
 
@@ -112,7 +112,7 @@ class RunnerConnection:
             return f"cannot connect to {self.label} over SSH: {last or 'ssh exited with status 255'} ({hint})"
         if rc in (126, 127) or "not found" in err:
             return (f"{self.label}: could not start Python ({last or 'exit status %s' % rc}); "
-                    "install python3 (3.6 or newer) on the device or pass --remote-python PATH")
+                    "install python3 (3.6 or newer) on the device or set `remote_python` to its path")
         detail = f": {err}" if err else ""
         return f"the device runner on {self.label} {what} (exit status {rc}){detail}"
 

@@ -102,8 +102,8 @@ def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         fail(f"{e.strerror or e}{where}")
     except Exception as e:
-        if isinstance(e, _library_errors()):
-            fail(str(e))
+        if isinstance(e, _library_errors()):  # the parameters a message names, as this command's flags
+            fail(flags_in(str(e), flags))
         raise
 
 

@@ -21,7 +21,8 @@ from profiling.targets import TargetError, list_targets
 from scripts.cli import EXIT_CODES_HELP, cli_errors
 
 FLAGS = {"target_name": "--target", "hosts": "--host", "models": "--models", "families": "--families",
-         "out": "--out", "targets_file": "--targets-file", "ssh_config": "--ssh-config"}
+         "out": "--out", "targets_file": "--targets-file", "ssh_config": "--ssh-config",
+         "remote_python": "--remote-python"}
 
 
 def check_args(target_name, targets_file, hosts, ssh_config, out, families, models, overwrite) -> None:

@@ -23,7 +23,7 @@ class MeasurementLimitReached(SearchError):
 def parse_benchmark(spec: str) -> tuple[Path, str]:
     """'path/to.csv:edgegpu' -> (path, 'edgegpu')."""
     if ":" not in spec:
-        raise SearchError(f"--benchmark wants CSV:DEVICE (e.g. nb201_cifar10.csv:edgegpu), got {spec!r}")
+        raise SearchError(f"`benchmark` wants CSV:DEVICE (e.g. nb201_cifar10.csv:edgegpu), got {spec!r}")
     path, device = spec.rsplit(":", 1)
     return Path(path), device.removesuffix("_ms")
 
