@@ -107,8 +107,10 @@ def main(configs, cells, chunk, passes, only, seed, json_out):
     out: dict = {"ray": ray.__version__, "configs": configs, "cells": cells}
 
     def show(name, row):
-        click.echo(f"{name}: {json.dumps(row)}")
+        click.echo(f"{name}: {json.dumps(row)}", nl=True)
         out.setdefault(name, []).append(row)
+        if json_out:  # after every part, so a run cut short keeps what it measured
+            Path(json_out).write_text(json.dumps(out, indent=2))
 
     if parts & {"overhead", "throughput"}:
         _profile(ray, None, 4, seed + 1, passes)  # warm-up: first-time imports and caches of this process

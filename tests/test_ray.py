@@ -119,8 +119,7 @@ def test_killed_actor_loses_nothing(cluster, sshd, tmp_path):
     df, _ = read_table(out)
     assert len(df) == 24 and df["config_id"].is_unique and (df["median_ms"] > 0).all()
     assert any("restarted" in n for n in notes), notes
-    if len(kills) == 2:  # the restarted actor was killed again before the SSH actor finished alone
-        print("dropped")
+    if sum("waiting for it to restart" in n for n in notes) == 2:  # the run saw the second kill
         assert any("continuing without it" in n for n in notes), notes
 
 
