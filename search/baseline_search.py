@@ -92,9 +92,10 @@ def baseline_formulation(base: BaselineInfo, speedup: float | None, latency_budg
                        origin=f"the baseline {base.name}'s estimate, same units", **sizes)
 
 
-def known_markers(space, predictor, resolution: int) -> list[tuple[str, float, float, str]]:
+def known_markers(space, predictor, resolution: int, correction=None) -> list[tuple[str, float, float, str]]:
     """(name, predicted ms, published top-1, dataset) of the known models published at
-    ``resolution``, sized to the space's data, for the search's frontier chart."""
+    ``resolution``, sized to the space's data, for the search's frontier chart; ``correction``
+    (the run's `search.problem.Correction`) puts them on the candidates' corrected scale."""
     from search.known_models import list_known
     from search.spaces.skeleton import skeleton_specs
     kms = [km for km in list_known() if km.resolution == resolution]
@@ -102,6 +103,9 @@ def known_markers(space, predictor, resolution: int) -> list[tuple[str, float, f
         return []
     sks = [km.skeleton(space.num_classes, space.in_channels, resolution) for km in kms]
     med, _, _ = predictor.predict_specs([skeleton_specs(sk) for sk in sks])
+    if correction is not None:
+        from types import SimpleNamespace
+        med = correction.apply([SimpleNamespace(raw_predicted_ms=float(m)) for m in med])
     return [(km.name, float(m), km.top1, km.dataset) for km, m in zip(kms, med)]
 
 

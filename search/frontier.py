@@ -96,7 +96,7 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
         if best is not None and best.key != b.key:
             how = "measured" if b.measured_ms is not None and best.measured_ms is not None else "predicted"
             ax.annotate(f"{b.latency_ms / best.latency_ms:.2f}x faster ({how})", xy=(best.latency_ms, best.accuracy),
-                        xytext=(b.latency_ms, b.accuracy), fontsize=8, ha="right", va="bottom",
+                        xytext=(b.latency_ms, b.accuracy), fontsize=8, ha="left", va="top",
                         arrowprops=dict(arrowstyle="->", color="black", lw=1.0, ls=":"), zorder=6)
     if known:
         import matplotlib.transforms as mtransforms
@@ -110,7 +110,7 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
     ax.set_ylabel(accuracy_label)
     ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=10)  # a long constraint ran off the figure
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="best" if known else "lower right")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp)

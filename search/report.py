@@ -51,8 +51,9 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                 by_key[m["arch"]] = r.round
         for c in sorted(measured, key=lambda c: (by_key.get(c.key, 0), c.measured_ms)):
             ratio = c.measured_ms / c.raw_predicted_ms if c.raw_predicted_ms else float("nan")
-            verdict = c.dropped or ("kept" if by_key.get(c.key) else "calibration")
-            L.append(f"| {by_key.get(c.key, 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
+            is_base = result.baseline is not None and c.key == result.baseline.candidate.key
+            verdict = c.dropped or ("kept" if by_key.get(c.key) else "baseline" if is_base else "calibration")
+            L.append(f"| {by_key.get(c.key, 'base' if is_base else 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
                      f"{_ms(c.measured_ms)} | {ratio:.2f} | {verdict} |")
         L.append("")
         settled = [m for r in result.rounds for m in r.measured if m.get("decision")]

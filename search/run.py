@@ -559,7 +559,8 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
         title = f"from {baseline.name} on {device.name}{form}: {formulation.describe()}" + (
             f"; {how} speed-up {speedup:.2f}x" if speedup else "")
         markers = {"baseline": (baseline.name, baseline.candidate),
-                   "known": known_markers(space, getattr(latency, "predictor", None), data.resolution)}
+                   "known": known_markers(space, getattr(latency, "predictor", None), data.resolution,
+                                          evaluator.correction)}
     plot_frontier(out / "frontier.png", cands, formulation, best, title, getattr(accuracy, "unit", accuracy.name),
                   **markers)
     gt = None

@@ -159,7 +159,8 @@ def _cached_split(root: Path, split: str, max_per_class: int | None, seed: int,
                                 [str(c) for c in z["classes"]], root.name)
     ds = load_dataset(root, split=split, max_per_class=max_per_class, seed=seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    import os
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")  # two trainings may decode the same folder at once
     np.savez(tmp, x=(ds.x * 255).round().to(torch.uint8).numpy(), y=ds.y.numpy(), classes=np.array(ds.classes))
     tmp.replace(path)
     return ds
