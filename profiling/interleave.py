@@ -18,9 +18,9 @@ from typing import Any, Callable, Sequence
 
 from .errors import ProfilingError
 
-# Interleaving for whole models: 8 passes of at least 0.25 s (and 3 runs) each. On the 2-core
-# AMD EPYC VM two such measurements of 64 real models agreed within ±10% for 94% of them, one
-# model after another (3 s each) for 45%.
+# Interleaving for whole models: 8 passes of at least 0.25 s (and 3 runs) each. Issue 13's
+# measurement on the 2-core AMD EPYC VM (no AVX-512): two such measurements of 64 real models
+# agreed within ±10% for 94% of them, one model after another (3 s each) for 45%.
 MODEL_PASSES, MODEL_SLICE_S = 8, 0.25
 SLICE_MIN_RUNS = 3
 _batch_ids = itertools.count()
