@@ -64,7 +64,7 @@ def _evaluation(ray_mod, cells: int, workers: int, chunk: int) -> dict:
     import numpy as np
     from search import wiring
     from search.accuracy.estimator import FeatureJob, compute_features
-    from search.tasks import RayPool
+    from search.accuracy.tasks import RayPool
     from search.run import DEFAULT_PROXIES
     data = wiring.load_data("digits", seed=0)
     space = wiring.make_space("nb201", data)

@@ -135,7 +135,7 @@ class EstimatedAccuracy:
                                     val=None if val is None else val, calib=calib,
                                     supernet_weight=supernet_weight, reference_size=reference_size, seed=seed,
                                     cache_file=cache_file)
-        self.est.pool = pool  # a search.tasks pool (Ray tasks with --ray); None: one by one here
+        self.est.pool = pool  # a search.accuracy.tasks pool (Ray tasks with --ray); None: one by one here
         cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
         self.name = "rank ensemble of " + "+".join(cols) + " (search.accuracy.estimator; 0-100 rank score)"
         # the reference population: reference_size random architectures, drawn as est.fit() draws

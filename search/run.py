@@ -243,7 +243,7 @@ def run_search(config: SearchConfig | SearchSpec,
     latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
-    from search.tasks import make_pool
+    from search.accuracy.tasks import make_pool
     pool = make_pool(config.ray_address, config.device)
     if config.ray_address is not None:
         ui.log(f"evaluations on {pool.name}")

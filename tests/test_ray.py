@@ -1,4 +1,4 @@
-"""Ray on a real local cluster: device actors (`profiling.fleet`) and evaluation tasks (`search.tasks`).
+"""Ray on a real local cluster: device actors (`profiling.fleet`) and evaluation tasks (`search.accuracy.tasks`).
 
 One cluster per module (Ray takes seconds to start): `ray.init` with two CPUs and one device
 slot of target local-cpu (`hwnas-device/local-cpu`), so each run has two device actors: the slot's
@@ -160,7 +160,7 @@ def test_proxy_scores_as_ray_tasks_equal_the_local_ones_and_the_driver_writes_th
     import torch
     from search.models import EstimatedAccuracy, read_cache_lines
     from search.spaces import get_space
-    from search.tasks import RayPool
+    from search.accuracy.tasks import RayPool
     space = get_space("nb201", resolution=8, C=4, N=1)
     rng = np.random.default_rng(1)
     archs = [space.sample(rng) for _ in range(6)]
@@ -183,7 +183,7 @@ def test_short_trainings_as_ray_tasks(cluster, tmp_path):
     from search.models import read_cache_lines
     from search.problem import Candidate
     from search.accuracy.rerank import RerankConfig, rerank_by_training
-    from search.tasks import RayPool
+    from search.accuracy.tasks import RayPool
     data = wiring.load_data("digits", seed=0, max_per_class=40)
     space = wiring.make_space("nb201", data)
     import numpy as np

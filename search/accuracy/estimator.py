@@ -456,7 +456,7 @@ class AccuracyEstimator:
         self.supervised: SupervisedEstimator | None = None
         self._cache: dict[str, dict[str, float]] = {}
         self._ready: dict[str, dict[str, float]] = {}  # computed by the pool, not yet taken by _features_one
-        self.pool = None  # a search.tasks pool for `prefetch` (None: compute in `features`, one by one)
+        self.pool = None  # a search.accuracy.tasks pool for `prefetch` (None: compute in `features`, one by one)
 
     def _features_one(self, arch: Any) -> dict[str, float]:
         key = self.space.to_string(arch)
@@ -489,7 +489,7 @@ class AccuracyEstimator:
 
     def prefetch(self, archs: Iterable[Any]) -> int:
         """Compute the uncached architectures of ``archs`` on ``self.pool`` (a
-        `search.tasks` pool; Ray tasks with --ray) so that `features` finds them ready.
+        `search.accuracy.tasks` pool; Ray tasks with --ray) so that `features` finds them ready.
         Returns how many were computed; without a pool it does nothing."""
         if self.pool is None:
             return 0

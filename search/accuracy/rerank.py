@@ -87,11 +87,11 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
 
     ``make_space(options)`` builds the space with those options (the caller knows the data's
     classes and channels); ``train`` and ``val`` are normalised ImageDatasets. The trainings run
-    on ``pool`` (a `search.tasks` pool: Ray tasks with --ray; default: one after the other here);
+    on ``pool`` (a `search.accuracy.tasks` pool: Ray tasks with --ray; default: one after the other here);
     this process alone appends them to ``cache_file``.
     """
     from search.accuracy.supernet import TrainConfig
-    from search.tasks import LocalPool
+    from search.accuracy.tasks import LocalPool
 
     pool = pool or LocalPool()
     ranked = sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]
