@@ -195,8 +195,13 @@ class KernelSpec:
             raise KernelSpecError(f"unknown kernel kind {kind!r}; valid kinds: {', '.join(KINDS)}")
         return cls.make(kind, **{k: v for k, v in d.items() if k in schema.params and v is not None and v == v})  # v == v drops NaN
 
+    def __post_init__(self) -> None:
+        # Specs are immutable and the predictor's batch path hashes each one per lookup
+        # (millions per search): compute the hash once, not from the sorted params every time.
+        object.__setattr__(self, "_hash", hash((self.kind, tuple(sorted(self.params.items())))))
+
     def __hash__(self) -> int:
-        return hash((self.kind, tuple(sorted(self.params.items()))))
+        return self._hash  # type: ignore[attr-defined]
 
 
 __all__ = ["ACTIVATIONS", "PAD_MODES", "REDUCE_OPS", "REDUCE_AXES", "KINDS", "PARAM_COLUMNS", "KernelSpec", "KernelSpecError", "KindSchema"]
