@@ -203,5 +203,10 @@ class KernelSpec:
     def __hash__(self) -> int:
         return self._hash  # type: ignore[attr-defined]
 
+    def __reduce__(self) -> tuple[type["KernelSpec"], tuple[str, Mapping[str, Any]]]:
+        # Rebuilt through the constructor, so the receiving process computes its own hash: str
+        # hashes differ between processes, and a pickled hash would make equal specs miss in dicts.
+        return (KernelSpec, (self.kind, self.params))
+
 
 __all__ = ["ACTIVATIONS", "PAD_MODES", "REDUCE_OPS", "REDUCE_AXES", "KINDS", "PARAM_COLUMNS", "KernelSpec", "KernelSpecError", "KindSchema"]

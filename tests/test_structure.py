@@ -201,6 +201,23 @@ def test_spec_cache_hits_on_equal_specs_in_new_objects():
     assert np.array_equal(q.predict_specs(copies)[0], med)
 
 
+def test_a_spec_pickled_into_another_process_equals_and_hashes_as_its_own():
+    """Specs travel to Ray tasks and worker processes; str hashes differ between processes, so a
+    spec must not carry its sender's hash (a pickled dict of specs missed an equal spec)."""
+    import pickle
+    import subprocess
+    import sys
+    from profiling.kernels import KernelSpec
+    spec = KernelSpec.make("conv", cin=8, cout=16, h=8, w=8, kernel=3, stride=1)
+    code = ("import pickle, sys; sys.path.insert(0, sys.argv[1]); from profiling.kernels import KernelSpec; "
+            "d = pickle.loads(sys.stdin.buffer.read()); "
+            "t = KernelSpec.make('conv', cin=8, cout=16, h=8, w=8, kernel=3, stride=1); "
+            "print(d.get(t), hash(t) == hash(next(iter(d))))")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).resolve().parents[1])],
+                         input=pickle.dumps({spec: 7}), capture_output=True, check=True).stdout.decode().split()
+    assert out == ["7", "True"]
+
+
 def test_spec_cache_names_a_foreign_candidate_element():
     from predictors import PredictorError
     from predictors.spec_cache import SpecCache
