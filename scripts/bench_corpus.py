@@ -120,6 +120,36 @@ def measure(corpus, run_name, passes, seconds, batch_gb, target):
     click.echo(f"wrote {path} ({time.time() - t0:.0f}s)")
 
 
+@main.command("kernels")
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--runs", default=12, show_default=True, help="Profiled runs per model (after 2 warm-up runs).")
+@click.option("--out", "out_path", type=click.Path(), help="Default <corpus>/bench/kernels_in_context.json.")
+def kernels_cmd(corpus, runs, out_path):
+    """In-context kernel times: onnxruntime's per-node profiler on every corpus model, its node times
+    attributed to the detected kernels (predictors.detect.ort_kernel_timings), one thread.
+
+    `evaluate` compares them with the kernel models' predictions per kind: which kinds the table's
+    kernel models misfit inside real networks. Resumable: models already in OUT are skipped."""
+    from predictors.detect import ort_kernel_timings
+    corpus = Path(corpus)
+    rows = _manifest(corpus)
+    out = Path(out_path) if out_path else _bench_dir(corpus) / "kernels_in_context.json"
+    done = json.loads(out.read_text()) if out.exists() else {"runs": runs, "models": {}}
+    t0 = time.time()
+    todo = [r for r in rows if r["name"] not in done["models"]]
+    for i, r in enumerate(todo):
+        det, times, unclaimed = ort_kernel_timings(str(corpus / r["onnx"]), runs=runs)
+        done["models"][r["name"]] = {
+            "kernels": [{"kind": k.spec.kind, "params": dict(k.spec.params), "ms": t}
+                        for k, t in zip(det.kernels, times)],
+            "unclaimed_ms": unclaimed, "unknown": [u.op_type for u in det.unknown]}
+        out.write_text(json.dumps(done))
+        el = time.time() - t0
+        click.echo(f"  {i + 1}/{len(todo)} {r['name']}: {sum(times) + unclaimed:.1f} ms in nodes "
+                   f"({el:.0f}s, ETA {el / (i + 1) * (len(todo) - i - 1):.0f}s)", err=True)
+    click.echo(f"wrote {out}")
+
+
 def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
     got = {}
     for r in runs:
