@@ -593,9 +593,10 @@ def _hybrid_net(rng) -> dict[str, Any]:
     # 1/16 feature map as tokens through transformer blocks
     res = _choice(rng, [64, 96, 128, 160, 192, 224])
     c = int(_choice(rng, [32, 48, 64]))
-    gn = int(_choice(rng, [8, 16, 32]))
+    # GroupNorm needs the group count to divide the channels (48 channels take 8 or 16 groups)
+    gn = int(_choice(rng, [g for g in (8, 16, 32) if c % g == 0]))
     layers: list[dict[str, Any]] = [{"op": "conv", "cout": c, "kernel": 3, "stride": 2, "act": "none", "bn": False},
-                                    {"op": "groupnorm", "groups": min(gn, c), "act": _choice(rng, ["relu", "gelu"])},
+                                    {"op": "groupnorm", "groups": gn, "act": _choice(rng, ["relu", "gelu"])},
                                     {"op": "pool", "pool": "max", "kernel": 3, "stride": 2}]
     for i in range(2):
         c *= 2
