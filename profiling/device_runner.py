@@ -364,7 +364,7 @@ class Runner(object):
             fh.write(base64.b64decode(job["model"]))
         self.write_weights(os.path.join(workdir, WEIGHTS_FILE), job.get("fills", []), int(job.get("seed", 0)))
         path = os.path.join(workdir, "model.onnx")
-        if s.get("int8"):
+        if s.get("int8") and not s.get("quantized"):
             # The target runs int8: measure the model as the runtime runs it quantized, calibrated
             # on random inputs (latency does not depend on the scales' values).
             calibration = [self.feeds(job, extra_seed=k) for k in range(2)]

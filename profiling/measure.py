@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ProfilingError
-from .interleave import MODEL_PASSES, MODEL_SLICE_S, combine_passes, measure_interleaved, slice_rule
+from .interleave import MODEL_PASSES, MODEL_SLICE_S, SLICE_MIN_RUNS, combine_passes, measure_interleaved, slice_rule
 from .profiler import NETWORK_STOP  # the profiler's whole-network stopping rule
 from .targets import Target, TargetError, get_target
 
@@ -43,18 +43,29 @@ class ModelMeasurement:
 
 def model_job(model, target: Target, facts: dict[str, Any], stop: dict[str, Any] | None = None,
               seed: int = 0) -> dict[str, Any]:
-    """A runner `measure` job for an ONNX model (path, bytes or ModelProto) on `target`."""
+    """A runner `measure` job for an ONNX model (path, bytes or ModelProto) on `target`.
+
+    A float model travels without its weights and, on an int8 target, the runner quantizes it
+    (`device_runner.quantize_file`). A model already quantized (QDQ or QOperator, e.g. from
+    `profiling.quantize.quantize`) travels whole, its int8 weights and scales as they are, and
+    is run as it is (the runner does not quantize it again; TensorRT still reads its QDQ scales)."""
     import onnx
 
     from .builders import externalize_weights
+    from .quantize import is_quantized
     from .transport import measure_payload, session_options
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(str(model))
     elif isinstance(model, (bytes, bytearray)):
         model = onnx.load_from_string(bytes(model))
-    payload = measure_payload(externalize_weights(model), dict(stop or NETWORK_STOP), seed, target.batch)
     threads = target.resolved_threads(facts.get("usable_cores") or facts.get("cores"))
-    return dict(payload, session=session_options(target, facts, threads))
+    session = session_options(target, facts, threads)
+    if is_quantized(model):
+        payload = measure_payload(model, dict(stop or NETWORK_STOP), seed, target.batch)
+        # its weights are all inside (fills a quantizer copied from a built model's metadata fill nothing)
+        return dict(payload, fills=[], session=dict(session, quantized=True))
+    payload = measure_payload(externalize_weights(model), dict(stop or NETWORK_STOP), seed, target.batch)
+    return dict(payload, session=session)
 
 
 def connect(target: Target, host: str | None = None, remote_python: str = "python3",
@@ -82,9 +93,9 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
                    targets_file: str | os.PathLike | None = None, stop: dict[str, Any] | None = None,
                    progress: Callable[[int, int, ModelMeasurement], None] | None = None,
                    rounds: int | None = None, *, passes: int = MODEL_PASSES, slice_s: float = MODEL_SLICE_S,
-                   on_pass: Callable[[int, int], None] | None = None) -> list[ModelMeasurement]:
+                   min_runs: int = SLICE_MIN_RUNS, on_pass: Callable[[int, int], None] | None = None) -> list[ModelMeasurement]:
     """Measure each ONNX file on the target, interleaved (`measure_interleaved`: `passes` round-robin
-    passes over the whole list, at least `slice_s` seconds per model per pass); a model the runner
+    passes over the whole list, at least `slice_s` seconds and `min_runs` runs per model per pass); a model the runner
     cannot run is an error naming it. `rounds` is the older name of `passes`. `stop` is accepted for
     compatibility and ignored: the passes are the stopping rule. `progress(i, n, measurement)` is
     called once per model at the end, `on_pass(done, passes)` after each pass."""
@@ -108,7 +119,7 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
                 jobs.append(dict(model_job(path, target, conn.facts or {}, stop), id=path.stem))
             except Exception as e:  # onnx's own parse errors name no file
                 raise ProfilingError(f"{path}: not a readable ONNX model ({e})") from None
-        answers = measure_interleaved(conn, jobs, passes=passes, slice_s=slice_s, on_pass=on_pass)
+        answers = measure_interleaved(conn, jobs, passes=passes, slice_s=slice_s, min_runs=min_runs, on_pass=on_pass)
         for i, (path, ans) in enumerate(zip(files, answers)):
             if not ans.get("ok"):
                 raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")

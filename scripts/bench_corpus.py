@@ -79,6 +79,121 @@ def main():
     """Held-out-by-family benchmark of the predictor on a corpus of real architectures."""
 
 
+DERIVED = "derived.json"
+
+
+def _form(corpus: Path) -> dict:
+    """The deployment form of a corpus folder: {"precision", "batch"} from its derived.json
+    (written by `derive`), fp32 at batch 1 for an exported corpus."""
+    p = corpus / DERIVED
+    form = json.loads(p.read_text()) if p.exists() else {}
+    return {"precision": form.get("precision", "fp32"), "batch": int(form.get("batch", 1))}
+
+
+def _check_form(corpus: Path, precision: str, batch: int, what: str) -> None:
+    form = _form(corpus)
+    if (form["precision"], form["batch"]) != (precision, batch):
+        raise click.UsageError(f"{corpus} holds the {form['precision']}, batch {form['batch']} form but {what} is "
+                               f"{precision}, batch {batch}: pick the matching corpus folder (bench_corpus derive) "
+                               "or target")
+
+
+def _b32_subset(rows: list[dict], ms: dict[str, float], batch: int, minutes: float, passes: int,
+                seconds: float) -> list[dict]:
+    """The subset rule of a batched corpus: each family's fastest model first (fastest families
+    first), then the other models fastest first, while the estimated measurement time fits
+    `minutes`. A model costs `batch` x its batch-1 time per run; per model: 5 warm-up runs, then
+    per pass max(`seconds`, one run) plus one untimed run after the first pass."""
+    def cost(r):
+        run_s = batch * ms[r["name"]] / 1000
+        return 5 * run_s + passes * max(seconds, run_s) + (passes - 1) * run_s + 0.5  # + session creation
+
+    rows = [r for r in rows if r["name"] in ms]
+    fastest: dict[str, dict] = {}
+    for r in sorted(rows, key=lambda r: ms[r["name"]]):
+        fastest.setdefault(r["family"], r)
+    first = sorted(fastest.values(), key=lambda r: ms[r["name"]])
+    rest = sorted((r for r in rows if r not in first), key=lambda r: ms[r["name"]])
+    chosen, total = [], 0.0
+    for r in first + rest:
+        if total + cost(r) <= minutes * 60:
+            chosen.append(r)
+            total += cost(r)
+    return chosen
+
+
+@main.command()
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False), help="The exported fp32 corpus.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The derived corpus folder.")
+@click.option("--precision", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="int8: each model quantized by the product's quantizer (profiling.quantize.quantize: static QDQ, "
+                   "per-channel int8 weights, uint8 activations, random calibration), as an int8 target runs it.")
+@click.option("--batch", default=1, show_default=True,
+              help="Above 1: each model with a dynamic batch axis (Reshapes that hard-code the exported batch 1 "
+                   "follow the input), kept when it runs at batch 2.")
+@click.option("--minutes", type=float, default=None,
+              help="With --batch: keep the subset whose measurement (--passes x --seconds) fits this many minutes, "
+                   "estimated from the fp32 batch-1 runs --runs of --corpus: each family's fastest model first, then "
+                   "the other models fastest first.")
+@click.option("--runs", default="S1,S2", show_default=True, help="The batch-1 measurements the subset rule reads.")
+@click.option("--passes", default=PASSES, show_default=True, help="The passes the subset's measurement will make.")
+@click.option("--seconds", default=SECONDS_PER_PASS, show_default=True)
+def derive(corpus, out, precision, batch, minutes, runs, passes, seconds):
+    """Write the corpus in another deployment form (int8, or a batch above 1) to OUT, with its
+    manifest.csv and derived.json (the form, the models that could not be converted and why).
+    Resumable: models already in OUT are kept."""
+    from profiling.errors import ProfilingError
+    from profiling.quantize import quantize
+    from scripts.bench_deploy import _runs_at, rebatched
+    import onnx
+    corpus, out = Path(corpus), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = _manifest(corpus)
+    meta = {"from": str(corpus), "precision": precision, "batch": batch, "failed": {}}
+    if (out / DERIVED).exists():
+        old = json.loads((out / DERIVED).read_text())
+        if (old["precision"], old["batch"]) != (precision, batch):
+            raise click.UsageError(f"{out} holds another form ({old['precision']}, batch {old['batch']})")
+        meta["failed"] = old.get("failed", {})
+    if batch > 1 and minutes:
+        rows = _b32_subset(rows, _measured(corpus, runs.split(","))[0], batch, minutes, passes, seconds)
+        meta["subset"] = {"rule": "each family's fastest model, then the others fastest first, while the estimated "
+                                  f"measurement fits {minutes:g} min ({passes} passes x {seconds:g} s)",
+                          "runs": runs, "models": len(rows), "families": len({r["family"] for r in rows})}
+    done = set()
+    t0 = time.time()
+    for i, r in enumerate(sorted(rows, key=lambda r: (corpus / r["onnx"]).stat().st_size)):  # small first
+        dst = out / r["onnx"]
+        if r["name"] in meta["failed"]:
+            continue
+        if not dst.exists():
+            t1 = time.time()
+            try:
+                m = onnx.load(str(corpus / r["onnx"]))
+                if batch > 1:
+                    m = rebatched(m)
+                    if not _runs_at(m, 2):
+                        raise ProfilingError("does not run at batch 2 after re-batching (a shape fixed at export)")
+                if precision == "int8":
+                    m = quantize(m, batch=1)
+                onnx.save(m, str(dst) + ".part")
+                Path(str(dst) + ".part").rename(dst)
+            except (ProfilingError, OSError) as e:
+                meta["failed"][r["name"]] = str(e)[:400]
+            click.echo(f"[{i + 1}/{len(rows)}] {r['name']} ({r['family']}): "
+                       f"{'FAILED' if r['name'] in meta['failed'] else 'ok'} ({time.time() - t1:.1f}s, "
+                       f"{time.time() - t0:.0f}s in all)", err=True)
+        if dst.exists():
+            done.add(r["name"])
+        (out / DERIVED).write_text(json.dumps(meta, indent=1))
+        with open(out / "manifest.csv", "w", newline="") as fh:  # after each model: a stopped run leaves a corpus
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(r for r in rows if r["name"] in done)
+    click.echo(f"wrote {len(done)} models ({len({r['family'] for r in rows if r['name'] in done})} families) to {out}; "
+               f"{len(meta['failed'])} could not be converted (see {out / DERIVED})")
+
+
 @main.command()
 @click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--run", "run_name", required=True, help="Name of this measurement run (A, B, ...).")
@@ -87,18 +202,28 @@ def main():
 @click.option("--batch-gb", default=2.5, show_default=True,
               help="Models measured interleaved together hold at most this many GB of weights (the runner keeps "
                    "a batch's sessions open).")
-@click.option("--target", default="local-cpu", show_default=True)
-def measure(corpus, run_name, passes, seconds, batch_gb, target):
+@click.option("--max-models", default=0, show_default=True,
+              help="At most this many models measured interleaved together (0: no limit; at a large batch each "
+                   "session's activations count too).")
+@click.option("--min-runs", default=3, show_default=True, help="Timed runs per model per pass, at least.")
+@click.option("--target", default="local-cpu", show_default=True,
+              help="Its precision and batch must be the corpus folder's form (derived.json; an exported corpus is "
+                   "fp32, batch 1): local-cpu-int8 for an int8 corpus, local-cpu-b32 for a batch-32 one.")
+def measure(corpus, run_name, passes, seconds, batch_gb, max_models, min_runs, target):
     """Measure every corpus model on TARGET, interleaved (profiling.measure.measure_models: PASSES
-    round-robin passes of SECONDS per model), in batches that bound the runner's memory."""
+    round-robin passes of SECONDS per model), in batches that bound the runner's memory. A quantized
+    corpus is measured as its files are (the runner does not quantize them again)."""
     from profiling.measure import measure_models
+    from profiling.targets import get_target
     corpus = Path(corpus)
+    t = get_target(target)
+    _check_form(corpus, t.precision, t.batch, f"target {target}")
     rows = _manifest(corpus)
     paths = [corpus / r["onnx"] for r in rows]
     batches, size = [[]], 0
     for p in paths:
         b = p.stat().st_size
-        if batches[-1] and size + b > batch_gb * 1e9:
+        if batches[-1] and (size + b > batch_gb * 1e9 or len(batches[-1]) == max_models > 0):
             batches.append([])
             size = 0
         batches[-1].append(p)
@@ -108,10 +233,11 @@ def measure(corpus, run_name, passes, seconds, batch_gb, target):
                f"{seconds:g}s on {target} (run {run_name})")
     res = []
     for i, batch in enumerate(batches):
-        res += measure_models(batch, target, passes=passes, slice_s=seconds,
+        res += measure_models(batch, t, passes=passes, slice_s=seconds, min_runs=min_runs,
                               on_pass=lambda d, n, i=i: click.echo(f"  batch {i + 1}/{len(batches)}: pass {d}/{n} "
                                                                     f"({time.time() - t0:.0f}s)", err=True))
-    out = {"run": run_name, "target": target, "passes": passes, "seconds_per_pass": seconds, "batches": len(batches),
+    out = {"run": run_name, "target": target, "passes": passes, "seconds_per_pass": seconds, "min_runs": min_runs,
+           "form": _form(corpus), "batches": len(batches),
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": time.time() - t0,
            "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs}
                       for m in res}}
@@ -151,24 +277,86 @@ def kernels_cmd(corpus, runs, out_path):
 
 
 def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
-    got = {}
-    for r in runs:
-        p = _bench_dir(corpus) / f"measured_{r}.json"
-        if p.exists():
-            got[r] = json.loads(p.read_text())["models"]
+    got = _runs(corpus, runs)
     if not got:
         raise click.UsageError(f"no measurement in {_bench_dir(corpus)}: run `measure --run A` first")
     names = set.intersection(*(set(v) for v in got.values()))
-    truth = {n: float(np.median([got[r][n]["median_ms"] for r in got])) for n in names}
+    truth = {n: float(np.median([got[r][n] for r in got])) for n in names}
     repro = {}
     if len(got) >= 2:
         a, b = list(got)[:2]
-        ratio = np.array([got[a][n]["median_ms"] / got[b][n]["median_ms"] for n in sorted(names)])
+        ratio = np.array([got[a][n] / got[b][n] for n in sorted(names)])
         drift = float(np.median(ratio))
         repro = {"runs": [a, b], "n": len(ratio), "within5": float(np.mean(np.abs(ratio - 1) <= 0.05)),
                  "within10": float(np.mean(np.abs(ratio - 1) <= 0.10)), "median_ratio": drift,
                  "within5_after_drift": float(np.mean(np.abs(ratio / drift - 1) <= 0.05))}
     return truth, repro
+
+
+def _runs(corpus: Path, runs: list[str]) -> dict[str, dict[str, float]]:
+    """Each measurement run found: run -> model -> median ms."""
+    out = {}
+    for r in runs:
+        p = _bench_dir(corpus) / f"measured_{r}.json"
+        if p.exists():
+            out[r] = {n: float(m["median_ms"]) for n, m in json.loads(p.read_text())["models"].items()}
+    return out
+
+
+@main.command()
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The fp32, batch-1 corpus (the reference form).")
+@click.option("--other", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The same corpus in another form (bench_corpus derive): int8, or a batch above 1.")
+@click.option("--runs", default="A,B", show_default=True, help="The reference corpus's measurement runs.")
+@click.option("--other-runs", default=None, help="The other form's runs (default: --runs).")
+@click.option("--json-out", type=click.Path(), help="Default <other>/bench/compare.json.")
+def compare(corpus, other, runs, other_runs, json_out):
+    """Does the deployment form change which model is fastest? The Spearman rank correlation of
+    the measured fp32 batch-1 latency with the other form's (per image at a batch above 1) over
+    the models measured in both, for the median of the runs and run by run (the i-th run of
+    each); the per-model and per-family speed-up (reference ms per image / other ms per image)."""
+    from scipy.stats import spearmanr
+    corpus, other = Path(corpus), Path(other)
+    form = _form(other)
+    ref_runs, oth_runs = _runs(corpus, runs.split(",")), _runs(other, (other_runs or runs).split(","))
+    if not ref_runs or not oth_runs:
+        raise click.UsageError(f"measure both corpora first: runs {runs} of {corpus} ({len(ref_runs)} found), "
+                               f"{other_runs or runs} of {other} ({len(oth_runs)} found)")
+    ref, oth = _measured(corpus, list(ref_runs))[0], _measured(other, list(oth_runs))[0]
+    fam = {r["name"]: r["family"] for r in _manifest(corpus)}
+    names = sorted(set(ref) & set(oth))
+    if len(names) < 3:
+        raise click.UsageError(f"only {len(names)} models measured in both forms")
+    b = form["batch"]
+    speedup = {n: ref[n] / (oth[n] / b) for n in names}
+    per_run = []
+    for r_ref, r_oth in zip(ref_runs.values(), oth_runs.values()):
+        common = [n for n in names if n in r_ref and n in r_oth]
+        per_run.append(float(spearmanr([r_ref[n] for n in common], [r_oth[n] for n in common]).statistic))
+    families: dict[str, list[float]] = {}
+    for n in names:
+        families.setdefault(fam.get(n, "?"), []).append(speedup[n])
+    sp = np.array(list(speedup.values()))
+    out = {"reference": str(corpus), "other": str(other), "form": form, "runs": list(ref_runs),
+           "other_runs": list(oth_runs), "models": len(names), "families": len(families),
+           "spearman": float(spearmanr([ref[n] for n in names], [oth[n] for n in names]).statistic),
+           "spearman_per_run": per_run,
+           "speedup": {"min": float(sp.min()), "median": float(np.median(sp)), "max": float(sp.max()),
+                       "slower": int((sp < 1).sum())},
+           "family_speedup": {f: float(np.median(v)) for f, v in sorted(families.items())},
+           "per_model": {n: {"family": fam.get(n), "fp32_b1_ms": ref[n], "other_ms": oth[n],
+                             "speedup_per_image": speedup[n]} for n in names}}
+    what = f"{form['precision']}, batch {b}" + (" (per image)" if b > 1 else "")
+    click.echo(f"{len(names)} models, {len(families)} families: Spearman fp32 batch 1 vs {what} {out['spearman']:.3f} "
+               f"(run by run: {', '.join(f'{v:.3f}' for v in per_run)})")
+    click.echo(f"speed-up per image: {sp.min():.2f}x to {sp.max():.2f}x, median {np.median(sp):.2f}x; "
+               f"{out['speedup']['slower']} models slower")
+    for f, v in out["family_speedup"].items():
+        click.echo(f"  {f:20s} {v:5.2f}x")
+    path = Path(json_out) if json_out else _bench_dir(other) / "compare.json"
+    path.write_text(json.dumps(out, indent=1))
+    click.echo(f"wrote {path}")
 
 
 @main.command()
@@ -198,7 +386,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
     fam = np.array([r["family"] for r in rows])
     paths = [str(corpus / r["onnx"]) for r in rows]
     y = np.array([truth[n] for n in names])
-    report: dict = {"models": len(rows), "families": len(set(fam)), "reproducibility": repro, "rows": {}}
+    report: dict = {"models": len(rows), "families": len(set(fam)), "form": _form(corpus), "reproducibility": repro,
+                    "rows": {}}
     click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
     if repro:
         click.echo(f"reproducibility (run {repro['runs'][0]} vs {repro['runs'][1]}): {repro['within5']:.1%} within "
@@ -239,6 +428,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
             base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight)
             base.fit(list(tables))
             click.echo(f"trained on {', '.join(tables)} in {time.time() - t0:.0f}s", err=True)
+        _check_form(corpus, base.target.get("precision", "fp32"), base.batch,
+                    f"the table's target {base.target.get('name')}")
         # Detection and kernel predictions depend on the kernel models only, which every refit of the
         # graph correction below shares: compute each model's inputs once.
         inputs = {x: base.onnx_inputs(x) for x in paths}
@@ -265,6 +456,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
                 unrel[i] = bool(getattr(r, "unreliable", False))
             click.echo(f"  held out {f:18s} ({int((~tr).sum())} models): graph {q.training.get('graph_choice')}", err=True)
         report["rows"]["table_family_out"] = _stats(y, pred_a, lo_a, hi_a)
+        if base.batch > 1:  # images/s of back-to-back runs at the batch: batch x 1000 / ms
+            report["rows"]["table_family_out_throughput"] = _stats(base.batch * 1000 / y, base.batch * 1000 / pred_a)
         reliable = ~unrel
         if reliable.any() and unrel.any():
             report["rows"]["table_family_out_reliable_only"] = _stats(y[reliable], pred_a[reliable], lo_a[reliable],
@@ -291,6 +484,7 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
     report["per_model"] = per_model
     labels = {"table_family_out": "(a) table predictor, family held out", "flops_only_family_out":
               "(b) FLOPs-only, family held out", "kernel_sum": "(c) plain kernel sum",
+              "table_family_out_throughput": "    (a) as images/s at the table's batch",
               "table_family_out_reliable_only": "    (a) on models not marked unreliable",
               "shipped_as_is": "shipped predictor as it is", "calibrated": "calibrated (another machine + calibration)"}
     for k, lab in labels.items():

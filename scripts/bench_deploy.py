@@ -155,16 +155,6 @@ def prepare(corpus, out, per_family, max_mb, activations, no_b32):
               f"b32 {'ok' if 'b32' in entry else 'no'} ({entry['prepare_s']} s)", flush=True)
 
 
-def _job(path: str, target, facts, quantized_file: bool) -> dict:
-    from profiling.measure import model_job
-    from profiling.transport import measure_payload, session_options
-    if not quantized_file:
-        return model_job(path, target, facts)
-    # An int8 file travels whole: its scales and int8 weights are not random-filled.
-    payload = measure_payload(onnx.load(path), {}, 0, target.batch)
-    return dict(payload, session=session_options(target, facts, 1))
-
-
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @click.option("--run", "run_id", type=int, required=True)
@@ -176,7 +166,7 @@ def _job(path: str, target, facts, quantized_file: bool) -> dict:
 def measure(out, run_id, passes, slice_s, chunk, only, forms):
     """Measure fp32-b1, int8-b1 and fp32-b32 interleaved (take the EXCLUSIVE cpu lock around this)."""
     from profiling.interleave import measure_interleaved
-    from profiling.measure import connect
+    from profiling.measure import connect, model_job
     from profiling.targets import get_target
     out = Path(out)
     prep = json.loads((out / "prepare.json").read_text())
@@ -193,13 +183,13 @@ def measure(out, run_id, passes, slice_s, chunk, only, forms):
             jobs, keys = [], []
             for n in part:
                 e = prep[n]
-                jobs.append(dict(_job(e["fp32"], t_b1, conn.facts or {}, False), id=f"{n}|fp32_b1"))
+                jobs.append(dict(model_job(e["fp32"], t_b1, conn.facts or {}), id=f"{n}|fp32_b1"))
                 keys.append((n, "fp32_b1"))
                 if "int8" in e and "int8_b1" in forms:
-                    jobs.append(dict(_job(e["int8"], t_b1, conn.facts or {}, True), id=f"{n}|int8_b1"))
+                    jobs.append(dict(model_job(e["int8"], t_b1, conn.facts or {}), id=f"{n}|int8_b1"))
                     keys.append((n, "int8_b1"))
                 if "b32" in e and "fp32_b32" in forms:
-                    jobs.append(dict(_job(e["b32"], t_b32, conn.facts or {}, False), id=f"{n}|fp32_b32"))
+                    jobs.append(dict(model_job(e["b32"], t_b32, conn.facts or {}), id=f"{n}|fp32_b32"))
                     keys.append((n, "fp32_b32"))
             answers = measure_interleaved(conn, jobs, passes=passes, slice_s=slice_s)
             for (n, form), ans in zip(keys, answers):

@@ -1,0 +1,152 @@
+"""Benchmark: one search of the same space and data at fp32 and at int8, with the same budget.
+
+    python -m scripts.bench_form_search --fp32 data/tables/local-cpu__amd-epyc__8430cb8f.parquet \\
+        --int8 /work/tables/int8/local-cpu-int8__amd-epyc__XXXX.parquet --latency-budget 2 --out /tmp/form-search
+
+Each of `--fp32` and `--int8` is a predictor (.lgb) or a latency table (.parquet, fitted here and
+saved as OUT/<form>.lgb); the int8 one must be of an int8 target. Both searches share everything
+else: the space, the data, the accuracy estimator (its cache, so the same supernet and proxy
+scores), the seed, the population and generations, the finalists measured on the device and the
+latency budget in milliseconds. The int8 search measures its finalists quantized and writes the
+quantized best.onnx with its held-out accuracy drop (search.deploy.export_int8).
+
+Writes OUT/fp32/ and OUT/int8/ (each a whole search run: report.md, frontier.json, best.onnx),
+OUT/compare.json (both frontiers, both choices, whether they differ, the int8 accuracy drop) and
+OUT/frontiers.png (both frontiers on one chart). Resumable: a form whose run finished is read
+back, not searched again.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+FORMS = ("fp32", "int8")
+
+
+def _predictor(src: str, form: str, out: Path) -> str:
+    """A predictor file for `src`: itself (.lgb), or fitted on the table (.parquet) once."""
+    from predictors import Predictor
+    if not src.endswith(".parquet"):
+        p = Predictor.load(src)
+    else:
+        path = out / f"{form}.lgb"
+        if path.exists():
+            p = Predictor.load(path)
+        else:
+            t0 = time.time()
+            p = Predictor()
+            p.fit([src])
+            p.save(path)
+            click.echo(f"{form}: fitted {path} on {src} ({time.time() - t0:.0f} s)", err=True)
+        src = str(path)
+    precision = p.target.get("precision", "fp32")
+    if precision != form:
+        raise click.UsageError(f"the {form} predictor {src} is of target {p.target.get('name')} ({precision}): "
+                               f"pass a {form} predictor or table")
+    return src
+
+
+def _frontier(run: Path) -> list[dict]:
+    rows = json.loads((run / "frontier.json").read_text())
+    return rows.get("frontier", rows) if isinstance(rows, dict) else rows
+
+
+def _plot(runs: dict[str, Path], budget: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for (form, run), mark in zip(runs.items(), ("o-", "s-")):
+        pts = sorted((r.get("measured_ms") or r["predicted_ms"], r["estimated_accuracy"]) for r in _frontier(run))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], mark, label=f"{form} ({len(pts)} points)", alpha=0.8)
+        b = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
+        if b.get("measured_ms") or b.get("predicted_ms"):
+            ax.plot([b.get("measured_ms") or b["predicted_ms"]], [b["estimated_accuracy"]], "*", ms=14,
+                    label=f"{form} choice")
+    ax.axvline(budget, ls="--", c="grey", label=f"budget {budget:g} ms")
+    ax.set_xlabel("latency on its target (ms; measured where verified)")
+    ax.set_ylabel("estimated accuracy (rank score)")
+    ax.set_title("the same search at fp32 and at int8")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@click.command()
+@click.option("--fp32", "fp32_src", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The fp32 target's predictor (.lgb) or table (.parquet).")
+@click.option("--int8", "int8_src", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The int8 target's predictor (.lgb) or table (.parquet).")
+@click.option("--latency-budget", type=float, required=True, help="The same budget (ms) for both searches.")
+@click.option("--space", default="nb201", show_default=True)
+@click.option("--data", default="digits", show_default=True, help="As search's --data.")
+@click.option("--accuracy", default="proxies", show_default=True, type=click.Choice(["auto", "proxies", "supernet"]))
+@click.option("--population", default=24, show_default=True)
+@click.option("--generations", default=12, show_default=True)
+@click.option("--finalists", default=3, show_default=True)
+@click.option("--verify-rounds", default=2, show_default=True)
+@click.option("--budget-minutes", default=5.0, show_default=True, help="Wall-clock cap of each search phase.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print compare.json.")
+def main(fp32_src, int8_src, latency_budget, space, data, accuracy, population, generations, finalists,
+         verify_rounds, budget_minutes, seed, out, as_json):
+    """Search the same space and data at fp32 and at int8 with the same budget; compare the frontiers,
+    the choices and the int8 model's accuracy drop."""
+    from search.run import SearchConfig, run_search
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    srcs = {"fp32": fp32_src, "int8": int8_src}
+    runs, summary = {}, {"latency_budget_ms": latency_budget, "space": space, "data": data, "accuracy": accuracy,
+                         "population": population, "generations": generations, "finalists": finalists,
+                         "seed": seed, "forms": {}}
+    for form in FORMS:
+        run = out / form
+        runs[form] = run
+        if not (run / "report.md").exists():
+            t0 = time.time()
+            cfg = SearchConfig(space=space, predictor=_predictor(srcs[form], form, out), data=data,
+                               latency_budget_ms=latency_budget, accuracy=accuracy, population=population,
+                               generations=generations, finalists=finalists, verify_rounds=verify_rounds,
+                               budget_minutes=budget_minutes, seed=seed, out=str(run),
+                               cache_dir=str(out / "cache"), overwrite=True, progress=False)
+            run_search(cfg)
+            click.echo(f"{form}: searched in {time.time() - t0:.0f} s -> {run}", err=True)
+        best = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
+        summary["forms"][form] = {
+            "run": str(run), "choice": best.get("arch"), "accuracy": best.get("estimated_accuracy"),
+            "measured_ms": best.get("measured_ms"), "predicted_ms": best.get("predicted_ms"),
+            "deployment": best.get("deployment"),
+            "frontier": [{"arch": r["arch"], "accuracy": r["estimated_accuracy"], "predicted_ms": r["predicted_ms"],
+                          "measured_ms": r.get("measured_ms")} for r in _frontier(run)],
+            "int8": best.get("int8")}
+    f32, i8 = summary["forms"]["fp32"], summary["forms"]["int8"]
+    summary["choices_differ"] = f32["choice"] != i8["choice"]
+    shared = {r["arch"] for r in f32["frontier"]} & {r["arch"] for r in i8["frontier"]}
+    summary["frontier_overlap"] = {"fp32": len(f32["frontier"]), "int8": len(i8["frontier"]), "shared": len(shared)}
+    summary["int8_accuracy_drop_points"] = (i8["int8"] or {}).get("accuracy_drop_points")
+    _plot(runs, latency_budget, out / "frontiers.png")
+    (out / "compare.json").write_text(json.dumps(summary, indent=1))
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+        return
+    for form in FORMS:
+        s = summary["forms"][form]
+        ms = s["measured_ms"] or s["predicted_ms"]
+        click.echo(f"{form}: choice {s['choice']} (accuracy score {s['accuracy']}, "
+                   f"{'measured' if s['measured_ms'] else 'predicted'} {ms} ms); frontier of {len(s['frontier'])}")
+    click.echo(f"choices differ: {summary['choices_differ']}; frontiers share {len(shared)} architectures")
+    if summary["int8_accuracy_drop_points"] is not None:
+        q = i8["int8"]
+        click.echo(f"int8 model: {q['fp32_accuracy']:.2f}% fp32 -> {q['int8_accuracy']:.2f}% int8 "
+                   f"({q['accuracy_drop_points']:+.2f} points drop, {q['held_out_images']} held-out images)")
+    click.echo(f"wrote {out / 'compare.json'} and {out / 'frontiers.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""The corpus benchmark in another deployment form: a quantized or batched copy of the corpus
+(`bench_corpus derive`), measured on the matching target and compared with the fp32 original."""
+import base64
+import csv
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from profiling.builders import materialize
+from profiling.measure import model_job
+from profiling.networks import build_network
+from profiling.quantize import is_quantized, quantize
+from profiling.targets import get_target
+from scripts import bench_corpus
+
+
+def _cnn(cout: int) -> dict:
+    return {"family": "resnet", "resolution": 16, "in_channels": 3, "num_classes": 10,
+            "layers": [{"op": "conv", "cout": cout, "kernel": 3, "stride": 1, "act": "relu"},
+                       {"op": "resnet_basic", "cout": cout, "stride": 2},
+                       {"op": "head", "hidden": 0}]}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Three small fp32 networks of two families with a manifest, as scripts/export_corpus.py writes it."""
+    root = tmp_path_factory.mktemp("corpus")
+    rows = []
+    for i, (name, fam, cout) in enumerate([("a8", "fa", 8), ("a16", "fa", 16), ("b24", "fb", 24)]):
+        (root / f"tmp{i}").mkdir()
+        path = materialize(build_network(_cnn(cout)), str(root / f"tmp{i}"), seed=i)
+        model = onnx.load(path)
+        onnx.save(model, str(root / f"{name}.onnx"))
+        rows.append({"name": name, "family": fam, "source": "test", "input_shape": "1x3x16x16", "opset": "17",
+                     "export_s": "0", "onnx": f"{name}.onnx"})
+    with open(root / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+def _invoke(*args):
+    res = CliRunner().invoke(bench_corpus.main, [str(a) for a in args], catch_exceptions=False)
+    return res
+
+
+def test_a_quantized_model_travels_whole_and_is_not_quantized_again(corpus):
+    int8 = quantize(str(corpus / "a8.onnx"))
+    facts = {"providers": ["CPUExecutionProvider"], "cores": 1}
+    job = model_job(int8, get_target("local-cpu-int8"), facts)
+    assert job["fills"] == [] and job["session"]["quantized"] and job["session"]["int8"]
+    sent = onnx.load_from_string(base64.b64decode(job["model"]))
+    assert is_quantized(sent) and sent.graph.initializer[0].raw_data  # the int8 weights and scales as they are
+    fp32_job = model_job(str(corpus / "a8.onnx"), get_target("local-cpu-int8"), facts)
+    assert fp32_job["fills"] and "quantized" not in fp32_job["session"]  # the runner quantizes a float model
+
+
+def test_derive_int8_and_batch_forms_then_measure_and_compare(corpus, tmp_path):
+    q, b = tmp_path / "int8", tmp_path / "b4"
+    res = _invoke("derive", "--corpus", corpus, "--out", q, "--precision", "int8")
+    assert res.exit_code == 0, res.output
+    form = json.loads((q / "derived.json").read_text())
+    assert (form["precision"], form["batch"], form["failed"]) == ("int8", 1, {})
+    names = [r["name"] for r in csv.DictReader(open(q / "manifest.csv"))]
+    assert names == ["a8", "a16", "b24"]  # the manifest's order, whatever order the models were converted in
+    assert all(is_quantized(onnx.load(str(q / f"{n}.onnx"))) for n in names)
+
+    res = _invoke("derive", "--corpus", corpus, "--out", b, "--batch", 4)
+    assert res.exit_code == 0, res.output
+    batched = onnx.load(str(b / "a8.onnx"))
+    assert batched.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # the batch axis is dynamic
+    x = np.zeros((4, 3, 16, 16), np.float32)
+    out = ort.InferenceSession(batched.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {
+        batched.graph.input[0].name: x})[0]
+    assert out.shape[0] == 4
+
+    # a corpus is measured on the target of its form only
+    res = _invoke("measure", "--corpus", q, "--run", "A", "--target", "local-cpu")
+    assert res.exit_code != 0 and "int8, batch 1" in res.output and "local-cpu" in res.output
+    res = _invoke("measure", "--corpus", b, "--run", "A", "--target", "local-cpu-int8")
+    assert res.exit_code != 0 and "fp32, batch 4" in res.output
+
+    for run in ("A", "B"):
+        assert _invoke("measure", "--corpus", corpus, "--run", run, "--passes", 1, "--seconds", 0.02).exit_code == 0
+        res = _invoke("measure", "--corpus", q, "--run", run, "--passes", 1, "--seconds", 0.02,
+                      "--target", "local-cpu-int8", "--max-models", 2)
+        assert res.exit_code == 0, res.output
+    measured = json.loads((q / "bench" / "measured_A.json").read_text())
+    assert measured["form"] == {"precision": "int8", "batch": 1} and measured["batches"] == 2
+    assert set(measured["models"]) == set(names) and all(m["median_ms"] > 0 for m in measured["models"].values())
+
+    res = _invoke("compare", "--corpus", corpus, "--other", q)
+    assert res.exit_code == 0, res.output
+    cmp = json.loads((q / "bench" / "compare.json").read_text())
+    assert cmp["models"] == 3 and cmp["families"] == 2 and len(cmp["spearman_per_run"]) == 2
+    assert -1 <= cmp["spearman"] <= 1
+    for n, m in cmp["per_model"].items():
+        assert m["speedup_per_image"] == pytest.approx(m["fp32_b1_ms"] / m["other_ms"])
+
+
+def test_the_batched_subset_rule_takes_each_familys_fastest_model_first():
+    rows = [{"name": n, "family": f} for n, f in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("c1", "c")]]
+    ms = {"a1": 1.0, "a2": 2.0, "a3": 3.0, "b1": 10.0, "c1": 200.0}
+    # batch 8, one pass of 0.01 s: a run of a1 takes 8 ms, and a model costs 5 warm-up runs + its pass + 0.5 s
+    # of session: a1 0.55 s, b1 0.98 s, a2 0.60 s, a3 0.64 s, c1 10.1 s
+    minutes = 2.2 / 60
+    chosen = bench_corpus._b32_subset(rows, ms, 8, minutes, 1, 0.01)
+    # each family's fastest first (c1 does not fit), then the rest fastest first until the time is spent
+    assert [r["name"] for r in chosen] == ["a1", "b1", "a2"]
