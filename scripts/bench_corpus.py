@@ -303,6 +303,30 @@ def _runs(corpus: Path, runs: list[str]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _qdq_residuals(paths: list[str], kernels: list[int], y: np.ndarray, pred: np.ndarray) -> dict:
+    """Do the Q/DQ boundaries of a quantized model cost time that its kernels' int8 table times
+    miss? Each model's activation Q/DQ nodes (predictors.quantized.QuantizationInfo) against the
+    predictor's miss: the Spearman correlation of the relative error with Q/DQ nodes per kernel,
+    and the least-squares ms per Q/DQ node of measured - predicted (a boundary cost of its own
+    would show as a positive slope and a negative correlation)."""
+    import onnx
+    from scipy.stats import spearmanr
+
+    from predictors.quantized import dequantize_graph
+    q = []
+    for p in paths:
+        info = dequantize_graph(onnx.load(p))[1]
+        q.append(info.qdq_nodes if info else 0)
+    qa, per_kernel = np.array(q, float), np.array(q, float) / np.maximum(np.array(kernels, float), 1)
+    err = pred / y - 1
+    miss = y - pred
+    slope = float(qa @ miss / (qa @ qa)) if qa.any() else 0.0
+    return {"qdq_nodes": q, "median_qdq_per_kernel": float(np.median(per_kernel)),
+            "spearman_error_vs_qdq_per_kernel": float(spearmanr(err, per_kernel).statistic),
+            "ms_per_qdq_node_of_the_miss": slope,
+            "miss_share_explained": float(1 - np.sum((miss - slope * qa) ** 2) / np.sum(miss ** 2))}
+
+
 @main.command()
 @click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False),
               help="The fp32, batch-1 corpus (the reference form).")
@@ -472,6 +496,10 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
             m = fam == f
             fam_rows[f] = _stats(y[m], pred_a[m], lo_a[m], hi_a[m])
         report["per_family"] = fam_rows
+        if _form(corpus)["precision"] == "int8":
+            report["qdq_boundaries"] = _qdq_residuals(paths, [len(inputs[x][0].specs()) for x in paths], y, pred_a)
+            for n, q in zip(names, report["qdq_boundaries"].pop("qdq_nodes")):
+                per_model[n]["qdq_nodes"] = q
     if flops is not None:  # (b) FLOPs-only, log ms = a + b log FLOPs, each family held out
         pred_f = np.zeros(len(y))
         for f in sorted(set(fam)):
@@ -494,6 +522,11 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
         click.echo("per family (a):")
         for f, s in report["per_family"].items():
             click.echo(f"  {f:20s} {s['within10']:6.1%} within ±10%, median |err| {s['median_abs_err']:6.1%} (n={s['n']})")
+    if "qdq_boundaries" in report:
+        q = report["qdq_boundaries"]
+        click.echo(f"Q/DQ boundaries: median {q['median_qdq_per_kernel']:.2f} per kernel; Spearman(error, Q/DQ per "
+                   f"kernel) {q['spearman_error_vs_qdq_per_kernel']:+.2f}; the miss fits "
+                   f"{q['ms_per_qdq_node_of_the_miss']:+.4f} ms per Q/DQ node ({q['miss_share_explained']:.0%} of it)")
     out = Path(json_out) if json_out else _bench_dir(corpus) / "report.json"
     out.write_text(json.dumps(report, indent=1))
     click.echo(f"wrote {out}")

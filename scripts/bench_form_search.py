@@ -85,6 +85,7 @@ def _plot(runs: dict[str, Path], budget: float, path: Path) -> None:
 @click.option("--latency-budget", type=float, required=True, help="The same budget (ms) for both searches.")
 @click.option("--space", default="nb201", show_default=True)
 @click.option("--data", default="digits", show_default=True, help="As search's --data.")
+@click.option("--image-size", type=int, default=None, help="As search's --image-size.")
 @click.option("--accuracy", default="proxies", show_default=True, type=click.Choice(["auto", "proxies", "supernet"]))
 @click.option("--population", default=24, show_default=True)
 @click.option("--generations", default=12, show_default=True)
@@ -93,16 +94,19 @@ def _plot(runs: dict[str, Path], budget: float, path: Path) -> None:
 @click.option("--budget-minutes", default=5.0, show_default=True, help="Wall-clock cap of each search phase.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="The accuracy estimator's cache (supernet, proxy scores), shared by both searches; default OUT/cache.")
 @click.option("--json", "as_json", is_flag=True, help="Print compare.json.")
-def main(fp32_src, int8_src, latency_budget, space, data, accuracy, population, generations, finalists,
-         verify_rounds, budget_minutes, seed, out, as_json):
+def main(fp32_src, int8_src, latency_budget, space, data, image_size, accuracy, population, generations, finalists,
+         verify_rounds, budget_minutes, seed, out, cache_dir, as_json):
     """Search the same space and data at fp32 and at int8 with the same budget; compare the frontiers,
     the choices and the int8 model's accuracy drop."""
     from search.run import SearchConfig, run_search
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     srcs = {"fp32": fp32_src, "int8": int8_src}
-    runs, summary = {}, {"latency_budget_ms": latency_budget, "space": space, "data": data, "accuracy": accuracy,
+    runs, summary = {}, {"latency_budget_ms": latency_budget, "space": space, "data": data,
+                         "image_size": image_size, "accuracy": accuracy,
                          "population": population, "generations": generations, "finalists": finalists,
                          "seed": seed, "forms": {}}
     for form in FORMS:
@@ -111,10 +115,11 @@ def main(fp32_src, int8_src, latency_budget, space, data, accuracy, population, 
         if not (run / "report.md").exists():
             t0 = time.time()
             cfg = SearchConfig(space=space, predictor=_predictor(srcs[form], form, out), data=data,
+                               data_image_size=image_size,
                                latency_budget_ms=latency_budget, accuracy=accuracy, population=population,
                                generations=generations, finalists=finalists, verify_rounds=verify_rounds,
                                budget_minutes=budget_minutes, seed=seed, out=str(run),
-                               cache_dir=str(out / "cache"), overwrite=True, progress=False)
+                               cache_dir=cache_dir or str(out / "cache"), overwrite=True, progress=False)
             run_search(cfg)
             click.echo(f"{form}: searched in {time.time() - t0:.0f} s -> {run}", err=True)
         best = json.loads((run / "best.json").read_text()) if (run / "best.json").exists() else {}
