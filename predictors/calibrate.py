@@ -190,35 +190,77 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
                              np.asarray(base_ms).tolist(), time.time() - t_start)
 
 
-def predictor_for_this_machine(shipped: str | os.PathLike, cache: str | os.PathLike, target: str = "local-cpu",
-                               progress: Callable[[str], None] | None = None, **calibrate_kw) -> tuple[Path, str]:
-    """(predictor file, how it was chosen, in words) for `target` on this machine:
-    a predictor under `shipped` measured on this machine; else one calibrated here before (in
-    `cache`, named by this machine's fingerprint); else a new calibration of the closest shipped
-    predictor, written to `cache` (a few minutes, once). What `search` and `make demo` use."""
-    from profiling.fingerprint import device_label, local_fingerprint
+#: the predictors and tables shipped in the repository (data/), where every command looks first
+SHIPPED_PREDICTORS = Path(__file__).resolve().parents[1] / "data" / "predictors"
+SHIPPED_TABLES = Path(__file__).resolve().parents[1] / "data" / "tables"
+
+
+def default_cache() -> Path:
+    """Where predictors made on this machine are kept: $HWNAS_CACHE/predictors, else
+    ~/.cache/hwnas/predictors (outside the repository)."""
+    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas")) / "predictors"
+
+
+def machine_fingerprint(target) -> dict[str, Any]:
+    """This machine's fingerprint for `target` (a `profiling.targets.Target`)."""
+    from profiling.fingerprint import local_fingerprint
+    return local_fingerprint(target)
+
+
+def predictor_for_this_machine(shipped: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+                               target: str = "local-cpu", progress: Callable[[str], None] | None = None,
+                               tables: str | os.PathLike | None = None, fingerprint: dict[str, Any] | None = None,
+                               **calibrate_kw) -> tuple[Path, str]:
+    """(predictor file, how it was chosen, in words) for `target` on this machine. What `search`,
+    `make demo` and `predict-latency --predictor auto` use, so the three choose the same file:
+
+    1. a predictor under `shipped` (default data/predictors/) measured on this machine (the same
+       fingerprint; the catalog's content order breaks ties);
+    2. else one trained from the largest table of `target` under `tables` (default data/tables/)
+       measured on this machine (named with its fingerprint hash), once, cached in `cache`;
+    3. else one calibrated on this machine before (in `cache`, named by this machine's fingerprint);
+    4. else, when the target runs on this machine, a new calibration of the closest shipped
+       predictor, written to `cache` (a few minutes, once); when it does not (a Pi, a Jetson),
+       the closest shipped predictor, said to be another machine's.
+
+    `cache` defaults to `default_cache()`; `fingerprint` to this machine's. Raises PredictorError
+    (nothing to choose from) or ProfilingError (the calibration could not measure)."""
+    from profiling.errors import ProfilingError
+    from profiling.fingerprint import device_label, fingerprint_hash
     from profiling.targets import TargetError, get_target
 
     from .catalog import SAME_DEVICE, find_predictor, match_predictor
+    from .fileformat import PredictorFileError
     from .model import PredictorError
+    shipped = Path(shipped) if shipped is not None else SHIPPED_PREDICTORS
+    tables = Path(tables) if tables is not None else SHIPPED_TABLES
+    cache_dir = Path(cache).expanduser() if cache is not None else default_cache()
     try:
         tgt = get_target(target)
     except TargetError as e:
         raise PredictorError(str(e)) from None
-    fp = local_fingerprint(tgt)
+    fp = fingerprint if fingerprint is not None else machine_fingerprint(tgt)
     match = find_predictor(shipped, target, fp)
     if match is not None and match.level == SAME_DEVICE:
         return match.path, f"shipped predictor measured on this machine: {match.describe('this machine')}"
-    cached = Path(cache).expanduser() / calibration_file_name(target, fp)
+    trained = predictor_from_table(tables, cache_dir, target, fingerprint_hash(fp), progress)
+    if trained is not None:
+        return trained, f"trained from a shipped table measured on this machine: {trained}"
+    cached = cache_dir / calibration_file_name(target, fp)
     if cached.exists():
         try:
             if match_predictor(cached, fp).level == SAME_DEVICE:
                 return cached, f"calibrated on this machine before: {cached}"
-        except Exception:  # an unreadable leftover: calibrate again
+        except PredictorFileError:  # an unreadable leftover: calibrate again
             pass
     if match is None:
         raise PredictorError(f"no {target} predictor under {shipped} to calibrate from: profile this machine "
                              f"(profile-device --target {target}) and train one (train-predictor)")
+    try:
+        tgt.check_local_support()
+    except (TargetError, ProfilingError):
+        return match.path, (f"the closest shipped {target} predictor, {match.describe('the device')}: the target "
+                            f"does not run on this machine, so it cannot be calibrated here")
     say = progress or (lambda s: None)
     say(f"no shipped {target} predictor was measured on this machine ({device_label(fp)}): calibrating the closest "
         f"one on networks measured here (once, about {_minutes(**calibrate_kw):.0f} min)")
@@ -227,5 +269,42 @@ def predictor_for_this_machine(shipped: str | os.PathLike, cache: str | os.PathL
     return cached, f"calibrated on this machine now from {res.base.name}: {cached}"
 
 
-__all__ = ["calibrate", "predictor_for_this_machine", "closest_predictor", "calibration_networks", "calibration_file_name", "CalibrationResult",
+def predictor_from_table(tables: str | os.PathLike, cache: str | os.PathLike, target: str, fingerprint_hash: str,
+                         progress: Callable[[str], None] | None = None) -> Path | None:
+    """A predictor trained (once, cached in `cache`) from the largest table of `target` under
+    `tables` measured on this machine (its name ends in the fingerprint hash; it may still be
+    being measured, and is read as is), or None when there is none. Ties go by content (rows,
+    then name), never by file times, which after `git clone` are the checkout order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from profiling.table import read_table
+
+    from .model import Predictor
+
+    def rows(p: Path) -> int:
+        try:
+            return int(pq.ParquetFile(p).metadata.num_rows)
+        except (OSError, pa.ArrowException):  # unreadable, or being written
+            return -1
+    found = sorted(Path(tables).glob(f"{target}__*__{fingerprint_hash}.parquet"), key=lambda p: (-rows(p), p.name))
+    found = [p for p in found if rows(p) > 0]
+    if not found:
+        return None
+    table = found[0]
+    df, _ = read_table(table)
+    out = Path(cache) / f"{table.stem}-{len(df)}rows.lgb"
+    if not out.exists():
+        (progress or (lambda s: None))(
+            f"no shipped predictor for this machine; training one from {table} ({len(df)} rows) into {out} "
+            "(once, about 2 minutes) ...")
+        p = Predictor(num_threads=1)
+        p.fit([table])
+        out.parent.mkdir(parents=True, exist_ok=True)
+        p.save(out)
+    return out
+
+
+__all__ = ["calibrate", "predictor_for_this_machine", "predictor_from_table", "default_cache", "machine_fingerprint",
+           "SHIPPED_PREDICTORS", "SHIPPED_TABLES", "closest_predictor", "calibration_networks", "calibration_file_name", "CalibrationResult",
            "DEFAULT_NETWORKS", "DEFAULT_ROUNDS"]

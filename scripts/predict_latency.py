@@ -72,27 +72,20 @@ def failed_json(model: str, error: str, batch: int = 1, precision: str = "fp32")
 
 
 def choose_predictor(predictor: str, target: str | None) -> tuple[Path, str | None]:
-    """(the predictor file, a line saying how it was chosen). `auto`: the shipped predictor of
-    `target` (default local-cpu) that best matches this machine's fingerprint."""
-    from profiling.validate import ConfigError, check_input_file
+    """(the predictor file, a line saying how it was chosen). `auto`: what `search` and `make demo`
+    choose for `target` (default local-cpu) on this machine (`predictors.calibrate.predictor_for_this_machine`):
+    a shipped predictor measured on this machine, else one trained from a shipped table of it, else
+    the one calibrated here before, else a new calibration of the closest shipped one (once)."""
+    from profiling.validate import check_input_file
     if predictor != "auto":
         return check_input_file("predictor", predictor, "predictor file (.lgb)"), None
-    from predictors.catalog import find_predictor
-    from profiling.fingerprint import local_fingerprint
-    from profiling.targets import TargetError, get_target, list_targets
+    from predictors.calibrate import predictor_for_this_machine
+    from profiling.targets import list_targets
     from profiling.validate import check_choice
     name = target or "local-cpu"
-    try:
-        tgt = get_target(name)
-    except TargetError:
-        check_choice("target", name, list_targets(), "target")
-        raise
-    match = find_predictor(SHIPPED, name, local_fingerprint(tgt))
-    if match is None:
-        raise ConfigError("predictor", f"no shipped predictor for target {name!r} under {SHIPPED}; give one "
-                                       f"with --predictor FILE (train-predictor builds it)")
-    how = "measured on this machine" if match.exact else "the closest match to this machine"
-    return match.path, f"predictor: {match.path} ({how} among the shipped {name} predictors)"
+    check_choice("target", name, list_targets(), "target")
+    path, how = predictor_for_this_machine(target=name, progress=lambda s: click.echo(f"predict-latency: {s}", err=True))
+    return path, f"predictor: {path} ({how})"
 
 
 def machine_warning(p, path: Path) -> str | None:

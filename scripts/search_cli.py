@@ -63,10 +63,8 @@ def build_spec(kw: dict, progress: bool) -> SearchSpec:
 
 
 def _predictor_for_this_machine(kw: dict, verification: VerificationConfig, run: RunConfig, quiet: bool) -> str:
-    """No --predictor (or auto): a shipped one measured on this machine, else the closest shipped one
-    calibrated here (once, a few minutes; cached under this machine's fingerprint), saying which."""
-    from pathlib import Path
-
+    """No --predictor (or auto): what `make demo` and `predict-latency --predictor auto` choose too
+    (`predictor_for_this_machine`), saying which."""
     from predictors.calibrate import predictor_for_this_machine
     if verification.host:
         with cli_errors():
@@ -78,8 +76,7 @@ def _predictor_for_this_machine(kw: dict, verification: VerificationConfig, run:
         from profiling.validate import check_choice
         check_choice("target", target, list_targets(kw.get("latency__targets_file")), "target")
         say = (lambda s: None) if quiet else (lambda s: click.echo(f"search: {s}", err=True))
-        path, how = predictor_for_this_machine(Path(__file__).resolve().parents[1] / "data" / "predictors",
-                                               run.cache_path / "predictors", target, progress=say)
+        path, how = predictor_for_this_machine(cache=run.cache_path / "predictors", target=target, progress=say)
     click.echo(f"search: predictor {how}", err=True)
     return str(path)
 
@@ -137,14 +134,20 @@ def summarize(res) -> None:
         click.echo(f"baseline: {base.name}: estimated score {base.candidate.accuracy:.1f}/100, "
                    + (f"measured {base.candidate.measured_ms:.3f} ms" if base.candidate.measured_ms is not None
                       else f"predicted {base.candidate.predicted_ms:.3f} ms"))
-        if speedup is not None:
+        spread = base.speedup_spread(b)
+        if spread is not None:
+            click.echo(f"speed-up over the baseline: {speedup:.2f}x (95% interval {spread['speedup_low']:.2f}-"
+                       f"{spread['speedup_high']:.2f}x; the median of {spread['passes']} per-pass latency ratios, "
+                       f"measured interleaved with the baseline)")
+        elif speedup is not None:
             click.echo(f"speed-up over the baseline: {speedup:.2f}x ({how})")
     for n in res.notes:
         click.echo(f"note: {n}")
     click.echo(f"outputs in {res.out_dir}/ (report.md explains the choice)")
     if res.baseline is not None and b is not None:
         click.echo("train the choice and the baseline with the same recipe, to see the accuracy:")
-        for cmd in train_commands(f"{res.out_dir}/best.json", res.baseline.spec, res.baseline.data, str(res.out_dir)):
+        for cmd in train_commands(f"{res.out_dir}/best.json", res.baseline.spec, res.baseline.data, str(res.out_dir),
+                                  res.baseline.image_size):
             click.echo(f"  {cmd}")
 
 

@@ -57,6 +57,8 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
               help="Weight of the distillation term in [0, 1] (default 0.5 with --teacher, else 0).")
 @click.option("--temperature", type=float, default=4.0, show_default=True, help="Distillation temperature.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=4), default=None, metavar="PIXELS",
+              help="Resize the images to PIXELS x PIXELS (as `search --image-size`; default: as they are).")
 @click.option("--max-per-class", type=int, default=None, metavar="N",
               help="Train on at most N images per class (a quicker, smaller run).")
 @click.option("--device", default="cpu", show_default=True, help="torch device (cpu, cuda, cuda:1, ...).")
@@ -68,7 +70,7 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "weig
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar with ETA.")
 @click.option("--json", "as_json", is_flag=True, help="Print result.json on stdout.")
 def main(arch, data, out, epochs, batch_size, optimizer, lr, weight_decay, schedule, warmup_epochs, label_smoothing,
-         augment, teacher, distill, temperature, seed, max_per_class, device, threads, cache_dir, overwrite,
+         augment, teacher, distill, temperature, seed, image_size, max_per_class, device, threads, cache_dir, overwrite,
          progress, as_json):
     """Train ARCH on your data with a standard recipe and test it; resumable."""
     with cli_errors(FLAGS):
@@ -92,7 +94,7 @@ def main(arch, data, out, epochs, batch_size, optimizer, lr, weight_decay, sched
         try:
             result = train_architecture(arch, data, outp, recipe, teacher=teacher, max_per_class=max_per_class, device=device,
                                cache_dir=cache_dir, overwrite=overwrite, progress=progress,
-                               log=None if as_json else click.echo)
+                               log=None if as_json else click.echo, image_size=image_size)
         except SearchError as e:
             fail(str(e))
         if as_json:

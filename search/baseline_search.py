@@ -27,6 +27,8 @@ class BaselineInfo:
     space_options: dict
     spec: str = ""                # as the user gave it (a name or a file), and the data: for the `train` commands
     data: str = ""
+    image_size: int | None = None
+    ratio: Any = None             # search.verify.RatioBudget: finalists measured with the baseline, by ratio
 
     @property
     def latency_ms(self) -> float:
@@ -36,15 +38,24 @@ class BaselineInfo:
         """(the baseline's latency over the chosen one's, "measured" or "predicted")."""
         if best is None:
             return None, "none"
+        if self.ratio is not None and best.key in self.ratio.ratios:
+            return self.ratio.speedup_of(best.key)["speedup"], "measured"
         both = best.measured_ms is not None and self.candidate.measured_ms is not None
         return self.latency_ms / best.latency_ms, "measured" if both else "predicted"
+
+    def speedup_spread(self, best: Candidate | None) -> dict | None:
+        """The measured speed-up's 95% interval and passes, when it was measured as a ratio in the
+        same interleaved passes as the baseline (`search.verify.RatioBudget`)."""
+        if best is None or self.ratio is None or best.key not in self.ratio.ratios:
+            return None
+        return self.ratio.speedup_of(best.key)
 
     def to_dict(self, best: Candidate | None = None) -> dict:
         c = self.candidate
         s, how = self.speedup_of(best)
         return {"name": self.name, "arch": c.key, "estimated_accuracy": c.accuracy, "measured_ms": c.measured_ms,
                 "predicted_ms": c.predicted_ms, "params": c.params, "memory_mb": c.memory_mb,
-                "speedup": s, "speedup_is": how}
+                "speedup": s, "speedup_is": how, "speedup_measured_together": self.speedup_spread(best)}
 
 
 def baseline_space_options(spec: str, data) -> tuple[str, dict]:
@@ -59,7 +70,8 @@ def baseline_space_options(spec: str, data) -> tuple[str, dict]:
 
 
 def score_and_measure_baseline(name: str, space, evaluator, device, options: dict, measure: bool,
-                               log: Callable[[str], None], spec: str = "", data: str = "") -> BaselineInfo:
+                               log: Callable[[str], None], spec: str = "", data: str = "",
+                               image_size: int | None = None) -> BaselineInfo:
     """The baseline as a candidate: estimated like any other, measured on ``device`` when
     ``measure`` (its measurement also corrects the predictor, like a finalist's)."""
     cand = evaluator.evaluate([space.baseline_arch])[0]
@@ -72,7 +84,7 @@ def score_and_measure_baseline(name: str, space, evaluator, device, options: dic
     else:
         log(f"baseline {name}: estimated {cand.accuracy:.2f}, predicted {cand.predicted_ms:.3f} ms (not measured: "
             f"no device verification)")
-    return BaselineInfo(name, cand, options, spec or name, data)
+    return BaselineInfo(name, cand, options, spec or name, data, image_size)
 
 
 def baseline_formulation(base: BaselineInfo, speedup: float | None, latency_budget_ms: float | None,
@@ -109,10 +121,12 @@ def known_markers(space, predictor, resolution: int, correction=None) -> list[tu
     return [(km.name, float(m), km.top1, km.dataset) for km, m in zip(kms, med)]
 
 
-def train_commands(best_json: str, baseline: str, data: str, out: str) -> list[str]:
+def train_commands(best_json: str, baseline: str, data: str, out: str, image_size: int | None = None,
+                   epochs: int = 15) -> list[str]:
     """The `train` commands that prove the choice: the chosen network and the baseline, same recipe."""
-    return [f"train {best_json} --data {data} --epochs 15 --out {out}/trained-best",
-            f"train {baseline} --data {data} --epochs 15 --out {out}/trained-baseline"]
+    size = f" --image-size {image_size}" if image_size else ""
+    return [f"train {best_json} --data {data}{size} --epochs {epochs} --out {out}/trained-best",
+            f"train {baseline} --data {data}{size} --epochs {epochs} --out {out}/trained-baseline"]
 
 
 __all__ = ["BaselineInfo", "baseline_formulation", "baseline_space_options", "known_markers",

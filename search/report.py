@@ -56,7 +56,17 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
             L.append(f"| {by_key.get(c.key, 'base' if is_base else 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
                      f"{_ms(c.measured_ms)} | {ratio:.2f} | {verdict} |")
         L.append("")
-        settled = [m for r in result.rounds for m in r.measured if m.get("decision")]
+        settled = [m for r in result.rounds for m in r.measured if m.get("decision") and "ratio" not in m]
+        by_ratio = [m for r in result.rounds for m in r.measured if "ratio" in m]
+        if by_ratio:
+            L.append("Verdicts by ratio: each round's finalists were measured interleaved with the baseline (round-"
+                     "robin passes, a short slice of each per pass, so all of them see the machine's same speed "
+                     "levels) and kept iff the median of their per-pass latency ratios to the baseline is within "
+                     "1/speed-up; one within its own uncertainty of it (the 95% interval of the median ratio, at "
+                     "least 3%) was measured again with the baseline, up to the cap. Its measured ms above is that "
+                     "ratio times the baseline's median over every pass.\n")
+            L.extend(f"- {m['decision']}" for m in by_ratio)
+            L.append("")
         if settled:
             L.append("Close calls: a finalist measured within its own uncertainty of the budget (the runner's "
                      "95% CI of the median, the spread of its repeats, at least 3%) was re-measured, "
@@ -143,13 +153,21 @@ def baseline_section(base, best, config, out) -> list[str]:
         mem = "—" if c.memory_mb is None else f"{c.memory_mb:.2f}"
         L.append(f"| {label} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.measured_ms)} | {c.predicted_ms:.3f} | "
                  f"{params} | {mem} |")
+    spread = base.speedup_spread(best)
     if speedup is not None:
-        L.append(f"\n**Speed-up over the baseline: {speedup:.2f}x ({how}"
-                 + (", both on the same device and runner" if how == "measured" else ", not verified on the device")
-                 + ").** The accuracy estimate is a rank score in the same units for both; whether the chosen "
-                   "network is as accurate after training is what `train` shows, with the same recipe:\n")
-        L.append("```\n" + "\n".join(train_commands(f"{out}/best.json", base.spec, base.data, str(out)))
-                 + "\n```")
+        if spread is not None:
+            how = (f"measured: the median of {spread['passes']} per-pass latency ratios, the chosen network and "
+                   f"the baseline timed in the same interleaved passes; 95% interval {spread['speedup_low']:.2f}-"
+                   f"{spread['speedup_high']:.2f}x")
+        elif how == "measured":
+            how += ", both on the same device and runner"
+        else:
+            how += ", not verified on the device"
+        L.append(f"\n**Speed-up over the baseline: {speedup:.2f}x ({how}).** The accuracy estimate is a rank "
+                 "score in the same units for both; whether the chosen network is as accurate after training is "
+                 "what `train` shows, with the same recipe:\n")
+        L.append("```\n" + "\n".join(train_commands(f"{out}/best.json", base.spec, base.data, str(out),
+                                                     base.image_size)) + "\n```")
     return L
 
 

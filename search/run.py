@@ -27,8 +27,8 @@ from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_tr
 from search.frontier import plot_frontier, write_best, write_frontier
 from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
-from search.verify import (FeatureCorrection, RunnerDevice, VerifyRound, best_verified, feasible,
-                           measure_candidate, rank_key, verify_finalists)
+from search.verify import (FeatureCorrection, RatioBudget, RunnerDevice, VerifyRound, best_verified, feasible,
+                           measure_candidate, measure_relative, rank_key, verify_finalists)
 
 DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.accuracy.estimator's best unsupervised ensemble on NB201
 
@@ -280,10 +280,13 @@ def run_search(config: SearchConfig | SearchSpec,
         from search.baseline_search import baseline_formulation, score_and_measure_baseline
         baseline = score_and_measure_baseline(base_name, space, evaluator, device, base_opts,
                                               measure=config.finalists > 0, log=ui.log, spec=config.baseline,
-                                              data=config.data)
+                                              data=config.data, image_size=config.data_image_size)
         formulation = baseline_formulation(baseline, config.speedup, config.latency_budget_ms, config.min_accuracy,
                                            config.max_params, config.max_memory_mb)
         ui.log(f"objective: {formulation.describe()}")
+        if config.speedup is not None and config.finalists > 0 and isinstance(device, RunnerDevice):
+            # verdicts by the latency ratio to the baseline, measured in the same interleaved passes
+            baseline.ratio = RatioBudget(baseline.candidate, config.speedup)
 
     interrupted = False
     rounds: list[VerifyRound] = []
@@ -339,13 +342,21 @@ def run_search(config: SearchConfig | SearchSpec,
                        f"(raw {c.raw_predicted_ms:.3f}) → measured {c.measured_ms:.3f} ms  {verdict}")
             def on_settle(c: Candidate, st):
                 ui.log(f"  re-measured (close to the budget): {st.describe(formulation.latency_budget_ms)}")
+            ratio = getattr(baseline, "ratio", None)
+            if ratio is not None:
+                ui.log(f"  each round's finalists are measured interleaved with the baseline {baseline.name} and "
+                       f"kept iff their latency ratio to it is <= 1/{config.speedup:g}")
             try:
                 rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,
                                           on_measure=on_measure, measure_ties=config.measure_ties,
-                                          on_settle=on_settle, remeasure_cap=config.remeasure_cap)
+                                          on_settle=on_settle, remeasure_cap=config.remeasure_cap,
+                                          ratio=ratio, on_ratio=lambda c, text: ui.log(f"    {text}"))
             except MeasurementLimitReached:
                 pass
+            if ratio is not None:
+                formulation = ratio.formulation(formulation)
+                ui.log(f"objective after verification: {formulation.describe()}")
             ui.log(f"predictor correction: {evaluator.correction.describe()}")
     except KeyboardInterrupt:
         interrupted = True
@@ -363,7 +374,9 @@ def run_search(config: SearchConfig | SearchSpec,
     if config.rerank > 0 and not interrupted:
         try:
             best, reranked = _rerank(config, evaluator, device, space, formulation, data, best, rounds,
-                                     _cache_dir(config), ui, notes, pool)
+                                     _cache_dir(config), ui, notes, pool, baseline)
+            if getattr(baseline, "ratio", None) is not None:
+                formulation = baseline.ratio.formulation(formulation)
         except KeyboardInterrupt:
             interrupted = True
             notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
@@ -389,7 +402,7 @@ def _write_setup_interrupted(config: SearchConfig, out: Path, formulation: Formu
 
 def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
             best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
-            notes: list[str], tasks=None) -> tuple[Candidate | None, list]:
+            notes: list[str], tasks=None, baseline=None) -> tuple[Candidate | None, list]:
     """Short training (search.accuracy.rerank) of the `config.rerank` best-estimated candidates within the
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
@@ -423,11 +436,17 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
                                  cache_file=cache, log=ui.log, pool=tasks)
     by_key = {c.key: c for c in pool}
     chosen, vr = None, VerifyRound(round=len(rounds) + 1)
+    ratio = getattr(baseline, "ratio", None)
     for r in results:
         c = by_key[r.key]
         if c.measured_ms is None:
             try:
-                ms = measure_candidate(space, evaluator, device, formulation, c, vr)
+                if ratio is not None:  # with the baseline, in the same passes, decided by the ratio
+                    measure_relative(space, evaluator, device, ratio, [c], vr, cap=config.remeasure_cap,
+                                     on_settle=lambda _, text: ui.log(f"    {text}"))
+                    ms = float(c.measured_ms)
+                else:
+                    ms = measure_candidate(space, evaluator, device, formulation, c, vr)
             except MeasurementLimitReached:
                 continue  # a verified one further down can still be chosen
             ui.log(f"  re-rank round: {c.key}  predicted {c.predicted_ms:.3f} ms → measured {ms:.3f} ms  "

@@ -119,13 +119,16 @@ class TrainResult:
 
 # -------------------------------------------------------------------------------- data
 def load_train_test(spec: str, max_per_class: int | None = None, test_fraction: float = 0.2, seed: int = 0,
-                    cache_dir: str | Path | None = None) -> tuple[ImageDataset, ImageDataset]:
+                    cache_dir: str | Path | None = None, image_size: int | None = None
+                    ) -> tuple[ImageDataset, ImageDataset]:
     """The user's training and test images, normalised with the training images' statistics.
 
     An image folder with ``train/`` and ``test/`` (or ``val/``) gives those two splits;
     anything else (``digits``, an .npz, a folder of class folders) is split, stratified, with
     ``test_fraction`` of each class held out for testing. A decoded image folder is cached as
     .npz in ``cache_dir`` (if given), so a second run does not decode the JPEGs again.
+    ``image_size`` resizes the images (as `search --image-size` does, so a searched network is
+    trained at the resolution it was measured at).
     """
     p = Path(spec)
     try:
@@ -142,6 +145,12 @@ def load_train_test(spec: str, max_per_class: int | None = None, test_fraction: 
             train, test = ds.split(test_fraction, seed=seed)
     except DataError as e:
         raise TrainError(f"--data {spec}: {e}") from None
+    if image_size is not None and train.shape[1:] != (image_size, image_size):
+        def resize(d: ImageDataset) -> ImageDataset:
+            x = torch.nn.functional.interpolate(d.x, size=(image_size, image_size), mode="bilinear",
+                                                align_corners=False)
+            return ImageDataset(x, d.y, d.classes, d.name)
+        train, test = resize(train), resize(test)
     mean, std = train.stats()
     return train.normalized(mean, std), test.normalized(mean, std)
 
@@ -307,7 +316,7 @@ def _progress(enabled: bool):
 
 def train_architecture(arch: str, data: str, out: Path, recipe: TrainRecipe, teacher: str | None = None, max_per_class: int | None = None,
               device: str = "cpu", cache_dir: str | None = None, overwrite: bool = False, progress: bool = True,
-              log=None) -> dict:
+              log=None, image_size: int | None = None) -> dict:
     """Train ``arch`` (anything :func:`search.architecture.resolve_architecture` takes) on ``data``
     and write ``out``/model.pt, model.onnx, result.json (and checkpoint.pt, each epoch); returns
     result.json's content. A run interrupted in ``out`` resumes from its checkpoint."""
@@ -321,7 +330,7 @@ def train_architecture(arch: str, data: str, out: Path, recipe: TrainRecipe, tea
 
     dev = torch_device(device)
     cache = Path(cache_dir) if cache_dir else Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
-    train, test = load_train_test(data, max_per_class=max_per_class, seed=0, cache_dir=cache)
+    train, test = load_train_test(data, max_per_class=max_per_class, seed=0, cache_dir=cache, image_size=image_size)
     c, h, _ = train.shape
     label, sk = resolve_architecture(arch, train.num_classes, c, h)
     ckpt = out / "checkpoint.pt"

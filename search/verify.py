@@ -114,6 +114,26 @@ class RunnerDevice:
         self.last_stats = ans["stats"]
         return float(ans["stats"]["median_ms"])
 
+    def measure_together(self, space, cands: Sequence[Candidate], passes: int | None = None,
+                         slice_s: float | None = None) -> list[dict]:
+        """Measure `cands` interleaved (`profiling.interleave.measure_interleaved`): round-robin passes,
+        a short slice of each per pass, so every candidate sees the machine's same speed levels.
+        Returns each one's statistics (``stats["pass_ms"]``: its median in each pass, in pass order)."""
+        from profiling.interleave import MODEL_PASSES, MODEL_SLICE_S, measure_interleaved
+        from profiling.measure import model_job
+        from search.problem import SearchError
+        conn = self.connect()
+        jobs = []
+        for c in cands:
+            jobs.append(dict(model_job(self.export(space, c), self.target, conn.facts or {}), id=c.key))
+            self.n_measurements += 1
+        answers = measure_interleaved(conn, jobs, passes=passes or MODEL_PASSES, slice_s=slice_s or MODEL_SLICE_S)
+        bad = [a for a in answers if not a.get("ok")]
+        if bad:
+            raise SearchError(f"{conn.label} could not measure {bad[0].get('id')}: {bad[0].get('error')}")
+        self.last_stats = answers[-1]["stats"]
+        return [a["stats"] for a in answers]
+
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -432,6 +452,143 @@ def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation:
     return out
 
 
+# ------------------------------------------------- verdicts by ratio to a baseline measured alongside
+@dataclass
+class RatioBudget:
+    """A budget relative to a baseline (`search --baseline B --speedup S`), decided by ratios.
+
+    A machine that switches between speed levels for seconds to minutes (a VM, a device under
+    DVFS) moves an absolute measurement by far more than its own confidence interval, so a
+    verdict "measured ms <= budget ms" cannot repeat. The ratio of two networks measured in the
+    same round-robin passes does: each pass times the baseline and the finalists one after
+    another, within about a second, in whatever speed level holds. A finalist is kept iff the
+    median of its per-pass latency ratios to the baseline is at most 1/S; its latency in ms is
+    that ratio times the baseline's median over every pass it was measured in, and the budget in
+    ms is that median / S, so "measured ms <= budget" and "ratio <= 1/S" are the same verdict."""
+    reference: Candidate
+    speedup: float
+    reference_passes: list[float] = field(default_factory=list)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
+    batches: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def max_ratio(self) -> float:
+        return 1.0 / self.speedup
+
+    @property
+    def reference_ms(self) -> float:
+        return float(np.median(self.reference_passes))
+
+    @property
+    def budget_ms(self) -> float:
+        return self.reference_ms / self.speedup
+
+    def ratio(self, key: str) -> float:
+        return float(np.median(self.ratios[key]))
+
+    def interval(self, key: str) -> tuple[float, float]:
+        """The distribution-free 95% interval of the median ratio (order statistics of the passes)."""
+        from profiling.device_runner import median_ci
+        lo, hi = median_ci(sorted(self.ratios[key]))
+        return float(lo), float(hi)
+
+    def uncertainty(self, key: str) -> float:
+        """Half-width of the ratio's interval, at least `NOISE_FLOOR` of the ratio."""
+        r = self.ratio(key)
+        lo, hi = self.interval(key)
+        return max(NOISE_FLOOR * r, r - lo, hi - r)
+
+    def clear(self, key: str) -> bool:
+        return abs(self.ratio(key) - self.max_ratio) > self.uncertainty(key)
+
+    def add(self, reference_passes: Sequence[float], passes: dict[str, Sequence[float]]) -> None:
+        """One interleaved batch: the baseline's pass medians and each finalist's, pass by pass."""
+        ref = [float(x) for x in reference_passes]
+        self.reference_passes.extend(ref)
+        for key, ms in passes.items():
+            self.ratios.setdefault(key, []).extend(float(m) / r for m, r in zip(ms, ref))
+            self.batches[key] = self.batches.get(key, 0) + 1
+
+    def speedup_of(self, key: str) -> dict:
+        """The measured speed-up of a finalist over the baseline (1 / its median ratio), its 95%
+        interval and the number of passes behind it."""
+        lo, hi = self.interval(key)
+        return {"speedup": 1.0 / self.ratio(key), "speedup_low": 1.0 / hi, "speedup_high": 1.0 / lo,
+                "passes": len(self.ratios[key]), "batches": self.batches[key]}
+
+    def describe(self, key: str) -> str:
+        r, u = self.ratio(key), self.uncertainty(key)
+        side = "within" if r <= self.max_ratio else "over"
+        how = f"clearly {side} the budget" if self.clear(key) else \
+            f"undecided at the cap of {self.batches[key]} interleaved batches, {side} the budget by its median"
+        sp = self.speedup_of(key)
+        return (f"{key}: latency ratio to the baseline {r:.3f} ± {u:.3f} over {sp['passes']} passes "
+                f"({sp['batches']} interleaved batch(es) with the baseline; speed-up {sp['speedup']:.2f}x, 95% "
+                f"interval {sp['speedup_low']:.2f}-{sp['speedup_high']:.2f}x) vs 1/{self.speedup:g} = "
+                f"{self.max_ratio:.3f}: {how}")
+
+    def formulation(self, f: Formulation) -> Formulation:
+        """`f` with the budget in ms re-anchored on the baseline's median over every pass."""
+        from dataclasses import replace
+        if not self.reference_passes:
+            return f
+        return replace(f, latency_budget_ms=self.budget_ms, origin=(
+            f"the baseline's median {self.reference_ms:.3f} ms over {len(self.reference_passes)} interleaved passes "
+            f"/ {self.speedup:g}; each finalist kept iff its latency ratio to the baseline, measured in the same "
+            f"passes, is <= 1/{self.speedup:g}"))
+
+
+def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, cands: Sequence[Candidate],
+                     vr: VerifyRound | None = None, cap: int = REMEASURE_CAP,
+                     on_settle: Callable[[Candidate, str], None] | None = None) -> None:
+    """Measure `cands` interleaved with the baseline (`device.measure_together`) and decide each by
+    its latency ratio (`RatioBudget`); a finalist whose ratio lies within its own uncertainty of
+    1/S is measured again, with the baseline and the other undecided ones, up to `cap` batches.
+    Every finalist measured so far then gets its ratio times the baseline's median as its
+    latency (the correction's points move with it) and is kept or dropped by its ratio."""
+    cands = [c for c in cands if c.key != ratio.reference.key]
+    new_keys = {c.key for c in cands}
+    todo = list(cands)
+    first = True
+    while todo:
+        stats = device.measure_together(space, [ratio.reference] + todo)
+        ratio.add(stats[0]["pass_ms"], {c.key: s["pass_ms"] for c, s in zip(todo, stats[1:])})
+        if first and vr is not None:
+            for c, s in zip(todo, stats[1:]):
+                row = {"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
+                       "measured_ms": None, "dropped": None, "ci_rel": s.get("ci_rel")}
+                vr.measured.append(row)
+                ratio.rows[c.key] = row
+        first = False
+        todo = [c for c in cands if not ratio.clear(c.key) and ratio.batches[c.key] < cap]
+    by_key = {c.key: c for c in evaluator.candidates}
+    by_key.update({c.key: c for c in cands})
+    in_points = {id(p) for p, _ in evaluator.correction.points}
+    for key in ratio.ratios:
+        c = by_key[key]
+        ms = ratio.ratio(key) * ratio.reference_ms
+        if id(c) in in_points:
+            c.measured_ms = ms
+        else:
+            evaluator.add_measurement(c, ms)
+        r = ratio.ratio(key)
+        c.dropped = None if r <= ratio.max_ratio else (
+            f"latency ratio to the baseline {r:.3f} > 1/{ratio.speedup:g} (measured {ms:.3f} ms > budget "
+            f"{ratio.budget_ms:.3f} ms)")
+        row = ratio.rows.get(key)
+        if row is not None:
+            row.update(measured_ms=ms, dropped=c.dropped, ratio=r, ratio_interval=list(ratio.interval(key)),
+                       decision=ratio.describe(key), clear=ratio.clear(key), **ratio.speedup_of(key))
+        if on_settle is not None and key in new_keys:
+            on_settle(c, ratio.describe(key))
+    ref = ratio.reference
+    ref.measured_ms = ratio.reference_ms
+    evaluator.correction.points = [(p, p.measured_ms if p.measured_ms is not None else m)
+                                   for p, m in evaluator.correction.points]
+    evaluator.correction.fit()
+
+
 def _replace_measurement(evaluator: Evaluator, c: Candidate, ms: float) -> None:
     """The candidate's latency is now `ms` (the median of its repeats): one point in the correction."""
     corr = evaluator.correction
@@ -445,7 +602,9 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
                      k: int = 3, max_rounds: int = 2, max_measurements: int | None = None,
                      on_measure: Callable[[Candidate, int], None] | None = None,
                      measure_ties: bool = True, remeasure_cap: int = REMEASURE_CAP,
-                     on_settle: Callable[[Candidate, Settled], None] | None = None) -> list[VerifyRound]:
+                     on_settle: Callable[[Candidate, Settled], None] | None = None,
+                     ratio: RatioBudget | None = None,
+                     on_ratio: Callable[[Candidate, str], None] | None = None) -> list[VerifyRound]:
     """Measure finalists on `device`, drop those over budget, re-fit the correction, re-rank.
     With `measure_ties` (budget only), rounds left once no unmeasured candidate looks better
     than the best verified one measure the candidates the tie rule could pick
@@ -454,9 +613,14 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
     one that the correction predicts over the budget, lowest prediction first, until the
     allowance is spent (`select_finalists(explore=True)`). Under a budget, a finalist measured
     within its own uncertainty of the budget is re-measured, interleaved with the others of its
-    round, up to `remeasure_cap` measurements (`settle_near_budget`)."""
+    round, up to `remeasure_cap` measurements (`settle_near_budget`). With `ratio` (a budget relative
+    to a baseline), each round's finalists are measured interleaved with the baseline and decided
+    by their latency ratio to it (`measure_relative`); the budget in ms follows the baseline's
+    median (`RatioBudget.formulation`)."""
     rounds: list[VerifyRound] = []
     for r in range(max_rounds):
+        if ratio is not None:
+            formulation = ratio.formulation(formulation)
         if max_measurements is not None and device.n_measurements >= max_measurements:
             break
         room = k if max_measurements is None else min(k, max_measurements - device.n_measurements)
@@ -465,6 +629,15 @@ def verify_finalists(space, evaluator: Evaluator, device: Device, formulation: F
         if not finalists:
             break
         vr = VerifyRound(r + 1)
+        if ratio is not None:
+            measure_relative(space, evaluator, device, ratio, finalists, vr, cap=remeasure_cap, on_settle=on_ratio)
+            evaluator.recorrect()
+            vr.correction = evaluator.correction.describe()
+            rounds.append(vr)
+            if on_measure:
+                for c in finalists:
+                    on_measure(c, r + 1)
+            continue
         for c in finalists:
             measure_candidate(space, evaluator, device, formulation, c, vr)
             if on_measure:
@@ -491,7 +664,8 @@ def measure_candidate(space, evaluator: Evaluator, device: Device, formulation: 
     return ms
 
 
-__all__ = ["Device", "FeatureCorrection", "NOISE_FLOOR", "REMEASURE_CAP", "RunnerDevice", "Settled", "VerifyRound",
+__all__ = ["Device", "FeatureCorrection", "NOISE_FLOOR", "REMEASURE_CAP", "RatioBudget", "RunnerDevice", "Settled",
+           "VerifyRound", "measure_relative",
            "best_verified", "feasible", "measurement_uncertainty", "settle_near_budget",
            "capacity", "kernel_features", "measure_candidate", "rank_key", "select_finalists", "tie_finalists",
            "verify_finalists"]

@@ -65,6 +65,25 @@ def test_search_from_a_baseline_reports_a_measured_speedup(tmp_path):
     else:
         assert all(c.dropped for c in finalists)
     assert all(c.params is not None and c.memory_mb > 0 for c in res2.candidates)
+    # verdicts by ratio: every finalist was measured in the same interleaved passes as the baseline,
+    # kept iff its median per-pass latency ratio is <= 1/S; its ms is that ratio x the baseline's
+    # median over every pass, and the budget is that median / S: the two verdicts are one
+    ratio = res2.baseline.ratio
+    assert ratio is not None and len(ratio.reference_passes) >= 8
+    assert res2.baseline.candidate.measured_ms == pytest.approx(ratio.reference_ms)
+    for c in finalists:
+        r = ratio.ratio(c.key)
+        assert len(ratio.ratios[c.key]) >= 8 and len(ratio.ratios[c.key]) % 8 == 0
+        assert (c.dropped is None) == (r <= 1 / 1.5)
+        assert c.measured_ms == pytest.approx(r * ratio.reference_ms)
+        lo, hi = ratio.interval(c.key)
+        assert lo <= r <= hi
+    report2 = (res2.out_dir / "report.md").read_text()
+    assert "Verdicts by ratio" in report2 and "latency ratio to the baseline" in report2
+    if res2.best is not None:
+        together = json.loads((res2.out_dir / "best.json").read_text())["baseline"]["speedup_measured_together"]
+        assert together["passes"] >= 8 and together["speedup_low"] <= together["speedup"] <= together["speedup_high"]
+        assert together["speedup"] == pytest.approx(1 / ratio.ratio(res2.best.key))
 
 
 def test_speedup_needs_a_baseline_and_memory_needs_a_skeleton_space(tmp_path):

@@ -60,6 +60,7 @@ def test_search_and_demo_calibrate_once_when_no_shipped_predictor_matches(tmp_pa
     foreign.save(shipped / "local-cpu__another__00000000.lgb")
     kw = dict(networks=5, rounds=1, seconds_per_pass=0.02, max_flops=1e8)
     said = []
+    kw["tables"] = tmp_path / "tables"  # none of this machine: whatever data/tables/ ships
     path, how = predictor_for_this_machine(shipped, cache, "local-cpu", progress=said.append, **kw)
     assert how.startswith("calibrated on this machine now") and path.parent == cache
     assert any("no shipped local-cpu predictor was measured on this machine" in s for s in said)
@@ -71,3 +72,57 @@ def test_search_and_demo_calibrate_once_when_no_shipped_predictor_matches(tmp_pa
     (shipped / path.name).write_bytes(path.read_bytes())
     path3, how3 = predictor_for_this_machine(shipped, cache, "local-cpu", **kw)
     assert path3 == shipped / path.name and how3.startswith("shipped predictor measured on this machine")
+
+
+def test_search_demo_and_predict_latency_auto_choose_the_same_predictor(tmp_path, monkeypatch):
+    """One function chooses the predictor for `search`, `make demo` and `predict-latency --predictor
+    auto`: on a machine (an explicit fingerprint) that no shipped predictor matches, the three take the
+    predictor calibrated here before (cached under the machine's fingerprint); once a shipped one
+    matches, the three take that one. Whatever data/ ships for the real machine plays no part."""
+    from click.testing import CliRunner
+
+    import predictors.calibrate as cal
+    from scripts.demo import find_predictor as demo_choice
+    from scripts.predict_latency import main as predict_main
+    from scripts.search_cli import _predictor_for_this_machine
+    from search.config import RunConfig, VerificationConfig
+
+    here = local_fingerprint(get_target("local-cpu"))
+    machine = dict(here, cpu_model="Test CPU 1 (explicit fingerprint)", cpu_flags="sse2 avx avx2 fma")
+    shipped, tables, cache_root = tmp_path / "shipped", tmp_path / "tables", tmp_path / "cache"
+    shipped.mkdir()
+    tables.mkdir()
+    base = Predictor.load(closest_predictor(SHIPPED, "local-cpu", here).path)
+    base.fingerprint = dict(here, cpu_model="Another CPU 9000", cpu_flags="sse2")
+    base.save(shipped / "local-cpu__another__00000000.lgb")
+    base.fingerprint = machine
+    cached = cache_root / "predictors" / calibration_file_name("local-cpu", machine)
+    cached.parent.mkdir(parents=True)
+    base.save(cached)
+    monkeypatch.setattr(cal, "SHIPPED_PREDICTORS", shipped)
+    monkeypatch.setattr(cal, "SHIPPED_TABLES", tables)
+    monkeypatch.setattr(cal, "machine_fingerprint", lambda target: machine)
+    monkeypatch.setenv("HWNAS_CACHE", str(cache_root))
+    model = tmp_path / "m.onnx"
+    _small_onnx(model)
+
+    def three() -> list[Path]:
+        searched = Path(_predictor_for_this_machine({}, VerificationConfig(), RunConfig(), quiet=True))
+        demoed, _ = demo_choice()
+        res = CliRunner().invoke(predict_main, [str(model), "--json"])
+        assert res.exit_code == 0, res.output
+        line = next(s for s in res.stderr.splitlines() if s.startswith("predictor: "))
+        predicted = Path(line[len("predictor: "):].split(" (")[0])
+        return [searched, demoed, predicted]
+
+    assert three() == [cached] * 3
+    (shipped / "local-cpu__test-cpu__11111111.lgb").write_bytes(cached.read_bytes())  # now shipped for it
+    assert three() == [shipped / "local-cpu__test-cpu__11111111.lgb"] * 3
+
+
+def _small_onnx(path: Path) -> None:
+    import torch
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 10)).eval()
+    from search.spaces.base import export_model_onnx
+    export_model_onnx(net, (3, 16, 16), path)
