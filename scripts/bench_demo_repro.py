@@ -88,8 +88,8 @@ def main(runs, out, demo_args):
             eta = f", about {sum(walls) / len(walls) * (runs - k + 1) / 60:.0f} min left"
         click.echo(f"run {k}/{runs}: python -m scripts.demo --out {run_out} {' '.join(demo_args)}{eta}")
         r = run_demo(run_out, list(demo_args), root / f"run-{k}.log")
-        click.echo(f"  chose {r.get('chosen')}, speed-up {r.get('speedup') or 0:.2f}x, {r['wall_seconds']:.0f} s, "
-                   f"exit {r['exit_code']}")
+        speed = f"measured speed-up {r['speedup']:.2f}x" if r.get("speedup") else "no speed-up (nothing chosen)"
+        click.echo(f"  chose {r.get('chosen')}, {speed}, {r['wall_seconds']:.0f} s, exit {r['exit_code']}")
         results.append(r)
     agree = agreement(results)
     doc = {"command": "python -m scripts.bench_demo_repro " + " ".join(sys.argv[1:]), "demo_args": list(demo_args),

@@ -216,7 +216,8 @@ def report(s: dict, res, out_dir: Path, train_cmds: list[str]) -> None:
             click.echo(line + f" on {t['chosen']['n_test']} held-out digits")
     secs = ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())
     click.echo(f"time: {s['total_seconds'] / 60:.1f} min ({secs})")
-    click.echo(f"outputs: {out_dir}/report.md (why this choice), frontier.png, best.onnx, best.pt, demo.json")
+    click.echo(f"outputs: {out_dir}/report.md (why this choice), frontier.png, "
+               + ("best.onnx, best.pt, trained-best/, " if s.get("chosen") else "") + "demo.json")
     click.echo("next:")
     if s.get("chosen") is not None:
         click.echo(f"  {train_cmds[0]}   # (the choice, again)")
