@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from search.architecture import match_onnx, resolve_baseline
 from search.known_latency import known_model_rows, mark_dominated, plot_known_frontier
 from search.known_models import get_known
-from search.problem import SearchError
+from search.problem import Formulation, SearchError
 from search.run import SearchConfig, run_search
 from search.spaces.base import export_model_onnx
 
@@ -138,3 +138,29 @@ def test_known_models_frontier_predicted_and_measured(tmp_path):
     assert payload["measured"] and [m["name"] for m in payload["models"]] == ["resnet20", "resnet32"]
     assert all(m["measured_ms"] > 0 for m in payload["models"])
     assert (tmp_path / "km" / "known_models.png").exists()
+
+
+def test_a_verdict_by_ratio_is_the_same_whatever_speed_level_each_pass_ran_in():
+    """Half the passes at one speed level, half at a level 1.8x slower (as this VM switches): the
+    finalist's absolute median straddles the budget, its per-pass ratio to the baseline does not."""
+    import numpy as np
+
+    from search.problem import Candidate
+    from search.verify import RatioBudget
+
+    def cand(key):
+        return Candidate(key=key, arch=None, encoding=np.zeros(0), accuracy=50.0, predicted_ms=1.0, low_ms=0.9,
+                         high_ms=1.1, raw_predicted_ms=1.0, raw_low_ms=0.9, raw_high_ms=1.1)
+    levels = [1.0, 1.8, 1.0, 1.8, 1.0, 1.8, 1.8, 1.0]
+    r = RatioBudget(cand("base"), speedup=2.0)
+    r.add([1.4 * v for v in levels], {"fast": [0.63 * v for v in levels], "slow": [0.77 * v for v in levels]})
+    assert r.ratio("fast") == pytest.approx(0.45) and r.clear("fast")          # kept: 0.45 <= 1/2
+    assert r.ratio("slow") == pytest.approx(0.55) and r.clear("slow")          # dropped: 0.55 > 1/2
+    assert r.budget_ms == pytest.approx(r.reference_ms / 2)
+    sp = r.speedup_of("fast")
+    assert sp["speedup"] == pytest.approx(1 / 0.45) and sp["passes"] == 8 and sp["batches"] == 1
+    f = r.formulation(Formulation(latency_budget_ms=1.0))
+    assert f.latency_budget_ms == pytest.approx(r.budget_ms) and "interleaved passes" in f.origin
+    # a ratio within its own uncertainty of 1/S is not clear: it is measured again (measure_relative)
+    r.add([1.4] * 8, {"close": [0.71, 0.69, 0.70, 0.72, 0.68, 0.70, 0.71, 0.69]})
+    assert abs(r.ratio("close") - 0.5) <= r.uncertainty("close") and not r.clear("close")
