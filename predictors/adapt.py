@@ -26,7 +26,7 @@ range of measured/parent over the networks it was fitted on, widened by `RATIO_M
 (an Intel-profiled predictor adapted to an AMD EPYC machine: MAPE 380% on 41 real
 architectures before this bound; `scripts/bench_transfer.py`).
 
-The measured networks come from a file (`train-predictor --adapt-from base.lgb --networks FILE`)
+The measured networks come from a file (a measured-networks file, `predictors.measured`)
 in the format of `predictors.measured`.
 """
 from __future__ import annotations

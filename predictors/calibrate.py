@@ -13,7 +13,7 @@ fingerprint is this machine's, so the catalog picks it next time:
     result = calibrate("data/predictors", target="local-cpu", out_dir="~/.cache/hwnas/predictors")
     result.path, result.predictor, result.base
 
-`train-predictor --calibrate` is the command; `search` and `make demo` call it by themselves
+The command line's `train-predictor` calibrates on request; `search` and `make demo` call it by themselves
 when no predictor matches the machine.
 """
 from __future__ import annotations
@@ -255,7 +255,7 @@ def predictor_for_this_machine(shipped: str | os.PathLike | None = None, cache: 
             pass
     if match is None:
         raise PredictorError(f"no {target} predictor under {shipped} to calibrate from: profile this machine "
-                             f"(profile-device --target {target}) and train one (train-predictor)")
+                             f"as target {target!r} and train a predictor on its table")
     try:
         tgt.check_local_support()
     except (TargetError, ProfilingError):

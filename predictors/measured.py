@@ -1,9 +1,9 @@
 """Measured-networks files: whole networks timed on a device, one row each (CSV or Parquet).
 
-They serve two commands:
-- `train-predictor --table T --networks FILE`: real architectures measured on the table's own
+They serve two purposes:
+- with a table (`Predictor.fit(..., networks=FILE)`): real architectures measured on the table's own
   target join the table's random networks in the graph-level model's training;
-- `train-predictor --adapt-from base.lgb --networks FILE`: 10-50 networks measured on a new
+- with a base predictor (`predictors.adapt`): 10-50 networks measured on a new
   device adapt a predictor built for another (`predictors.adapt`).
 
 Columns: `latency_ms` and one of

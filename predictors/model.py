@@ -556,7 +556,7 @@ class Predictor:
         if other:
             raise PredictorError(f"the measured networks were measured on {', '.join(other)}, the table on "
                                  f"{self.target_name}: give networks measured on {self.target_name}, or adapt a "
-                                 "predictor to the other device (train-predictor --adapt-from ... --networks ...)")
+                                 "predictor to the other device from them (`predictors.adapt`)")
         bad = [nm for nm, m in zip(real.names, real.latency_ms) if not (np.isfinite(m) and m > 0)]
         if bad:
             raise PredictorError(f"measured networks without a positive latency_ms: {', '.join(bad[:5])}")
@@ -639,8 +639,8 @@ class Predictor:
         name = target if isinstance(target, str) else (target.get("name") if isinstance(target, dict) else target.name)
         if name != self.target_name:
             raise PredictorError(f"this predictor was built for target {self.target_name!r}, not {name!r}; "
-                                 f"train one on a table of {name} (train-predictor --table ...) or adapt one "
-                                 "(train-predictor --adapt-from ...)")
+                                 f"train one on a table of {name} (`Predictor.fit`) or adapt this one to it from a few "
+                                 "networks measured there (`predictors.adapt`)")
 
     # ---- persistence (predictors.persist) ---------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

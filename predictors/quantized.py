@@ -298,7 +298,7 @@ def form_mismatch(target: dict | None, quantization: QuantizationInfo | None) ->
     if quantization is not None and precision != "int8":
         return (f"the model is quantized ({quantization.form} form) but the predictor was trained on a {precision} "
                 f"table, so it predicts the {precision} model; use a predictor of an int8 target "
-                "(profile-device --target local-cpu-int8, then train-predictor)")
+                "(profile target local-cpu-int8, then train a predictor on its table)")
     if quantization is None and precision == "int8":
         return ("the model is a float model but the predictor was trained on an int8 table, so it predicts "
                 "the model as deployed after static int8 quantization (profiling.quantize), not as it is")

@@ -14,10 +14,10 @@ Where the actors go:
   example `ray start --address HEAD:6379 --resources '{"hwnas-device/local-cpu": 2}'`) holds
   that many device slots; one actor per unit is created with `resources={name: 1}`, so work
   goes only to nodes that declared that kind of device. A resource named after the target and
-  the fingerprint hash (`hwnas-device/local-cpu/1a2b3c4d`, printed by `profile-device
-  --ray-resource`) also pins the device's identity: an actor whose device has another
+  the fingerprint hash (`hwnas-device/local-cpu/1a2b3c4d`, `device_resource(target, fingerprint_hash)`, which the command line
+  prints) also pins the device's identity: an actor whose device has another
   fingerprint is dropped with a warning.
-- SSH devices (`--host`): one actor per host on the driver's node (where the user's SSH keys
+- SSH devices (`hosts`): one actor per host on the driver's node (where the user's SSH keys
   are), or on a node holding `hwnas-ssh/<host>` if one declared it (beside the device).
 
 An actor that dies is restarted by Ray once (`max_restarts`); the configuration it was measuring
@@ -47,9 +47,9 @@ READY_TIMEOUT_S = 120.0   # an actor waits this long for a slot on its node and 
 def import_ray():
     """Ray, or a ProfilingError that says how to install it (Ray is the optional `distributed` extra)."""
     try:
-        import ray  # lazy: only a --ray run needs Ray, and the single-process path must run without it
+        import ray  # lazy: only a run on a Ray cluster needs Ray, and the single-process path must run without it
     except ImportError:
-        raise ProfilingError("--ray needs Ray, which is not installed: pip install 'hwnas[distributed]' "
+        raise ProfilingError("a Ray cluster (`ray_address`) needs Ray, which is not installed: pip install 'hwnas[distributed]' "
                              "(or pip install ray)") from None
     return ray
 
@@ -264,7 +264,8 @@ def start_fleet(target, address: str | None = None, hosts: list[str] | tuple[str
             pending.append((ActorConnection(ray, actor, "this machine (ray)"), None))
         if not pending:
             raise ProfilingError(f"the Ray cluster declares no device of target {target.name}: start its workers "
-                                 f"with --resources '{{\"{device_resource(target.name)}\": 1}}' or pass --host")
+                                 f"with `ray start --resources '{{\"{device_resource(target.name)}\": 1}}'`, or pass "
+                                 f"`host`")
         for c, fp in pending:
             try:
                 c.hello()

@@ -7,14 +7,14 @@ The models travel without their weights (the runner fills them with seeded rando
 are measured with the profiler's network stopping rule and the target's session settings
 (providers, threads, precision), so the figures compare with the target's latency table.
 `write_measured_networks` writes them as a measured-networks file (`onnx` and `latency_ms`
-columns) for `train-predictor --networks` (see `predictors.measured`).
+columns), which a predictor trains on or adapts from (see `predictors.measured`).
 
 `measure_interleaved(conn, jobs)` is the measurement every figure should rest on when the
 machine changes speed under it (a VM that switches speed level for seconds at a time, a phone or
 Jetson under DVFS): the jobs of a batch are timed round-robin, each for a short slice per pass,
 over several passes, and each one's value is the median of its pass medians. A slow spell then
-moves one pass of every job a little instead of a few jobs a lot. The profiler, `profile-device
---models`, finalist verification and the benchmarks' ground truth all measure this way.
+moves one pass of every job a little instead of a few jobs a lot. The profiler, `measure_models`,
+finalist verification and the benchmarks' ground truth all measure this way.
 """
 from __future__ import annotations
 

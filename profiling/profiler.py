@@ -3,7 +3,7 @@
     from profiling.profiler import Profiler
     summary = Profiler("local-cpu", "table.parquet", max_configs=500, networks=30).run()
 
-One or more runners (a local subprocess, or one per `--host` over SSH) take jobs from
+One or more runners (a local subprocess, or one per host of `hosts` over SSH) take jobs from
 one scheduler: kernel and block configurations drawn by `profiling.sampling` (prior +
 uniform first, then adaptive refinement), whole networks from `profiling.networks`
 interleaved with them, and a sentinel kernel every `sentinel_every` configurations or
@@ -68,7 +68,7 @@ NETWORK_STOP = {"max_s": 2.0, "max_runs": 200}
 PASSES, INTERLEAVE_BATCH = 5, 16
 KERNEL_SLICE_S, NETWORK_SLICE_S = 0.04, 0.15
 DEFAULT_MAX_CONFIGS = 5000
-NETWORK_SHARE = 0.06  # networks per kernel configuration when --networks is not given
+NETWORK_SHARE = 0.06  # networks per kernel configuration when `networks` is not given
 DEFAULT_NETWORKS = 300  # with --kinds network and neither --networks nor a budget
 INITIAL_SHARE = 0.6   # of the kernel budget drawn before adaptive refinement starts
 BASELINE_CHECKS = 3   # back-to-back sentinel checks that make a runner's baseline

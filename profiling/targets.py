@@ -91,7 +91,7 @@ class Target:
 
     def check_local_support(self, available_providers: Iterable[str] | None = None,
                             machine: str | None = None) -> None:
-        """Fail fast when this machine cannot measure the target without --host."""
+        """Fail fast when this machine cannot measure the target without a `host`."""
         machine = machine or platform.machine()
         if available_providers is None:
             import onnxruntime as ort  # local import: only the host side needs it
@@ -108,7 +108,7 @@ class Target:
         if problems:
             raise TargetError(
                 f"target {self.name} needs " + " and ".join(problems)
-                + ": run on the device, or pass --host user@device")
+                + ": run on the device, or pass `host` user@device")
 
 
 BUILTIN_TARGETS: dict[str, Target] = {

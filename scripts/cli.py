@@ -18,7 +18,9 @@ How a command is written (follow this when you add one, or an option to one):
    never a flag: the library does not know about the command line.
 2. The command builds that dataclass first, inside `with cli_errors(FLAGS):` where `FLAGS` maps
    parameter names to flags (`{"latency_budget_ms": "--latency-budget"}`; a parameter missing
-   from it is shown as `--` + its name with dashes). A `ConfigError` becomes
+   from it is looked up among the running command's options by their click names, else shown
+   as `--` + its name with dashes). A library message names other parameters in backticks
+   (`host`), shown as their flags in the same way (`error_text`). A `ConfigError` becomes
    "error: --latency-budget: ..." and exit 2; any other `HwnasError` (or an `OSError`) becomes
    "error: ..." and exit 1; Ctrl-C exits 130. No traceback reaches the user.
 3. Outputs are checked with `profiling.validate.check_output_file/check_output_dir` in the
@@ -31,6 +33,7 @@ so an option added to a dataclass field appears on the command line with its hel
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from typing import Iterator, Mapping
 
@@ -52,10 +55,29 @@ def flag_for(param: str, flags: Mapping[str, str] | None = None) -> str:
 
 def flags_in(message: str, flags: Mapping[str, str] | None = None) -> str:
     """A library message with the parameters it names in backticks (`overwrite`) shown as flags."""
-    import re
     known = set(flags or ()) | {"overwrite"}
     return re.sub(r"`([a-z_]+)`", lambda m: flag_for(m.group(1), flags) if m.group(1) in known else m.group(0),
                   message)
+
+
+def command_flags() -> dict[str, str]:
+    """{parameter name: its long flag} of the click command now running (none outside one): the
+    parameters a library message may name, as this command spells them (`hosts` -> `--host`)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return {}
+    flags = {}
+    for p in ctx.command.params:
+        longs = [o for o in p.opts if o.startswith("--")] if isinstance(p, click.Option) else []
+        if p.name and longs:
+            flags[p.name] = longs[0]
+    return flags
+
+
+def error_text(error: BaseException, flags: Mapping[str, str] | None = None) -> str:
+    """A library error's message as the user of this command reads it: the parameters it names
+    shown as the flags of `flags`, else of the running command's options (`host` -> `--host`)."""
+    return flags_in(str(error), {**command_flags(), **(flags or {})})
 
 
 def fail(message: str, code: int = EXIT_RUNTIME) -> None:
@@ -88,8 +110,10 @@ def _library_errors() -> tuple[type[BaseException], ...]:
 
 @contextlib.contextmanager
 def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Map library errors to messages and exit codes (module docstring, step 2)."""
+    """Map library errors to messages and exit codes (module docstring, step 2); the parameters a
+    message names are shown as the flags of `flags`, else of the running command's options."""
     from profiling.validate import ConfigError
+    flags = {**command_flags(), **(flags or {})}
     try:
         yield
     except ConfigError as e:
@@ -103,7 +127,7 @@ def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
         fail(f"{e.strerror or e}{where}")
     except Exception as e:
         if isinstance(e, _library_errors()):  # the parameters a message names, as this command's flags
-            fail(flags_in(str(e), flags))
+            fail(error_text(e, flags))
         raise
 
 
@@ -138,4 +162,4 @@ def search_threads(target_name: str | None, predictor: str | None, targets_file:
 
 
 __all__ = ["search_threads", "EXIT_BUDGET", "EXIT_CODES_HELP", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE",
-           "cli_errors", "fail", "flag_for", "set_torch_threads", "target_threads", "usage_error"]
+           "cli_errors", "command_flags", "error_text", "fail", "flag_for", "set_torch_threads", "target_threads", "usage_error"]

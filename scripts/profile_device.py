@@ -18,9 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from profiling.errors import ProfilingError
 from profiling.kernels import KINDS
 from profiling.targets import TargetError, list_targets
-from scripts.cli import EXIT_CODES_HELP, cli_errors
+from scripts.cli import EXIT_CODES_HELP, cli_errors, error_text
 
-FLAGS = {"target_name": "--target", "hosts": "--host", "models": "--models", "families": "--families",
+FLAGS = {"target_name": "--target", "hosts": "--host", "host": "--host", "models": "--models", "families": "--families",
          "out": "--out", "targets_file": "--targets-file", "ssh_config": "--ssh-config",
          "remote_python": "--remote-python"}
 
@@ -179,7 +179,7 @@ def _measure_models(console, err, models, family, target, targets_file, hosts, s
         res = measure_models(files, target, host=hosts[0] if hosts else None, remote_python=remote_python,
                              ssh_config=ssh_config, targets_file=targets_file, progress=report, rounds=rounds)
     except ProfilingError as e:
-        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        err.print(f"[red]error:[/] {error_text(e, FLAGS)}", soft_wrap=True)
         sys.exit(1)
     write_measured_networks(out_csv, res, target.name, family)
     console.print(f"wrote {len(res)} measured networks to {out_csv} (train-predictor --networks {out_csv})")
@@ -263,7 +263,7 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
         try:
             _print_targets(console, targets_file)
         except TargetError as e:
-            err.print(f"[red]error:[/] {e}", soft_wrap=True)
+            err.print(f"[red]error:[/] {error_text(e, FLAGS)}", soft_wrap=True)
             sys.exit(2)
         return
     families = [f.strip() for f in families_text.split(",") if f.strip()] if families_text else None
@@ -295,7 +295,7 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
         summary = profiler.run()
     except ProfilingError as e:
         progress.stop()
-        err.print(f"[red]error:[/] {e}", soft_wrap=True)
+        err.print(f"[red]error:[/] {error_text(e, FLAGS)}", soft_wrap=True)
         sys.exit(1)
     except KeyboardInterrupt:
         progress.stop()

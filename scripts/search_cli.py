@@ -5,8 +5,9 @@ import sys
 
 import click
 
-from scripts.cli import EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_USAGE, cli_errors, fail, search_threads, set_torch_threads
-from scripts.config_options import build_part, flags_of, options_for
+from scripts.cli import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_USAGE, cli_errors, fail, flags_in, search_threads,
+                         set_torch_threads)
+from scripts.config_options import build_part, flags_of, options_for, search_flags
 from search.config import (AccuracyConfig, AlgorithmConfig, BaselineConfig, DataConfig, LatencyConfig, RerankSettings,
                            RunConfig, SearchSpec, SpaceConfig, SupernetConfig, VerificationConfig)
 
@@ -56,9 +57,9 @@ def build_spec(kw: dict, progress: bool) -> SearchSpec:
         if part == "latency" and kw.get("latency__predictor") in (None, "auto") and not kw.get("latency__benchmark"):
             kw["latency__predictor"] = _predictor_for_this_machine(kw, built["verification"], built["run"],
                                                                    quiet=not progress)
-        with cli_errors(flags_of(cls)):
+        with cli_errors({**search_flags(), **flags_of(part, cls)}):
             built[part] = build_part(part, cls, kw, **extra)
-    with cli_errors({**flags_of(LatencyConfig), **flags_of(AccuracyConfig)}):
+    with cli_errors(search_flags()):
         return SearchSpec(**built)
 
 
@@ -71,7 +72,7 @@ def _predictor_for_this_machine(kw: dict, verification: VerificationConfig, run:
             fail("--predictor is required with --host (a .lgb built for that device: train-predictor), except "
                  "with --benchmark", EXIT_USAGE)
     target = kw.get("latency__target") or "local-cpu"
-    with cli_errors(flags_of(LatencyConfig)):
+    with cli_errors({**search_flags(), **flags_of("latency", LatencyConfig)}):
         from profiling.targets import list_targets
         from profiling.validate import check_choice
         check_choice("target", target, list_targets(kw.get("latency__targets_file")), "target")
@@ -96,7 +97,7 @@ def main(quiet: bool, **kw):
     from search.run import run_search
 
     spec = build_spec(kw, progress=not quiet)
-    with cli_errors():
+    with cli_errors(search_flags()):
         # torch (supernet, proxies) runs with the target's threads, as its latencies were measured
         set_torch_threads(search_threads(spec.latency.target, spec.latency.predictor, spec.latency.targets_file))
         try:
@@ -142,7 +143,7 @@ def summarize(res) -> None:
         elif speedup is not None:
             click.echo(f"speed-up over the baseline: {speedup:.2f}x ({how})")
     for n in res.notes:
-        click.echo(f"note: {n}")
+        click.echo(f"note: {flags_in(n, search_flags())}")
     click.echo(f"outputs in {res.out_dir}/ (report.md explains the choice)")
     if res.baseline is not None and b is not None:
         click.echo("train the choice and the baseline with the same recipe, to see the accuracy:")

@@ -89,14 +89,11 @@ def main(arch, data, out, epochs, batch_size, optimizer, lr, weight_decay, sched
             fail(f"--out {out}: exists and is not a directory", EXIT_USAGE)
         if threads:
             set_torch_threads(threads)
-        from search.problem import SearchError
         from search.training import train_architecture
-        try:
-            result = train_architecture(arch, data, outp, recipe, teacher=teacher, max_per_class=max_per_class, device=device,
-                               cache_dir=cache_dir, overwrite=overwrite, progress=progress,
-                               log=None if as_json else click.echo, image_size=image_size)
-        except SearchError as e:
-            fail(str(e))
+        # a SearchError (unreadable data, wrong teacher...) is shown by cli_errors, its settings as flags
+        result = train_architecture(arch, data, outp, recipe, teacher=teacher, max_per_class=max_per_class, device=device,
+                                    cache_dir=cache_dir, overwrite=overwrite, progress=progress,
+                                    log=None if as_json else click.echo, image_size=image_size)
         if as_json:
             click.echo(json.dumps(result, indent=2))
         else:

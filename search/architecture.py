@@ -89,7 +89,7 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
             return arch, space.skeleton_of(space.from_string(arch))
         if best.get("space", "baseline") != "baseline":
             raise SearchError(f"{p}: a search of the {best['space']!r} space; `train` takes architectures of a "
-                              f"baseline-derived space (search --baseline) or known models")
+                              f"baseline-derived space (a search with a `baseline`) or known models")
         return resolve_architecture(arch, num_classes, in_channels, resolution)
     if ":" in s and not p.exists():
         from search.spaces.baseline import BaselineSpace

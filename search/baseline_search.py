@@ -1,4 +1,4 @@
-"""Searching from a baseline: `search --baseline NAME|MODEL [--speedup S]`.
+"""Searching from a baseline: a search with `baseline=NAME|MODEL` (and `speedup=S`).
 
 The baseline (a known model, or a file of a supported family: `search.architecture`) defines
 the space (`search.spaces.baseline`), is scored by the same estimator as every candidate (the
@@ -94,7 +94,7 @@ def baseline_formulation(base: BaselineInfo, speedup: float | None, latency_budg
     sizes: dict[str, Any] = {"max_params": max_params, "max_memory_mb": max_memory_mb}
     if speedup is not None:
         if latency_budget_ms is not None or min_accuracy is not None:
-            raise SearchError("give --speedup, or --latency-budget / --min-accuracy, not both")
+            raise SearchError("give `speedup`, or `latency_budget_ms` / `min_accuracy`, not both")
         how = "measured" if base.candidate.measured_ms is not None else "predicted"
         return Formulation(latency_budget_ms=base.latency_ms / speedup, origin=(
             f"the baseline {base.name}'s {how} {base.latency_ms:.3f} ms / {speedup:g}"), **sizes)

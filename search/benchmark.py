@@ -1,6 +1,6 @@
 """NB201 benchmark mode: a CSV of measured latencies stands in for the device.
 
-`--benchmark CSV:DEVICE` reads the `DEVICE_ms` column of a CSV keyed by `arch` (the
+`benchmark="CSV:DEVICE"` reads the `DEVICE_ms` column of a CSV keyed by `arch` (the
 NAS-Bench-201 string). Each lookup counts as one real measurement, and the device refuses
 to measure more than `max_measurements` (default 50) cells. The search never reads an
 accuracy column from the CSV: only `ground_truth` (used by the report and the benchmark

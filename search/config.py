@@ -39,10 +39,11 @@ from profiling.validate import (ConfigError, check_choice, check_host, check_inp
 RESULT_FILES = ("frontier.csv", "frontier.json", "frontier.png", "best.json", "best.onnx", "best.pt", "report.md")
 
 
-def option(help: str, flag: str | None = None, metavar: str | None = None, **click_kw: Any) -> dict:
-    """Field metadata for the command line: its help, and the flag when it is not `--` + the field
-    name with dashes. Only scripts/ reads it; the library never speaks of flags."""
-    return {"help": help, "flag": flag, "metavar": metavar, "click": click_kw}
+def option(help: str, metavar: str | None = None, **click_kw: Any) -> dict:
+    """Field metadata for the command line: its help and metavar. The help names other settings by
+    their `SearchConfig` names in backticks (`latency_budget_ms`); only scripts/ turns a name into
+    a flag (scripts.config_options), the library never speaks of flags."""
+    return {"help": help, "metavar": metavar, "click": click_kw}
 
 
 def _space_names() -> list[str]:
@@ -60,7 +61,7 @@ def _algorithm_names() -> list[str]:
 class DataConfig:
     source: str = field(default="digits", metadata=option(
         "Your data: an image-folder directory (class sub-directories, optionally under train/), an .npz with x "
-        "and y, or the bundled scikit-learn 'digits'.", flag="--data", metavar="DIR|NPZ|digits"))
+        "and y, or the bundled scikit-learn 'digits'.", metavar="DIR|NPZ|digits"))
     max_per_class: int | None = 500     # images read per class from an image folder
     image_size: int | None = field(default=None, metadata=option(
         "Resize the images to this size (square); the space is sized to it.", metavar="PX"))
@@ -74,7 +75,7 @@ class DataConfig:
 
 @dataclass
 class SpaceConfig:
-    name: str = field(default="nb201", metadata=option("Search space.", flag="--space", registry=_space_names))
+    name: str = field(default="nb201", metadata=option("Search space.", registry=_space_names))
     options: dict = field(default_factory=dict)   # overrides of the space's constructor options
 
     def __post_init__(self) -> None:
@@ -86,23 +87,23 @@ class SpaceConfig:
 class LatencyConfig:
     predictor: str | Path | None = field(default=None, metadata=option(
         "Latency predictor (.lgb from train-predictor) of the target device. Default (or 'auto'; this machine, "
-        "no --host): the shipped predictor measured on this machine, else the closest shipped one (CPU model and "
+        "no `host`): the shipped predictor measured on this machine, else the closest shipped one (CPU model and "
         "speed-relevant flags) calibrated here on a few measured networks (once, a few minutes; cached).",
         metavar="FILE|auto"))
     latency_budget_ms: float | None = field(default=None, metadata=option(
-        "Maximise accuracy subject to latency <= MS milliseconds.", flag="--latency-budget", metavar="MS"))
+        "Maximise accuracy subject to latency <= MS milliseconds.", metavar="MS"))
     target: str | None = field(default=None, metadata=option(
         "Target name (default: the predictor's own). A predictor built for another target is refused unless "
-        "--force."))
+        "`force`."))
     targets_file: str | Path | None = field(default=None, metadata=option("TOML file with user targets.",
                                                                             metavar="FILE"))
-    force: bool = field(default=False, metadata=option("Use a predictor built for another target than --target.",
+    force: bool = field(default=False, metadata=option("Use a predictor built for another target than `target`.",
                                                        is_flag=True))
     min_throughput: float | None = field(default=None, metadata=option(
         "Maximise accuracy subject to throughput >= IMG_S images/s at the target's batch (a predictor of a "
         "batch-N target, e.g. local-cpu-b32: the budget is N x 1000 / IMG_S ms per run).", metavar="IMG_S"))
     objective: str = field(default="latency", metadata=option(
-        "With --min-accuracy: minimise the latency of one run, or maximise images/s at the target's batch (the "
+        "With `min_accuracy`: minimise the latency of one run, or maximise images/s at the target's batch (the "
         "same choice at a fixed batch; reported as images/s).", choices=("latency", "throughput")))
     benchmark: str | None = field(default=None, metadata=option(
         "NB201 benchmark mode: the DEVICE_ms column of CSV (keyed by arch) is the device; each lookup is one "
@@ -152,14 +153,14 @@ class LatencyConfig:
 @dataclass
 class SupernetConfig:
     epochs: float | None = field(default=None, metadata=option(
-        "Supernet training epochs on --data (default 8).", flag="--supernet-epochs", metavar="E"))
+        "Supernet training epochs on `data` (default 8).", metavar="E"))
     weight: float = field(default=0.25, metadata=option(
         "Weight of the supernet's accuracy in the rank ensemble; the proxies share a weight of 1. A short-trained "
         "supernet ranks cells less well than the proxies, so it is a minor vote (docs/accuracy.md); raise it for "
-        "a supernet trained long on a GPU.", flag="--supernet-weight", metavar="W"))
+        "a supernet trained long on a GPU.", metavar="W"))
     device: str = field(default="cpu", metadata=option(
         "Where the supernet trains and scores subnets: cpu, cuda or cuda:N (a GPU trains it many times faster; "
-        "latency is still measured on --target)."))
+        "latency is still measured on `target`)."))
 
     def __post_init__(self) -> None:
         check_range("epochs", self.epochs, 0, None, low_open=True)
@@ -169,17 +170,16 @@ class SupernetConfig:
 @dataclass
 class RerankSettings:
     top_k: int = field(default=0, metadata=option(
-        "With --latency-budget: after verification, train the K best-estimated candidates within the budget "
-        "(verified, or predicted) from scratch for a few epochs (--rerank-epochs) on --data, on a reduced network "
+        "With `latency_budget_ms`: after verification, train the K best-estimated candidates within the budget "
+        "(verified, or predicted) from scratch for a few epochs (`rerank_epochs`) on `data`, on a reduced network "
         "(nb201: C=8, N=1 at 16x16), and choose the best held-out accuracy that the device confirms within the "
         "budget (unverified ones are measured first). Zero-cost proxies rank the space well but the top few "
         "cells poorly. About 15-25 s per candidate on one core with 10,000 CIFAR-10 training images "
-        "(--rerank-per-class 1250). 0: the estimator alone chooses.", flag="--rerank", metavar="K"))
-    epochs: float = field(default=5.0, metadata=option("Epochs of each --rerank training.", flag="--rerank-epochs",
-                                                       metavar="E"))
+        "(`rerank_per_class` 1250). 0: the estimator alone chooses.", metavar="K"))
+    epochs: float = field(default=5.0, metadata=option("Epochs of each `rerank` training.", metavar="E"))
     per_class: int | None = field(default=None, metadata=option(
-        "Images per class of --data read for --rerank (default: the search's 500); 80% train, 20% held out.",
-        flag="--rerank-per-class", metavar="N"))
+        "Images per class of `data` read for `rerank` (default: the search's 500); 80% train, 20% held out.",
+        metavar="N"))
     options: dict | None = None       # the reduced network (default for nb201: C=8, N=1)
     resolution: int | None = None     # default for nb201: 16 (never above the data's)
 
@@ -193,9 +193,8 @@ class RerankSettings:
 @dataclass
 class AccuracyConfig:
     estimator: str = field(default="auto", metadata=option(
-        "Accuracy estimator (rank ensemble): auto = the space's supernet trained once on --data (cached in "
-        "--cache-dir, resumable) + proxies; proxies only in --benchmark mode.", flag="--accuracy",
-        choices=("auto", "proxies", "supernet")))
+        "Accuracy estimator (rank ensemble): auto = the space's supernet trained once on `data` (cached in "
+        "`cache_dir`, resumable) + proxies; proxies only in `benchmark` mode.", choices=("auto", "proxies", "supernet")))
     min_accuracy: float | None = field(default=None, metadata=option(
         "Minimise latency subject to estimated score >= A. A is a 0-100 rank score, with or without the "
         "supernet: the candidate's weighted mean percentile (supernet accuracy and proxies) among random "
@@ -204,7 +203,7 @@ class AccuracyConfig:
     proxies: tuple[str, ...] = field(default=("jacob_cov", "params"), metadata=option(
         "Zero-cost proxies of the rank ensemble (comma-separated; see search.accuracy.proxies).", metavar="P,P"))
     proxy_batch: int = field(default=64, metadata=option(
-        "Images of --data the proxies are computed on; more images give steadier scores (jacob_cov's cost grows "
+        "Images of `data` the proxies are computed on; more images give steadier scores (jacob_cov's cost grows "
         "about linearly: 0.17 s a cell at 32 images, 0.54 s at 128, full NB201 network, one core).", metavar="N"))
     reference_size: int = 64          # random architectures the rank score is relative to
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
@@ -233,13 +232,13 @@ class BaselineConfig:
         "minimises latency subject to estimated accuracy >= the baseline's. The baseline is measured on the "
         "device, and the report states the measured speed-up over it.", metavar="NAME|MODEL"))
     speedup: float | None = field(default=None, metadata=option(
-        "With --baseline: maximise estimated accuracy subject to latency <= the baseline's measured latency / S.",
+        "With `baseline`: maximise estimated accuracy subject to latency <= the baseline's measured latency / S.",
         metavar="S"))
     max_params: int | None = field(default=None, metadata=option(
         "Constraint: at most N weights (inference graph, BatchNorm folded).", metavar="N"))
     max_memory_mb: float | None = field(default=None, metadata=option(
         "Constraint: peak activations + weights at batch 1, float32, computed from the graph, at most MB "
-        "(needs --baseline).", metavar="MB"))
+        "(needs `baseline`).", metavar="MB"))
 
     def __post_init__(self) -> None:
         check_range("speedup", self.speedup, 0, None, low_open=True)
@@ -263,12 +262,11 @@ class VerificationConfig:
     rounds: int = field(default=2, metadata=option(
         "Verification rounds (each re-fits the predictor correction and re-ranks).", metavar="N"))
     measure_ties: bool = field(default=True, metadata=option(
-        "With --latency-budget: spend leftover verification rounds on the cells within 2 points of the best "
-        "verified one (the tie rule can pick them).", flag="--measure-ties/--no-measure-ties"))
+        "With `latency_budget_ms`: spend leftover verification rounds on the cells within 2 points of the best "
+        "verified one (the tie rule can pick them)."))
     remeasure_cap: int = field(default=5, metadata=option(
         "A finalist measured within its own uncertainty of the budget is re-measured, interleaved with the "
-        "others, until the verdict is clear or it has this many measurements.", flag="--remeasure-cap",
-        metavar="N"))
+        "others, until the verdict is clear or it has this many measurements.", metavar="N"))
     max_measurements: int = field(default=50, metadata=option("Benchmark mode: measurements allowed.",
                                                               metavar="N"))
     calibration: int | None = None    # cells measured before the search (benchmark: 10)
@@ -285,7 +283,7 @@ class VerificationConfig:
 @dataclass
 class AlgorithmConfig:
     name: str = field(default="nsga2", metadata=option("Search algorithm (search.algorithms registry).",
-                                                       flag="--algorithm", registry=_algorithm_names))
+                                                       registry=_algorithm_names))
     population: int = field(default=24, metadata=option("Architectures per generation.", metavar="N"))
     generations: int = field(default=12, metadata=option("Generations.", metavar="N"))
 
@@ -299,9 +297,9 @@ class AlgorithmConfig:
 @dataclass
 class RunConfig:
     out: str | Path = field(default="runs/search", metadata=option(
-        "Output directory. One holding an earlier run's results is refused unless --overwrite.", metavar="DIR"))
+        "Output directory. One holding an earlier run's results is refused unless `overwrite`.", metavar="DIR"))
     overwrite: bool = field(default=False, metadata=option(
-        "Replace the results of an earlier run in --out.", is_flag=True))
+        "Replace the results of an earlier run in `out`.", is_flag=True))
     budget_minutes: float = field(default=5.0, metadata=option(
         "Wall-clock cap of the whole run: supernet training, accuracy estimation, search and verification "
         "(each phase gets its share; see docs/search.md).", metavar="M"))
@@ -310,9 +308,9 @@ class RunConfig:
         "Per-cell proxy scores and supernet checkpoints (default ~/.cache/hwnas, or $HWNAS_CACHE).", metavar="DIR"))
     ray_address: str | None = field(default=None, metadata=option(
         "Run on a Ray cluster (ADDRESS: the head's HOST:PORT, or 'auto' for one started on this machine; none: "
-        "join the local one or start a private one): proxy scores and --rerank trainings as Ray tasks (a GPU each "
-        "with --device cuda), finalists measured through a device actor. Needs the 'distributed' extra "
-        "(docs/distributed.md).", flag="--ray", metavar="[ADDRESS]", is_flag=False, flag_value=""))
+        "join the local one or start a private one): proxy scores and `rerank` trainings as Ray tasks (a GPU each "
+        "with `device` cuda), finalists measured through a device actor. Needs the 'distributed' extra "
+        "(docs/distributed.md).", metavar="[ADDRESS]", is_flag=False, flag_value=""))
     export_best: bool = True
     progress: bool = True
 
@@ -354,6 +352,73 @@ PARTS = {"data": DataConfig, "space": SpaceConfig, "latency": LatencyConfig, "ac
          "algorithm": AlgorithmConfig, "run": RunConfig, "baseline": BaselineConfig}
 
 
+#: the flat `search.run.SearchConfig`'s field names (what `hwnas.search(...)` takes, and what
+#: library messages name in backticks) -> (part in PARTS, that part's field)
+FLAT_FIELDS: dict[str, tuple[str, str]] = {
+    "space": ("space", "name"), "space_options": ("space", "options"),
+    "predictor": ("latency", "predictor"), "latency_budget_ms": ("latency", "latency_budget_ms"),
+    "target": ("latency", "target"), "targets_file": ("latency", "targets_file"), "force": ("latency", "force"),
+    "min_throughput": ("latency", "min_throughput"), "objective": ("latency", "objective"),
+    "benchmark": ("latency", "benchmark"),
+    "data": ("data", "source"), "data_max_per_class": ("data", "max_per_class"),
+    "data_image_size": ("data", "image_size"),
+    "accuracy": ("accuracy", "estimator"), "min_accuracy": ("accuracy", "min_accuracy"),
+    "proxies": ("accuracy", "proxies"), "proxy_batch": ("accuracy", "proxy_batch"),
+    "reference_size": ("accuracy", "reference_size"),
+    "supernet_epochs": ("supernet", "epochs"), "supernet_weight": ("supernet", "weight"),
+    "device": ("supernet", "device"),
+    "rerank": ("rerank", "top_k"), "rerank_epochs": ("rerank", "epochs"), "rerank_per_class": ("rerank", "per_class"),
+    "rerank_options": ("rerank", "options"), "rerank_resolution": ("rerank", "resolution"),
+    "host": ("verification", "host"), "finalists": ("verification", "finalists"),
+    "verify_rounds": ("verification", "rounds"), "measure_ties": ("verification", "measure_ties"),
+    "remeasure_cap": ("verification", "remeasure_cap"), "max_measurements": ("verification", "max_measurements"),
+    "calibration": ("verification", "calibration"),
+    "algorithm": ("algorithm", "name"), "population": ("algorithm", "population"),
+    "generations": ("algorithm", "generations"),
+    "out": ("run", "out"), "overwrite": ("run", "overwrite"), "budget_minutes": ("run", "budget_minutes"),
+    "seed": ("run", "seed"), "cache_dir": ("run", "cache_dir"), "ray_address": ("run", "ray_address"),
+    "export_best": ("run", "export_best"), "progress": ("run", "progress"),
+    "baseline": ("baseline", "baseline"), "speedup": ("baseline", "speedup"), "max_params": ("baseline", "max_params"),
+    "max_memory_mb": ("baseline", "max_memory_mb"),
+}
+
+
+def flat_name(part: str, name: str) -> str:
+    """The `SearchConfig` name of field `name` of part `part` (FLAT_FIELDS read backwards; a field
+    missing there keeps its own name)."""
+    return next((flat for flat, where in FLAT_FIELDS.items() if where == (part, name)), name)
+
+
+_BUILD_ORDER = ("latency", "data", "space", "supernet", "rerank", "accuracy", "verification", "algorithm", "run",
+                "baseline")
+
+
+def _copied(value: Any) -> Any:
+    """A container value copied, so that a configuration and its conversion share no dict."""
+    return dict(value) if isinstance(value, dict) else tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+def spec_from_flat(values: dict[str, Any]) -> SearchSpec:
+    """The typed configuration of flat `SearchConfig` values (FLAT_FIELDS), each part validated
+    as it is built (supernet and rerank first: they go into accuracy)."""
+    kw: dict[str, dict[str, Any]] = {part: {} for part in _BUILD_ORDER}
+    for flat, (part, name) in FLAT_FIELDS.items():
+        kw[part][name] = _copied(values[flat])
+    built: dict[str, Any] = {}
+    for part in _BUILD_ORDER:
+        if part == "accuracy":
+            kw[part].update(supernet=built.pop("supernet"), rerank=built.pop("rerank"))
+        built[part] = PARTS[part](**kw[part])
+    return SearchSpec(**built)
+
+
+def flat_from_spec(spec: SearchSpec) -> dict[str, Any]:
+    """The flat `SearchConfig` values of a typed configuration (spec_from_flat read backwards)."""
+    parts = {part: getattr(spec, part) for part in _BUILD_ORDER if part not in ("supernet", "rerank")}
+    parts.update(supernet=spec.accuracy.supernet, rerank=spec.accuracy.rerank)
+    return {flat: _copied(getattr(parts[part], name)) for flat, (part, name) in FLAT_FIELDS.items()}
+
+
 def cli_fields(cls) -> list:
     """The fields of a part that the command line offers (those with `option` metadata)."""
     return [f for f in fields(cls) if "help" in f.metadata]
@@ -361,4 +426,4 @@ def cli_fields(cls) -> list:
 
 __all__ = ["AccuracyConfig", "AlgorithmConfig", "BaselineConfig", "DataConfig", "LatencyConfig", "PARTS", "RESULT_FILES",
            "RerankSettings", "RunConfig", "SearchSpec", "SpaceConfig", "SupernetConfig", "VerificationConfig",
-           "cli_fields", "option"]
+           "FLAT_FIELDS", "cli_fields", "flat_from_spec", "flat_name", "option", "spec_from_flat"]

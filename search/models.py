@@ -120,7 +120,7 @@ class EstimatedAccuracy:
     score(arch) = 100 x the arch's weighted mean percentile, over the ensemble's columns (the
     proxies and, with a supernet, the subnet's supernet accuracy), within a fixed reference
     sample of random architectures of the space: a 0-100 rank score (50 = as good as the median
-    random architecture), the unit of `--min-accuracy`. It never changes as the search visits
+    random architecture), the unit of `min_accuracy`. It never changes as the search visits
     more cells.
     """
 
@@ -135,7 +135,7 @@ class EstimatedAccuracy:
                                     val=None if val is None else val, calib=calib,
                                     supernet_weight=supernet_weight, reference_size=reference_size, seed=seed,
                                     cache_file=cache_file)
-        self.est.pool = pool  # a search.accuracy.tasks pool (Ray tasks with --ray); None: one by one here
+        self.est.pool = pool  # a search.accuracy.tasks pool (Ray tasks with `ray_address`); None: one by one here
         cols = list(self.est.proxies) + (["supernet accuracy"] if supernet is not None else [])
         self.name = "rank ensemble of " + "+".join(cols) + " (search.accuracy.estimator; 0-100 rank score)"
         # the reference population: reference_size random architectures, drawn as est.fit() draws

@@ -13,14 +13,13 @@ verification stops it and still writes every output from what was found so far.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from search.config import (AccuracyConfig, AlgorithmConfig, BaselineConfig, DataConfig, LatencyConfig,
-                           RerankSettings, RunConfig, SearchSpec, SpaceConfig, SupernetConfig, VerificationConfig)
+from search.config import SearchSpec, flat_from_spec, spec_from_flat
 from search.accuracy.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
@@ -92,53 +91,12 @@ class SearchConfig:
 
     def spec(self) -> SearchSpec:
         """The typed parts of search.config (each validates itself: a ConfigError names the field)."""
-        return SearchSpec(
-            latency=LatencyConfig(predictor=self.predictor, latency_budget_ms=self.latency_budget_ms,
-                                  target=self.target, targets_file=self.targets_file, force=self.force,
-                                  min_throughput=self.min_throughput, objective=self.objective,
-                                  benchmark=self.benchmark),
-            data=DataConfig(source=self.data, max_per_class=self.data_max_per_class, image_size=self.data_image_size),
-            space=SpaceConfig(name=self.space, options=dict(self.space_options)),
-            accuracy=AccuracyConfig(estimator=self.accuracy, min_accuracy=self.min_accuracy,
-                                    proxies=tuple(self.proxies), proxy_batch=self.proxy_batch,
-                                    reference_size=self.reference_size,
-                                    supernet=SupernetConfig(epochs=self.supernet_epochs, weight=self.supernet_weight,
-                                                            device=self.device),
-                                    rerank=RerankSettings(top_k=self.rerank, epochs=self.rerank_epochs,
-                                                          per_class=self.rerank_per_class,
-                                                          options=self.rerank_options,
-                                                          resolution=self.rerank_resolution)),
-            verification=VerificationConfig(host=self.host, finalists=self.finalists, rounds=self.verify_rounds,
-                                            measure_ties=self.measure_ties, remeasure_cap=self.remeasure_cap,
-                                            max_measurements=self.max_measurements, calibration=self.calibration),
-            algorithm=AlgorithmConfig(name=self.algorithm, population=self.population, generations=self.generations),
-            run=RunConfig(out=self.out, overwrite=self.overwrite, budget_minutes=self.budget_minutes, seed=self.seed,
-                          cache_dir=self.cache_dir, ray_address=self.ray_address, export_best=self.export_best,
-                          progress=self.progress),
-            baseline=BaselineConfig(baseline=self.baseline, speedup=self.speedup, max_params=self.max_params,
-                                    max_memory_mb=self.max_memory_mb))
+        return spec_from_flat({f.name: getattr(self, f.name) for f in fields(self)})
 
     @classmethod
     def from_spec(cls, s: SearchSpec) -> "SearchConfig":
         """The flat configuration of a typed one (the engine's own reading of it)."""
-        a, sn, rr, v = s.accuracy, s.accuracy.supernet, s.accuracy.rerank, s.verification
-        return cls(space=s.space.name, space_options=dict(s.space.options), predictor=s.latency.predictor,
-                   data=s.data.source, data_max_per_class=s.data.max_per_class, data_image_size=s.data.image_size,
-                   latency_budget_ms=s.latency.latency_budget_ms, min_accuracy=a.min_accuracy, target=s.latency.target,
-                   targets_file=s.latency.targets_file, force=s.latency.force, benchmark=s.latency.benchmark,
-                   min_throughput=s.latency.min_throughput, objective=s.latency.objective,
-                   host=v.host, finalists=v.finalists, verify_rounds=v.rounds, measure_ties=v.measure_ties,
-                   remeasure_cap=v.remeasure_cap, max_measurements=v.max_measurements, calibration=v.calibration,
-                   algorithm=s.algorithm.name, population=s.algorithm.population,
-                   generations=s.algorithm.generations, accuracy=a.estimator, proxies=tuple(a.proxies),
-                   proxy_batch=a.proxy_batch, reference_size=a.reference_size, supernet_epochs=sn.epochs,
-                   supernet_weight=sn.weight, device=sn.device, rerank=rr.top_k, rerank_epochs=rr.epochs,
-                   rerank_per_class=rr.per_class, rerank_options=rr.options, rerank_resolution=rr.resolution,
-                   out=s.run.out, overwrite=s.run.overwrite, budget_minutes=s.run.budget_minutes, seed=s.run.seed,
-                   cache_dir=s.run.cache_dir, ray_address=s.run.ray_address, export_best=s.run.export_best,
-                   progress=s.run.progress,
-                   baseline=s.baseline.baseline, speedup=s.baseline.speedup, max_params=s.baseline.max_params,
-                   max_memory_mb=s.baseline.max_memory_mb)
+        return cls(**flat_from_spec(s))
 
 
 @dataclass
@@ -193,7 +151,7 @@ def run_search(config: SearchConfig | SearchSpec,
     if config.baseline:
         config = replace(config, space="baseline")
     elif config.speedup is not None:
-        raise SearchError("--speedup is relative to a baseline's latency: give --baseline NAME|MODEL too")
+        raise SearchError("`speedup` is relative to a baseline's latency: give `baseline` NAME|MODEL too")
     formulation = Formulation(config.latency_budget_ms, config.min_accuracy, max_params=config.max_params,
                               max_memory_mb=config.max_memory_mb)
     out = Path(config.out)
@@ -233,13 +191,13 @@ def run_search(config: SearchConfig | SearchSpec,
     if config.baseline:
         from search.baseline_search import baseline_space_options
         if bench is not None:
-            raise SearchError("--baseline needs a real device (a predictor and the target); --benchmark is the "
+            raise SearchError("`baseline` needs a real device (a predictor and the target); `benchmark` is the "
                               "NB201 table's devices only")
         base_name, base_opts = baseline_space_options(config.baseline, data)
     space = wiring.make_space(config.space, data, base_opts or config.space_options)
     if config.max_memory_mb is not None and space.size_of(space.sample(0))[1] is None:
-        raise SearchError(f"--max-memory-mb: the {config.space} space does not compute memory without an "
-                          f"export; search from a baseline (--baseline NAME), whose space does")
+        raise SearchError(f"`max_memory_mb`: the {config.space} space does not compute memory without an "
+                          f"export; search from a baseline (`baseline` NAME), whose space does")
     latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
@@ -411,13 +369,13 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
     from search.models import cache_name
     from search.accuracy.rerank import RerankConfig, describe, rerank_by_training
     if formulation.kind != "budget":
-        # under --min-accuracy the objective is latency, and the frontier has no single objective
-        notes.append("--rerank applies to --latency-budget searches only; the choice is the usual one")
+        # under `min_accuracy` the objective is latency, and the frontier has no single objective
+        notes.append("`rerank` applies to `latency_budget_ms` searches only; the choice is the usual one")
         return best, []
     budget = formulation.latency_budget_ms
     pool = [c for c in evaluator.candidates if c.dropped is None and c.latency_ms <= budget]
     if len(pool) < 2:
-        notes.append(f"--rerank: {len(pool)} candidate(s) within the budget, nothing to re-rank")
+        notes.append(f"`rerank`: {len(pool)} candidate(s) within the budget, nothing to re-rank")
         return best, []
     rdata = data
     if config.rerank_per_class is not None and config.rerank_per_class != config.data_max_per_class:
@@ -458,7 +416,7 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         rounds.append(vr)
         evaluator.recorrect()
     if chosen is None:  # every one over the budget, or the allowance ran out: the estimator's choice
-        notes.append("--rerank: no re-ranked candidate was verified within the budget (measured over it, "
+        notes.append("`rerank`: no re-ranked candidate was verified within the budget (measured over it, "
                      "or the measurement allowance ran out); the choice is the estimator's")
         return best, []
     short = next(r.short_accuracy for r in results if r.key == chosen.key)

@@ -144,7 +144,7 @@ def load_train_test(spec: str, max_per_class: int | None = None, test_fraction: 
             ds = load_dataset(spec, max_per_class=max_per_class, seed=seed)
             train, test = ds.split(test_fraction, seed=seed)
     except DataError as e:
-        raise TrainError(f"--data {spec}: {e}") from None
+        raise TrainError(f"`data` {spec}: {e}") from None
     if image_size is not None and train.shape[1:] != (image_size, image_size):
         def resize(d: ImageDataset) -> ImageDataset:
             x = torch.nn.functional.interpolate(d.x, size=(image_size, image_size), mode="bilinear",
@@ -213,7 +213,7 @@ def train_model(net: nn.Module, train: ImageDataset, test: ImageDataset, recipe:
     same identity and recipe. ``teacher`` is needed when ``recipe.distill > 0``.
     """
     if recipe.distill > 0 and teacher is None:
-        raise TrainError("distillation needs a teacher: give the trained baseline (--teacher)")
+        raise TrainError("distillation needs a teacher: give the trained baseline (`teacher`)")
     if len(train) == 0 or len(test) == 0:
         raise TrainError(f"no images to {'train' if len(train) == 0 else 'test'} on")
     hflip = recipe.hflip if recipe.hflip is not None else train.shape[-1] >= 16

@@ -32,7 +32,7 @@ class RunnerDevice:
     """Measures finalists' ONNX exports on a target through `profiling`'s device runner.
 
     Locally (`host=None`) the runner is a subprocess of this interpreter (the profiler's local
-    path); with `host` it is `ssh host python3` (the profiler's `--host` path): the same
+    path); with `host` it is `ssh host python3` (the profiler's path to a `host`): the same
     protocol, stopping rule and session settings (providers, threads, precision) as the
     profiled tables, so measured and predicted latencies are comparable (`profiling.measure`).
     """
@@ -43,7 +43,7 @@ class RunnerDevice:
         self.target = target
         self.host = host
         # None: a runner of this process; otherwise a device actor of that Ray cluster (the
-        # profiler's `--ray` fleet: a declared device slot of the target, or `host`)
+        # profiler's Ray fleet: a declared device slot of the target, or `host`)
         self.ray_address = ray_address
         self.name = f"{target.name}" + (f" on {host}" if host else " (this machine, profiling runner)") \
             + (" through Ray" if ray_address is not None else "")

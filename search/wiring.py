@@ -45,15 +45,15 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_s
     p = Path(spec)
     if spec != "digits":
         if not p.exists():
-            raise SearchError(f"--data {spec}: no such file or directory (give an image-folder "
+            raise SearchError(f"`data` {spec}: no such file or directory (give an image-folder "
                               f"directory, an .npz with x and y arrays, or 'digits')")
         if p.is_dir():
             try:
                 empty = not any(not e.name.startswith(".") for e in p.iterdir())
             except PermissionError:
-                raise SearchError(f"--data {spec}: the directory cannot be read (permission denied)") from None
+                raise SearchError(f"`data` {spec}: the directory cannot be read (permission denied)") from None
             if empty:
-                raise SearchError(f"--data {spec}: the directory is empty; it should hold one "
+                raise SearchError(f"`data` {spec}: the directory is empty; it should hold one "
                                   f"sub-directory of images per class (or train/ and test/ with those)")
     split = "train" if p.is_dir() and (p / "train").is_dir() else None
     try:
@@ -62,9 +62,9 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_s
         mean, std = train.stats()
         train, val = train.normalized(mean, std), val.normalized(mean, std)
     except DataError as e:
-        raise SearchError(f"--data {spec}: {e}") from None
+        raise SearchError(f"`data` {spec}: {e}") from None
     except OSError as e:
-        raise SearchError(f"--data {spec}: cannot read it: {e}") from None
+        raise SearchError(f"`data` {spec}: cannot read it: {e}") from None
     c, h, _ = ds.shape
     if spec == "digits":
         name = f"digits (scikit-learn, {len(ds):,} {h}x{h} images{'' if image_size is None else ', resized'})"
@@ -104,13 +104,13 @@ def load_predictor_and_target(config, benchmark: bool = False):
     if config.predictor:
         predictor = load_predictor(config.predictor)
     elif not benchmark:
-        raise SearchError("--predictor is required: a .lgb file from `train-predictor` "
+        raise SearchError("`predictor` is required: a .lgb file of a predictor trained on the target's table "
                           "(see data/predictors/ for the shipped ones)")
     ptarget = predictor.target_name if predictor is not None else None
     if config.target and ptarget and config.target != ptarget and not config.force:
         raise SearchError(f"the predictor {config.predictor} was built for target {ptarget!r}, not "
                           f"{config.target!r}: its latencies would be another device's. Use a predictor "
-                          f"for {config.target!r}, drop --target, or pass --force to use it anyway.")
+                          f"for {config.target!r}, drop `target`, or pass `force` to use it anyway.")
     if benchmark:
         return predictor, None
     name = config.target or ptarget or "local-cpu"
@@ -135,8 +135,8 @@ def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
     if note is None:
         return None
     return (f"{note}. The finalists' measurements correct it during this run; for a ranking you can trust, "
-            f"profile this device and train its own predictor (profile-device --target {target.name}, then "
-            f"train-predictor).")
+            f"profile this device as target {target.name!r} and train its own predictor on that "
+            f"table.")
 
 
 def latency_model(predictor, space, path):
@@ -158,14 +158,14 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     try:
         names = canonical_names(config.proxies)
     except ProxyError as e:
-        raise SearchError(f"--proxies: {e}") from None
+        raise SearchError(f"`proxies`: {e}") from None
     use_supernet = config.accuracy == "supernet" or (config.accuracy == "auto" and not config.benchmark)
     if space.name == "baseline":
         # no weight-sharing supernet over the baseline's block types (one weight set per block type
         # would be needed): the proxies score the candidates and the baseline, in the same units
         if config.accuracy == "supernet":
-            raise SearchError("--accuracy supernet: a baseline-derived space has no supernet; use proxies "
-                              "(the default with --baseline)")
+            raise SearchError("`accuracy` supernet: a baseline-derived space has no supernet; use proxies "
+                              "(the default with `baseline`)")
         use_supernet = False
     share = None if deadline is None else time.monotonic() + 0.6 * max(0.0, deadline - time.monotonic())
     supernet = _trained_supernet(config, space, data, cache_dir, log, share) if use_supernet else None
@@ -195,8 +195,8 @@ def torch_device(name: str):
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as e:
         have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no usable CUDA device"
-        raise SearchError(f"--device {name}: {str(e).splitlines()[0]} (this machine has {have}); "
-                          f"pass --device cpu, or cuda:N with N below the device count") from None
+        raise SearchError(f"`device` {name}: {str(e).splitlines()[0]} (this machine has {have}); "
+                          f"pass `device` cpu, or cuda:N with N below the device count") from None
     return device
 
 

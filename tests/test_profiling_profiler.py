@@ -188,7 +188,7 @@ def test_bad_input_errors():
         Profiler("local-cpu", kinds=["conv", "wat"])
     with pytest.raises(ProfilingError, match="valid targets"):
         Profiler("nope")
-    with pytest.raises(ProfilingError, match="aarch64.*--host"):
+    with pytest.raises(ProfilingError, match="aarch64.*`host`"):  # the CLI shows it as --host
         Profiler("jetson-nano").run()
 
 
@@ -203,6 +203,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path):
     assert res.exit_code == 2 and "unknown network family 'nope'" in res.output and "regnet" in res.output
     res = r.invoke(cli, ["--target", "jetson-nano", "--out", str(tmp_path / "x.parquet")])
     assert res.exit_code == 1 and "aarch64" in res.output and "execution provider" in res.output
+    assert "pass --host user@device" in res.output  # the library names `host`; the CLI its flag
     res = r.invoke(cli, ["--list-targets"])
     assert res.exit_code == 0 and "jetson-nano" in res.output and "raspberry-pi-4" in res.output
 

@@ -174,7 +174,7 @@ def test_cli_refuses_predictor_of_another_target(tmp_path, predictor_path):
     from search.problem import SearchError
     from search.run import SearchConfig
     cfg = SearchConfig(predictor=str(predictor_path), target="raspberry-pi-4")
-    with pytest.raises(SearchError, match="built for target 'local-cpu'.*--force"):
+    with pytest.raises(SearchError, match="built for target 'local-cpu'.*`force`"):  # the CLI: --force, below
         wiring.load_predictor_and_target(cfg)
     cfg.force = True
     _, target = wiring.load_predictor_and_target(cfg)

@@ -41,6 +41,6 @@ def test_check_local_support_names_what_is_missing():
     with pytest.raises(TargetError) as e:
         nano.check_local_support(["CPUExecutionProvider"], machine="x86_64")
     msg = str(e.value)
-    assert "aarch64" in msg and "Tensorrt" in msg and "--host" in msg
+    assert "aarch64" in msg and "Tensorrt" in msg and "`host`" in msg  # the CLI shows it as --host
     nano.check_local_support(["TensorrtExecutionProvider", "CPUExecutionProvider"], machine="aarch64")
     get_target("local-cpu").check_local_support(["CPUExecutionProvider"], machine="x86_64")

@@ -5,7 +5,7 @@
 - `supernet`: a weight-sharing supernet per space, trained once on the data;
 - `estimator`: the unsupervised rank ensemble of proxies and supernet accuracy;
 - `rerank`: a short stand-alone training of the best-estimated candidates;
-- `tasks`: where those evaluations run: in this process, or as Ray tasks (`--ray`).
+- `tasks`: where those evaluations run: in this process, or as Ray tasks (`ray_address`).
 
 The other two parts are `search.spaces` (what can be built) and the engine at the top of
 `search` (problem, algorithms, run, verify, frontier, report, wiring).

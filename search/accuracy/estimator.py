@@ -489,7 +489,7 @@ class AccuracyEstimator:
 
     def prefetch(self, archs: Iterable[Any]) -> int:
         """Compute the uncached architectures of ``archs`` on ``self.pool`` (a
-        `search.accuracy.tasks` pool; Ray tasks with --ray) so that `features` finds them ready.
+        `search.accuracy.tasks` pool; Ray tasks with `ray_address`) so that `features` finds them ready.
         Returns how many were computed; without a pool it does nothing."""
         if self.pool is None:
             return 0

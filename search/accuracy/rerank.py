@@ -7,7 +7,7 @@ candidates within the budget from scratch for a few epochs, on a reduced copy of
 (for NB201 by default C=8, N=1 at 16x16: a few seconds to half a minute each on one core), and
 scores it on the held-out split of the user's data. The search (`search.run`) then takes them in
 order of short-training accuracy and chooses the first one the device confirms within the
-budget: `search --rerank K` (latency-budget searches only).
+budget: `rerank=K` in the search's configuration (latency-budget searches only).
 
 Results are cached per (cell, recipe, data) in a JSON-lines file, so a re-run costs nothing.
 Each candidate starts from scratch rather than from the supernet's weights: the supernet adds
@@ -87,7 +87,7 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
 
     ``make_space(options)`` builds the space with those options (the caller knows the data's
     classes and channels); ``train`` and ``val`` are normalised ImageDatasets. The trainings run
-    on ``pool`` (a `search.accuracy.tasks` pool: Ray tasks with --ray; default: one after the other here);
+    on ``pool`` (a `search.accuracy.tasks` pool: Ray tasks with `ray_address`; default: one after the other here);
     this process alone appends them to ``cache_file``.
     """
     from search.accuracy.supernet import TrainConfig

@@ -26,7 +26,7 @@ class Pool(Protocol):
 
 
 class LocalPool:
-    """One after the other, in this process (what every run does without --ray)."""
+    """One after the other, in this process (what every run does without `ray_address`)."""
 
     name = "this process"
 
@@ -58,7 +58,7 @@ class RayPool:
         self.num_cpus, self.num_gpus = num_cpus, num_gpus
         if num_gpus and not self.ray.cluster_resources().get("GPU"):
             raise SearchError("the Ray cluster has no GPU for the evaluations that asked for one "
-                              "(start its GPU workers with `ray start --num-gpus N`, or use --device cpu)")
+                              "(start its GPU workers with `ray start --num-gpus N`, or use `device` cpu)")
         self.max_workers = max_workers or self._capacity()
         self.chunk = max(1, int(chunk))
         self.name = f"Ray ({self.max_workers} worker(s) of {num_cpus:g} CPU" + \
