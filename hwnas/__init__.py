@@ -30,7 +30,7 @@ from profiling.targets import Target, get_target, list_targets
 from profiling.validate import ConfigError
 from search.errors import SearchStageError
 
-from .api import get_space, profile, search
+from .api import get_space, load_best, profile, search
 
 __version__ = "0.1.0"
 
@@ -40,6 +40,7 @@ __all__ = [
     "profile",
     "search",
     "get_space",
+    "load_best",
     "get_target",
     "list_targets",
     "Target",

@@ -8,11 +8,15 @@ that only loads a predictor.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from profiling.profiler import ProfileSummary
     from profiling.targets import Target
+    from search.config import SearchSpec
     from search.run import SearchConfig, SearchResult
     from search.spaces.base import SearchSpace
 
@@ -27,9 +31,10 @@ def profile(
     return Profiler(target, out, **options).run()
 
 
-def search(config: "SearchConfig | None" = None, **fields: Any) -> "SearchResult":
-    """Run a search: either a `search.run.SearchConfig`, or its fields as keyword arguments
-    (space, predictor, data, latency_budget_ms, min_accuracy, budget_minutes, out, ...)."""
+def search(config: "SearchConfig | SearchSpec | None" = None, **fields: Any) -> "SearchResult":
+    """Run a search: a `search.run.SearchConfig`, a typed `search.config.SearchSpec`, or the
+    SearchConfig's fields as keyword arguments (space, predictor, data, latency_budget_ms,
+    min_accuracy, budget_minutes, out, ...)."""
     from search.run import SearchConfig, run_search  # lazy: the search imports torch and pymoo (seconds)
 
     if config is not None and fields:
@@ -44,4 +49,13 @@ def get_space(name: str, **options: Any) -> "SearchSpace[Any]":
     return _get_space(name, **options)
 
 
-__all__ = ["profile", "search", "get_space"]
+def load_best(path: str | os.PathLike[str]) -> "torch.nn.Module":
+    """The network a search wrote to `best.pt`: a `torch.nn.Module` with the searched weights, in
+    eval mode (its space rebuilt with the options the search used)."""
+    from search.wiring import load_best as _load_best  # lazy: imports torch (seconds)
+
+    model: torch.nn.Module = _load_best(Path(path))
+    return model
+
+
+__all__ = ["profile", "search", "get_space", "load_best"]

@@ -212,7 +212,7 @@ def predictor_for_this_machine(shipped: str | os.PathLike | None = None, cache: 
                                tables: str | os.PathLike | None = None, fingerprint: dict[str, Any] | None = None,
                                **calibrate_kw) -> tuple[Path, str]:
     """(predictor file, how it was chosen, in words) for `target` on this machine. What `search`,
-    `make demo` and `predict-latency --predictor auto` use, so the three choose the same file:
+    `make demo` and `predict-latency` (its automatic choice) use, so the three choose the same file:
 
     1. a predictor under `shipped` (default data/predictors/) measured on this machine (the same
        fingerprint; the catalog's content order breaks ties);

@@ -127,7 +127,7 @@ def load_train_test(spec: str, max_per_class: int | None = None, test_fraction: 
     anything else (``digits``, an .npz, a folder of class folders) is split, stratified, with
     ``test_fraction`` of each class held out for testing. A decoded image folder is cached as
     .npz in ``cache_dir`` (if given), so a second run does not decode the JPEGs again.
-    ``image_size`` resizes the images (as `search --image-size` does, so a searched network is
+    ``image_size`` resizes the images (as a search's `data_image_size` does, so a searched network is
     trained at the resolution it was measured at).
     """
     p = Path(spec)

@@ -455,7 +455,7 @@ def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation:
 # ------------------------------------------------- verdicts by ratio to a baseline measured alongside
 @dataclass
 class RatioBudget:
-    """A budget relative to a baseline (`search --baseline B --speedup S`), decided by ratios.
+    """A budget relative to a baseline (a search with `baseline` B and `speedup` S), decided by ratios.
 
     A machine that switches between speed levels for seconds to minutes (a VM, a device under
     DVFS) moves an absolute measurement by far more than its own confidence interval, so a
