@@ -33,13 +33,17 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from . import features as F
 from .errors import PredictorError
 from .numerics import conformal_interval, metrics, ridge_gram, ridge_solve
+
+if TYPE_CHECKING:  # the Predictor class imports this module
+    from .model import Predictor
 
 NG = len(F.GROUPS)
 LAMBDAS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
@@ -68,17 +72,19 @@ def _design(kind: str, base: np.ndarray, Z: np.ndarray) -> tuple[np.ndarray, np.
     return np.column_stack([np.ones(n), Z]), np.r_[0.0, np.ones(Z.shape[1])], zero
 
 
-def _solve(A, t, lam, pen):
+def _solve(A: np.ndarray, t: np.ndarray, lam: float, pen: np.ndarray) -> np.ndarray:
     return ridge_solve(A, t, pen * lam, jitter=1e-9)
 
 
 def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, device: str = "new-device",
-                Phi: np.ndarray | None = None, names: Sequence[str] | None = None, lambdas=LAMBDAS,
-                top_k: int = TOP_K) -> dict:
+                Phi: np.ndarray | None = None, names: Sequence[str] | None = None, lambdas: Sequence[float] = LAMBDAS,
+                top_k: int = TOP_K) -> dict[str, Any]:
     """The adapter dict from parent predictions, features (sums, or a caller's Phi) and measurements."""
     y = np.asarray(y, float)
     parent = np.maximum(np.asarray(parent, float), 1e-9)
     if Phi is None:
+        if sums is None:
+            raise PredictorError("fit_adapter needs the networks' feature sums or a feature matrix Phi")
         Phi, names = adapter_features(sums), list(ADAPTER_FEATURES)
     Phi = np.asarray(Phi, float)
     names = list(names) if names is not None else [f"f{i}" for i in range(Phi.shape[1])]
@@ -87,7 +93,7 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
     keep = std > 1e-9 * np.maximum(1.0, np.abs(mean))
     mean, std = mean[keep], std[keep]
     Z = (Phi[:, keep] - mean) / std
-    cands = []
+    cands: list[tuple[float, str, str, float, np.ndarray]] = []
     for space in ("log", "ms"):
         base = np.log(parent) if space == "log" else parent
         t = np.log(y) if space == "log" else y
@@ -106,7 +112,7 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
                 err = float(np.mean((np.log(y) - loo_log) ** 2))
                 cands.append((err, space, kind, float(lam), loo_log))
     cands.sort(key=lambda c: c[0])
-    members = []
+    members: list[dict[str, Any]] = []
     for err, space, kind, lam, _ in cands[:top_k]:
         base = np.log(parent) if space == "log" else parent
         t = np.log(y) if space == "log" else y
@@ -121,7 +127,7 @@ def fit_adapter(parent: np.ndarray, sums: np.ndarray | None, y: np.ndarray, devi
             "loo": metrics(y, np.exp(loo_log))}
 
 
-def predict_adapter(a: dict, parent: np.ndarray, Phi: np.ndarray) -> np.ndarray:
+def predict_adapter(a: dict[str, Any], parent: np.ndarray, Phi: np.ndarray) -> np.ndarray:
     """Apply one adapter (fit_adapter's dict) to parent predictions and the full feature matrix."""
     parent = np.maximum(np.asarray(parent, float), 1e-9)
     Phi = np.atleast_2d(np.asarray(Phi, float))
@@ -134,15 +140,17 @@ def predict_adapter(a: dict, parent: np.ndarray, Phi: np.ndarray) -> np.ndarray:
         A, _, off = _design(m["kind"], base, Z)
         p = A @ np.asarray(m["coef"]) + off
         outs.append(p if m["space"] == "log" else np.log(np.maximum(p, floor)))
-    log_pred = np.mean(outs, axis=0)
+    log_pred: np.ndarray = np.mean(outs, axis=0)
     if "log_ratio_range" in a:  # adapters saved before the bound have none
         lo, hi = a["log_ratio_range"]
         margin = math.log(RATIO_MARGIN)
         log_pred = np.clip(log_pred, np.log(parent) + lo - margin, np.log(parent) + hi + margin)
-    return np.exp(log_pred)
+    pred: np.ndarray = np.exp(log_pred)
+    return pred
 
 
-def apply_adapters(adapters: list[dict], pred: np.ndarray, sums: np.ndarray):
+def apply_adapters(adapters: list[dict[str, Any]], pred: np.ndarray, sums: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lo = hi = pred
     for a in adapters:
         if a.get("method") == "ridge-ensemble-loo":
@@ -155,7 +163,8 @@ def apply_adapters(adapters: list[dict], pred: np.ndarray, sums: np.ndarray):
     return pred, lo, hi
 
 
-def adapt(base, candidates, ms, device: str = "new-device", target: dict | None = None):
+def adapt(base: Predictor, candidates: Sequence[Any], ms: npt.ArrayLike, device: str = "new-device",
+          target: dict[str, Any] | None = None) -> Predictor:
     """A copy of `base` with one more adapter fitted on measured networks.
 
     candidates: lists of KernelSpec, or ONNX paths/ModelProtos, one per measured network.
@@ -178,7 +187,7 @@ def adapt(base, candidates, ms, device: str = "new-device", target: dict | None 
     return new
 
 
-def network_inputs(pred, candidates) -> tuple[np.ndarray, np.ndarray]:
+def network_inputs(pred: Predictor, candidates: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """(summed additive rows, current prediction) for lists of specs or ONNX models."""
     sums, peak = pred.graph_inputs(candidates)
     p, _, _ = pred._finish(sums, peak)

@@ -82,7 +82,7 @@ def mismatch_note(predictor_fp: dict[str, Any], device_fp: dict[str, Any], where
             f"its latencies are another machine's")
 
 
-def match_predictor(path: str | os.PathLike, fingerprint: dict[str, Any]) -> PredictorMatch:
+def match_predictor(path: str | os.PathLike[str], fingerprint: dict[str, Any]) -> PredictorMatch:
     """How the predictor file at `path` matches a device's `fingerprint` (header only; fast)."""
     header = read_predictor_header(path)
     fp = header.get("fingerprint") or {}
@@ -93,7 +93,7 @@ def match_predictor(path: str | os.PathLike, fingerprint: dict[str, Any]) -> Pre
                           n_speed_flags=len(only_p) + len(only_d), n_fields=len(diff_fingerprints(fp, fingerprint)))
 
 
-def rank_predictors(paths: Iterable[str | os.PathLike], target: str, fingerprint: dict[str, Any]
+def rank_predictors(paths: Iterable[str | os.PathLike[str]], target: str, fingerprint: dict[str, Any]
                     ) -> list[PredictorMatch]:
     """The predictors among `paths` built for `target`, best match first. Within a level the
     closer fingerprint wins (fewer speed-relevant CPU flags on one side only, then fewer
@@ -111,7 +111,7 @@ def rank_predictors(paths: Iterable[str | os.PathLike], target: str, fingerprint
     return sorted(matches, key=lambda m: (-m.level, m.n_speed_flags, m.n_fields, m.fingerprint_hash, m.path.name))
 
 
-def find_predictor(directory: str | os.PathLike, target: str, fingerprint: dict[str, Any]) -> PredictorMatch | None:
+def find_predictor(directory: str | os.PathLike[str], target: str, fingerprint: dict[str, Any]) -> PredictorMatch | None:
     """The best-matching predictor for `target` under `directory` (recursively), or None."""
     return next(iter(rank_predictors(sorted(Path(directory).glob("**/*.lgb")), target, fingerprint)), None)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -40,7 +41,7 @@ def conv_out(size: int, kernel: int, stride: int, dilation: int = 1) -> int:
     return (size + 2 * dilation * (kernel // 2) - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _conv_out_hw(p) -> tuple[int, int]:
+def _conv_out_hw(p: Mapping[str, Any]) -> tuple[int, int]:
     """Output (h, w) of a conv spec: "same" padding per axis, dilated (older specs: square, 1)."""
     kw, d = p.get("kernel_w", p["kernel"]), p.get("dilation", 1)
     return conv_out(p["h"], p["kernel"], p["stride"], d), conv_out(p["w"], kw, p["stride"], d)
@@ -157,12 +158,12 @@ def _log(x: float) -> float:
     return math.log2(x + 1.0)
 
 
-def spec_key(spec: KernelSpec) -> tuple:
+def spec_key(spec: KernelSpec) -> tuple[Any, ...]:
     return (spec.kind, *spec.params.values())
 
 
 @lru_cache(maxsize=200_000)
-def _features_cached(key: tuple, batch: int) -> tuple:
+def _features_cached(key: tuple[Any, ...], batch: int) -> tuple[float, ...]:
     spec = KernelSpec(key[0], dict(zip(KINDS[key[0]].params, key[1:])))
     return tuple(_features(spec, batch))
 
@@ -194,18 +195,18 @@ def _features(spec: KernelSpec, batch: int) -> list[float]:
     return row
 
 
-def _vec(c) -> float:
+def _vec(c: float | None) -> float:
     """0..3: the largest of 4, 8, 16 that divides a width (SIMD lanes of fp32 on x86/ARM)."""
     c = int(c or 0)
     return float(sum(1 for m in (4, 8, 16) if c and c % m == 0))
 
 
-def spec_features(spec: KernelSpec, batch: int = 1) -> tuple:
+def spec_features(spec: KernelSpec, batch: int = 1) -> tuple[float, ...]:
     """The feature row of one kernel spec (KERNEL_FEATURES order); cached."""
     return _features_cached(spec_key(spec), batch)
 
 
-def feature_matrix(specs, batch: int = 1) -> np.ndarray:
+def feature_matrix(specs: Sequence[KernelSpec], batch: int = 1) -> np.ndarray:
     return np.array([spec_features(s, batch) for s in specs], dtype=np.float64).reshape(len(specs), len(KERNEL_FEATURES))
 
 
@@ -242,15 +243,15 @@ def layout_break(spec: KernelSpec) -> bool:
     """
     p = spec.params
     if spec.kind == "elementwise":  # a squeeze-and-excitation's channel gate x * s[c]
-        return p["broadcast"] and p["op"] == "mul" and p["h"] * p["w"] > 1
+        return bool(p["broadcast"] and p["op"] == "mul" and p["h"] * p["w"] > 1)
     if spec.kind not in ("conv", "conv_add"):
         return False
     g, cin = p["groups"], p["cin"]
     if g == cin and g > 1:  # depthwise: channels padded to the block, but only from a multiple of 4
-        return cin % NCHWC_CHANNEL_ALIGN != 0
+        return bool(cin % NCHWC_CHANNEL_ALIGN != 0)
     if g <= 1:  # a few input channels (an image) have their own NCHW-input kernel
-        return cin >= NCHWC_BLOCK and cin % NCHWC_CHANNEL_ALIGN != 0
-    return (cin // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0
+        return bool(cin >= NCHWC_BLOCK and cin % NCHWC_CHANNEL_ALIGN != 0)
+    return bool((cin // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0)
 
 
 def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarray, float]:

@@ -19,6 +19,8 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
+
 from predictors.errors import PredictorStageError
 
 MAGIC = "HWNAS-PREDICTOR"
@@ -30,11 +32,13 @@ class PredictorFileError(PredictorStageError, ValueError):
     """The predictor file is missing, truncated, corrupted or of an unsupported schema."""
 
 
-def write_predictor_file(path: str | os.PathLike, header: dict, models: dict[str, str]) -> None:
+def write_predictor_file(path: str | os.PathLike[str], header: dict[str, Any], models: dict[str, str]) -> None:
     """Write header + models atomically (temp file, then rename)."""
     header = dict(header)
     header["schema_version"] = SCHEMA_VERSION
-    index, parts, offset = {}, [], 0
+    index: dict[str, list[int]] = {}
+    parts: list[bytes] = []
+    offset = 0
     for name, text in models.items():
         data = text.encode("utf-8")
         index[name] = [offset, len(data)]
@@ -55,12 +59,14 @@ def write_predictor_file(path: str | os.PathLike, header: dict, models: dict[str
 
 def _check_first_line(first: bytes, path: Path) -> None:
     """The magic and a file-format version this hwnas reads."""
+    magic: str | None
+    version: int | None
     try:
-        magic, version = first.decode("ascii").split(" ")
-        version = int(version)
+        magic, version_text = first.decode("ascii").split(" ")
+        version = int(version_text)
     except (UnicodeDecodeError, ValueError):
         magic, version = None, None
-    if magic != MAGIC:
+    if magic != MAGIC or version is None:  # version is None only when magic is
         raise PredictorFileError(f"{path} is not an hwnas predictor file (it does not start with {MAGIC!r}); "
                                  "pass a .lgb file written by `train-predictor`")
     if version > FORMAT_VERSION:
@@ -68,14 +74,15 @@ def _check_first_line(first: bytes, path: Path) -> None:
                                  f"({FORMAT_VERSION}); upgrade hwnas or rebuild the predictor with this version")
 
 
-def _parse_header(line: bytes, path: Path) -> dict:
+def _parse_header(line: bytes, path: Path) -> dict[str, Any]:
     try:
-        return json.loads(line)
+        header: dict[str, Any] = json.loads(line)
+        return header
     except json.JSONDecodeError as e:
         raise PredictorFileError(f"{path}: the header is not valid JSON ({e}); rebuild the predictor") from None
 
 
-def read_predictor_header(path: str | os.PathLike) -> dict:
+def read_predictor_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The header alone (target, fingerprint, ...), read from the file's first two lines without
     checking the checksum: enough to choose among predictor files; `read_predictor_file` checks
     the whole file when one is loaded."""
@@ -89,7 +96,7 @@ def read_predictor_header(path: str | os.PathLike) -> dict:
     return _parse_header(header_line, path)
 
 
-def read_predictor_file(path: str | os.PathLike) -> tuple[dict, dict[str, str]]:
+def read_predictor_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """(header, {model name: LightGBM model text}); raises PredictorFileError on any defect."""
     path = Path(path)
     if not path.exists():

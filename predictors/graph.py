@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import networkx as nx
 import numpy as np
@@ -59,7 +59,7 @@ class OnnxGraph:
     outputs: set[str] = field(default_factory=set)
     # How the model was quantized (None: a float model); the graph is its float original.
     quantization: QuantizationInfo | None = None
-    _values: dict[str, np.ndarray] = field(default_factory=dict)
+    _values: dict[str, np.ndarray | None] = field(default_factory=dict)  # None: not a constant
 
     # ---- small helpers shared by the detector ----------------------------------------
     def shape(self, tensor: str) -> tuple[int, ...] | None:
@@ -132,7 +132,7 @@ def _load_mmap(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _read(model_or_path) -> tuple[onnx.ModelProto, str]:
+def _read(model_or_path: str | os.PathLike[str] | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     if isinstance(model_or_path, onnx.ModelProto):
         return model_or_path, "<model>"
     path = Path(os.fspath(model_or_path))
@@ -211,7 +211,7 @@ def _shapes_of(model: onnx.ModelProto) -> dict[str, tuple[int, ...] | None]:
     return out
 
 
-def _shape_inputs_needed(model: onnx.ModelProto, shapes: dict) -> set[str]:
+def _shape_inputs_needed(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None]) -> set[str]:
     """The inputs of the nodes that still have an output without a shape (and are not
     themselves known constants): the values that would let inference go on."""
     inits = {t.name for t in model.graph.initializer}
@@ -266,7 +266,7 @@ def _runtime_fold(light: onnx.ModelProto, needed: set[str], max_numel: int = 409
     return out
 
 
-def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str, np.ndarray],
+def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...] | None], known: dict[str, np.ndarray],
                            needed: set[str]) -> dict[str, np.ndarray]:
     """Evaluate the small integer subgraphs (Shape, Gather, Concat, ...) that feed Reshape & co.
     with numpy: the fallback when onnxruntime cannot load the graph (`_runtime_fold`).
@@ -284,7 +284,7 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
                 continue
     new: dict[str, np.ndarray] = {}
 
-    def attr(n, name, default=None):
+    def attr(n: onnx.NodeProto, name: str, default: Any = None) -> Any:
         for a in n.attribute:
             if a.name == name:
                 return helper.get_attribute_value(a)
@@ -309,7 +309,8 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
             else:
                 if not all(t in vals for t in ins if t):
                     continue
-                x = [vals[t] if t else None for t in ins]
+                # any failure below (a missing input, a shape that does not fit) skips the node
+                x: list[Any] = [vals[t] if t else None for t in ins]
                 if op == "Gather":
                     val = np.take(x[0], x[1], axis=attr(n, "axis", 0))
                 elif op == "Unsqueeze":
@@ -348,8 +349,10 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
                     perm = attr(n, "perm")
                     val = np.transpose(x[0], perm)
                 elif op in ("Neg", "Abs", "Floor", "Ceil", "Sqrt", "Identity"):
-                    val = {"Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil,
-                           "Sqrt": np.sqrt, "Identity": np.asarray}[op](x[0])
+                    unary: dict[str, Callable[..., Any]] = {
+                        "Neg": np.negative, "Abs": np.abs, "Floor": np.floor, "Ceil": np.ceil,
+                        "Sqrt": np.sqrt, "Identity": np.asarray}
+                    val = unary[op](x[0])
                 elif op == "Range":
                     val = np.arange(x[0], x[1], x[2])
                 elif op == "ConstantOfShape":
@@ -370,7 +373,7 @@ def _fold_shape_arithmetic(model: onnx.ModelProto, shapes: dict, known: dict[str
     return {k: v for k, v in new.items() if k in needed}
 
 
-def load_graph(model_or_path, batch: int = 1) -> OnnxGraph:
+def load_graph(model_or_path: str | os.PathLike[str] | onnx.ModelProto, batch: int = 1) -> OnnxGraph:
     """Read, batch-fix and shape-infer an ONNX model; raise GraphError with the fix on failure."""
     model, where = _read(model_or_path)
     opset = _opset(model)

@@ -19,9 +19,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from profiling.kernels import KernelSpec
@@ -33,8 +34,8 @@ from .tables import network_specs
 @dataclass
 class MeasuredNetworks:
     """Networks (ONNX paths or kernel-spec lists) with their measured milliseconds."""
-    candidates: list
-    latency_ms: np.ndarray
+    candidates: list[str | list[KernelSpec]]
+    latency_ms: npt.NDArray[np.float64]
     names: list[str]
     families: list[str] = field(default_factory=list)
     targets: list[str | None] = field(default_factory=list)
@@ -43,11 +44,11 @@ class MeasuredNetworks:
         return len(self.candidates)
 
 
-def _text(v) -> str | None:
+def _text(v: object) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-def read_networks_file(path: str | os.PathLike) -> MeasuredNetworks:
+def read_networks_file(path: str | os.PathLike[str]) -> MeasuredNetworks:
     """Read a measured-networks file (format above); every bad row is named in the error."""
     path = Path(path)
     if not path.exists():
@@ -59,7 +60,10 @@ def read_networks_file(path: str | os.PathLike) -> MeasuredNetworks:
     if "latency_ms" not in df.columns:
         raise PredictorError(f"{path} needs a latency_ms column (measured milliseconds per network); "
                              f"it has {list(df.columns)}")
-    cands, names, fams, targets = [], [], [], []
+    cands: list[str | list[KernelSpec]] = []
+    names: list[str] = []
+    fams: list[str] = []
+    targets: list[str | None] = []
     for i, row in enumerate(df.to_dict("records")):
         name = str(row.get("name") or f"row {i + 1}")
         if _text(row.get("onnx")):
@@ -87,9 +91,9 @@ def read_networks_file(path: str | os.PathLike) -> MeasuredNetworks:
     return MeasuredNetworks(cands, ms, names, fams, targets)
 
 
-def write_networks_file(path: str | os.PathLike, names: Sequence[str], kernel_specs: Sequence[Sequence[KernelSpec]],
+def write_networks_file(path: str | os.PathLike[str], names: Sequence[str], kernel_specs: Sequence[Sequence[KernelSpec]],
                         latency_ms: Sequence[float], families: Sequence[str] | None = None,
-                        target: str | None = None, extra: dict[str, Sequence] | None = None) -> None:
+                        target: str | None = None, extra: dict[str, Sequence[Any]] | None = None) -> None:
     """Write networks as `kernel_specs` rows (CSV), readable by `read_networks_file`."""
     df = pd.DataFrame({"name": list(names),
                        "family": list(families) if families is not None else ["measured"] * len(names),

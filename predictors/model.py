@@ -22,9 +22,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeAlias, cast
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from profiling.kernels import KINDS, KernelSpec, KernelSpecError
@@ -43,6 +44,19 @@ from .spec_cache import SpecCache
 from .tables import load_tables, network_specs, row_spec
 from .trees import TreeModel
 
+if TYPE_CHECKING:  # types only: the ONNX path's modules load lazily (onnx, networkx)
+    import onnx
+
+    from profiling.targets import Target
+
+    from .detect import Detection
+    from .reliability import Reliability
+
+    #: an ONNX model: a file or a loaded ModelProto
+    OnnxModel: TypeAlias = str | os.PathLike[str] | onnx.ModelProto
+    #: a network the graph level takes: its kernel specs or an ONNX model
+    Candidate: TypeAlias = Sequence[KernelSpec] | OnnxModel
+
 
 # ---- results ----------------------------------------------------------------------------
 @dataclass
@@ -52,8 +66,8 @@ class Prediction:
     low_ms: float
     high_ms: float
     kernel_sum_ms: float
-    kernels: list[dict] = field(default_factory=list)
-    unknown_ops: list[dict] = field(default_factory=list)
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    unknown_ops: list[dict[str, Any]] = field(default_factory=list)
     folded_ops: int = 0
     batch: int = 1  # the predictor's target batch: one run processes this many images
     # what the prediction rests on (predictors.reliability): shares of the kernel sum
@@ -61,14 +75,14 @@ class Prediction:
     extrapolated_share: float = 0.0
     unreliable: bool = False
     reliability_note: str = ""
-    unknown_by_type: dict = field(default_factory=dict)
+    unknown_by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def images_per_s(self) -> float:
         """Throughput at the target's batch: images per second of back-to-back runs."""
         return self.batch * 1000.0 / self.latency_ms if self.latency_ms > 0 else float("inf")
 
-    def to_dict(self, per_kernel: bool = False) -> dict:
+    def to_dict(self, per_kernel: bool = False) -> dict[str, Any]:
         d = {"model": self.model, "latency_ms": self.latency_ms, "low_ms": self.low_ms, "high_ms": self.high_ms,
              "kernel_sum_ms": self.kernel_sum_ms,
              "kernels": self.kernels if per_kernel else len(self.kernels),
@@ -83,7 +97,7 @@ class Prediction:
 class Predictor:
     """Kernel-level and graph-level LightGBM latency models of one target."""
 
-    def __init__(self, target: dict | None = None, fingerprint: dict | None = None, batch: int | None = None,
+    def __init__(self, target: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None, batch: int | None = None,
                  num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300,
                  graph_cv: str | None = None, real_network_weight: float = 5.0, graph_ensemble: int = 5):
         self.target = dict(target) if target else {"name": "unknown"}
@@ -110,29 +124,29 @@ class Predictor:
         self.kernels = KernelModels()
         self.graph = ChosenCorrection()  # the graph-level correction chosen by `fit_graph`
         self.graph_q: tuple[float, float] = (-0.15, 0.15)
-        self.adapters: list[dict] = []
+        self.adapters: list[dict[str, Any]] = []
         self.overhead_ms = 0.0  # per-run overhead inside every isolated kernel measurement
-        self.training: dict = {}
-        self.header: dict = {}
+        self.training: dict[str, Any] = {}
+        self.header: dict[str, Any] = {}
         self._reset_cache()
 
 
     # ---- kernel level ------------------------------------------------------------------
-    def _kparams(self, n: int) -> dict:
+    def _kparams(self, n: int) -> dict[str, Any]:
         return {"objective": "regression", "learning_rate": 0.05, "num_leaves": 31,
                 "min_data_in_leaf": max(2, min(10, n // 30)), "feature_fraction": 0.9, "lambda_l2": 0.1,
                 "num_threads": self.num_threads, "seed": self.seed, "deterministic": True, "verbose": -1,
                 "min_data_in_bin": 1}
 
 
-    def fit_kernels(self, specs: Sequence[KernelSpec], ms: np.ndarray, spread=None) -> "Predictor":
+    def fit_kernels(self, specs: Sequence[KernelSpec], ms: np.ndarray, spread: np.ndarray | None = None) -> "Predictor":
         """Per-kind kernel models; spread (p90/p10 per row, optional) enables the noise-weighted variant."""
         report = self.kernels.fit(specs, ms, spread, self.batch, self._kparams, self.kernel_rounds, self.seed)
         self.training.update(report)
         self._reset_cache()
         return self
 
-    def fit_overhead(self, candidates, ms: np.ndarray) -> None:
+    def fit_overhead(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray) -> None:
         """The per-run overhead each isolated kernel measurement includes, from measured blocks."""
         best = (math.inf, 0.0)
         floor = float(np.min(ms)) if len(ms) else 0.0
@@ -192,7 +206,7 @@ class Predictor:
         """Additive rows for new specs; blocks are expanded with profiling.builders.decompose."""
         if not pending:
             return
-        expanded = []
+        expanded: list[list[KernelSpec]] = []
         for s in pending:
             if KINDS[s.kind].category == "block":
                 try:
@@ -221,7 +235,7 @@ class Predictor:
         self._cache.append(rows, peak, kms)
 
     # ---- graph level -------------------------------------------------------------------
-    def _gparams(self, n: int) -> dict:
+    def _gparams(self, n: int) -> dict[str, Any]:
         return {"objective": "regression", "learning_rate": 0.03, "num_leaves": 7,
                 "min_data_in_leaf": max(3, min(20, n // 15)), "feature_fraction": 0.8, "bagging_fraction": 0.9,
                 "bagging_freq": 1, "lambda_l2": 1.0, "num_threads": self.num_threads, "seed": self.seed,
@@ -237,18 +251,20 @@ class Predictor:
         self._materialise(pending)
         return self._cache.sums(idx)
 
-    def graph_inputs(self, candidates) -> tuple[np.ndarray, np.ndarray]:
+    def graph_inputs(self, candidates: Sequence[Candidate]) -> tuple[np.ndarray, np.ndarray]:
         """(summed graph rows, peak activation) of candidates given as kernel-spec lists or as ONNX
         models (paths or ModelProtos; their unknown ops enter with the fallback estimate)."""
         onnx_at = [i for i, c in enumerate(candidates) if isinstance(c, (str, os.PathLike)) or hasattr(c, "graph")]
+        # the casts: kernel-spec lists are the candidates that are not ONNX models
         if not onnx_at:
-            return self._graph_inputs(candidates)
+            return self._graph_inputs(cast("Sequence[Sequence[KernelSpec]]", candidates))
         sums, peak = np.zeros((len(candidates), len(F.ADDITIVE))), np.zeros(len(candidates))
         spec_at = sorted(set(range(len(candidates))) - set(onnx_at))
         if spec_at:
-            sums[spec_at], peak[spec_at] = self._graph_inputs([candidates[i] for i in spec_at])
+            sums[spec_at], peak[spec_at] = self._graph_inputs([cast("Sequence[KernelSpec]", candidates[i])
+                                                               for i in spec_at])
         for i in onnx_at:
-            *_, s, pk = self.onnx_inputs(candidates[i])
+            *_, s, pk = self.onnx_inputs(cast("OnnxModel", candidates[i]))
             sums[i], peak[i] = s[0], pk[0]
         return sums, peak
 
@@ -257,7 +273,7 @@ class Predictor:
     GRAPH_CANDIDATES = GRAPH_CANDIDATES
     BLENDS = BLENDS
 
-    def fit_graph(self, candidates: Sequence, ms: np.ndarray, calibrate: bool = True,
+    def fit_graph(self, candidates: Sequence[Candidate], ms: np.ndarray, calibrate: bool = True,
                   families: Sequence[str] | None = None, weights: Sequence[float] | None = None) -> "Predictor":
         """Fit the graph-level correction on whole networks (kernel-spec lists or ONNX models) and their measured ms.
 
@@ -290,7 +306,7 @@ class Predictor:
         count = np.ones(len(r), np.int64) if weights is None else \
             np.maximum(1, np.rint(np.asarray(weights, float))).astype(np.int64)
 
-        def copies(mask):  # training rows: each network as often as its weight
+        def copies(mask: np.ndarray) -> np.ndarray:  # training rows: each network as often as its weight
             return np.repeat(np.flatnonzero(mask), count[mask])
 
         if len(candidates) < 5:
@@ -330,7 +346,7 @@ class Predictor:
             for a in BLENDS:
                 oofs[f"{c}+blend{a:g}"] = (1 - a) * oofs["scale"] + a * oofs[c]
 
-        def score(o):
+        def score(o: np.ndarray) -> float:
             e = np.abs(r[None, :] - o).mean(axis=0)
             if score_groups is None:
                 return float(np.average(e, weights=count))
@@ -427,7 +443,8 @@ class Predictor:
         sums, _ = self._graph_inputs(candidates)
         return self._base(sums)
 
-    def onnx_inputs(self, model_or_path):
+    def onnx_inputs(self, model_or_path: OnnxModel) -> tuple[
+            Detection, tuple[np.ndarray, np.ndarray, np.ndarray], list[dict[str, Any]], np.ndarray, np.ndarray]:
         """Detection, kernel predictions, unknown-op estimates and the summed graph inputs of an ONNX model."""
         # lazy: the ONNX path imports onnx and networkx, which the batch path of a search never needs
         from .detect import detect_kernels, rules_for
@@ -441,7 +458,7 @@ class Predictor:
                           DeploymentFormWarning, stacklevel=3)
         specs = det.specs()
         ms, lo, hi = self.kernel_ms(specs)
-        pending: list = []
+        pending: list[KernelSpec] = []
         idx = self._cache.index(specs, pending)
         if pending:  # reuse the kernel predictions just made (no second pass over the trees)
             known = {F.spec_key(s): float(m) for s, m in zip(specs, ms)}
@@ -464,7 +481,7 @@ class Predictor:
                 peak[0] = max(peak[0], out)
         return det, (ms, lo, hi), unknown, sums, peak
 
-    def predict(self, model_or_path, name: str | None = None) -> Prediction:
+    def predict(self, model_or_path: OnnxModel, name: str | None = None) -> Prediction:
         """ONNX path: detect the kernels of an ONNX model (path or ModelProto) and predict it."""
         det, (ms, lo, hi), unknown, sums, peak = self.onnx_inputs(model_or_path)
         pred, plo, phi = self._finish(sums, peak)
@@ -480,7 +497,8 @@ class Predictor:
                           len(det.folded), self.batch, rel.fallback_share, rel.extrapolated_share, rel.unreliable, rel.note,
                           rel.unknown_by_type)
 
-    def _reliability(self, det, ms, unknown: list[dict], kernel_sum_ms: float):
+    def _reliability(self, det: Detection, ms: np.ndarray, unknown: list[dict[str, Any]],
+                     kernel_sum_ms: float) -> Reliability:
         """Fallback and extrapolation shares of one ONNX prediction, and its interval's widening."""
         ext = []
         if self.kernel_ranges:
@@ -493,8 +511,9 @@ class Predictor:
         return assess(kernel_sum_ms, unknown, self.fallback.get("log_interval"), ext)
 
     # ---- sklearn-style fit on tables ---------------------------------------------------
-    def fit(self, table, metadata: dict | None = None, holdout: float = 0.0, log=None,
-            networks=None) -> "Predictor":
+    def fit(self, table: pd.DataFrame | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+            metadata: dict[str, Any] | None = None, holdout: float = 0.0, log: Callable[..., None] | None = None,
+            networks: MeasuredNetworks | str | os.PathLike[str] | None = None) -> "Predictor":
         """Fit kernel and graph models on a table (DataFrame, or path(s) to Parquet tables).
 
         `networks` (a measured-networks file or `MeasuredNetworks`, `predictors.measured`): real
@@ -548,7 +567,7 @@ class Predictor:
         self.training["table_rows"] = int(len(df))
         return self
 
-    def _real_networks(self, networks):
+    def _real_networks(self, networks: MeasuredNetworks | str | os.PathLike[str] | None) -> MeasuredNetworks:
         if networks is None:
             return MeasuredNetworks([], np.zeros(0), [], [], [])
         real = networks if isinstance(networks, MeasuredNetworks) else read_networks_file(networks)
@@ -562,7 +581,8 @@ class Predictor:
             raise PredictorError(f"measured networks without a positive latency_ms: {', '.join(bad[:5])}")
         return real
 
-    def _table(self, table, metadata):
+    def _table(self, table: pd.DataFrame | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+               metadata: dict[str, Any] | None) -> tuple[pd.DataFrame, dict[str, Any]]:
         if isinstance(table, pd.DataFrame):
             df, meta = table, metadata or {}
         else:
@@ -579,7 +599,7 @@ class Predictor:
         self._reset_cache()
         return df, meta
 
-    def network_rows(self, df: pd.DataFrame) -> list[dict]:
+    def network_rows(self, df: pd.DataFrame) -> list[dict[str, Any]]:
         nets = []
         for row in df[df["category"] == "network"].to_dict("records"):
             try:
@@ -592,7 +612,7 @@ class Predictor:
                          "family": row.get("family") or "?", "id": row.get("config_id")})
         return nets
 
-    def holdout_report(self, nets: list[dict], frac: float = 0.2) -> dict:
+    def holdout_report(self, nets: list[dict[str, Any]], frac: float = 0.2) -> dict[str, Any]:
         """Fit the graph model on (1-frac) of the networks, report accuracy on the rest.
 
         Compares a FLOPs-only fit (log-log line), the plain kernel sum and the full model.
@@ -604,7 +624,7 @@ class Predictor:
         test, train = order[:n_test], order[n_test:]
         return self.compare_on(nets, train, test)
 
-    def compare_on(self, nets: list[dict], train: np.ndarray, test: np.ndarray) -> dict:
+    def compare_on(self, nets: list[dict[str, Any]], train: np.ndarray, test: np.ndarray) -> dict[str, Any]:
         y = np.array([n["ms"] for n in nets])
         flops = np.array([max(n["flops"], 1.0) for n in nets])
         if not (flops > 1).all():
@@ -622,9 +642,9 @@ class Predictor:
                 "flops_only": metrics(y[test], flops_pred), "kernel_sum": metrics(y[test], ksum),
                 "full": metrics(y[test], pred, lo, hi)}
 
-    def _expand(self, specs):
+    def _expand(self, specs: Sequence[KernelSpec]) -> list[KernelSpec]:
         from profiling.builders import decompose  # lazy: imports onnx, which prediction from specs does not need
-        out = []
+        out: list[KernelSpec] = []
         for s in specs:
             out.extend(decompose(s) if KINDS[s.kind].category == "block" else [s])
         return out
@@ -634,7 +654,7 @@ class Predictor:
     def target_name(self) -> str:
         return str(self.target.get("name", "unknown"))
 
-    def check_target(self, target) -> None:
+    def check_target(self, target: str | dict[str, Any] | Target) -> None:
         """Refuse to predict for another target than the one the predictor was built for."""
         name = target if isinstance(target, str) else (target.get("name") if isinstance(target, dict) else target.name)
         if name != self.target_name:
@@ -643,18 +663,19 @@ class Predictor:
                                  "networks measured there (`predictors.adapt`)")
 
     # ---- persistence (predictors.persist) ---------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         save_predictor(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, num_threads: int = 1) -> "Predictor":
+    def load(cls, path: str | os.PathLike[str], num_threads: int = 1) -> "Predictor":
         return load_predictor(cls, path, num_threads)
 
     def write_tree_cache(self) -> Path | None:
         """Parse every tree model once and store the arrays: later loads of the same file skip parsing."""
         return write_tree_cache(self)
 
-    def adapt(self, candidates, ms, device: str = "new-device", **kw) -> "Predictor":
+    def adapt(self, candidates: Sequence[Candidate], ms: npt.ArrayLike, device: str = "new-device",
+              **kw: Any) -> "Predictor":
         return adapt_predictor(self, candidates, ms, device=device, **kw)
 
 

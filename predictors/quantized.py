@@ -24,6 +24,7 @@ table then gives their int8 times. What quantization changes in the structure is
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -65,7 +66,7 @@ class QuantizationInfo:
     integer_ops: int
     restored_relus: int
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"form": self.form, "qdq_nodes": self.qdq_nodes, "integer_ops": self.integer_ops,
                 "restored_relus": self.restored_relus}
 
@@ -83,7 +84,7 @@ def quantization_form(model: onnx.ModelProto) -> str | None:
     return None
 
 
-def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+def _const_values(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     vals = {t.name: t for t in model.graph.initializer}
     for n in model.graph.node:
         if n.op_type == "Constant":
@@ -93,17 +94,18 @@ def _const_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return vals
 
 
-def _array(vals, name):
+def _array(vals: Mapping[str, onnx.TensorProto], name: str) -> np.ndarray | None:
     t = vals.get(name)
     if t is None:
         return None
     try:
-        return numpy_helper.to_array(t)
+        arr: np.ndarray = numpy_helper.to_array(t)
+        return arr
     except Exception:  # external data not at hand
         return None
 
 
-def _dequantized(q: np.ndarray, scale, zero, axis: int) -> np.ndarray:
+def _dequantized(q: np.ndarray, scale: np.ndarray | None, zero: np.ndarray | None, axis: int) -> np.ndarray:
     q = q.astype(np.float32)
     if scale is None:
         return q
@@ -113,7 +115,8 @@ def _dequantized(q: np.ndarray, scale, zero, axis: int) -> np.ndarray:
         shape = [1] * q.ndim
         shape[axis % q.ndim] = scale.size
         scale, zero = scale.reshape(shape), zero.reshape(shape)
-    return (q - zero) * scale
+    out: np.ndarray = (q - zero) * scale
+    return out
 
 
 def _is_lowest_code(zero: np.ndarray | None, dtype_hint: int | None) -> bool:
@@ -149,7 +152,7 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Quantizat
             name = alias[name]
         return name
 
-    def float_weight(name: str, scale_name: str | None = None, zero_name: str | None = None, axis: int = 0):
+    def float_weight(name: str, scale_name: str | None = None, zero_name: str | None = None, axis: int = 0) -> str:
         """A float initializer for a quantized constant input (dequantized), else the tensor."""
         arr = _array(vals, name)
         if arr is None or name not in vals:
@@ -161,7 +164,7 @@ def dequantize_graph(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Quantizat
         dropped_inits.add(name)
         return out
 
-    def restore_relu(src_op: str, out: str, zero_name: str | None, scale_name: str | None, dtype: int | None):
+    def restore_relu(src_op: str, out: str, zero_name: str | None, scale_name: str | None, dtype: int | None) -> str:
         nonlocal relus
         if src_op not in _SIGNED_OPS:
             return out
@@ -291,7 +294,7 @@ class DeploymentFormWarning(UserWarning):
     """A model's form (quantized or float) differs from the precision the predictor was trained at."""
 
 
-def form_mismatch(target: dict | None, quantization: QuantizationInfo | None) -> str | None:
+def form_mismatch(target: dict[str, Any] | None, quantization: QuantizationInfo | None) -> str | None:
     """Why predicting a graph of this form with a predictor of `target` (its dict) misleads,
     or None when they agree."""
     precision = (target or {}).get("precision") or "fp32"

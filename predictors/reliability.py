@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class Reliability:
     high_extra_ms: float
     unreliable: bool
     note: str
-    unknown_by_type: dict = field(default_factory=dict)
+    unknown_by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def extrapolation(log_flops: float, log_bytes: float, rng: list[float] | None) -> float:
@@ -53,7 +54,8 @@ def extrapolation(log_flops: float, log_bytes: float, rng: list[float] | None) -
     return float(max(0.0, f0 - log_flops, log_flops - f1, b0 - log_bytes, log_bytes - b1))
 
 
-def assess(kernel_sum_ms: float, unknown: list[dict], fallback_log_interval, extrapolated: list[tuple[float, float, float, float]],
+def assess(kernel_sum_ms: float, unknown: list[dict[str, Any]],
+           fallback_log_interval: tuple[float, float] | list[float] | None, extrapolated: list[tuple[float, float, float, float]],
            unreliable_share: float = UNRELIABLE_SHARE) -> Reliability:
     """The widening and the verdict for one model.
 
@@ -63,7 +65,7 @@ def assess(kernel_sum_ms: float, unknown: list[dict], fallback_log_interval, ext
     total = max(float(kernel_sum_ms), 1e-12)
     q0, q1 = fallback_log_interval or DEFAULT_FALLBACK_LOG_INTERVAL
     fb = 0.0
-    by_type: dict[str, dict] = {}
+    by_type: dict[str, dict[str, Any]] = {}
     for u in unknown:
         est = float(u["estimate_ms"])
         u["share"] = est / total

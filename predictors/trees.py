@@ -9,7 +9,8 @@ decision_type bit 1 = default left, bits 2-3 = missing type (0 none, 1 zero, 2 N
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+import re
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -17,13 +18,31 @@ import numpy as np
 class TreeModel:
     """Parsed lazily on the first prediction, so loading a predictor file costs little."""
 
+    # set by `_parse` (declared only: until then, `__getattr__` parses on first access)
+    feat: np.ndarray
+    thr: np.ndarray
+    default_left: np.ndarray
+    missing: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    leaf: np.ndarray
+    root_nodes: np.ndarray
+    tree_depth: np.ndarray
+    children: np.ndarray
+    roots: np.ndarray
+    n_int: int
+    n_trees: int
+    depth: int
+    average_output: bool
+    has_zero_missing: bool
+
     def __init__(self, text: str, lazy: bool = True):
         self.text = text
         self._parsed = False
         if not lazy:
             self._parse()
 
-    def __getattr__(self, name):  # the parsed arrays, on first access
+    def __getattr__(self, name: str) -> Any:  # the parsed arrays, on first access
         if name.startswith("__") or self.__dict__.get("_parsed", True):
             raise AttributeError(name)
         self._parse()
@@ -33,7 +52,6 @@ class TreeModel:
         """Vectorised: each field of all trees is joined and converted by one numpy call."""
         self._parsed = True
         self.average_output = False
-        import re
         text = self.text
         end = text.find("end of trees")
         body = text if end < 0 else text[:end]
@@ -41,15 +59,17 @@ class TreeModel:
                                         re.M) is not None
         keys = ("num_leaves", "num_cat", "split_feature", "threshold", "decision_type", "left_child",
                 "right_child", "leaf_value")
-        fields = {k: [] for k in keys}
+        fields: dict[str, list[str]] = {k: [] for k in keys}
         for k, v in re.findall(r"^(" + "|".join(keys) + r")=(.*)$", body, re.M):  # one pass over the text
             fields[k].append(v)
         # single-leaf trees lack the split fields; num_cat is written for every tree
         nl = np.array(fields["num_leaves"], np.int64)
         if (np.array(fields["num_cat"], np.int64) > 0).any():
             raise ValueError("categorical splits are not supported by the numpy evaluator")
-        num = lambda k, dt: (np.fromstring(" ".join(fields[k]), dtype=float, sep=" ").astype(dt)  # noqa: E731
-                             if fields[k] else np.zeros(0, dt))
+
+        def num(k: str, dt: Any) -> np.ndarray:
+            return (np.fromstring(" ".join(fields[k]), dtype=float, sep=" ").astype(dt)
+                    if fields[k] else np.zeros(0, dt))
         self.leaf = num("leaf_value", float)
         feat, thr = num("split_feature", np.int64), num("threshold", float)
         dt = num("decision_type", np.int64)
@@ -59,7 +79,9 @@ class TreeModel:
         leaf_off = np.concatenate([[0], np.cumsum(nl)[:-1]]) if len(nl) else np.zeros(0, np.int64)
         n_int = int(n_split.sum())
         io, lo = np.repeat(int_off, n_split), np.repeat(leaf_off, n_split)
-        remap = lambda c: np.where(c >= 0, c + io, ~((~c) + lo))  # noqa: E731  (leaf L encoded as ~L)
+
+        def remap(c: np.ndarray) -> np.ndarray:  # leaf L encoded as ~L
+            return np.where(c >= 0, c + io, ~((~c) + lo))
         left, right = remap(lc), remap(rc)
         default_left, missing = (dt & 2) > 0, (dt >> 2) & 3
         self.roots = np.where(nl > 1, int_off, ~leaf_off)
@@ -67,7 +89,9 @@ class TreeModel:
         # One node array: internal nodes first, then leaves as self-loops (feature 0, threshold +inf),
         # so every row walks every tree for `depth` steps with no masking.
         n_leaf_total = len(self.leaf)
-        to_node = lambda c: np.where(c >= 0, c, n_int + (~c))  # noqa: E731
+
+        def to_node(c: np.ndarray) -> np.ndarray:
+            return np.where(c >= 0, c, n_int + (~c))
         self.feat = np.concatenate([feat, np.zeros(n_leaf_total, np.int64)])
         self.thr = np.concatenate([thr, np.full(n_leaf_total, np.inf)])
         self.default_left = np.concatenate([default_left, np.ones(n_leaf_total, bool)])
@@ -119,7 +143,7 @@ class TreeModel:
             out[rows_blk] = acc
         return out / self.n_trees if self.average_output else out
 
-    def _step(self, cur, Xf, rows, nanx):
+    def _step(self, cur: np.ndarray, Xf: np.ndarray, rows: np.ndarray, nanx: bool) -> np.ndarray:
         x = Xf.take(rows + self.feat.take(cur))
         if nanx or self.has_zero_missing:
             mt = self.missing[cur]
@@ -127,14 +151,16 @@ class TreeModel:
             x = np.where(nan & (mt != 2), 0.0, x)
             default = ((mt == 2) & nan) | ((mt == 1) & (np.abs(x) <= 1e-35))
             go_left = np.where(default, self.default_left[cur], x <= self.thr[cur])
-            return np.where(go_left, self.left[cur], self.right[cur])
-        return self.children.take(2 * cur + (x > self.thr.take(cur)))
+            nxt: np.ndarray = np.where(go_left, self.left[cur], self.right[cur])
+        else:
+            nxt = self.children.take(2 * cur + (x > self.thr.take(cur)))
+        return nxt
 
     _ARRAYS = ("feat", "thr", "default_left", "missing", "left", "right", "leaf", "root_nodes", "tree_depth",
                "children", "roots")
     _SCALARS = ("n_int", "n_trees", "depth", "average_output", "has_zero_missing")
 
-    def arrays(self) -> dict:
+    def arrays(self) -> dict[str, np.ndarray]:
         """The parsed form (numpy arrays), for `predictors.model`'s parse cache."""
         if not self._parsed:
             self._parse()
@@ -143,7 +169,7 @@ class TreeModel:
         return d
 
     @classmethod
-    def from_arrays(cls, text: str, d: dict) -> "TreeModel":
+    def from_arrays(cls, text: str, d: Mapping[str, Any]) -> "TreeModel":
         t = cls(text)
         for k in cls._ARRAYS:
             setattr(t, k, np.asarray(d[k]))
@@ -161,12 +187,11 @@ def average_models(texts: "list[str]") -> str:
     """One LightGBM model text whose prediction is the mean of the given boosted models: their
     trees side by side, each leaf value divided by the number of models (for `TreeModel`; the
     header is the first model's)."""
-    import re
     if len(texts) == 1:
         return texts[0]
     k = len(texts)
 
-    def scale(m):
+    def scale(m: re.Match[str]) -> str:
         vals = np.array(m.group(1).split(), float) / k
         return "leaf_value=" + " ".join(repr(float(v)) for v in vals)
 
