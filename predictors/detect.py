@@ -39,6 +39,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AbstractSet, Any, Sequence, TypeAlias
 
 import networkx as nx
 import numpy as np
@@ -48,6 +49,14 @@ from profiling.kernels import KernelSpec
 from profiling.onnx_stats import node_flops
 
 from .graph import FREE_OPS, OnnxGraph, load_graph
+
+if TYPE_CHECKING:
+    import onnxruntime as ort  # it ships no type hints: its types read as Any
+
+    from profiling.targets import Target
+
+#: a matched activation: (its name in the kernel vocabulary, its node indices, its output tensor)
+ActMatch: TypeAlias = tuple[str, list[int], str]
 
 
 # one-node activations, by ONNX op (Clip and PRelu look at their inputs)
@@ -64,10 +73,10 @@ class FusionRules:
     name: str
     conv_bn: bool = True
     conv_add: bool = True
-    conv_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
+    conv_acts: frozenset[str] = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
                                       "leakyrelu", "prelu", "mish", "tanh"})
     linear_bias: bool = True
-    linear_acts: frozenset = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
+    linear_acts: frozenset[str] = frozenset({"relu", "relu6", "hardswish", "hardsigmoid", "sigmoid", "silu", "gelu",
                                         "leakyrelu", "prelu", "mish", "tanh"})
     matmul_transpose: bool = True
     matmul_scale: bool = True
@@ -86,7 +95,7 @@ FUSION_RULES: dict[str, FusionRules] = {
 DEFAULT_RULES = FUSION_RULES["onnxruntime:CPUExecutionProvider"]
 
 
-def rules_for(target) -> FusionRules:
+def rules_for(target: Target | dict[str, Any] | None) -> FusionRules:
     """The fusion rules of a `profiling.targets.Target` (or its dict): its first provider."""
     if target is None:
         return DEFAULT_RULES
@@ -103,7 +112,7 @@ class DetectedKernel:
     output: str               # the tensor the kernel produces
     internal: list[str] = field(default_factory=list)  # tensors fused away inside the kernel
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"spec": self.spec.to_dict(), "nodes": self.nodes, "ops": self.ops}
 
 
@@ -113,10 +122,10 @@ class UnknownOp:
     op_type: str
     flops: float
     bytes: float
-    input_shapes: list
-    output_shapes: list
+    input_shapes: list[list[int] | None]
+    output_shapes: list[list[int] | None]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "op_type": self.op_type, "flops": self.flops, "bytes": self.bytes,
                 "input_shapes": self.input_shapes, "output_shapes": self.output_shapes}
 
@@ -134,11 +143,11 @@ class Detection:
 
 
 # ---------------------------------------------------------------------------------------
-def _numel(shape) -> int:
+def _numel(shape: Sequence[int] | None) -> int:
     return int(np.prod(shape)) if shape is not None and len(shape) else 1
 
 
-def chw(shape, batch: int) -> tuple[int, int, int]:
+def chw(shape: Sequence[int] | None, batch: int) -> tuple[int, int, int]:
     """design.md §1: c = shape[1], h = prod(shape[2:-1]), w = shape[-1], batch folded out."""
     if shape is None:
         raise _Unmapped
@@ -159,7 +168,7 @@ class _Unmapped(Exception):
 
 
 class _Detector:
-    def __init__(self, g: OnnxGraph, rules: FusionRules):
+    def __init__(self, g: OnnxGraph, rules: FusionRules) -> None:
         self.g, self.rules, self.batch = g, rules, g.batch
         self.used: set[int] = set()
         self.kernels: list[DetectedKernel] = []
@@ -167,13 +176,13 @@ class _Detector:
         self.folded: list[str] = []
 
     # ---- helpers -------------------------------------------------------------------
-    def node(self, i):
+    def node(self, i: int) -> onnx.NodeProto:
         return self.g.nodes[i]
 
-    def name(self, i):
-        return self.g.graph.nodes[i]["name"]
+    def name(self, i: int) -> str:
+        return str(self.g.graph.nodes[i]["name"])
 
-    def free_consumer(self, tensor: str, op: str | tuple | None = None):
+    def free_consumer(self, tensor: str, op: str | tuple[str, ...] | None = None) -> int | None:
         j = self.g.single_consumer(tensor)
         if j is None or j in self.used:
             return None
@@ -184,13 +193,13 @@ class _Detector:
     def is_scalar_const(self, tensor: str) -> bool:
         return self.g.is_const(tensor) and self.g.shape(tensor) is not None and _numel(self.g.shape(tensor)) == 1
 
-    def scalar(self, tensor: str):
+    def scalar(self, tensor: str) -> float | None:
         v = self.g.value(tensor) if self.g.is_const(tensor) else None
         if v is None or v.size != 1:
             return None
         return float(v.reshape(-1)[0])
 
-    def emit(self, kind: str, group: list[int], output: str, **params):
+    def emit(self, kind: str, group: list[int], output: str, **params: Any) -> None:
         spec = KernelSpec.make(kind, **params)
         internal = [t for i in group for t in self.g.nodes[i].output if t and t != output]
         self.kernels.append(DetectedKernel(spec, [self.name(i) for i in group],
@@ -198,7 +207,7 @@ class _Detector:
         self.used.update(group)
 
     # ---- activations -----------------------------------------------------------------
-    def match_act(self, t: str):
+    def match_act(self, t: str) -> ActMatch | None:
         """(act, node indices, output tensor) if an activation reads `t` and only it does."""
         g = self.g
         cons = [j for j in g.consumers.get(t, []) if j not in self.used]
@@ -240,7 +249,7 @@ class _Detector:
                 return gelu
         return None
 
-    def shared_input_gelu(self, t: str):
+    def shared_input_gelu(self, t: str) -> ActMatch | None:
         """The Erf GELU of `t` when `t` also feeds other nodes (a residual): try the consumers
         that can start the pattern (a scale by 1/sqrt2 or 0.5, the final Mul by x)."""
         g = self.g
@@ -252,11 +261,12 @@ class _Detector:
                     return m
         return None
 
-    def match_erf_gelu(self, t: str, cons: list[int]):
+    def match_erf_gelu(self, t: str, cons: list[int]) -> ActMatch | None:
         """x*0.5*(1+erf(x/sqrt2)) in any order: five nodes, one Erf, one escaping output."""
         g = self.g
         allowed = {"Div", "Mul", "Erf", "Add"}
-        group, frontier, produced = set(), list(cons), {t}
+        group: set[int] = set()
+        frontier, produced = list(cons), {t}
         while frontier and len(group) <= 5:
             j = frontier.pop()
             if j in group or j in self.used or g.nodes[j].op_type not in allowed:
@@ -270,7 +280,7 @@ class _Detector:
                         frontier.append(k)
         if len(group) != 5 or sum(g.nodes[j].op_type == "Erf" for j in group) != 1:
             return None
-        outs = set()
+        outs: set[str] = set()
         for j in group:
             for o in g.nodes[j].output:
                 if o in g.outputs or any(k not in group for k in g.consumers.get(o, [])):
@@ -291,7 +301,7 @@ class _Detector:
         group.append(j)
         return self.g.nodes[j].output[0], True
 
-    def fuse_act(self, group: list[int], out: str, allowed) -> tuple[str, str]:
+    def fuse_act(self, group: list[int], out: str, allowed: AbstractSet[str]) -> tuple[str, str]:
         """Take the activation that alone reads `out` into `group` when the rules fuse it: (act, output)."""
         m = self.match_act(out)
         if m and m[0] in allowed:
@@ -300,7 +310,7 @@ class _Detector:
         return "none", out
 
     # ---- kernels ---------------------------------------------------------------------
-    def conv(self, i):
+    def conv(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         w = g.shape(n.input[1])
         x = g.shape(n.input[0])
@@ -330,7 +340,7 @@ class _Detector:
                   w=int(x[3]) if len(x) > 3 else 1, kernel=kh, stride=int(max(strides)),
                   groups=groups, bn=bn, act=act, kernel_w=kw, dilation=int(max(dil)))
 
-    def conv_transpose(self, i):
+    def conv_transpose(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         w, x, y = g.shape(n.input[1]), g.shape(n.input[0]), g.shape(n.output[0])
         if w is None or x is None or y is None or len(x) != 4:
@@ -344,7 +354,7 @@ class _Detector:
         self.emit("conv_transpose", group, out, cin=int(w[0]), cout=int(w[1]) * groups, h=int(x[2]), w=int(x[3]),
                   kernel=int(max(ks)), stride=stride, groups=groups, bn=bn, act=act)
 
-    def pad(self, i):
+    def pad(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         x = g.shape(n.input[0])
         mode = g.attr(n, "mode", "constant")
@@ -368,7 +378,7 @@ class _Detector:
         self.emit("pad", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]), pad=max(1, max(pads)),
                   mode=mode if mode in ("constant", "reflect", "edge") else "constant")
 
-    def reduce(self, i):
+    def reduce(self, i: int) -> None:
         """ReduceL2/Sum/Max/Mean that is neither a LayerNorm's nor a global pool: a `reduce`."""
         g, n = self.g, self.g.nodes[i]
         x = g.shape(n.input[0])
@@ -392,7 +402,7 @@ class _Detector:
             raise _Unmapped
         self.emit("reduce", [i], n.output[0], op=op, c=c, h=h, w=w, axis=axis)
 
-    def instance_norm(self, i):
+    def instance_norm(self, i: int) -> None:
         """InstanceNormalization, or torch's GroupNorm around it: Reshape [b, groups, -1],
         InstanceNormalization, Reshape back, Mul and Add by per-channel constants."""
         g, n = self.g, self.g.nodes[i]
@@ -420,7 +430,7 @@ class _Detector:
         c, h, w = chw(x, self.batch)
         self.emit("groupnorm", group, out, c=c, h=h, w=w, groups=c)
 
-    def einsum(self, i):
+    def einsum(self, i: int) -> None:
         """A two-input Einsum that is a batched matrix product: [batch dims] x m x k . n x k."""
         g, n = self.g, self.g.nodes[i]
         eq = g.attr(n, "equation")
@@ -438,13 +448,13 @@ class _Detector:
         n_dims = [d for d in out if d in b and d not in a]
         k_dims = [d for d in a if d in b and d not in out]
 
-        def prod(dims):
+        def prod(dims: list[str]) -> int:
             return int(np.prod([size[d] for d in dims])) if dims else 1
         lead = prod(batch_dims)
         heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
         self.emit("einsum", [i], n.output[0], heads=max(1, heads), m=prod(m_dims), k=prod(k_dims), n=prod(n_dims))
 
-    def channel_split(self, i) -> bool:
+    def channel_split(self, i: int) -> bool:
         """Split or Slice of the channels of a 4-D tensor: a `split` or a `slice` kernel."""
         g, n = self.g, self.g.nodes[i]
         x = g.shape(n.input[0])
@@ -466,7 +476,7 @@ class _Detector:
         self.emit("slice", [i], n.output[0], c=int(x[1]), h=int(x[2]), w=int(x[3]), cout=int(y[1]))
         return True
 
-    def linear(self, i):
+    def linear(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         a, b = g.shape(n.input[0]), g.shape(n.input[1])
         if a is None or b is None or len(b) != 2:
@@ -492,7 +502,7 @@ class _Detector:
         act, out = self.fuse_act(group, out, self.rules.linear_acts)
         self.emit("linear", group, out, tokens=tokens, cin=int(cin), cout=int(cout), act=act, bias=bias)
 
-    def matmul(self, i):
+    def matmul(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         a, b = g.shape(n.input[0]), g.shape(n.input[1])
         if a is None or b is None or len(a) < 2 or len(b) < 2:
@@ -516,7 +526,7 @@ class _Detector:
         heads = lead // self.batch if lead % self.batch == 0 and lead >= self.batch else max(1, lead)
         self.emit("matmul", group, out, heads=max(1, heads), m=int(a[-2]), k=int(a[-1]), n=int(b[-1]))
 
-    def softmax(self, i):
+    def softmax(self, i: int) -> None:
         x = self.g.shape(self.g.nodes[i].input[0])
         if not x:  # unknown shape or a scalar
             raise _Unmapped
@@ -525,7 +535,7 @@ class _Detector:
         self.emit("softmax", [i], self.g.nodes[i].output[0], heads=max(1, heads),
                   m=int(x[-2]) if len(x) >= 2 else 1, n=int(x[-1]))
 
-    def layernorm(self, group, x_shape, out):
+    def layernorm(self, group: list[int], x_shape: Sequence[int] | None, out: str) -> None:
         if not x_shape:  # unknown shape or a scalar
             raise _Unmapped
         tokens = int(np.prod(x_shape[1:-1])) if len(x_shape) > 2 else 1
@@ -533,7 +543,7 @@ class _Detector:
             tokens *= x_shape[0] // self.batch
         self.emit("layernorm", group, out, tokens=max(1, tokens), dim=int(x_shape[-1]))
 
-    def reduce_mean(self, i):
+    def reduce_mean(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         x = g.shape(n.input[0])
         if x is None:
@@ -555,7 +565,7 @@ class _Detector:
         red = int(np.prod([x[a] for a in axes]))
         self.emit("global_pool", [i], n.output[0], op="avg", c=max(1, _numel(x) // self.batch // red), h=red, w=1)
 
-    def match_layernorm(self, i) -> bool:
+    def match_layernorm(self, i: int) -> bool:
         """ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div, [Mul], [Add] (opset < 17)."""
         g, n = self.g, self.g.nodes[i]
         x = n.input[0]
@@ -588,7 +598,7 @@ class _Detector:
         self.layernorm(group, g.shape(x), out)
         return True
 
-    def feeds_matmul(self, i, views: bool = False) -> bool:
+    def feeds_matmul(self, i: int, views: bool = False) -> bool:
         """Is node i a scale or a Transpose that the next activation MatMul absorbs? With `views`,
         also across Reshape-like views (torch's attention: Transpose, Reshape, then the MatMul)."""
         g = self.g
@@ -605,13 +615,13 @@ class _Detector:
             i = j
         return False
 
-    def fold(self, i) -> None:
+    def fold(self, i: int) -> None:
         """Node i runs inside another kernel that does not list it (a view merged into the view
         before it; a Transpose the MatMul absorbs across views)."""
         self.folded.append(self.name(i))
         self.used.add(i)
 
-    def is_view(self, i) -> bool:
+    def is_view(self, i: int) -> bool:
         """A node that only relabels the shape of its input: Reshape & co., or a Transpose that
         moves only axes of size 1 (`x.transpose(0, 1)` at batch 1, as torch's attention writes)."""
         n = self.g.nodes[i]
@@ -625,13 +635,13 @@ class _Detector:
         big = [a for a in range(len(shape)) if shape[a] != 1]
         return [a for a in perm if shape[a] != 1] == big
 
-    def after_view(self, i) -> bool:
+    def after_view(self, i: int) -> bool:
         """Is node i a view of a view that feeds only it? Runtimes merge such chains (ORT fuses
         consecutive Reshapes and turns size-1 Transposes into them): one layout kernel, not two."""
         src = self.g.producer.get(self.g.nodes[i].input[0])
         return src is not None and self.is_view(src) and self.g.single_consumer(self.g.nodes[src].output[0]) == i
 
-    def view(self, i) -> None:
+    def view(self, i: int) -> None:
         """A view node: a `reshape` kernel, or nothing of its own after another view."""
         if self.after_view(i):
             return self.fold(i)
@@ -639,7 +649,7 @@ class _Detector:
         c, h, w = chw(self.g.shape(n.input[0]), self.batch)
         self.emit("reshape", [i], n.output[0], c=c, h=h, w=w)
 
-    def foldable_into_matmul(self, i) -> bool:
+    def foldable_into_matmul(self, i: int) -> bool:
         n = self.g.nodes[i]
         if n.op_type == "Transpose" and self.rules.matmul_transpose:
             perm = self.g.attr(n, "perm")
@@ -656,7 +666,7 @@ class _Detector:
             return self.is_scalar_const(n.input[1]) or (n.op_type == "Mul" and self.is_scalar_const(n.input[0]))
         return False
 
-    def binary(self, i):
+    def binary(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         if self.foldable_into_matmul(i) and self.feeds_matmul(i):
             return  # the MatMul takes it (ORT's FusedMatMul alpha)
@@ -667,7 +677,7 @@ class _Detector:
         broadcast = a != b
         self.emit("elementwise", [i], n.output[0], op=op, c=c, h=h, w=w, broadcast=broadcast)
 
-    def channel_shuffle(self, i) -> bool:
+    def channel_shuffle(self, i: int) -> bool:
         g, n = self.g, self.g.nodes[i]
         x, y = g.shape(n.input[0]), g.shape(n.output[0])
         if x is None or y is None or len(x) != 4 or len(y) != 5:
@@ -682,7 +692,7 @@ class _Detector:
                   groups=int(y[1]))
         return True
 
-    def one(self, i):
+    def one(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         op = n.op_type
         if op in ("Sigmoid", "HardSigmoid", "Div", "Mul", "Add", "Erf", "Softplus"):
@@ -818,7 +828,7 @@ class _Detector:
             self.kernels = [_int8_form(k) for k in self.kernels]
         return Detection(self.kernels, self.unknown, self.folded, g.depth(), g)
 
-    def unknown_op(self, i):
+    def unknown_op(self, i: int) -> None:
         g, n = self.g, self.g.nodes[i]
         ins = [g.info.get(t) for t in n.input if t]
         outs = [g.info.get(t) for t in n.output if t]
@@ -844,7 +854,7 @@ def _int8_form(k: DetectedKernel) -> DetectedKernel:
     return k
 
 
-def detect_kernels(graph_or_model, batch: int = 1, rules: FusionRules | None = None) -> Detection:
+def detect_kernels(graph_or_model: OnnxGraph | str | os.PathLike[str] | onnx.ModelProto, batch: int = 1, rules: FusionRules | None = None) -> Detection:
     """Kernels, unknown ops and folded nodes of an ONNX model (path, ModelProto or OnnxGraph)."""
     g = graph_or_model if isinstance(graph_or_model, OnnxGraph) else load_graph(graph_or_model, batch)
     return _Detector(g, rules or DEFAULT_RULES).run()
@@ -852,7 +862,7 @@ def detect_kernels(graph_or_model, batch: int = 1, rules: FusionRules | None = N
 
 # ---- onnxruntime's own view ------------------------------------------------------------
 def _ort_session(model: onnx.ModelProto, optimized_path: str | None = None, profile_prefix: str | None = None,
-                 threads: int = 1, providers=("CPUExecutionProvider",)):
+                 threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -885,8 +895,8 @@ class FusionReport:
     ORT's optimized graph is one ORT computes separately.
     """
     kernels: int
-    conv_only_ours: dict          # {(act, residual): count} we fuse and ORT does not
-    conv_only_ort: dict           # ... and the reverse
+    conv_only_ours: dict[str, int]  # {(act, residual): count} we fuse and ORT does not
+    conv_only_ort: dict[str, int]   # ... and the reverse
     split_by_ort: list[tuple[str, str]]   # (kernel, tensor ORT keeps inside one of our groups)
     ort_nodes: int
     ort_ops: dict[str, int]
@@ -896,7 +906,7 @@ class FusionReport:
         return not self.conv_only_ours and not self.conv_only_ort and not self.split_by_ort
 
 
-def compare_with_ort(model_or_path, batch: int = 1, rules: FusionRules | None = None,
+def compare_with_ort(model_or_path: str | os.PathLike[str] | onnx.ModelProto, batch: int = 1, rules: FusionRules | None = None,
                      optimized_path: str | None = None) -> FusionReport:
     """Save ORT's ORT_ENABLE_ALL model and compare its fusions with the detected kernel groups."""
     from collections import Counter
@@ -908,7 +918,7 @@ def compare_with_ort(model_or_path, batch: int = 1, rules: FusionRules | None = 
         opt = onnx.load(path, load_external_data=False)
     alive = {_strip(t) for n in opt.graph.node for t in n.output}
     ops: dict[str, int] = {}
-    ort_conv: Counter = Counter()
+    ort_conv: Counter[tuple[str, bool]] = Counter()
     for n in opt.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
         if n.op_type in ("Conv", "FusedConv", "NhwcConv"):
@@ -918,8 +928,8 @@ def compare_with_ort(model_or_path, batch: int = 1, rules: FusionRules | None = 
                     act = a.s.decode()
             residual = len(n.input) > 3 and bool(n.input[3])
             ort_conv[(_ORT_ACTS.get(act, act.lower()), residual)] += 1
-    ours: Counter = Counter()
-    split = []
+    ours: Counter[tuple[str, bool]] = Counter()
+    split: list[tuple[str, str]] = []
     for k in det.kernels:
         if k.spec.kind in ("conv", "conv_add"):
             ours[(k.spec.params["act"], k.spec.kind == "conv_add")] += 1
@@ -932,7 +942,7 @@ def compare_with_ort(model_or_path, batch: int = 1, rules: FusionRules | None = 
     return FusionReport(len(det.kernels), only_ours, only_ort, split, len(opt.graph.node), ops)
 
 
-def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: FusionRules | None = None,
+def ort_kernel_timings(model_or_path: str | os.PathLike[str] | onnx.ModelProto, batch: int = 1, runs: int = 20, rules: FusionRules | None = None,
                        threads: int = 1) -> tuple[Detection, list[float], float]:
     """In-context times of the detected kernels from ORT's per-node profiler.
 
@@ -997,11 +1007,11 @@ def ort_kernel_timings(model_or_path, batch: int = 1, runs: int = 20, rules: Fus
         counted.setdefault(ev["name"][: -len("_kernel_time")], []).append(ev["dur"] / 1000.0)
     for name, durs in counted.items():
         ms = float(np.mean(durs[2:] if len(durs) > 2 else durs))
-        idx = kernel_of(name)
-        if idx is None:
+        kernel = kernel_of(name)
+        if kernel is None:
             unclaimed += ms
         else:
-            times[idx] += ms
+            times[kernel] += ms
     return det, times, unclaimed
 
 
