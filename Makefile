@@ -36,7 +36,7 @@ ssh-server:
 	  echo "note: no sshd and no way to install it; SSH tests will skip"
 
 # Lint and types first (seconds): ruff on the whole tree, its formatter on the formatted paths,
-# mypy as configured in pyproject.toml (strict on hwnas/ and the typed predictor modules).
+# mypy as configured in pyproject.toml (strict on hwnas/ and predictors/, lenient elsewhere).
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check hwnas
