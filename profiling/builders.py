@@ -119,10 +119,15 @@ class GraphBuilder:
         self.initializers.append(onnx.numpy_helper.from_array(arr, name))
         return name
 
-    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> str | list[str]:
+    def node(self, op: str, inputs: list[str], **attrs: Any) -> str:
+        """A node with one output; returns the output's name."""
+        return self.node_outputs(op, inputs, 1, **attrs)[0]
+
+    def node_outputs(self, op: str, inputs: list[str], n_out: int, **attrs: Any) -> list[str]:
+        """A node with `n_out` outputs (a Split); returns their names."""
         outs = [self.name(op.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=self.name("n_" + op), **attrs))
-        return outs[0] if n_out == 1 else outs
+        return outs
 
     def emit(self, kind: str, **params) -> KernelSpec:
         spec = KernelSpec.make(kind, **params)
@@ -359,8 +364,7 @@ def k_split(gb, x, shape, *, parts):
     b, c, h, w = shape
     if c % parts:
         raise KernelSpecError(f"split: c={c} must be divisible by parts={parts}")
-    outs = gb.node("Split", [x, gb.const("split", [c // parts] * parts)], n_out=parts, axis=1)
-    outs = [outs] if parts == 1 else outs
+    outs = gb.node_outputs("Split", [x, gb.const("split", [c // parts] * parts)], parts, axis=1)
     gb.emit("split", c=c, h=h, w=w, parts=parts)
     return [(o, (b, c // parts, h, w)) for o in outs]
 
@@ -520,7 +524,7 @@ def b_transformer(gb, x, shape, *, heads, mlp_ratio=4.0):
     qkv, qkv_shape = k_linear(gb, y, y_shape, cout=3 * dim)
     qkv, qkv_shape = k_reshape(gb, qkv, qkv_shape, (b, tokens, 3, heads, hd))
     qkv, qkv_shape = k_transpose(gb, qkv, qkv_shape, perm=(2, 0, 3, 1, 4))  # [3, b, heads, tokens, hd]
-    q, k, v = gb.node("Split", [qkv, gb.const("split", [1, 1, 1])], n_out=3, axis=0)
+    q, k, v = gb.node_outputs("Split", [qkv, gb.const("split", [1, 1, 1])], 3, axis=0)
     sq = gb.const("axes", [0])
     q, k, v = (gb.node("Squeeze", [t, sq]) for t in (q, k, v))
     head_shape = (b, heads, tokens, hd)

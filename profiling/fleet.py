@@ -159,7 +159,7 @@ class ActorConnection:
             pass
 
 
-def _first_line(text: str) -> str:
+def _first_line(text: object) -> str:
     lines = [line.strip() for line in str(text).splitlines() if line.strip()]
     for line in lines:  # Ray's messages start with boilerplate; the ProfilingError line is the cause
         if "ProfilingError" in line:

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import ProfilingError
 
@@ -71,12 +71,18 @@ class RunnerConnection:
         threading.Thread(target=self._pump, args=(self.proc.stdout, self._lines), daemon=True).start()
         threading.Thread(target=self._pump_err, daemon=True).start()
         try:
-            self.proc.stdin.write(base64.b64encode(runner_source().encode()).decode() + "\n")
-            self.proc.stdin.flush()
+            self._stdin.write(base64.b64encode(runner_source().encode()).decode() + "\n")
+            self._stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the process died; hello() reports why
 
     # ---- plumbing ---------------------------------------------------------------------
+    @property
+    def _stdin(self) -> IO[str]:
+        stdin = self.proc.stdin
+        assert stdin is not None  # opened with stdin=PIPE
+        return stdin
+
     @staticmethod
     def _pump(stream, q):
         for line in stream:
@@ -118,8 +124,8 @@ class RunnerConnection:
 
     def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         try:
-            self.proc.stdin.write(json.dumps(msg) + "\n")
-            self.proc.stdin.flush()
+            self._stdin.write(json.dumps(msg) + "\n")
+            self._stdin.flush()
         except (BrokenPipeError, OSError, ValueError):
             raise self._died("stopped") from None
         try:
@@ -153,9 +159,9 @@ class RunnerConnection:
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.proc.stdin.write(json.dumps({"op": "bye"}) + "\n")
-                self.proc.stdin.flush()
-                self.proc.stdin.close()
+                self._stdin.write(json.dumps({"op": "bye"}) + "\n")
+                self._stdin.flush()
+                self._stdin.close()
                 self.proc.wait(timeout=5)
             except Exception:
                 self.kill()
