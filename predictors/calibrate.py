@@ -23,9 +23,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from profiling.measure import ModelMeasurement
+    from profiling.targets import Target
+
+    from .catalog import PredictorMatch
 
 #: networks measured by default: enough for the adapter's leave-one-out choice, a few minutes
 DEFAULT_NETWORKS = 24
@@ -59,8 +65,8 @@ class CalibrationResult:
                 f"MAPE {loo.get('mape', float('nan')):.1%}")
 
 
-def closest_predictor(candidates: str | os.PathLike | Sequence[str | os.PathLike], target: str,
-                      fingerprint: dict[str, Any]):
+def closest_predictor(candidates: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], target: str,
+                      fingerprint: dict[str, Any]) -> PredictorMatch | None:
     """The predictor for `target` whose fingerprint is closest to `fingerprint`: the catalog's
     match level first, then the fewest differing identity fields, then the same CPU vendor.
     `candidates` is a folder (searched recursively) or a list of files. None when no predictor
@@ -76,7 +82,7 @@ def closest_predictor(candidates: str | os.PathLike | Sequence[str | os.PathLike
         return None
     vendor = str(fingerprint.get("cpu_model", "")).split(" ")[0].lower()
 
-    def key(m):
+    def key(m: PredictorMatch) -> tuple[int, int, bool, str]:
         fp = read_predictor_header(m.path).get("fingerprint") or {}
         same_vendor = str(fp.get("cpu_model", "")).split(" ")[0].lower() == vendor
         return (-m.level, len(diff_fingerprints(fp, fingerprint)), not same_vendor, m.path.name)
@@ -105,17 +111,17 @@ def calibration_file_name(target_name: str, fingerprint: dict[str, Any]) -> str:
 
 
 def _minutes(networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
-             seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, **_) -> float:
+             seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, **_: Any) -> float:
     """A rough duration: the timed passes plus about 0.2 s per network and pass for the session."""
     return max(1.0, networks * rounds * (seconds_per_pass + 0.2) / 60)
 
 
-def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str = "local-cpu",
-              out_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], target: str = "local-cpu",
+              out_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
               networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
               seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, seed: int = 0,
               max_flops: float = CALIBRATION_MAX_FLOPS, host: str | None = None,
-              targets_file: str | os.PathLike | None = None,
+              targets_file: str | os.PathLike[str] | None = None,
               progress: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure `networks` random networks on `target` (this machine, or `host` over SSH) and adapt
     the closest predictor to them.
@@ -145,8 +151,7 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
         fingerprint = make_fingerprint(conn.facts or {}, tgt)
     finally:
         conn.close()
-    single = isinstance(base, (str, os.PathLike)) and Path(base).is_file()
-    if single:
+    if isinstance(base, (str, os.PathLike)) and Path(base).is_file():  # a single file
         base_path, base_desc = Path(base), f"{Path(base).name} (given)"
     else:
         m = closest_predictor(base, tgt.name, fingerprint)
@@ -164,7 +169,7 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
             d = Path(tmp) / name  # the builders' weights file has one name: a folder per network
             d.mkdir()
             paths.append(materialize(build_network(spec, tgt.batch), str(d), seed=i))
-        def tick(i, n, m):
+        def tick(i: int, n: int, m: ModelMeasurement) -> None:
             say(f"  measured {i}/{n}: {names[i - 1]} {m.median_ms:.3f} ms")
         try:  # interleaved: `rounds` passes of `seconds_per_pass` per network (profiling.interleave)
             measured = measure_models(paths, tgt, host=host, targets_file=targets_file, passes=rounds,
@@ -181,9 +186,12 @@ def calibrate(base: str | os.PathLike | Sequence[str | os.PathLike], target: str
         "rounds": int(rounds), "seconds_per_pass": float(seconds_per_pass), "seed": int(seed),
         "measured_ms": ms.tolist(), "base_ms": np.asarray(base_ms).tolist(), "names": names})
     new.training["calibration"]["seconds"] = round(time.time() - t_start, 1)  # measuring and adapting
-    path = None
-    if out is not None or out_dir is not None:
-        path = Path(out) if out is not None else Path(out_dir).expanduser() / calibration_file_name(tgt.name, fingerprint)
+    path: Path | None = None
+    if out is not None:
+        path = Path(out)
+    elif out_dir is not None:
+        path = Path(out_dir).expanduser() / calibration_file_name(tgt.name, fingerprint)
+    if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         new.save(path)
     return CalibrationResult(new, path, base_path, base_desc, names, ms.tolist(),
@@ -201,16 +209,16 @@ def default_cache() -> Path:
     return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas")) / "predictors"
 
 
-def machine_fingerprint(target) -> dict[str, Any]:
+def machine_fingerprint(target: Target) -> dict[str, Any]:
     """This machine's fingerprint for `target` (a `profiling.targets.Target`)."""
     from profiling.fingerprint import local_fingerprint
     return local_fingerprint(target)
 
 
-def predictor_for_this_machine(shipped: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
+def predictor_for_this_machine(shipped: str | os.PathLike[str] | None = None, cache: str | os.PathLike[str] | None = None,
                                target: str = "local-cpu", progress: Callable[[str], None] | None = None,
-                               tables: str | os.PathLike | None = None, fingerprint: dict[str, Any] | None = None,
-                               **calibrate_kw) -> tuple[Path, str]:
+                               tables: str | os.PathLike[str] | None = None, fingerprint: dict[str, Any] | None = None,
+                               **calibrate_kw: Any) -> tuple[Path, str]:
     """(predictor file, how it was chosen, in words) for `target` on this machine. What `search`,
     `make demo` and `predict-latency` (its automatic choice) use, so the three choose the same file:
 
@@ -269,7 +277,7 @@ def predictor_for_this_machine(shipped: str | os.PathLike | None = None, cache: 
     return cached, f"calibrated on this machine now from {res.base.name}: {cached}"
 
 
-def predictor_from_table(tables: str | os.PathLike, cache: str | os.PathLike, target: str, fingerprint_hash: str,
+def predictor_from_table(tables: str | os.PathLike[str], cache: str | os.PathLike[str], target: str, fingerprint_hash: str,
                          progress: Callable[[str], None] | None = None) -> Path | None:
     """A predictor trained (once, cached in `cache`) from the largest table of `target` under
     `tables` measured on this machine (its name ends in the fingerprint hash; it may still be
