@@ -47,15 +47,20 @@ def agreement(runs: list[dict]) -> dict:
 
 
 def table(runs: list[dict]) -> str:
-    rows = ["| run | chosen | measured speed-up (95% interval) | budget ms | test acc. % | wall s | exit |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| run | chosen | measured speed-up (95% interval) | budget ms | finalists kept/measured (undecided at the cap) "
+            "| test acc. % | wall s | exit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(runs, 1):
         sp = r.get("measured_speedup") or {}
         speed = (f"{sp['speedup']:.2f}x ({sp['speedup_low']:.2f}-{sp['speedup_high']:.2f})" if sp else
                  f"{r['speedup']:.2f}x (not measured)" if r.get("speedup") else "—")
         acc = (r.get("trained") or {}).get("chosen", {}).get("test_accuracy")
         budget = r.get("budget_ms")
+        fin = [f for f in r.get("finalists") or [] if f.get("ratio") is not None]
+        kept = sum(f.get("dropped") is None for f in fin)
+        undecided = sum(not f.get("clear") for f in fin)
         rows.append(f"| {i} | `{r.get('chosen')}` | {speed} | {'—' if budget is None else f'{budget:.3f}'} | "
+                    f"{kept}/{len(fin)} ({undecided}) | "
                     f"{'—' if acc is None else f'{acc:.2f}'} | {r.get('wall_seconds', 0):.0f} | "
                     f"{r.get('exit_code')} |")
     return "\n".join(rows)
