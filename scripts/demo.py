@@ -165,7 +165,7 @@ def main(out, baseline, speedup, predictor, image_size, population, generations,
     summary.update(trained=trained, seconds=ph.seconds, total_seconds=round(ph.elapsed(), 1))
     (out_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     report(summary, res, out_dir, train_commands(f"{out_dir}/best.json", base.spec, "digits", str(out_dir), image_size,
-                                                 train_epochs))
+                                                 max(30, train_epochs)))
 
 
 def train_phases(ph: Phases, res, base, epochs: int, image_size: int, seed: int) -> dict[str, dict]:
@@ -220,7 +220,7 @@ def report(s: dict, res, out_dir: Path, train_cmds: list[str]) -> None:
                + ("best.onnx, best.pt, trained-best/, " if s.get("chosen") else "") + "demo.json")
     click.echo("next:")
     if s.get("chosen") is not None:
-        click.echo(f"  {train_cmds[0]}   # (the choice, again)")
+        click.echo(f"  {train_cmds[0]}   # the choice, trained longer")
         if "baseline" not in s.get("trained", {}):
             click.echo(f"  {train_cmds[1]}")
     click.echo("  search --baseline resnet56 --speedup 3 --data ./your-images   # your data, your baseline")
