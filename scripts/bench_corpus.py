@@ -22,6 +22,22 @@ command so the measurement can hold the quiet-machine lock alone (docs/benchmark
 each as % within ±10%, median |error|, max |error| and (where it has one) 80%-interval
 coverage, plus the reproducibility of the ground truth (runs A vs B within ±5% / ±10%).
 Results go to `<corpus>/bench/` as JSON.
+
+The same benchmark in another deployment form (issue 16): `derive` writes a copy of the corpus
+quantized (`--precision int8`: the product's quantizer, as an int8 target runs it) or with a
+dynamic batch axis (`--batch 32`, optionally a subset that fits `--minutes` of measurement); the
+copy's `derived.json` holds its form and the models that could not be converted, and `measure`
+and `evaluate` refuse a target or table of another form. `compare` reports the Spearman rank
+correlation of the fp32 batch-1 latencies with the other form's:
+
+    python -m scripts.bench_corpus derive --corpus /work/corpus --out /work/corpus_int8 --precision int8
+    python -m scripts.bench_corpus derive --corpus /work/corpus --out /work/corpus_b32 --batch 32 --minutes 7 --passes 4
+    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus_int8 \
+        --target local-cpu-int8 --run A
+    flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus_b32 \
+        --target local-cpu-b32 --run A --passes 4 --min-runs 1 --max-models 10
+    python -m scripts.bench_corpus evaluate --corpus /work/corpus_int8 --table INT8_TABLE.parquet
+    python -m scripts.bench_corpus compare --corpus /work/corpus --other /work/corpus_int8
 """
 from __future__ import annotations
 
