@@ -222,13 +222,25 @@ GRAPH_FEATURES = ("log_sum_ms", "log_flops", "log_bytes", "log_params", "n_kerne
                   "share_layout_break", "n_layout_break", "layout_break_io_share")
 _GI = {g: i for i, g in enumerate(GROUPS)}
 _LB0 = ADDITIVE.index("ms_layout_break")
-#: onnxruntime's NCHWc channel block on AVX-512 (MlasNchwcGetBlockSize; 8 on AVX2)
+#: onnxruntime's NCHWc channel block on AVX-512 (MlasNchwcGetBlockSize; 8 on AVX2): the default
+#: when a predictor's fingerprint does not name its CPU flags (the shipped tables are AVX-512's)
 NCHWC_BLOCK = 16
 #: channel counts ORT pads up to the block only from a multiple of this (ShuffleNetV2-1.0's 58, an SE's 22 do not)
 NCHWC_CHANNEL_ALIGN = 4
 
 
-def layout_break(spec: KernelSpec) -> bool:
+def nchwc_block(fingerprint: Mapping[str, Any] | None) -> int:
+    """onnxruntime's NCHWc channel block on the machine a fingerprint describes: 16 with AVX-512F,
+    8 without it (AVX2: the AMD EPYC Zen 3 class, where RegNet's width-8 groups stay in NCHWc, all
+    44 convs of regnetx_002 checked in ORT 1.32's optimized graph), `NCHWC_BLOCK` when its CPU
+    flags are unknown."""
+    flags = str((fingerprint or {}).get("cpu_flags") or "").split()
+    if not flags:
+        return NCHWC_BLOCK
+    return 16 if "avx512f" in flags else 8
+
+
+def layout_break(spec: KernelSpec, block: int = NCHWC_BLOCK) -> bool:
     """Whether onnxruntime's CPU provider runs this kernel outside its blocked NCHWc layout
     (a conv it cannot block, or a squeeze-and-excitation gate, around which it reorders).
 
@@ -236,7 +248,7 @@ def layout_break(spec: KernelSpec) -> bool:
     before it and back after it, which a kernel measured alone never pays, while a conv measured
     alone pays the reorders that a network saves. Checked against ORT's optimized graphs, the
     convs that cannot: a grouped, not depthwise, conv whose group width is not a multiple of the
-    block (RegNet's width-8 groups); a depthwise conv whose channels are not a multiple of 4; a
+    block (RegNet's width-8 groups on AVX-512); a depthwise conv whose channels are not a multiple of 4; a
     group=1 conv with at least a block of input channels that are not a multiple of 4
     (ShuffleNetV2-1.0's 58-channel branch, EfficientNet's 22-channel SE expansion). Channel
     counts that are a multiple of 4 are padded up to the block.
@@ -250,12 +262,13 @@ def layout_break(spec: KernelSpec) -> bool:
     if g == cin and g > 1:  # depthwise: channels padded to the block, but only from a multiple of 4
         return bool(cin % NCHWC_CHANNEL_ALIGN != 0)
     if g <= 1:  # a few input channels (an image) have their own NCHW-input kernel
-        return bool(cin >= NCHWC_BLOCK and cin % NCHWC_CHANNEL_ALIGN != 0)
-    return bool((cin // g) % NCHWC_BLOCK != 0 or (p["cout"] // g) % NCHWC_BLOCK != 0)
+        return bool(cin >= block and cin % NCHWC_CHANNEL_ALIGN != 0)
+    return bool((cin // g) % block != 0 or (p["cout"] // g) % block != 0)
 
 
-def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarray, float]:
-    """The additive row of a kernel (given its predicted ms) and its output size (for the max)."""
+def additive_row(spec: KernelSpec, ms: float, batch: int = 1, block: int = NCHWC_BLOCK) -> tuple[np.ndarray, float]:
+    """The additive row of a kernel (given its predicted ms) and its output size (for the max);
+    `block` is the machine's NCHWc channel block (`nchwc_block`)."""
     flops, params, nbytes, _, out = spec_stats(spec, batch)
     g = _GI[spec_group(spec)]
     branch = float(spec.kind in ("conv_add", "concat") or
@@ -268,7 +281,7 @@ def additive_row(spec: KernelSpec, ms: float, batch: int = 1) -> tuple[np.ndarra
     row[:7] = (ms, flops, nbytes, params, counted, branch, counted * float(ms < 0.01))
     row[7 + g] = ms
     row[7 + len(GROUPS) + g] = counted
-    if layout_break(spec):
+    if layout_break(spec, block):
         row[_LB0:_LB0 + 3] = (ms, 1.0, nbytes - 4.0 * params)
     return row, out
 
@@ -299,4 +312,4 @@ def graph_features(sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
 
 __all__ = ["KERNEL_FEATURES", "KERNEL_KINDS", "GROUPS", "GRAPH_FEATURES", "ADDITIVE", "spec_stats", "spec_group",
            "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features",
-           "layout_break", "NCHWC_BLOCK", "NCHWC_CHANNEL_ALIGN"]
+           "layout_break", "nchwc_block", "NCHWC_BLOCK", "NCHWC_CHANNEL_ALIGN"]

@@ -223,11 +223,12 @@ class Predictor:
         ms = np.maximum(ms - self.overhead_ms, 0.1 * ms)  # the network pays the run overhead once
         rows = np.zeros((len(pending), len(F.ADDITIVE)))
         peak = np.zeros(len(pending))
+        block = F.nchwc_block(self.fingerprint)
         kms = np.zeros(len(pending))
         j = 0
         for i, ks in enumerate(expanded):
             for k in ks:
-                r, o = F.additive_row(k, float(ms[j]), self.batch)
+                r, o = F.additive_row(k, float(ms[j]), self.batch, block)
                 rows[i] += r
                 peak[i] = max(peak[i], o)
                 kms[i] += ms[j]
@@ -355,7 +356,9 @@ class Predictor:
         err = {c: score(o) for c, o in oofs.items()}
         best = min(oofs, key=lambda c: (err[c], c))
         oof = oofs[best][0]
-        self.graph_q = conformal_interval(r - oof)
+        # the interval counts each network as often as its weight, like the fit and the selection:
+        # the real architectures a user measured set it more than the table's random networks
+        self.graph_q = conformal_interval(np.repeat(r - oof, count))
         base = self._base(sums)
         self.training["graph_cv"] = {c: {"mean_abs_log_err": err[c], **metrics(ms, base * np.exp(oofs[c][0]))}
                                      for c in oofs}

@@ -194,11 +194,16 @@ def _cpu_has(flag: str) -> bool:
         return False
 
 
-@pytest.mark.skipif(not _cpu_has("avx512f"), reason="the NCHWc block of 16 channels is AVX-512's (8 on AVX2)")
+@pytest.mark.skipif(not (_cpu_has("avx512f") or _cpu_has("avx2")), reason="onnxruntime's NCHWc layout is x86's (AVX2, AVX-512)")
 def test_layout_break_feature_matches_onnxruntimes_nchwc_choice(tmp_path):
-    """`features.layout_break` says which convs onnxruntime leaves outside NCHWc; ORT's optimized graph agrees."""
+    """`features.layout_break` says which convs onnxruntime leaves outside NCHWc on this machine (its block of
+    16 channels on AVX-512, 8 on AVX2, from the fingerprint's CPU flags); ORT's optimized graph agrees."""
     import onnxruntime as ort
-    from predictors.features import layout_break
+    from predictors.features import layout_break, nchwc_block
+    from profiling.fingerprint import local_fingerprint
+    from profiling.targets import get_target
+    block = nchwc_block(local_fingerprint(get_target("local-cpu")))
+    assert block == (16 if _cpu_has("avx512f") else 8)
     from profiling.builders import build_model, materialize
     from profiling.kernels import KernelSpec
     cases = [(24, 24, 3), (56, 56, 7), (48, 48, 3), (64, 64, 2), (96, 96, 4), (24, 24, 24), (40, 40, 40),
@@ -217,7 +222,7 @@ def test_layout_break_feature_matches_onnxruntimes_nchwc_choice(tmp_path):
         ort.InferenceSession(materialize(build_model(spec, 1), str(d)), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(str(d / "opt.onnx"), load_external_data=False)
         nchwc = any(n.op_type == "Conv" and "nchwc" in n.domain for n in opt.graph.node)
-        assert layout_break(spec) == (not nchwc), (cin, cout, g)
+        assert layout_break(spec, block) == (not nchwc), (cin, cout, g, block)
 
 
 def test_torch_attention_transposes_match_what_onnxruntime_runs(tmp_path):
