@@ -99,7 +99,8 @@ class Predictor:
 
     def __init__(self, target: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None, batch: int | None = None,
                  num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300,
-                 graph_cv: str | None = None, real_network_weight: float = 5.0, graph_ensemble: int = 5):
+                 graph_cv: str | None = None, real_network_weight: float = 5.0, graph_ensemble: int = 5,
+                 graph_candidates: Sequence[str] | None = None):
         self.target = dict(target) if target else {"name": "unknown"}
         self.fingerprint = dict(fingerprint or {})
         self.batch = int(batch or self.target.get("batch", 1) or 1)
@@ -121,6 +122,12 @@ class Predictor:
         self.real_network_weight = float(real_network_weight)
         if self.graph_cv not in ("family", "random"):
             raise PredictorError(f"graph_cv must be 'family' or 'random', not {self.graph_cv!r}")
+        # the GRAPH_CANDIDATES names fit_graph may choose from (None: all of them); a family-held-out
+        # selection over many families is affordable with the closed-form corrections only
+        self.graph_candidates = None if graph_candidates is None else list(graph_candidates)
+        unknown = sorted(set(self.graph_candidates or ()) - set(GRAPH_CANDIDATES))
+        if unknown:
+            raise PredictorError(f"graph_candidates: unknown {unknown}; choose among {sorted(GRAPH_CANDIDATES)}")
         self.kernels = KernelModels()
         self.graph = ChosenCorrection()  # the graph-level correction chosen by `fit_graph`
         self.graph_q: tuple[float, float] = (-0.15, 0.15)
@@ -333,6 +340,10 @@ class Predictor:
         names = [c for c, (t, _) in GRAPH_CANDIDATES.items() if t != "lgbm" or n >= 40]
         if self.graph_cv == "random":
             names = [c for c in ("sum", "scale", "ridge", "lgbm") if c in names]
+        if getattr(self, "graph_candidates", None):  # files saved before the parameter lack it
+            names = [c for c in names if c in self.graph_candidates] or ["scale"]
+        if "scale" not in names:
+            names.append("scale")  # the blends' anchor
         oofs = {c: np.zeros((len(splits), n)) for c in names}
         for rep, folds in enumerate(splits):
             for tr in folds:

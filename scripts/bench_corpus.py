@@ -399,6 +399,65 @@ def compare(corpus, other, runs, other_runs, json_out):
     click.echo(f"wrote {path}")
 
 
+def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[str]) -> dict:
+    """Where the kernel sum's error comes from, per kernel kind: the kind's share of the kernel sum, the
+    share of its time on kernels outside the table's range for the kind, and its in-sample scale
+    (measured ms ~ sum over kinds of w_kind x the kind's kernel sum, non-negative, relative least
+    squares) divided by the common scale: a kind whose kernel models misfit real networks stands
+    out as far from 1. With `kernels` run: per kind, the in-context time (onnxruntime's profiler)
+    over the predicted time of the same kernels, median and share within ±10%."""
+    import math
+
+    from scipy.optimize import nnls
+
+    from predictors import features as F
+    from predictors.reliability import extrapolation
+    kinds = sorted({k.spec.kind for det, *_ in inputs for k in det.kernels})
+    K, X, C = (np.zeros((len(inputs), len(kinds))) for _ in range(3))
+    fallback = np.zeros(len(inputs))
+    for i, (det, (ms, _, _), unknown, _, _) in enumerate(inputs):
+        for k, m in zip(det.kernels, ms):
+            j = kinds.index(k.spec.kind)
+            K[i, j] += m
+            C[i, j] += 1
+            st = F.spec_stats(k.spec, base.batch)
+            if extrapolation(math.log(max(st[0], 1.0)), math.log(max(st[2], 1.0)),
+                             base.kernel_ranges.get(k.spec.kind)) > 0:
+                X[i, j] += m
+        fallback[i] = sum(u["estimate_ms"] for u in unknown)
+    total = K.sum(1) + fallback
+    common = float(np.median(y / total))
+    w, _ = nnls(np.column_stack([K, fallback]) / y[:, None], np.ones(len(y)))
+    fit = np.column_stack([K, fallback]) @ w
+    out: dict = {"common_scale": common, "fallback_share_mean": float(np.mean(fallback / total)),
+                 "fallback_share_max": float(np.max(fallback / total)),
+                 "per_kind_scale_fit": _stats(y, fit), "one_scale_fit": _stats(y, total * common), "kinds": {}}
+    ctx_path = _bench_dir(corpus) / "kernels_in_context.json"
+    in_ctx = json.loads(ctx_path.read_text())["models"] if ctx_path.exists() else {}
+    for j, kind in enumerate(kinds):
+        used = C[:, j] > 0
+        out["kinds"][kind] = {"models": int(used.sum()), "kernels": int(C[:, j].sum()),
+                              "share_mean": float(np.mean(K[:, j] / total)),
+                              "share_max": float(np.max(K[:, j] / total)),
+                              "extrapolated_share": float(X[:, j].sum() / max(K[:, j].sum(), 1e-12)),
+                              "scale_vs_common": float(w[j] / common) if used.sum() >= 3 else None}
+    if in_ctx:  # predicted vs in-context per kernel (the same detection: kernels in the same order)
+        ratios: dict[str, list[float]] = {}
+        for (det, (ms, _, _), *_), n in zip(inputs, names):
+            got = in_ctx.get(n, {}).get("kernels", [])
+            if len(got) != len(det.kernels):
+                continue
+            for k, m, g in zip(det.kernels, ms, got):
+                if g["ms"] > 0 and m > 0:
+                    ratios.setdefault(k.spec.kind, []).append(g["ms"] / m)
+        for kind, rs in ratios.items():
+            a = np.array(rs)
+            out["kinds"].setdefault(kind, {}).update(
+                in_context_over_predicted=float(np.median(a)), in_context_n=int(len(a)),
+                in_context_within10_of_median=float(np.mean(np.abs(a / np.median(a) - 1) <= 0.10)))
+    return out
+
+
 @main.command()
 @click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--table", "tables", multiple=True, type=click.Path(exists=True),
@@ -414,8 +473,13 @@ def compare(corpus, other, runs, other_runs, json_out):
 @click.option("--kernels-from", type=click.Path(exists=True),
               help="A predictor already trained on --table: reuse its kernel models (skips the kernel fit; the "
                    "graph correction is refitted per held-out family all the same).")
+@click.option("--graph-candidates", default=None,
+              help="Comma-separated GRAPH_CANDIDATES (predictors/corrections.py) the graph correction is chosen "
+                   "from (default: all that --graph-cv allows); e.g. the closed-form ones make --graph-cv family "
+                   "affordable over 49 families.")
 @click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
-def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ensemble, kernels_from, json_out):
+def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
+             json_out):
     """Predict every corpus model and report accuracy, each family held out in turn."""
     from predictors import Predictor
     corpus = Path(corpus)
@@ -427,7 +491,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
     paths = [str(corpus / r["onnx"]) for r in rows]
     y = np.array([truth[n] for n in names])
     report: dict = {"models": len(rows), "families": len(set(fam)), "form": _form(corpus), "reproducibility": repro,
-                    "rows": {}}
+                    "rows": {}, "settings": {"runs": runs, "network_weight": network_weight, "graph_cv": graph_cv,
+                                             "graph_ensemble": graph_ensemble, "graph_candidates": graph_candidates}}
     click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
     if repro:
         click.echo(f"reproducibility (run {repro['runs'][0]} vs {repro['runs'][1]}): {repro['within5']:.1%} within "
@@ -463,9 +528,11 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
         if kernels_from:
             base = Predictor.load(kernels_from)
             base.graph_cv, base.real_network_weight, base.adapters = graph_cv, network_weight, []
+            base.graph_candidates = graph_candidates.split(",") if graph_candidates else None
             report["kernels_from"] = str(kernels_from)
         else:
-            base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight)
+            base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight,
+                             graph_candidates=graph_candidates.split(",") if graph_candidates else None)
             base.fit(list(tables))
             click.echo(f"trained on {', '.join(tables)} in {time.time() - t0:.0f}s", err=True)
         _check_form(corpus, base.target.get("precision", "fp32"), base.batch,
@@ -507,6 +574,7 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
             report["rows"]["table_family_out_reliable_only"] = _stats(y[reliable], pred_a[reliable], lo_a[reliable],
                                                                       hi_a[reliable])
         report["table"] = list(tables)
+        report["kinds"] = _kind_report(base, [inputs[x] for x in paths], y, corpus, names)
         for i, n in enumerate(names):
             per_model[n].update(predicted_ms=float(pred_a[i]), low_ms=float(lo_a[i]), high_ms=float(hi_a[i]),
                                 kernel_sum_ms=float(ksum[i]), fallback_share=float(fallback[i]),
@@ -539,6 +607,19 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
     for k, lab in labels.items():
         if k in report["rows"]:
             click.echo(_fmt(lab, report["rows"][k]))
+    if "kinds" in report:
+        kr = report["kinds"]
+        click.echo(f"per kernel kind (c): common scale measured/kernel sum {kr['common_scale']:.3f}; fallback share "
+                   f"mean {kr['fallback_share_mean']:.2%}, max {kr['fallback_share_max']:.2%}; one scale "
+                   f"{kr['one_scale_fit']['within10']:.1%} within ±10%, a scale per kind (in-sample) "
+                   f"{kr['per_kind_scale_fit']['within10']:.1%}")
+        for kind, s in sorted(kr["kinds"].items(), key=lambda kv: -kv[1].get("share_mean", 0)):
+            sc = s.get("scale_vs_common")
+            ic = s.get("in_context_over_predicted")
+            click.echo(f"  {kind:16s} in {s.get('models', 0):3d} models, share mean {s.get('share_mean', 0):6.1%} "
+                       f"max {s.get('share_max', 0):6.1%}, outside the table's range {s.get('extrapolated_share', 0):6.1%}"
+                       + (f", scale/common {sc:5.2f}" if sc is not None else "")
+                       + (f", in-context/predicted {ic:5.2f} (n={s['in_context_n']})" if ic is not None else ""))
     if "per_family" in report:
         click.echo("per family (a):")
         for f, s in report["per_family"].items():

@@ -339,6 +339,48 @@ def test_graph_correction_is_selected_by_leave_one_family_out_cv(trained, table,
         _restore_graph_state(p, saved)
 
 
+def test_graph_candidates_restrict_the_choice_and_weights_set_the_interval(trained, table):
+    """`graph_candidates` limits what fit_graph chooses from (the closed-form corrections make a
+    family-held-out choice over many families affordable); unknown names are refused; a network's
+    weight counts in the conformal interval as in the fit (weights of 1 leave it unchanged)."""
+    from predictors.tables import load_tables
+    p, _ = trained
+    nets = p.network_rows(load_tables([table])[0])
+    specs, ms = [n["specs"] for n in nets], np.array([n["ms"] for n in nets])
+    with pytest.raises(PredictorError, match="graph_candidates: unknown"):
+        Predictor(graph_candidates=["ridge", "no-such-correction"])
+    saved = _graph_state(p)
+    kept = (p.graph_cv, p.graph_candidates)
+    try:
+        p.graph_cv, p.graph_candidates = "family", ["ridge_share@0.3", "group_scale@0.003"]
+        p.fit_graph(specs, ms)
+        base_choices = {c.partition("+blend")[0] for c in p.training["graph_cv"]}
+        assert base_choices == {"ridge_share@0.3", "group_scale@0.003", "scale"}
+        assert p.training["graph_choice"].partition("+blend")[0] in base_choices
+        q_plain = p.graph_q
+        p.fit_graph(specs, ms, weights=[1.0] * len(specs))
+        assert p.graph_q == q_plain
+        # ten times the weight on the network slowest against its kernel sum: the interval moves
+        w = np.ones(len(specs))
+        w[int(np.argmax(np.log(ms / p.kernel_sum_specs(specs))))] = 10
+        p.fit_graph(specs, ms, weights=list(w))
+        assert p.graph_q != q_plain
+    finally:
+        p.graph_cv, p.graph_candidates = kept
+        _restore_graph_state(p, saved)
+
+
+def test_nchwc_block_follows_the_fingerprints_cpu_flags():
+    """onnxruntime blocks NCHWc by 16 channels with AVX-512F and by 8 on AVX2; unknown flags keep 16."""
+    from predictors.features import NCHWC_BLOCK, layout_break, nchwc_block
+    from profiling.kernels import KernelSpec
+    assert nchwc_block({"cpu_flags": "sse4_2 avx avx2 fma"}) == 8
+    assert nchwc_block({"cpu_flags": "avx2 avx512f avx512bw"}) == 16
+    assert nchwc_block({}) == nchwc_block(None) == NCHWC_BLOCK == 16
+    regnet = KernelSpec.make("conv", cin=24, cout=24, h=14, w=14, kernel=3, stride=1, groups=3)  # groups of 8
+    assert layout_break(regnet, 16) and not layout_break(regnet, 8)
+
+
 def test_candidate_cache_follows_graph_refits(trained):
     from profiling.networks import network_kernels, sample_network
     p, _ = trained
