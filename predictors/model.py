@@ -340,8 +340,9 @@ class Predictor:
         names = [c for c, (t, _) in GRAPH_CANDIDATES.items() if t != "lgbm" or n >= 40]
         if self.graph_cv == "random":
             names = [c for c in ("sum", "scale", "ridge", "lgbm") if c in names]
-        if getattr(self, "graph_candidates", None):  # files saved before the parameter lack it
-            names = [c for c in names if c in self.graph_candidates] or ["scale"]
+        allowed: list[str] | None = getattr(self, "graph_candidates", None)  # files saved before it lack it
+        if allowed:
+            names = [c for c in names if c in allowed] or ["scale"]
         if "scale" not in names:
             names.append("scale")  # the blends' anchor
         oofs = {c: np.zeros((len(splits), n)) for c in names}
