@@ -112,3 +112,16 @@ def test_the_batched_subset_rule_takes_each_familys_fastest_model_first():
     chosen = bench_corpus._b32_subset(rows, ms, 8, minutes, 1, 0.01)
     # each family's fastest first (c1 does not fit), then the rest fastest first until the time is spent
     assert [r["name"] for r in chosen] == ["a1", "b1", "a2"]
+
+
+def test_qdq_boundaries_are_counted_from_the_quantized_graphs(corpus, tmp_path):
+    paths = []
+    for n in ("a8", "b24"):
+        onnx.save(quantize(str(corpus / f"{n}.onnx")), str(tmp_path / f"{n}.onnx"))
+        paths.append(str(tmp_path / f"{n}.onnx"))
+    y, pred = np.array([1.0, 2.0]), np.array([0.9, 1.5])
+    out = bench_corpus._qdq_residuals(paths, [4, 6], y, pred)
+    q = np.array(out["qdq_nodes"], float)
+    assert (q > 0).all() and out["median_qdq_per_kernel"] == pytest.approx(np.median(q / [4, 6]))
+    # the least-squares cost per node of the miss (measured - predicted), no intercept
+    assert out["ms_per_qdq_node_of_the_miss"] == pytest.approx(q @ (y - pred) / (q @ q))
