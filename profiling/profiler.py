@@ -35,7 +35,7 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal, cast
 
 import numpy as np
 
@@ -50,6 +50,9 @@ from .onnx_stats import model_stats
 from .table import TableWriter, utc_now
 from .targets import Target, TargetError, get_target
 from .transport import RunnerConnection, check_device, local_runner, measure_payload, session_options, ssh_runner
+
+if TYPE_CHECKING:
+    from .fleet import ActorConnection
 
 # A compute-bound and a memory-bound sentinel: a neighbour that competes for the shared
 # cache or memory bus slows the second one even when the first does not notice.
@@ -115,7 +118,7 @@ class Job:
 
 
 class _RunnerState:
-    def __init__(self, conn: RunnerConnection, label: str):
+    def __init__(self, conn: RunnerConnection | ActorConnection, label: str):
         self.conn = conn
         self.label = label
         self.baseline: dict[str, float] = {}
@@ -217,11 +220,11 @@ class Profiler:
     def _connect(self) -> list[_RunnerState]:
         if self.ray_address is not None:
             from .fleet import start_fleet
-            conns, self._fleet_shutdown = start_fleet(
+            actors, self._fleet_shutdown = start_fleet(
                 self.target, self.ray_address, self.hosts, remote_python=self.remote_python,
                 ssh_config=self.ssh_config, runner_python=self.runner_python,
                 warn=lambda message: self.progress("note", message=message))
-            return [_RunnerState(c, c.label) for c in conns]  # type: ignore[arg-type]
+            return [_RunnerState(a, a.label) for a in actors]
         if not self.hosts:
             try:
                 self.target.check_local_support()
@@ -256,7 +259,7 @@ class Profiler:
                 if c is not None:
                     c.kill()
             raise ProfilingError("\n".join(failed))
-        return [_RunnerState(c, c.label) for c in conns]  # type: ignore[union-attr]
+        return [_RunnerState(c, c.label) for c in conns]  # type: ignore[arg-type, union-attr]  # all connected: see above
 
     # ---- jobs --------------------------------------------------------------------------
     def _kernel_job(self, spec: KernelSpec, model=None, stats=None) -> Job:
@@ -351,7 +354,7 @@ class _Run:
         self.stop = threading.Event()
         self.error: BaseException | None = None
         self.fail_streak = 0
-        self.drift_log: list[dict[str, Any]] = list(writer.metadata.get("drift_events", []))
+        self.drift_log: list[dict[str, Any]] = list(cast("list[dict[str, Any]]", writer.metadata.get("drift_events", [])))
         self.threads = fp["threads"]
 
     # ---- planning ----------------------------------------------------------------------
@@ -399,7 +402,7 @@ class _Run:
         df = pd.DataFrame(rows)
         # Large batches keep the refits (about a second each) rare.
         batch = max(80, int(0.15 * (self.kernel_target if self.kernel_target is not None else len(rows))))
-        for kind, w in zip(self.p.kinds, self.kind_w):
+        for kind, w in zip(self.p.kinds, self.kind_w if self.kind_w is not None else ()):
             n = max(2, int(round(batch * w * 0.7)))
             try:
                 new = sampling.refine(df, kind, self.rng, n, seed=self.p.seed + self.refine_rounds)
@@ -463,24 +466,26 @@ class _Run:
         return bool(state.pending or state.needs_sentinel or state.since_sentinel + batched >= self.p.sentinel_every
                     or time.monotonic() - state.last_sentinel_t >= self.p.sentinel_every_s)
 
-    def next_batch(self, state: _RunnerState) -> list[Job] | str | None:
+    def next_batch(self, state: _RunnerState) -> list[Job] | Literal["wait"] | None:
         """The next work of a runner: a sentinel job alone, or a batch of up to `batch_size`
         configurations (measured interleaved), "wait", or None when the run is over."""
         first = self.next_job(state)
-        if first is None or first == "wait" or first.sentinel or self.p.passes == 1:  # type: ignore[union-attr]
-            return first if first is None or first == "wait" else [first]  # type: ignore[list-item]
+        if not isinstance(first, Job):  # None or "wait"
+            return first
+        if first.sentinel or self.p.passes == 1:
+            return [first]
         batch = [first]  # next_job counts each job in flight
         while len(batch) < self.p.batch_size:
             with self.lock:
                 if self._sentinel_due(state, len(batch)):
                     break
             job = self.next_job(state)
-            if job is None or job == "wait":
+            if not isinstance(job, Job):  # None or "wait"
                 break
-            batch.append(job)  # type: ignore[arg-type]
+            batch.append(job)
         return batch
 
-    def next_job(self, state: _RunnerState) -> Job | None:
+    def next_job(self, state: _RunnerState) -> Job | Literal["wait"] | None:
         """The runner's next job, counted in flight before the lock is released (with several
         runners, one counted later could let another draw past the target)."""
         with self.lock:
@@ -489,7 +494,7 @@ class _Run:
                 self.in_flight[job.config_id] = job
             return job
 
-    def _pick_job(self, state: _RunnerState) -> Job | None:
+    def _pick_job(self, state: _RunnerState) -> Job | Literal["wait"] | None:
         """Called with self.lock held."""
         if self.stop.is_set():
             return None
@@ -515,7 +520,7 @@ class _Run:
             if job is not None:
                 return job
         if self.in_flight:
-            return "wait"  # type: ignore[return-value]  # another runner may requeue work
+            return "wait"  # another runner may requeue work
         self.stop_reason = self.stop_reason or ("max_configs" if self.kernel_target is not None else "done")
         return None
 
@@ -577,7 +582,7 @@ class _Run:
         # deviations in log space, so a tolerance means the same factor up and down
         excess = {k: abs(math.log(r)) / math.log1p(state.tolerance.get(k, self.p.drift_threshold))
                   for k, r in ratios.items()}
-        worst = max(excess, key=excess.get)
+        worst = max(excess, key=excess.__getitem__)
         if excess[worst] <= 1.0:
             if state.bad_streak == 1:
                 for name in state.last_bad:
@@ -706,7 +711,7 @@ class _Run:
                 batch = self.next_batch(state)
                 if batch is None:
                     break
-                if batch == "wait":
+                if isinstance(batch, str):  # "wait"
                     time.sleep(0.05)
                     continue
                 session = session_options(self.p.target, state.conn.facts or {}, self.threads)

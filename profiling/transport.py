@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from .errors import ProfilingError
 
@@ -50,6 +50,12 @@ class HostSpec:
     def __str__(self) -> str:
         s = (f"{self.user}@" if self.user else "") + self.host
         return s + (f":{self.port}" if self.port else "")
+
+
+class _Requester(Protocol):
+    """What the runner protocol's messages need of a connection (this one, or fleet's actor)."""
+
+    def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]: ...
 
 
 class RunnerConnection:
@@ -149,10 +155,10 @@ class RunnerConnection:
         self.facts = answer["facts"]
         return self.facts
 
-    def measure(self, job: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
+    def measure(self: _Requester, job: dict[str, Any], timeout: float = 900.0) -> dict[str, Any]:
         return self.request(dict(job, op="measure"), timeout=timeout)
 
-    def forget(self, keys: list[str], timeout: float = 60.0) -> None:
+    def forget(self: _Requester, keys: list[str], timeout: float = 60.0) -> None:
         """Drop the sessions the runner keeps under these `cache_key`s."""
         self.request({"op": "forget", "keys": list(keys)}, timeout=timeout)
 
