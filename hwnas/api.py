@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search.wiring import load_best as _load_best
+
 if TYPE_CHECKING:
     import torch
 
@@ -52,8 +54,6 @@ def get_space(name: str, **options: Any) -> "SearchSpace[Any]":
 def load_best(path: str | os.PathLike[str]) -> "torch.nn.Module":
     """The network a search wrote to `best.pt`: a `torch.nn.Module` with the searched weights, in
     eval mode (its space rebuilt with the options the search used)."""
-    from search.wiring import load_best as _load_best  # lazy: imports torch (seconds)
-
     model: torch.nn.Module = _load_best(Path(path))
     return model
 

@@ -26,6 +26,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
+from profiling.fingerprint import (device_label, diff_fingerprints, fingerprint_hash, local_fingerprint,
+                                   make_fingerprint, slug)
+from .catalog import SAME_DEVICE, find_predictor, match_predictor, rank_predictors
+from .fileformat import PredictorFileError, read_predictor_header
+from profiling.errors import ProfilingError
+from profiling.targets import TargetError, get_target
+from .model import Predictor, PredictorError
 
 if TYPE_CHECKING:
     from profiling.measure import ModelMeasurement
@@ -71,10 +78,7 @@ def closest_predictor(candidates: str | os.PathLike[str] | Sequence[str | os.Pat
     match level first, then the fewest differing identity fields, then the same CPU vendor.
     `candidates` is a folder (searched recursively) or a list of files. None when no predictor
     for `target` is among them."""
-    from profiling.fingerprint import diff_fingerprints
 
-    from .catalog import rank_predictors
-    from .fileformat import read_predictor_header
     paths = sorted(Path(candidates).glob("**/*.lgb")) if isinstance(candidates, (str, os.PathLike)) \
         else [Path(p) for p in candidates]
     ranked = rank_predictors(paths, target, fingerprint)
@@ -93,6 +97,7 @@ def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
                          max_flops: float = CALIBRATION_MAX_FLOPS) -> list[dict[str, Any]]:
     """`n` random network specs from the profiler's generator, the families taken in turn (a family
     that has no network under `max_flops` gives its turn to a random family)."""
+    # lazy: loads onnx (slow to import) only when this runs
     from profiling.networks import FAMILIES, sample_network
     rng = np.random.default_rng(seed)
     out = []
@@ -106,7 +111,6 @@ def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
 
 def calibration_file_name(target_name: str, fingerprint: dict[str, Any]) -> str:
     """`<target>__<device>__<hash>.lgb`, the shipped predictors' naming, with this machine's fingerprint."""
-    from profiling.fingerprint import device_label, fingerprint_hash, slug
     return f"{target_name}__{slug(device_label(fingerprint))}__{fingerprint_hash(fingerprint)}.lgb"
 
 
@@ -130,14 +134,11 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
     out: the file to write; out_dir: a folder to write `<target>__<device>__<hash>.lgb` into
     (neither: nothing is written). The predictor written carries the measured machine's
     fingerprint and the target's settings, so `predictors.catalog` matches it to this machine."""
-    from profiling.errors import ProfilingError
-    from profiling.fingerprint import make_fingerprint
+    # lazy: loads onnx and pyarrow (slow to import) only when this runs
     from profiling.measure import connect, measure_models
     from profiling.builders import materialize
     from profiling.networks import build_network, network_id, network_kernels
-    from profiling.targets import TargetError, get_target
 
-    from .model import Predictor, PredictorError
     say = progress or (lambda s: None)
     if networks < 5:
         raise PredictorError(f"calibration needs at least 5 networks (20-30 recommended), got {networks}")
@@ -211,7 +212,6 @@ def default_cache() -> Path:
 
 def machine_fingerprint(target: Target) -> dict[str, Any]:
     """This machine's fingerprint for `target` (a `profiling.targets.Target`)."""
-    from profiling.fingerprint import local_fingerprint
     return local_fingerprint(target)
 
 
@@ -233,13 +233,7 @@ def predictor_for_this_machine(shipped: str | os.PathLike[str] | None = None, ca
 
     `cache` defaults to `default_cache()`; `fingerprint` to this machine's. Raises PredictorError
     (nothing to choose from) or ProfilingError (the calibration could not measure)."""
-    from profiling.errors import ProfilingError
-    from profiling.fingerprint import device_label, fingerprint_hash
-    from profiling.targets import TargetError, get_target
 
-    from .catalog import SAME_DEVICE, find_predictor, match_predictor
-    from .fileformat import PredictorFileError
-    from .model import PredictorError
     shipped = Path(shipped) if shipped is not None else SHIPPED_PREDICTORS
     tables = Path(tables) if tables is not None else SHIPPED_TABLES
     cache_dir = Path(cache).expanduser() if cache is not None else default_cache()
@@ -283,12 +277,13 @@ def predictor_from_table(tables: str | os.PathLike[str], cache: str | os.PathLik
     `tables` measured on this machine (its name ends in the fingerprint hash; it may still be
     being measured, and is read as is), or None when there is none. Ties go by content (rows,
     then name), never by file times, which after `git clone` are the checkout order."""
+    # lazy: loads pyarrow (slow to import) only when this runs
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    # lazy: loads pyarrow (slow to import) only when this runs
     from profiling.table import read_table
 
-    from .model import Predictor
 
     def rows(p: Path) -> int:
         try:

@@ -863,6 +863,7 @@ def detect_kernels(graph_or_model: OnnxGraph | str | os.PathLike[str] | onnx.Mod
 # ---- onnxruntime's own view ------------------------------------------------------------
 def _ort_session(model: onnx.ModelProto, optimized_path: str | None = None, profile_prefix: str | None = None,
                  threads: int = 1, providers: Sequence[str] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    # lazy: loads onnxruntime (slow to import) only when this runs
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

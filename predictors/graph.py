@@ -127,6 +127,7 @@ def _load_mmap(path: Path) -> onnx.ModelProto:
             finally:
                 view.release()
     if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        # lazy: loads onnx (slow to import) only when this runs
         from onnx.external_data_helper import load_external_data_for_model
         load_external_data_for_model(model, str(path.parent))
     return model
@@ -233,6 +234,7 @@ def _runtime_fold(light: onnx.ModelProto, needed: set[str], max_numel: int = 409
     cannot load the graph (an op it lacks): the numpy folder then tries."""
     import tempfile
     try:
+        # lazy: loads onnxruntime (slow to import) only when this runs
         import onnxruntime as ort
     except ImportError:
         return {}
@@ -382,6 +384,7 @@ def load_graph(model_or_path: str | os.PathLike[str] | onnx.ModelProto, batch: i
     if opset > MAX_OPSET or opset < MIN_OPSET:
         target = MAX_OPSET if opset > MAX_OPSET else MIN_OPSET
         try:
+            # lazy: loads onnx (slow to import) only when this runs
             from onnx import version_converter
             model = version_converter.convert_version(model, target)
         except Exception as e:

@@ -78,7 +78,7 @@ def conformal_interval(residuals: ArrayLike, coverage: float = COVERAGE) -> tupl
 def metrics(y: ArrayLike, pred: ArrayLike, low: ArrayLike | None = None,
             high: ArrayLike | None = None) -> dict[str, float]:
     """n, share within ±10%, MAPE, Spearman rank correlation (and interval coverage)."""
-    from scipy.stats import spearmanr  # scipy.stats takes ~0.3 s to import; only training needs it
+    from scipy.stats import spearmanr  # lazy: scipy.stats takes ~0.3 s to import; only training needs it
     y, pred = np.asarray(y, float), np.asarray(pred, float)
     rel = np.abs(pred - y) / y
     out = {"n": int(len(y)), "within10": float(np.mean(rel <= 0.10)) if len(y) else math.nan,

@@ -12,13 +12,13 @@ import pandas as pd
 from profiling.kernels import KINDS, KernelSpec
 
 from .errors import PredictorError
+from profiling.fingerprint import fingerprint_hash
 
 
 def load_tables(paths: Sequence[str | os.PathLike[str]]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read and concatenate tables measured on the same target; metadata of the first."""
     # lazy: pyarrow (behind profiling.table) costs ~0.3 s to import, and loading a predictor
     # to predict never reads a table
-    from profiling.fingerprint import fingerprint_hash
     from profiling.table import read_table
     frames, meta0 = [], None
     for p in paths:

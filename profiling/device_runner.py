@@ -232,6 +232,7 @@ def hello():
                 "error": "numpy is not installed on the device: run `pip3 install numpy` there"}
     facts["numpy"] = numpy.__version__
     try:
+        # lazy: the device may lack onnxruntime; the facts then say so instead of failing
         import onnxruntime
     except ImportError as e:
         gpu = bool(facts["gpus"])
@@ -277,6 +278,7 @@ def quantize_file(src, dst, calibration, per_channel=True, activations="uint8"):
     explicit-quantization form TensorRT requires. Needs the onnx package (the quantizer is built on it)."""
     import logging
     try:
+        # lazy: only quantizing needs the quantizer, which a device may lack
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError as e:
@@ -285,7 +287,7 @@ def quantize_file(src, dst, calibration, per_channel=True, activations="uint8"):
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer warns on the root logger
     try:
-        import onnx  # present wherever the quantizer is (it imports onnx itself)
+        import onnx  # lazy: present wherever the quantizer is (it imports onnx itself)
         # One self-contained file: the pre-processor's optimized copy would lose the path of
         # external weights (and its in-memory form breaks on Reshape shapes).
         inline, pre = dst + ".inline.onnx", dst + ".pre.onnx"
@@ -311,6 +313,7 @@ def quantize_file(src, dst, calibration, per_channel=True, activations="uint8"):
 # ---- measuring -------------------------------------------------------------------------
 class Runner(object):
     def __init__(self):
+        # lazy: imported on the device, once the facts have shown they are there
         import numpy as np
         import onnxruntime as ort
         self.np = np

@@ -13,6 +13,8 @@ import re
 from typing import Any
 
 from .targets import Target
+from . import device_runner
+from .errors import ProfilingError
 
 # Fields that define "the same device measured the same way".
 IDENTITY_FIELDS = ("cpu_model", "cpu_flags", "cores", "machine", "gpu", "gpu_driver", "os",
@@ -130,10 +132,8 @@ def default_table_name(target: Target, fp: dict[str, Any]) -> str:
 def local_fingerprint(target: Target) -> dict[str, Any]:
     """This machine's fingerprint for `target`, from the same facts the device runner reports
     (its `hello`, run in this process: no subprocess)."""
-    from . import device_runner
     ans = device_runner.hello()
     if not ans.get("ok"):
-        from .errors import ProfilingError
         raise ProfilingError(ans.get("error", "this machine cannot run the device runner"))
     return make_fingerprint(ans["facts"], target)
 

@@ -34,7 +34,8 @@ import time
 from typing import Any, Callable
 
 from .errors import ProfilingError
-from .transport import RunnerConnection
+from .transport import RunnerConnection, local_runner, ssh_runner
+from .fingerprint import fingerprint_hash, make_fingerprint
 
 RESOURCE_PREFIX = "hwnas-device"
 SSH_RESOURCE_PREFIX = "hwnas-ssh"
@@ -69,7 +70,6 @@ class DeviceActor:
 
     def __init__(self, host: str | None = None, remote_python: str = "python3",
                  ssh_config: str | None = None, runner_python: str | None = None):
-        from .transport import local_runner, ssh_runner
         self.host = host
         self.conn = (ssh_runner(host, remote_python=remote_python, ssh_config=ssh_config) if host
                      else local_runner(runner_python))
@@ -227,7 +227,6 @@ def start_fleet(target, address: str | None = None, hosts: list[str] | tuple[str
     Returns (connections, shutdown); each connection has said hello. A device that cannot
     start is dropped with a warning; none at all is an error. `shutdown()` kills the actors
     and leaves the cluster if this call joined it."""
-    from .fingerprint import fingerprint_hash, make_fingerprint
     warn = warn or (lambda message: None)
     ray, joined = connect_ray(address)
 
@@ -240,6 +239,7 @@ def start_fleet(target, address: str | None = None, hosts: list[str] | tuple[str
     conns: list[ActorConnection] = []
     pending: list[tuple[ActorConnection, str | None]] = []
     try:
+        # lazy: loads ray (slow to import) only when this runs
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
         remote = ray.remote(DeviceActor)
         here = ray.get_runtime_context().get_node_id()

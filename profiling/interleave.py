@@ -17,6 +17,7 @@ import statistics
 from typing import Any, Callable, Sequence
 
 from .errors import ProfilingError
+from .device_runner import median_ci
 
 # Interleaving for whole models: 8 passes of at least 0.25 s (and 3 runs) each. Issue 13's
 # measurement on the 2-core AMD EPYC VM (no AVX-512): two such measurements of 64 real models
@@ -39,7 +40,6 @@ def combine_passes(passes: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One job's statistics from its per-pass statistics: the median of the pass medians (p10, p90
     likewise), the mean of the pass means, the runs summed, `ci_rel` the relative half-width of the
     95% order-statistics interval of the pass medians, and the pass medians themselves (`pass_ms`)."""
-    from .device_runner import median_ci
     meds = [float(p["median_ms"]) for p in passes]
     med = statistics.median(meds)
     lo, hi = median_ci(sorted(meds))

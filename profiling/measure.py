@@ -28,6 +28,10 @@ from .errors import ProfilingError
 from .interleave import MODEL_PASSES, MODEL_SLICE_S, SLICE_MIN_RUNS, combine_passes, measure_interleaved, slice_rule
 from .profiler import NETWORK_STOP  # the profiler's whole-network stopping rule
 from .targets import Target, TargetError, get_target
+import onnx
+from .builders import externalize_weights
+from .quantize import is_quantized
+from .transport import check_device, local_runner, measure_payload, session_options, ssh_runner
 
 
 @dataclass
@@ -49,11 +53,7 @@ def model_job(model, target: Target, facts: dict[str, Any], stop: dict[str, Any]
     (`device_runner.quantize_file`). A model already quantized (QDQ or QOperator, e.g. from
     `profiling.quantize.quantize`) travels whole, its int8 weights and scales as they are, and
     is run as it is (the runner does not quantize it again; TensorRT still reads its QDQ scales)."""
-    import onnx
 
-    from .builders import externalize_weights
-    from .quantize import is_quantized
-    from .transport import measure_payload, session_options
     if isinstance(model, (str, os.PathLike)):
         model = onnx.load(str(model))
     elif isinstance(model, (bytes, bytearray)):
@@ -71,7 +71,6 @@ def model_job(model, target: Target, facts: dict[str, Any], stop: dict[str, Any]
 def connect(target: Target, host: str | None = None, remote_python: str = "python3",
             ssh_config: str | os.PathLike | None = None):
     """A started runner that can measure `target` (this machine, or `host` over SSH)."""
-    from .transport import check_device, local_runner, ssh_runner
     if host:
         conn = ssh_runner(host, remote_python=remote_python, ssh_config=ssh_config)
     else:

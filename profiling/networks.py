@@ -29,6 +29,7 @@ import onnx
 
 from . import builders as B
 from .kernels import KernelSpec, KernelSpecError
+from .onnx_stats import model_stats
 
 FAMILIES = ("mobilenet", "resnet", "vit", "mixed", "regnet", "oddwidth", "dense",
             "csp", "inception", "repblock", "fpn", "unet", "hybrid", "mixer")
@@ -633,7 +634,6 @@ _SAMPLERS = {"mobilenet": _mobilenet, "resnet": _resnet, "vit": _vit, "mixed": _
 def sample_network(rng: np.random.Generator, family: str | None = None,
                    max_flops: float = MAX_NETWORK_FLOPS) -> dict[str, Any]:
     """A random network of `family` (random family if None) within the FLOPs cap."""
-    from .onnx_stats import model_stats
     if family is not None and family not in _SAMPLERS:
         raise KernelSpecError(f"unknown network family {family!r}; valid families: {', '.join(FAMILIES)}")
     for _ in range(200):

@@ -50,6 +50,8 @@ from .onnx_stats import model_stats
 from .table import TableWriter, utc_now
 from .targets import Target, TargetError, get_target
 from .transport import RunnerConnection, check_device, local_runner, measure_payload, session_options, ssh_runner
+from .fleet import start_fleet
+import pandas as pd
 
 if TYPE_CHECKING:
     from .fleet import ActorConnection
@@ -219,7 +221,6 @@ class Profiler:
     # ---- set-up ------------------------------------------------------------------------
     def _connect(self) -> list[_RunnerState]:
         if self.ray_address is not None:
-            from .fleet import start_fleet
             actors, self._fleet_shutdown = start_fleet(
                 self.target, self.ray_address, self.hosts, remote_python=self.remote_python,
                 ssh_config=self.ssh_config, runner_python=self.runner_python,
@@ -395,7 +396,6 @@ class _Run:
 
     def _refill_refinement(self) -> None:
         """One round of adaptive refinement: new configs near the worst-predicted points."""
-        import pandas as pd
         rows = [r for r in self.writer.rows.values() if r.get("category") in ("kernel", "block")]
         if not rows:
             return

@@ -423,6 +423,7 @@ def _features(df, kind: str) -> tuple[np.ndarray, list[str]]:
 
 def worst_predicted(df, kind: str, top: int, seed: int = 0) -> list[dict[str, Any]]:
     """Rows of `kind` whose latency a 3-fold cross-validated LightGBM predicts worst."""
+    # lazy: loads lightgbm and sklearn (slow to import) only when this runs
     import lightgbm as lgb
     from sklearn.model_selection import KFold
 

@@ -94,7 +94,7 @@ class Target:
         """Fail fast when this machine cannot measure the target without a `host`."""
         machine = machine or platform.machine()
         if available_providers is None:
-            import onnxruntime as ort  # local import: only the host side needs it
+            import onnxruntime as ort  # lazy: only the host side needs it
             available_providers = ort.get_available_providers()
         available = list(available_providers)
         problems = []

@@ -184,6 +184,7 @@ class RunnerConnection:
 def measure_payload(model, stop: dict[str, Any], seed: int, batch: int = 1) -> dict[str, Any]:
     """The body of a runner `measure` job for a model whose weights are external data with fills
     (`builders.build_model` or `builders.externalize_weights`); add `id` and `session`."""
+    # lazy: loads onnx (slow to import) only when this runs
     from .builders import weight_fills
     initializers = {t.name for t in model.graph.initializer}
     inputs = [{"name": i.name, "shape": [d.dim_value if d.dim_value > 0 else batch

@@ -37,7 +37,7 @@ def main(target, predictor, measure, models, out, as_json):
     """Predict (or measure) the latency of every known model on a target and draw their frontier."""
     with cli_errors({"predictor": "--predictor", "target": "--target"}):
         from scripts.predict_latency import choose_predictor
-        from search.known_models import get_known
+        from search.spaces.known import get_known
         from search.known_latency import known_model_rows, plot_known_frontier
         from search.models import load_predictor
         from search.spaces.base import SpaceError

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from search.problem import Evaluator, Formulation
+from search.problem import Evaluator, Formulation, SearchError
 
 
 @dataclass
@@ -28,6 +28,7 @@ Callback = Callable[[GenerationInfo], bool | None]
 
 
 def _pymoo_parts(space, evaluator: Evaluator, formulation: Formulation, rng: np.random.Generator):
+    # lazy: loads pymoo (slow to import) only when this runs
     from pymoo.core.crossover import Crossover
     from pymoo.core.duplicate import ElementwiseDuplicateElimination
     from pymoo.core.mutation import Mutation
@@ -102,6 +103,7 @@ def run_nsga2(space, evaluator: Evaluator, formulation: Formulation, *, pop_size
     distinct architectures, or when the callback returns True. KeyboardInterrupt propagates
     to the caller, which keeps everything the evaluator has cached.
     """
+    # lazy: loads pymoo (slow to import) only when this runs
     from pymoo.algorithms.moo.nsga2 import NSGA2
 
     rng = np.random.default_rng(seed)
@@ -199,7 +201,6 @@ def register_algorithm(name: str, factory: Callable[[], SearchAlgorithm]) -> Non
 
 def get_algorithm(name: str) -> SearchAlgorithm:
     """The registered algorithm called `name`."""
-    from search.problem import SearchError
     try:
         return ALGORITHMS[name]()
     except KeyError:

@@ -17,10 +17,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from search.known_models import FAMILIES, KNOWN_MODELS, get_known
+from search.spaces.known import FAMILIES, KNOWN_MODELS, get_known
 from search.problem import SearchError
 from search.spaces.base import SpaceError
-from search.spaces.skeleton import Skeleton, build_network, skeleton_from_dict, skeleton_specs
+from search.spaces.skeleton import Skeleton, build_network, skeleton_from_dict, skeleton_specs, skeleton_to_dict
+from search.spaces.baseline import BaselineSpace
+from search.spaces import get_space
+import torch
 
 SUPPORTED = (f"a known model ({', '.join(KNOWN_MODELS)}), a .pt written by `train` or `search` "
              f"(best.pt), or an ONNX file of one of the known architectures; families: {'; '.join(FAMILIES)}")
@@ -83,7 +86,6 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
         if arch is None:
             raise SearchError(f"{p}: the search chose no architecture")
         if best.get("space") == "baseline" and "skeleton" in best.get("space_options", {}):
-            from search.spaces import get_space  # a search from a file baseline: its skeleton is recorded
             space = get_space("baseline", **{**best["space_options"], "num_classes": num_classes,
                                              "in_channels": in_channels, "resolution": resolution})
             return arch, space.skeleton_of(space.from_string(arch))
@@ -92,7 +94,6 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
                               f"baseline-derived space (a search with a `baseline`) or known models")
         return resolve_architecture(arch, num_classes, in_channels, resolution)
     if ":" in s and not p.exists():
-        from search.spaces.baseline import BaselineSpace
         base = s.split(":", 1)[0]
         try:
             km = get_known(base)
@@ -108,7 +109,6 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
 
 
 def _from_checkpoint(p: Path) -> tuple[str, Skeleton]:
-    import torch
     try:
         ck = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -120,7 +120,6 @@ def _from_checkpoint(p: Path) -> tuple[str, Skeleton]:
     if "skeleton" in ck:
         return str(ck.get("arch") or p.stem), skeleton_from_dict(json.loads(ck["skeleton"]))
     if ck.get("space") == "baseline" and "arch" in ck:
-        from search.spaces import get_space
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in ck.get("space_options", {}).items()}
         space = get_space("baseline", **opts)
         return ck["arch"], space.skeleton_of(space.from_string(ck["arch"]))
@@ -130,6 +129,7 @@ def _from_checkpoint(p: Path) -> tuple[str, Skeleton]:
 
 def match_onnx(path: str | Path) -> tuple[str, Skeleton]:
     """The registry model whose kernels are those of the ONNX file (at its input size and classes)."""
+    # lazy: loads onnx and pandas (slow to import) only when this runs
     from predictors.detect import detect_kernels
     try:
         det = detect_kernels(str(path))
@@ -160,14 +160,12 @@ def match_onnx(path: str | Path) -> tuple[str, Skeleton]:
 
 def checkpoint_payload(label: str, sk: Skeleton, state_dict: dict, **info) -> dict:
     """What `train` saves: loadable with ``torch.load(weights_only=True)`` and :func:`load_trained`."""
-    from search.spaces.skeleton import skeleton_to_dict
     return {"format": "hwnas-trained-model", "arch": label, "skeleton": json.dumps(skeleton_to_dict(sk)),
             "state_dict": state_dict, **info}
 
 
 def load_trained(path: str | Path):
     """A network `train` wrote (eval mode), e.g. the teacher for distillation."""
-    import torch
     p = Path(path)
     if not p.exists():
         raise SearchError(f"{p}: no such file (a model.pt written by `train`)")

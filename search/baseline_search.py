@@ -60,8 +60,9 @@ class BaselineInfo:
 
 def baseline_space_options(spec: str, data) -> tuple[str, dict]:
     """(the baseline's name, the `get_space("baseline", ...)` options) for ``spec`` on ``data``."""
+    # lazy: loads torch (slow to import) only when this runs
     from search.architecture import resolve_baseline
-    from search.known_models import KNOWN_MODELS
+    from search.spaces.known import KNOWN_MODELS
     from search.spaces.skeleton import skeleton_to_dict
     name, sk = resolve_baseline(spec, data.num_classes, data.in_channels, data.resolution)
     if name in KNOWN_MODELS:
@@ -108,7 +109,8 @@ def known_markers(space, predictor, resolution: int, correction=None) -> list[tu
     """(name, predicted ms, published top-1, dataset) of the known models published at
     ``resolution``, sized to the space's data, for the search's frontier chart; ``correction``
     (the run's `search.problem.Correction`) puts them on the candidates' corrected scale."""
-    from search.known_models import list_known
+    # lazy: loads torch (slow to import) only when this runs
+    from search.spaces.known import list_known
     from search.spaces.skeleton import skeleton_specs
     kms = [km for km in list_known() if km.resolution == resolution]
     if not kms or predictor is None:

@@ -29,12 +29,14 @@ def parse_benchmark(spec: str) -> tuple[Path, str]:
 
 
 def _read_csv(path: Path, usecols):
+    # lazy: loads pandas (slow to import) only when this runs
     import pandas as pd
     try:
         return pd.read_csv(path, usecols=usecols)
     except FileNotFoundError:
         raise SearchError(f"benchmark CSV {path} does not exist") from None
     except ValueError as e:
+        # lazy: loads pandas (slow to import) only when this runs
         import pandas as pd
         cols = list(pd.read_csv(path, nrows=0).columns)
         devices = [c[:-3] for c in cols if c.endswith("_ms")]

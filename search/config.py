@@ -34,6 +34,8 @@ from typing import Any
 
 from profiling.validate import (ConfigError, check_choice, check_host, check_input_file, check_input_path,
                                 check_output_dir, check_range)
+from search.algorithms import ALGORITHMS
+from profiling.targets import TargetError, list_targets
 
 #: what a search writes into its output directory; an earlier run's are replaced only with `overwrite`
 RESULT_FILES = ("frontier.csv", "frontier.json", "frontier.png", "best.json", "best.onnx", "best.pt", "report.md")
@@ -47,12 +49,12 @@ def option(help: str, metavar: str | None = None, **click_kw: Any) -> dict:
 
 
 def _space_names() -> list[str]:
+    # lazy: loads torch (slow to import) only when this runs
     from search.spaces import SPACES
     return list(SPACES)
 
 
 def _algorithm_names() -> list[str]:
-    from search.algorithms import ALGORITHMS
     return list(ALGORITHMS)
 
 
@@ -79,6 +81,7 @@ class SpaceConfig:
     options: dict = field(default_factory=dict)   # overrides of the space's constructor options
 
     def __post_init__(self) -> None:
+        # lazy: loads torch (slow to import) only when this runs
         from search.spaces import SPACES
         check_choice("name", self.name, SPACES, "space")
 
@@ -132,7 +135,6 @@ class LatencyConfig:
             self._check_target()
 
     def _check_target(self) -> None:
-        from profiling.targets import TargetError, list_targets
         try:
             known = list_targets(self.targets_file)
         except TargetError as e:
@@ -140,6 +142,7 @@ class LatencyConfig:
         if self.target in known:
             return
         if self.predictor is not None:  # a user target recorded in the predictor file
+            # lazy: loads pandas (slow to import) only when this runs
             from predictors.fileformat import PredictorFileError, read_predictor_header
             try:
                 recorded = (read_predictor_header(self.predictor).get("target") or {}).get("name")
@@ -215,6 +218,7 @@ class AccuracyConfig:
         check_range("proxy_batch", self.proxy_batch, 2, optional=False)
         check_range("reference_size", self.reference_size, 2, optional=False)
         self.proxies = tuple(self.proxies)
+        # lazy: loads torch (slow to import) only when this runs
         from search.accuracy.proxies import ProxyError, canonical_names
         try:
             canonical_names(self.proxies)
@@ -247,6 +251,7 @@ class BaselineConfig:
         if self.speedup is not None and self.baseline is None:
             raise ConfigError("speedup", "is relative to a baseline's latency: give `baseline` too")
         if self.baseline is not None:
+            # lazy: loads torch (slow to import) only when this runs
             from search.architecture import check_baseline_spec
             problem = check_baseline_spec(self.baseline)
             if problem:
@@ -288,7 +293,6 @@ class AlgorithmConfig:
     generations: int = field(default=12, metadata=option("Generations.", metavar="N"))
 
     def __post_init__(self) -> None:
-        from search.algorithms import ALGORITHMS
         check_choice("name", self.name, ALGORITHMS, "algorithm")
         check_range("population", self.population, 2, optional=False)
         check_range("generations", self.generations, 1, optional=False)

@@ -29,6 +29,7 @@ def throughput_budget_ms(min_throughput: float, batch: int) -> float:
 
 
 def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
+    # lazy: loads onnxruntime (slow to import) only when this runs
     import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
@@ -47,8 +48,10 @@ def _onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> float:
 def export_int8(out: Path, data) -> dict[str, Any]:
     """Quantize `out/best.onnx` in place (the fp32 export kept as best.fp32.onnx), calibrated on
     training images of `data`, and measure both on up to HELD_OUT_IMAGES held-out images."""
+    # lazy: loads onnx (slow to import) only when this runs
     import onnx
 
+    # lazy: loads onnx (slow to import) only when this runs
     from profiling.quantize import quantize
     best, fp32 = out / "best.onnx", out / "best.fp32.onnx"
     best.replace(fp32)

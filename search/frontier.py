@@ -55,8 +55,10 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
     """The candidates, the frontier, the verified finalists and the choice; with ``baseline``
     (name, candidate) the baseline and the chosen network's speed-up over it, and ``known``
     ((name, predicted ms, published top-1, dataset), ...) as ticks on the latency axis."""
+    # lazy: loads matplotlib (slow to import) only when this runs
     import matplotlib
     matplotlib.use("Agg")
+    # lazy: loads matplotlib (slow to import) only when this runs
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5), dpi=110)
@@ -99,6 +101,7 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
                         xytext=(b.latency_ms, b.accuracy), fontsize=8, ha="left", va="top",
                         arrowprops=dict(arrowstyle="->", color="black", lw=1.0, ls=":"), zorder=6)
     if known:
+        # lazy: loads matplotlib (slow to import) only when this runs
         import matplotlib.transforms as mtransforms
         trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
         for i, (name, ms, top1, dataset) in enumerate(known):

@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from search.known_models import KnownModel, list_known
+from search.spaces.known import KnownModel, list_known
 from search.memory import skeleton_memory
-from search.spaces.skeleton import skeleton_specs
+from search.spaces.skeleton import build_network, skeleton_specs
+from search.spaces.base import export_model_onnx
+import torch
 
 
 @dataclass
@@ -50,8 +52,6 @@ def known_model_rows(predictor=None, device=None, models: Sequence[KnownModel] |
     given) and the device's measured latency (when ``device`` is given: anything with
     ``measure_onnx(bytes) -> ms``, e.g. `search.verify.RunnerDevice`). Sizes are the models'
     published ones unless ``resolution``/``num_classes``/``in_channels`` are given."""
-    from search.spaces.base import export_model_onnx
-    from search.spaces.skeleton import build_network
     models = list(models) if models is not None else list_known()
     sks = [km.skeleton(num_classes, in_channels, resolution) for km in models]
     rows = []
@@ -64,7 +64,6 @@ def known_model_rows(predictor=None, device=None, models: Sequence[KnownModel] |
         for r, m, l, h in zip(rows, med, lo, hi):
             r.predicted_ms, r.predicted_low_ms, r.predicted_high_ms = float(m), float(l), float(h)
     if device is not None:
-        import torch
         for i, (r, sk) in enumerate(zip(rows, sks)):
             torch.manual_seed(0)
             onnx_bytes = export_model_onnx(build_network(sk), (sk.in_channels, sk.resolution, sk.resolution))
@@ -86,8 +85,10 @@ def mark_dominated(rows: Sequence[KnownRow]) -> None:
 def plot_known_frontier(rows: Sequence[KnownRow], path: str | Path, title: str) -> None:
     """Latency (log axis) against published top-1, one panel per dataset; frontier models joined,
     dominated ones hollow and grey."""
+    # lazy: loads matplotlib (slow to import) only when this runs
     import matplotlib
     matplotlib.use("Agg")
+    # lazy: loads matplotlib (slow to import) only when this runs
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
     datasets = sorted({r.dataset for r in rows if r.latency_ms is not None})

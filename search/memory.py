@@ -69,6 +69,7 @@ def peak_live_bytes(steps: Sequence[tuple[Sequence[str], str]], sizes: dict[str,
 def onnx_memory(model_or_path, detection=None) -> Memory:
     """Parameters and peak memory of an ONNX model, at batch 1 (see the module docstring);
     ``detection``: its `predictors.detect.detect_kernels` result, when already at hand."""
+    # lazy: loads onnx and pandas (slow to import) only when this runs
     from predictors.detect import detect_kernels
     det = detection if detection is not None else detect_kernels(model_or_path)
     g = det.graph
@@ -104,6 +105,7 @@ def onnx_memory(model_or_path, detection=None) -> Memory:
 def skeleton_memory(sk) -> Memory:
     """Parameters and peak memory of a :class:`~search.spaces.skeleton.Skeleton`, from its
     blocks as :mod:`search.spaces.skeleton` builds and exports them (no export needed)."""
+    # lazy: loads torch (slow to import) only when this runs
     from search.spaces.skeleton import block_configs, skeleton_specs
     from search.spaces.base import conv_out
     steps: list[tuple[list[str], str]] = []

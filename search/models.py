@@ -22,6 +22,8 @@ import numpy as np
 
 from search.accuracy.estimator import SUPERNET_COLUMN, AccuracyEstimator
 from search.problem import SearchError
+from predictors.model import Predictor
+from search.verify import kernel_features
 
 
 # ------------------------------------------------------------------------------ latency
@@ -45,7 +47,6 @@ class MacsLatency:
         self.space = space
 
     def predict(self, archs):
-        from search.verify import kernel_features
         out = []
         for a in archs:
             f = kernel_features(self.space.kernel_specs(a))
@@ -59,7 +60,6 @@ def load_predictor(path: str | Path):
     if not p.exists():
         raise SearchError(f"predictor file {p} does not exist; build one with `train-predictor` "
                           f"or pick one under data/predictors/")
-    from predictors.model import Predictor
     try:
         return Predictor.load(p)
     except Exception as e:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from search.deploy import images_per_s
+from search.baseline_search import train_commands
 
 
 def _ms(v) -> str:
@@ -99,7 +101,6 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                    f"confirmed within it (table below)")
         L.append(f"- why: {why}")
         if target is not None and target.batch > 1:
-            from search.deploy import images_per_s
             ms = best.measured_ms if best.measured_ms is not None else best.predicted_ms
             L.append(f"- throughput at batch {target.batch}: {images_per_s(ms, target.batch):.1f} images/s "
                      f"({'measured' if best.measured_ms is not None else 'predicted'})")
@@ -141,7 +142,6 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
 def baseline_section(base, best, config, out) -> list[str]:
     """The chosen network against the baseline it started from: measured speed-up, size, and the
     `train` commands that prove the accuracy."""
-    from search.baseline_search import train_commands
     b = base.candidate
     speedup, how = base.speedup_of(best)
     L = ["\n## Against the baseline\n",

@@ -28,6 +28,14 @@ from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator,
                             SearchError, pareto_front)
 from search.verify import (FeatureCorrection, RatioBudget, RunnerDevice, VerifyRound, best_verified, feasible,
                            measure_candidate, measure_relative, rank_key, verify_finalists)
+from search import wiring
+from search.accuracy.tasks import make_pool
+from search.deploy import export_int8, images_per_s, throughput_budget_ms
+from search.baseline_search import (baseline_formulation, baseline_space_options, known_markers,
+                                    score_and_measure_baseline)
+from search.models import cache_name
+from search.accuracy.rerank import RerankConfig, describe, rerank_by_training
+from search.report import write_report
 
 DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.accuracy.estimator's best unsupervised ensemble on NB201
 
@@ -140,7 +148,6 @@ def run_search(config: SearchConfig | SearchSpec,
                on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None) -> SearchResult:
     """Run one search. `config` is validated first, part by part (search.config: a ConfigError
     names the wrong field), before any data is loaded or any supernet trained."""
-    from search import wiring  # data, space, predictor/target, estimator, supernet
 
     if isinstance(config, SearchSpec):
         config = SearchConfig.from_spec(config)
@@ -169,7 +176,6 @@ def run_search(config: SearchConfig | SearchSpec,
     if config.objective not in ("latency", "throughput"):
         raise SearchError(f"objective {config.objective!r} is not one of latency, throughput")
     if config.min_throughput is not None:
-        from search.deploy import throughput_budget_ms
         if config.latency_budget_ms is not None or config.min_accuracy is not None:
             raise SearchError("give a throughput floor, a latency budget or a minimum accuracy, one of them")
         if config.min_throughput <= 0:
@@ -189,7 +195,6 @@ def run_search(config: SearchConfig | SearchSpec,
                             image_size=config.data_image_size)
     base_name, base_opts = None, None
     if config.baseline:
-        from search.baseline_search import baseline_space_options
         if bench is not None:
             raise SearchError("`baseline` needs a real device (a predictor and the target); `benchmark` is the "
                               "NB201 table's devices only")
@@ -201,7 +206,6 @@ def run_search(config: SearchConfig | SearchSpec,
     latency = wiring.latency_model(predictor, space, config.predictor)
     ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
-    from search.accuracy.tasks import make_pool
     pool = make_pool(config.ray_address, config.device)
     if config.ray_address is not None:
         ui.log(f"evaluations on {pool.name}")
@@ -235,7 +239,6 @@ def run_search(config: SearchConfig | SearchSpec,
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
     baseline = None
     if base_opts is not None:
-        from search.baseline_search import baseline_formulation, score_and_measure_baseline
         baseline = score_and_measure_baseline(base_name, space, evaluator, device, base_opts,
                                               measure=config.finalists > 0, log=ui.log, spec=config.baseline,
                                               data=config.data, image_size=config.data_image_size)
@@ -349,7 +352,6 @@ def run_search(config: SearchConfig | SearchSpec,
 
 def _write_setup_interrupted(config: SearchConfig, out: Path, formulation: Formulation, data, phase: str) -> None:
     """Ctrl-C before the search had a candidate: report.md and best.json say where it stopped."""
-    from search.frontier import write_best
     note = f"interrupted (Ctrl-C) while {phase}; nothing was searched yet"
     write_best(out, None, config.space, {"formulation": formulation.describe(), "interrupted": True, "note": note})
     (out / "frontier.csv").write_text("")
@@ -365,9 +367,6 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
     verified within the budget. The estimator's choice stays when none is."""
-    from search import wiring
-    from search.models import cache_name
-    from search.accuracy.rerank import RerankConfig, describe, rerank_by_training
     if formulation.kind != "budget":
         # under `min_accuracy` the objective is latency, and the frontier has no single objective
         notes.append("`rerank` applies to `latency_budget_ms` searches only; the choice is the usual one")
@@ -517,8 +516,6 @@ def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, 
 
 def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
             data, accuracy, latency, bench, reranked: list | None = None, baseline=None) -> SearchResult:
-    from search import wiring
-    from search.report import write_report
 
     cands = evaluator.candidates
     meta = _meta(config, formulation, evaluator, device, interrupted)
@@ -531,7 +528,6 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     title = f"{config.space} on {device.name}{form}: {formulation.describe()}"
     markers = {}
     if baseline is not None:
-        from search.baseline_search import known_markers
         speedup, how = baseline.speedup_of(best)
         title = f"from {baseline.name} on {device.name}{form}: {formulation.describe()}" + (
             f"; {how} speed-up {speedup:.2f}x" if speedup else "")
@@ -546,7 +542,6 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     best_meta = {"formulation": formulation.describe(), "device": device.name,
                  "accuracy_estimator": accuracy.name, "interrupted": interrupted}
     if target is not None:
-        from search.deploy import images_per_s
         ms = best.measured_ms if best is not None and best.measured_ms is not None else (
             best.predicted_ms if best is not None else None)
         best_meta["deployment"] = {"target": target.name, "precision": target.precision, "batch": target.batch,
@@ -563,7 +558,6 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
         try:
             best_meta.update(wiring.export_best(space, best, accuracy, data, out))
             if target is not None and target.precision == "int8":  # the deployed model is the quantized one
-                from search.deploy import export_int8
                 best_meta.update(export_int8(out, data))
             write_best(out, best, config.space, best_meta)
         except KeyboardInterrupt:

@@ -30,6 +30,12 @@ from torch import nn
 
 from search.accuracy.data import DataError, ImageDataset, load_dataset
 from search.problem import SearchError
+from search.accuracy.supernet import _augment as translate_and_flip
+from search.architecture import checkpoint_payload, load_trained, resolve_architecture
+from search.memory import skeleton_memory
+from search.spaces.base import count_params, export_model_onnx
+from search.spaces.skeleton import build_network
+from search.wiring import torch_device
 
 
 class TrainError(SearchError):
@@ -190,7 +196,6 @@ def evaluate(net: nn.Module, data: ImageDataset, batch_size: int = 256) -> float
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor:
-    from search.accuracy.supernet import _augment as translate_and_flip
     return translate_and_flip(x, gen, hflip)
 
 
@@ -322,11 +327,6 @@ def train_architecture(arch: str, data: str, out: Path, recipe: TrainRecipe, tea
     result.json's content. A run interrupted in ``out`` resumes from its checkpoint."""
     import os
 
-    from search.architecture import checkpoint_payload, load_trained, resolve_architecture
-    from search.memory import skeleton_memory
-    from search.spaces.base import count_params, export_model_onnx
-    from search.spaces.skeleton import build_network
-    from search.wiring import torch_device
 
     dev = torch_device(device)
     cache = Path(cache_dir) if cache_dir else Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))

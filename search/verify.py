@@ -17,7 +17,12 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from predictors.numerics import ridge_solve
-from search.problem import Candidate, Correction, Evaluator, Formulation, pareto_front
+from search.problem import Candidate, Correction, Evaluator, Formulation, SearchError, pareto_front
+from profiling.errors import ProfilingError
+from profiling.fleet import start_fleet
+from profiling.transport import check_device
+from profiling.interleave import MODEL_PASSES, MODEL_SLICE_S, measure_interleaved
+from profiling.device_runner import median_ci
 
 
 class Device(Protocol):
@@ -57,9 +62,8 @@ class RunnerDevice:
 
     def connect(self):
         """Start the runner and check it can measure the target (fails fast, before the search)."""
-        from profiling.errors import ProfilingError
+        # lazy: loads onnx and pyarrow (slow to import) only when this runs
         from profiling.measure import connect
-        from search.problem import SearchError
         if self.conn is None:
             try:
                 if self.ray_address is not None:
@@ -72,9 +76,6 @@ class RunnerDevice:
 
     def _actor(self):
         """The first device actor of the target in the Ray cluster (the others are let go)."""
-        from profiling.errors import ProfilingError
-        from profiling.fleet import start_fleet
-        from profiling.transport import check_device
         conns, self._fleet_shutdown = start_fleet(self.target, self.ray_address, [self.host] if self.host else [],
                                                   remote_python=self.remote_python, ssh_config=self.ssh_config)
         for c in conns[1:]:
@@ -91,6 +92,7 @@ class RunnerDevice:
         self.workdir.mkdir(parents=True, exist_ok=True)
         safe = "".join(ch if ch.isalnum() else "_" for ch in cand.key)[:60]
         path = self.workdir / f"finalist_{self.n_measurements:02d}_{safe}.onnx"
+        # lazy: loads onnx (slow to import) only when this runs
         from profiling.builders import opset_for_runtime
         facts = self.connect().facts or {}
         # the newest opset the device's onnxruntime runs, as the profiler builds its tables
@@ -105,8 +107,8 @@ class RunnerDevice:
 
     def measure_onnx(self, model) -> float:
         """Median latency (ms) of one ONNX model (path, bytes or ModelProto) on the target."""
+        # lazy: loads onnx and pyarrow (slow to import) only when this runs
         from profiling.measure import model_job
-        from search.problem import SearchError
         conn = self.connect()
         ans = conn.measure(model_job(model, self.target, conn.facts or {}, self.stop))
         if not ans.get("ok"):
@@ -119,9 +121,8 @@ class RunnerDevice:
         """Measure `cands` interleaved (`profiling.interleave.measure_interleaved`): round-robin passes,
         a short slice of each per pass, so every candidate sees the machine's same speed levels.
         Returns each one's statistics (``stats["pass_ms"]``: its median in each pass, in pass order)."""
-        from profiling.interleave import MODEL_PASSES, MODEL_SLICE_S, measure_interleaved
+        # lazy: loads onnx and pyarrow (slow to import) only when this runs
         from profiling.measure import model_job
-        from search.problem import SearchError
         conn = self.connect()
         jobs = []
         for c in cands:
@@ -490,7 +491,6 @@ class RatioBudget:
 
     def interval(self, key: str) -> tuple[float, float]:
         """The distribution-free 95% interval of the median ratio (order statistics of the passes)."""
-        from profiling.device_runner import median_ci
         lo, hi = median_ci(sorted(self.ratios[key]))
         return float(lo), float(hi)
 

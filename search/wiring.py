@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from search.problem import SearchError
+from profiling.targets import Target, TargetError, get_target
+from profiling.fingerprint import make_fingerprint
 
 
 # --------------------------------------------------------------------------------- data
@@ -41,6 +43,7 @@ class Data:
 def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_size: int | None = None) -> Data:
     """`digits`, an .npz file or an image-folder directory (class folders, optionally under train/);
     `image_size` resizes the images (square)."""
+    # lazy: loads torch (slow to import) only when this runs
     from search.accuracy.data import DataError, load_dataset
     p = Path(spec)
     if spec != "digits":
@@ -76,6 +79,7 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_s
 # -------------------------------------------------------------------------------- space
 def make_space(name: str, data: Data, options: dict | None = None):
     """The space sized to the data; `options` override (e.g. {"C": 8, "N": 1} for nb201)."""
+    # lazy: loads torch (slow to import) only when this runs
     from search.spaces import SpaceError, get_space
     opts: dict[str, Any] = {"num_classes": data.num_classes, "in_channels": data.in_channels}
     if name in ("nb201", "baseline"):
@@ -97,7 +101,7 @@ def make_space(name: str, data: Data, options: dict | None = None):
 
 # ---------------------------------------------------------------- predictor and target
 def load_predictor_and_target(config, benchmark: bool = False):
-    from profiling.targets import Target, TargetError, get_target
+    # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import load_predictor
 
     predictor = None
@@ -127,8 +131,8 @@ def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
     """A warning when the predictor was profiled on other hardware than the device the
     finalists are measured on (an Intel table predicting an AMD machine): the search still
     runs, since the finalists' measurements correct the predictor, but the user should know."""
+    # lazy: loads pandas (slow to import) only when this runs
     from predictors.catalog import mismatch_note
-    from profiling.fingerprint import make_fingerprint
     if predictor is None or not predictor.fingerprint or not facts:
         return None
     note = mismatch_note(predictor.fingerprint, make_fingerprint(facts, target), "the device the finalists run on")
@@ -140,6 +144,7 @@ def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
 
 
 def latency_model(predictor, space, path):
+    # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import MacsLatency, PredictorLatency
     if predictor is None:
         return MacsLatency(space)
@@ -152,6 +157,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     """The estimator of `search.accuracy.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`.
     Supernet training may take 60% of the time left before `deadline` (time.monotonic()), and
     scoring the reference population the rest of it."""
+    # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     import time
     from search.models import EstimatedAccuracy, cache_name
     from search.accuracy.proxies import ProxyError, canonical_names
@@ -181,6 +187,7 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
 
 
 def supernet_train_config(config, data: Data):
+    # lazy: loads torch (slow to import) only when this runs
     from search.accuracy.supernet import TrainConfig
     epochs = config.supernet_epochs if config.supernet_epochs is not None else 8.0
     return TrainConfig(epochs=epochs, batch_size=min(64, max(8, len(data.train) // 4)), seed=config.seed,
@@ -189,6 +196,7 @@ def supernet_train_config(config, data: Data):
 
 def torch_device(name: str):
     """The torch device called ``name``, checked to exist on this machine."""
+    # lazy: loads torch (slow to import) only when this runs
     import torch
     try:
         device = torch.device(name)
@@ -203,6 +211,7 @@ def torch_device(name: str):
 def _trained_supernet(config, space, data: Data, cache_dir: Path, log, deadline: float | None = None):
     """The space's supernet trained on the data once; the checkpoint (named by everything the
     weights depend on) is reused by later runs and resumed if a run was killed mid-training."""
+    # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import cache_name
     from search.accuracy.supernet import SupernetError, build_supernet
     import torch
@@ -232,6 +241,7 @@ def _trained_supernet(config, space, data: Data, cache_dir: Path, log, deadline:
 def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
     """best.onnx and best.pt: with a supernet, the subnet carrying the supernet's weights (BN
     statistics recalibrated on the training data); else a freshly initialised network."""
+    # lazy: loads torch (slow to import) only when this runs
     import torch
     from search.accuracy.supernet import recalibrate_bn
     sn = getattr(accuracy, "supernet", None)
@@ -256,6 +266,7 @@ def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
 def load_best(path: str | Path):
     """The network a search wrote to `best.pt` (a torch.nn.Module in eval mode): the space is
     rebuilt with the options the search used and the architecture string is decoded by it."""
+    # lazy: loads torch (slow to import) only when this runs
     import torch
     from search.spaces import get_space
     ck = torch.load(path, map_location="cpu", weights_only=True)

@@ -120,6 +120,7 @@ class ImageDataset:
 
 def load_digits_dataset() -> ImageDataset:
     """scikit-learn's 8x8 digits as 3-channel images in [0, 1]."""
+    # lazy: loads sklearn (slow to import) only when this runs
     from sklearn.datasets import load_digits
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).div_(16.0).unsqueeze(1).repeat(1, 3, 1, 1)

@@ -33,6 +33,7 @@ from scipy.stats import spearmanr
 
 from search.accuracy.proxies import canonical_names, compute_proxies
 from search.errors import SearchStageError
+from search.spaces.nb201 import cell_plan
 
 DEFAULT_ENSEMBLE: tuple[str, ...] = ("jacob_cov", "params")
 SUPERNET_COLUMN = "supernet_acc"
@@ -135,7 +136,6 @@ def nb201_path_features(arch: Sequence[str]) -> np.ndarray:
     conv, number of paths through a pooling, longest path (ops), mean convs per path.
     All zero for a cell whose output is zero.
     """
-    from search.spaces.nb201 import cell_plan
     plan = cell_plan(tuple(arch))
     if plan.zero:
         return np.zeros(9, np.float32)
@@ -172,6 +172,7 @@ def structure_features(space: Any, archs: Iterable[Any]) -> np.ndarray | None:
 
 
 def _normal_scores(v: np.ndarray) -> np.ndarray:
+    # lazy: loads scipy (slow to import) only when this runs
     from scipy.stats import norm, rankdata
     return norm.ppf((rankdata(v) - 0.5) / len(v))
 
@@ -267,6 +268,7 @@ class SupervisedEstimator:
         sample of the space) calibrates the percentiles and the rank-ensemble feature
         (default: ``features``). ``structure``: a few structural summaries per architecture
         (``method="average"``; for ``"lightgbm"`` they join the encodings)."""
+        # lazy: loads lightgbm (slow to import) only when this runs
         import lightgbm as lgb
         df = _as_frame(features)
         y = np.asarray(y, np.float64)
@@ -282,12 +284,14 @@ class SupervisedEstimator:
                     [self._rows(encodings, df, "encodings"), self._rows(structure, df, "structure")], 1)
             self.model_ = lgb.LGBMRegressor(**self.params).fit(self._matrix(df, encodings), y)
             if self.blend > 0:
+                # lazy: loads sklearn (slow to import) only when this runs
                 from sklearn.isotonic import IsotonicRegression
                 self.iso_ = IsotonicRegression(out_of_bounds="clip").fit(self.ensemble.predict(df), y)
             return self
         return self._fit_average(df, y, encodings, ref, structure)
 
     def _fit_average(self, df, y, encodings, ref, structure) -> "SupervisedEstimator":
+        # lazy: loads lightgbm and sklearn (slow to import) only when this runs
         import lightgbm as lgb
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
@@ -302,6 +306,7 @@ class SupervisedEstimator:
         ridge = RidgeCV(alphas=np.logspace(-2, 3, 20)).fit(Z, t)  # alpha: efficient leave-one-out CV
         kernel = (ConstantKernel(1.0) * RBF(np.full(Z.shape[1], 3.0), length_scale_bounds=(0.1, 100.0))
                   + WhiteKernel(0.1))
+        # lazy: loads sklearn (slow to import) only when this runs
         import warnings
         from sklearn.exceptions import ConvergenceWarning
         with warnings.catch_warnings():  # a length scale at its bound just means "irrelevant feature"

@@ -23,6 +23,9 @@ from typing import Any, Callable, Sequence
 
 from search.models import append_cache_line, read_cache_lines
 from search.problem import Candidate
+import torch
+from search.accuracy.supernet import TrainConfig, _resize, accuracy, train_standalone
+from search.accuracy.tasks import LocalPool
 
 #: the reduced network per space: small enough that a 5-epoch run takes seconds, while keeping
 #: the cell (NB201) or the block choices (mbv3, resnet) that the candidates differ in
@@ -61,8 +64,6 @@ class RerankResult:
 def _resized(ds, resolution: int):
     """A copy of an ImageDataset at ``resolution`` (resized once, not at every step)."""
     import dataclasses
-    import torch
-    from search.accuracy.supernet import _resize
     if ds.x.shape[-1] == resolution:
         return ds
     return dataclasses.replace(ds, x=torch.cat([_resize(ds.x[i:i + 512], resolution)
@@ -71,8 +72,6 @@ def _resized(ds, resolution: int):
 
 def _train_and_score(job: tuple, arch: Any) -> tuple[float, float]:
     """One short training (a pool's unit of work): (held-out accuracy %, seconds)."""
-    import torch
-    from search.accuracy.supernet import accuracy, train_standalone
     space, train, val, tc, seed = job
     t = time.perf_counter()
     torch.manual_seed(seed)
@@ -90,8 +89,6 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
     on ``pool`` (a `search.accuracy.tasks` pool: Ray tasks with `ray_address`; default: one after the other here);
     this process alone appends them to ``cache_file``.
     """
-    from search.accuracy.supernet import TrainConfig
-    from search.accuracy.tasks import LocalPool
 
     pool = pool or LocalPool()
     ranked = sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]

@@ -55,7 +55,7 @@ from search.accuracy.data import ImageDataset
 from search.spaces.base import SearchSpace, init_weights, make_divisible
 from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space
 from search.spaces.nb201 import EDGES, OPS, NB201Space, build_macro, cell_plan, edge_key, make_op
-from search.spaces.resnet import BottleneckCfg, ResNetArch, ResNetSpace
+from search.spaces.resnet import Bottleneck, BottleneckCfg, ResNetArch, ResNetSpace
 from search.errors import SearchStageError
 
 
@@ -449,7 +449,6 @@ class _DynBottleneck(nn.Module):
         return F.relu(y + sc)
 
     def export(self, cfg: BottleneckCfg) -> nn.Module:
-        from search.spaces.resnet import Bottleneck
         m = Bottleneck(cfg)
         cin, mid, cout = cfg.cin, cfg.mid, cfg.cout
         with torch.no_grad():

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 from search.problem import SearchError
+from profiling.errors import ProfilingError
+from profiling.fleet import connect_ray
 
 
 class Pool(Protocol):
@@ -37,6 +39,7 @@ class LocalPool:
 
 def _run_chunk(fn, shared, chunk):
     """One Ray task: `fn` over a few items (a task costs about a millisecond to schedule)."""
+    # lazy: loads torch (slow to import) only when this runs
     import torch
     torch.set_num_threads(1)  # one task per CPU the task reserved, as the scheduler assumes
     return [fn(shared, item) for item in chunk]
@@ -49,8 +52,6 @@ class RayPool:
 
     def __init__(self, address: str | None = None, num_cpus: float = 1, num_gpus: float = 0,
                  max_workers: int | None = None, chunk: int = 1):
-        from profiling.errors import ProfilingError
-        from profiling.fleet import connect_ray
         try:
             self.ray, self._joined = connect_ray(address)
         except ProfilingError as e:

@@ -10,35 +10,35 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from search.spaces.base import SearchSpace, SpaceError
+from search.spaces.nb201 import NB201Space
+from search.spaces.mbv3 import MBV3Space
+from search.spaces.resnet import ResNetSpace
+from search.spaces.baseline import BaselineSpace
+from search.spaces.skeleton import skeleton_from_dict
+from search.spaces.known import get_known
 
 
 def _nb201(**kw: Any) -> SearchSpace:
-    from search.spaces.nb201 import NB201Space
     return NB201Space(**kw)
 
 
 def _mbv3(**kw: Any) -> SearchSpace:
-    from search.spaces.mbv3 import MBV3Space
     return MBV3Space(**kw)
 
 
 def _resnet(**kw: Any) -> SearchSpace:
-    from search.spaces.resnet import ResNetSpace
     return ResNetSpace(**kw)
 
 
 def _baseline(baseline: str = "resnet20", num_classes: int | None = None, in_channels: int | None = None,
               resolution: int | None = None, skeleton: str | None = None, **kw: Any) -> SearchSpace:
-    """The space derived from a known model (`search.known_models`), or from ``skeleton`` (the JSON
+    """The space derived from a known model (`search.spaces.known`), or from ``skeleton`` (the JSON
     of a `search.spaces.skeleton.Skeleton`, e.g. a trained model's) called ``baseline``; sized to the data."""
     import json
 
-    from search.spaces.baseline import BaselineSpace
-    from search.spaces.skeleton import skeleton_from_dict
     if skeleton is not None:
         sk = skeleton_from_dict(json.loads(skeleton)).with_data(resolution, in_channels, num_classes)
         return BaselineSpace(sk, baseline, **kw)
-    from search.known_models import get_known
     sk = get_known(baseline).skeleton(num_classes, in_channels, resolution)
     return BaselineSpace(sk, get_known(baseline).name, **kw)
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from profiling.kernels import KernelSpec
 from search.errors import SearchStageError
+from search.memory import params_from_specs
 
 Arch = TypeVar("Arch", bound=Hashable)
 
@@ -211,7 +212,6 @@ class SearchSpace(abc.ABC, Generic[Arch]):
     def size_of(self, arch: Arch) -> tuple[int, float | None]:
         """(weights of the inference graph, peak activations + weights in MB, or None where the
         space cannot compute it without an export). See :mod:`search.memory`."""
-        from search.memory import params_from_specs
         return params_from_specs(self.kernel_specs(arch)), None
 
     def export_onnx(self, arch: Arch, path: str | Path | None = None, batch: int = 1,

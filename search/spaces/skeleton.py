@@ -1,7 +1,7 @@
 """Stage skeletons: one description of a convolutional network as a stem, stages of blocks and a
 head, from which the network is built in torch and its runtime kernels are listed.
 
-The known architectures (:mod:`search.known_models`) and the baseline-derived search space
+The known architectures (:mod:`search.spaces.known`) and the baseline-derived search space
 (:mod:`search.spaces.baseline`) share it, so a baseline is literally a point of its space: both
 build the same :class:`Skeleton` with the same code.
 
