@@ -133,3 +133,39 @@ def test_rank_agreement_with_the_nb201_reference_on_a_sample():
     # the reference stores log(synflow)
     assert spearmanr(mine["synflow"], ref["synflow"]).statistic > 0.9
     np.testing.assert_allclose(np.log(mine["synflow"]), ref["synflow"], rtol=0.05)
+
+
+def test_a_registered_proxy_is_computed_checked_by_the_search_config_and_ranks_in_the_estimator():
+    from search.accuracy.estimator import AccuracyEstimator
+    from search.accuracy.proxies import REGISTRY, canonical_names, register_proxy, unregister_proxy
+    from search.config import AccuracyConfig
+    from profiling.validate import ConfigError
+
+    def convs(net, inputs, targets, loss_fn):  # a plug-in proxy: the number of convolutions
+        return float(sum(isinstance(m, nn.Conv2d) for m in net.modules()))
+
+    space = get_space("nb201", C=4, N=1, resolution=8)
+    x, y = _batch()
+    with pytest.raises(ConfigError, match="unknown proxy 'conv_count'"):
+        AccuracyConfig(proxies=("conv_count",))
+    register_proxy("conv_count", convs, data_free=True, aliases=("convs",))
+    try:
+        assert REGISTRY["conv_count"].data_free and canonical_names(["convs"]) == ["conv_count"]
+        with pytest.raises(ProxyError, match="already registered"):
+            register_proxy("params", convs)
+        with pytest.raises(ProxyError, match="must be a function"):
+            register_proxy("other", None)
+        net = _tiny_nb201()
+        scores = compute_proxies(net, x, y, ["convs", "params"])
+        assert scores["conv_count"] == sum(isinstance(m, nn.Conv2d) for m in net.modules())
+        assert AccuracyConfig(proxies=("conv_count", "params")).proxies == ("conv_count", "params")
+        many = ("nor_conv_3x3",) * 6
+        none = ("none", "skip_connect", "avg_pool_3x3", "none", "skip_connect", "avg_pool_3x3")
+        est = AccuracyEstimator(space, x, y, proxies=["convs"], reference_size=4, seed=0).fit()
+        low, high = est.predict([none, many])
+        assert high > low  # the estimator ranks by the registered proxy
+    finally:
+        unregister_proxy("conv_count")
+    assert "conv_count" not in REGISTRY and "convs" not in canonical_names(None)
+    with pytest.raises(ProxyError, match="built-in"):
+        unregister_proxy("params")

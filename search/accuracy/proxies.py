@@ -37,12 +37,21 @@ flops      multiply-accumulates of the Conv and Linear layers for one input, in 
 ========== ====================================================================================
 
 Aliases: ``jacov`` = ``jacob_cov``, ``naswot`` = ``nwot``.
+
+The proxies are a registry (:data:`REGISTRY`, name -> :class:`Proxy`), like the spaces and the
+search algorithms: ``register_proxy("mine", score, data_free=False)`` adds one, where
+``score(net, inputs, targets, loss_fn) -> float`` (higher = better). ``compute_proxies``, the
+accuracy estimator and the search's ``proxies`` setting (checked when the configuration is built)
+read the registry, so a registered name is usable everywhere at once. A proxy registered in this
+process is not known to Ray workers (``ray_address``) unless the module that registers it is
+imported there too.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -51,32 +60,71 @@ import torch.nn.functional as F
 from torch import nn
 from search.errors import SearchStageError
 
+#: the built-in proxies, in the order `compute_proxies` reports them (the registry may hold more)
 PROXIES: tuple[str, ...] = ("synflow", "snip", "grasp", "fisher", "grad_norm", "jacob_cov", "nwot", "zico",
                             "zen", "params", "flops")
 ALIASES: dict[str, str] = {"jacov": "jacob_cov", "naswot": "nwot", "gradnorm": "grad_norm"}
 #: +1 for every proxy: higher is better (kept explicit for callers that combine proxies).
 SIGNS: dict[str, int] = {p: 1 for p in PROXIES}
-#: proxies that need no data (only the input shape)
+#: built-in proxies that need no data (only the input shape); `Proxy.data_free` for any proxy
 DATA_FREE: frozenset[str] = frozenset({"synflow", "params", "flops"})
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: a proxy's score: (untrained net, input batch, class targets, loss function) -> float, higher = better
+ProxyScore = Callable[[nn.Module, torch.Tensor, torch.Tensor, LossFn], float]
 
 
 class ProxyError(SearchStageError, ValueError):
     """An unknown proxy name or unusable inputs."""
 
 
+@dataclass(frozen=True)
+class Proxy:
+    """A registered zero-cost proxy."""
+    name: str
+    score: ProxyScore | None   # None: snip, grad_norm and fisher, computed together in one backward pass
+    data_free: bool = False    # needs no data, only the input shape
+
+
+#: every proxy by name: the built-ins (registered below) and the user's (`register_proxy`)
+REGISTRY: dict[str, Proxy] = {}
+
+
+def register_proxy(name: str, score: ProxyScore, *, data_free: bool = False, aliases: Iterable[str] = ()) -> Proxy:
+    """Add a proxy to the registry under `name` (and `aliases`); `compute_proxies`, the estimator
+    and the search's `proxies` setting accept it from then on. A name already taken is refused."""
+    if not callable(score):
+        raise ProxyError(f"proxy {name!r}: score must be a function (net, inputs, targets, loss_fn) -> float")
+    taken = [n for n in (name, *aliases) if n in REGISTRY or n in ALIASES]
+    if not name or taken:
+        raise ProxyError(f"a proxy named {taken[0] if taken else name!r} is already registered; choose another name")
+    proxy = Proxy(name, score, data_free)
+    REGISTRY[name] = proxy
+    ALIASES.update({a: name for a in aliases})
+    return proxy
+
+
+def unregister_proxy(name: str) -> None:
+    """Remove a proxy added with `register_proxy` (and its aliases); the built-ins stay."""
+    if name in PROXIES:
+        raise ProxyError(f"{name!r} is a built-in proxy and stays registered")
+    if REGISTRY.pop(name, None) is None:
+        raise ProxyError(f"no proxy named {name!r} is registered")
+    for alias in [a for a, n in ALIASES.items() if n == name]:
+        del ALIASES[alias]
+
+
 def canonical_names(names: Iterable[str] | None) -> list[str]:
-    """Resolve aliases and check names; None means all of :data:`PROXIES`."""
+    """Resolve aliases and check names against the registry; None means every registered proxy."""
     if names is None:
-        return list(PROXIES)
+        return list(REGISTRY)
     if isinstance(names, str):
         names = [names]
     out = []
     for n in names:
         c = ALIASES.get(n, n)
-        if c not in PROXIES:
-            raise ProxyError(f"unknown proxy {n!r}; proxies are {', '.join(PROXIES)} (aliases {ALIASES})")
+        if c not in REGISTRY:
+            raise ProxyError(f"unknown proxy {n!r}; proxies are {', '.join(REGISTRY)} (aliases {ALIASES})")
         if c not in out:
             out.append(c)
     return out
@@ -328,10 +376,13 @@ def flops(net: nn.Module, inputs: torch.Tensor) -> float:
 
 # ---- the entry point -----------------------------------------------------------------
 
-# The proxies computed on their own; snip, grad_norm and fisher share one backward pass.
-_SINGLE: dict[str, Callable] = {
+# The built-ins, in PROXIES' order; snip, grad_norm and fisher share one backward pass (no score).
+_BUILTIN: dict[str, ProxyScore | None] = {
     "synflow": lambda net, x, y, loss: synflow(net, x),
+    "snip": None,
     "grasp": lambda net, x, y, loss: grasp(net, x, y, loss),
+    "fisher": None,
+    "grad_norm": None,
     "jacob_cov": lambda net, x, y, loss: jacob_cov(net, x),
     "nwot": lambda net, x, y, loss: nwot(net, x),
     "zico": lambda net, x, y, loss: zico(net, x, y, loss),
@@ -339,6 +390,8 @@ _SINGLE: dict[str, Callable] = {
     "params": lambda net, x, y, loss: params(net),
     "flops": lambda net, x, y, loss: flops(net, x),
 }
+for _name in PROXIES:
+    REGISTRY[_name] = Proxy(_name, _BUILTIN[_name], _name in DATA_FREE)
 
 
 def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
@@ -351,7 +404,8 @@ def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
             the proxies run and restored afterwards.
         inputs: a float batch ``(N, C, H, W)`` (e.g. 64 normalised CIFAR-10 images).
         targets: class indices ``(N,)``.
-        names: proxies to compute (default: all of :data:`PROXIES`; aliases accepted).
+        names: proxies to compute (default: every registered proxy, :data:`REGISTRY`; aliases
+            accepted).
         seed: seeds torch's RNG before each proxy, so results are reproducible.
         loss_fn: loss for the gradient-based proxies.
 
@@ -383,7 +437,8 @@ def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
             _clear_grads(net)
         for name in names:
             with _seeded(seed):
-                v = shared[name] if name in shared else _SINGLE[name](net, inputs, targets, loss_fn)
+                score = REGISTRY[name].score
+                v = shared[name] if score is None else score(net, inputs, targets, loss_fn)
             _clear_grads(net)
             out[name] = float(v)
     finally:
@@ -393,5 +448,6 @@ def compute_proxies(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
     return out
 
 
-__all__ = ["PROXIES", "ALIASES", "SIGNS", "DATA_FREE", "ProxyError", "compute_proxies", "canonical_names",
+__all__ = ["PROXIES", "ALIASES", "SIGNS", "DATA_FREE", "REGISTRY", "Proxy", "ProxyError", "ProxyScore",
+           "register_proxy", "unregister_proxy", "compute_proxies", "canonical_names",
            "synflow", "grasp", "jacob_cov", "nwot", "zico", "zen", "params", "flops"]
