@@ -127,7 +127,7 @@ def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
         fail(f"{e.strerror or e}{where}")
     except Exception as e:
         if isinstance(e, _library_errors()):  # the parameters a message names, as this command's flags
-            fail(error_text(e, flags))
+            fail(flags_in(str(e), flags))
         raise
 
 

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import click
 
@@ -96,8 +95,8 @@ def main(tables, out, overwrite, adapt_from, networks, network_weight, device, c
             from profiling.targets import list_targets
             from profiling.validate import check_choice
             check_choice("target", target, list_targets(), "target")
-            from predictors.calibrate import calibrate
-            base = adapt_from or str(Path(__file__).resolve().parents[1] / "data" / "predictors")
+            from predictors.calibrate import SHIPPED_PREDICTORS, calibrate
+            base = adapt_from or str(SHIPPED_PREDICTORS)
             res = calibrate(base, target=target, out=out, networks=calibration_networks, seed=seed,
                             progress=click.echo)
             click.echo(f"base: {res.base_description}")

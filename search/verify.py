@@ -10,7 +10,7 @@ better than the best verified one and the measurement allowance lasts.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -523,7 +523,7 @@ class RatioBudget:
         uncertainty of 1/S at the cap is dropped: it is not shown to meet the budget, and keeping
         it by the side its median fell on made the choice a coin toss between two runs (a ratio
         of 0.504 in one `make demo` and 0.498 in the next, each over 40 passes, at 1/2)."""
-        return self.ratio(key) <= self.max_ratio and self.clear(key)
+        return self.verdict(key) is None
 
     def verdict(self, key: str) -> str | None:
         """None when kept (`kept`), else why the finalist is dropped."""
@@ -552,7 +552,6 @@ class RatioBudget:
 
     def formulation(self, f: Formulation) -> Formulation:
         """`f` with the budget in ms re-anchored on the baseline's median over every pass."""
-        from dataclasses import replace
         if not self.reference_passes:
             return f
         return replace(f, latency_budget_ms=self.budget_ms, origin=(
