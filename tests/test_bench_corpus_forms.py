@@ -125,3 +125,26 @@ def test_qdq_boundaries_are_counted_from_the_quantized_graphs(corpus, tmp_path):
     assert (q > 0).all() and out["median_qdq_per_kernel"] == pytest.approx(np.median(q / [4, 6]))
     # the least-squares cost per node of the miss (measured - predicted), no intercept
     assert out["ms_per_qdq_node_of_the_miss"] == pytest.approx(q @ (y - pred) / (q @ q))
+
+
+def test_form_search_measures_each_choice_in_both_forms(corpus, tmp_path):
+    """bench_form_search's cross measurement: the fp32 run's best.onnx and the int8 run's fp32 export
+    (best.fp32.onnx, beside its quantized best.onnx) are each measured on the fp32 and the int8
+    target, and the per-round ratio is the int8 choice's latency over the fp32 choice's."""
+    from scripts import bench_form_search
+    runs = {"fp32": tmp_path / "fp32", "int8": tmp_path / "int8"}
+    for run in runs.values():
+        run.mkdir()
+    onnx.save(onnx.load(str(corpus / "a8.onnx")), str(runs["fp32"] / "best.onnx"))
+    onnx.save(onnx.load(str(corpus / "b24.onnx")), str(runs["int8"] / "best.fp32.onnx"))
+    onnx.save(quantize(str(corpus / "b24.onnx")), str(runs["int8"] / "best.onnx"))
+    got = bench_form_search._cross(runs, {"fp32": "local-cpu", "int8": "local-cpu-int8"}, rounds=2, passes=1)
+    assert got["onnx"] == {"fp32": str(runs["fp32"] / "best.onnx"), "int8": str(runs["int8"] / "best.fp32.onnx")}
+    assert len(got["rounds"]) == 2
+    for form in ("fp32", "int8"):
+        for r, ratio in zip(got["rounds"], got["int8_over_fp32_choice"][form]):
+            assert r[form]["fp32"] > 0 and ratio == pytest.approx(r[form]["int8"] / r[form]["fp32"])
+        for choice in ("fp32", "int8"):
+            assert got["ms"][choice][form] == pytest.approx(np.median([r[form][choice] for r in got["rounds"]]))
+    (runs["fp32"] / "best.onnx").unlink()
+    assert "skipped" in bench_form_search._cross(runs, {"fp32": "local-cpu", "int8": "local-cpu-int8"}, 1, 1)
