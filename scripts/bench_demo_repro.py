@@ -48,8 +48,8 @@ def agreement(runs: list[dict]) -> dict:
 
 def table(runs: list[dict]) -> str:
     rows = ["| run | chosen | measured speed-up (95% interval) | budget ms | finalists kept/measured (undecided at the cap) "
-            "| test acc. % | wall s | exit |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| margin | test acc. % | wall s | exit |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for i, r in enumerate(runs, 1):
         sp = r.get("measured_speedup") or {}
         speed = (f"{sp['speedup']:.2f}x ({sp['speedup_low']:.2f}-{sp['speedup_high']:.2f})" if sp else
@@ -59,8 +59,9 @@ def table(runs: list[dict]) -> str:
         fin = [f for f in r.get("finalists") or [] if f.get("ratio") is not None]
         kept = sum(f.get("dropped") is None for f in fin)
         undecided = sum(not f.get("clear") for f in fin)
+        margin = (r.get("ratio_margin") or {}).get("margin")
         rows.append(f"| {i} | `{r.get('chosen')}` | {speed} | {'—' if budget is None else f'{budget:.3f}'} | "
-                    f"{kept}/{len(fin)} ({undecided}) | "
+                    f"{kept}/{len(fin)} ({undecided}) | {'—' if margin is None else f'{margin:.3f}'} | "
                     f"{'—' if acc is None else f'{acc:.2f}'} | {r.get('wall_seconds', 0):.0f} | "
                     f"{r.get('exit_code')} |")
     return "\n".join(rows)

@@ -11,6 +11,9 @@ Four phases, each announced with its expected duration:
    resized to 32x32, where the CIFAR ResNet-20 takes about 1.5 ms on one core): the
    finalists are measured interleaved with the baseline, and one is kept iff its latency ratio
    to the baseline, measured in the same passes, is at most 1/2 (`search.verify.RatioBudget`);
+   finalists are picked among networks predicted clear of 1/2 by a decision margin (8%, the
+   spread of ratios between runs here), and one measured inside it is not chosen over one clear
+   of it, so that another run does not decide a close call the other way;
 3. a short `train` of the chosen network, tested on held-out digits;
 4. the baseline trained with the same recipe, when the time allows.
 
@@ -156,8 +159,10 @@ def main(out, baseline, speedup, predictor, image_size, population, generations,
                    baseline_ms=base.candidate.measured_ms, chosen_ms=best.measured_ms if best is not None else None,
                    budget_ms=res.formulation.latency_budget_ms, measured_speedup=spread,
                    speedup=base.speedup_of(best)[0] if best is not None else None, notes=list(res.notes),
-                   finalists=[{k: m.get(k) for k in ("arch", "ratio", "speedup", "passes", "clear", "dropped")}
-                              for r in res.rounds for m in r.measured])
+                   finalists=[{k: m.get(k) for k in ("arch", "ratio", "speedup", "passes", "clear", "clear_of_margin",
+                                                     "dropped")}
+                              for r in res.rounds for m in r.measured],
+                   ratio_margin=base.ratio.margin_summary() if base.ratio is not None else None)
     trained: dict[str, dict] = {}
     if best is not None:
         trained = train_phases(ph, res, base, train_epochs, image_size, seed)
@@ -208,6 +213,11 @@ def report(s: dict, res, out_dir: Path, train_cmds: list[str]) -> None:
         click.echo(f"result: {s['chosen']}\n        {speed}; target {s['speedup_target']:g}x "
                    f"(budget {s['budget_ms']:.3f} ms = the baseline's {s['baseline_ms']:.3f} ms / "
                    f"{s['speedup_target']:g})")
+        m = s.get("ratio_margin")
+        if m:
+            where = "clear of" if m["clear_of_margin"].get(s["chosen"]) else "inside (no finalist kept was clear of)"
+            click.echo(f"        {where} the decision margin {m['margin']:g}: latency ratio to the baseline <= "
+                       f"{m['clear_ratio']:.3f}")
         t = s.get("trained", {})
         if "chosen" in t:
             line = f"        held-out accuracy after {t['chosen']['epochs']} epochs: {t['chosen']['test_accuracy']:.2f}%"

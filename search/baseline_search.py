@@ -55,7 +55,8 @@ class BaselineInfo:
         s, how = self.speedup_of(best)
         return {"name": self.name, "arch": c.key, "estimated_accuracy": c.accuracy, "measured_ms": c.measured_ms,
                 "predicted_ms": c.predicted_ms, "params": c.params, "memory_mb": c.memory_mb,
-                "speedup": s, "speedup_is": how, "speedup_measured_together": self.speedup_spread(best)}
+                "speedup": s, "speedup_is": how, "speedup_measured_together": self.speedup_spread(best),
+                "ratio_margin": self.ratio.margin_summary() if self.ratio is not None else None}
 
 
 def baseline_space_options(spec: str, data) -> tuple[str, dict]:

@@ -35,6 +35,7 @@ from typing import Any
 from profiling.validate import (ConfigError, check_choice, check_host, check_input_file, check_input_path,
                                 check_output_dir, check_range)
 from search.algorithms import ALGORITHMS
+from search.problem import RATIO_MARGIN
 from profiling.targets import TargetError, list_targets
 
 #: what a search writes into its output directory; an earlier run's are replaced only with `overwrite`
@@ -238,6 +239,11 @@ class BaselineConfig:
     speedup: float | None = field(default=None, metadata=option(
         "With `baseline`: maximise estimated accuracy subject to latency <= the baseline's measured latency / S.",
         metavar="S"))
+    ratio_margin: float = field(default=RATIO_MARGIN, metadata=option(
+        "With `speedup`: finalists are picked among candidates predicted at least this fraction below 1/S of the "
+        "baseline's latency, and a finalist measured inside that margin is not chosen over one clear of it, so "
+        "the choice is not a close call that another run would decide the other way. Widened to the spread of "
+        "latency ratios the run observes between its measurement batches; 0: no margin.", metavar="FRACTION"))
     max_params: int | None = field(default=None, metadata=option(
         "Constraint: at most N weights (inference graph, BatchNorm folded).", metavar="N"))
     max_memory_mb: float | None = field(default=None, metadata=option(
@@ -246,6 +252,7 @@ class BaselineConfig:
 
     def __post_init__(self) -> None:
         check_range("speedup", self.speedup, 0, None, low_open=True)
+        check_range("ratio_margin", self.ratio_margin, 0, 0.5, optional=False)
         check_range("max_params", self.max_params, 1)
         check_range("max_memory_mb", self.max_memory_mb, 0, None, low_open=True)
         if self.speedup is not None and self.baseline is None:
@@ -383,6 +390,7 @@ FLAT_FIELDS: dict[str, tuple[str, str]] = {
     "seed": ("run", "seed"), "cache_dir": ("run", "cache_dir"), "ray_address": ("run", "ray_address"),
     "export_best": ("run", "export_best"), "progress": ("run", "progress"),
     "baseline": ("baseline", "baseline"), "speedup": ("baseline", "speedup"), "max_params": ("baseline", "max_params"),
+    "ratio_margin": ("baseline", "ratio_margin"),
     "max_memory_mb": ("baseline", "max_memory_mb"),
 }
 

@@ -33,6 +33,14 @@ class BudgetTooLowError(SearchError):
         self.fastest = fastest
 
 
+#: the default floor of the decision margin (a fraction of 1/S) of verdicts by ratio
+#: (search.verify.RatioBudget): the spread of one network's latency ratio to the baseline between
+#: runs of `make demo` on the reference 2-core VM (AMD EPYC Zen 3, session 8: about ±8%, more than
+#: one run's own interval, since the VM's speed levels do not slow every network equally). One
+#: run sees only part of that spread, so its own observation only widens the margin.
+RATIO_MARGIN = 0.08
+
+
 @dataclass(frozen=True)
 class Formulation:
     latency_budget_ms: float | None = None
@@ -46,6 +54,10 @@ class Formulation:
     max_memory_mb: float | None = None
     # where the constraint came from, for describe(): e.g. "the baseline resnet20's (61.2)"
     origin: str | None = None
+    # budget: the fraction below the budget a finalist is picked at, and a measured candidate is
+    # preferred at, so that the choice is clear of the budget by the machine's run-to-run spread
+    # of measurements (search.verify.RatioBudget.margin); 0: none
+    decision_margin: float = 0.0
 
     def __post_init__(self) -> None:
         if self.latency_budget_ms is not None and self.min_accuracy is not None:
@@ -56,6 +68,8 @@ class Formulation:
             raise SearchError(f"the parameter limit must be > 0, got {self.max_params}")
         if self.max_memory_mb is not None and not self.max_memory_mb > 0:
             raise SearchError(f"the memory limit must be > 0 MB, got {self.max_memory_mb}")
+        if not 0.0 <= self.decision_margin < 1.0:
+            raise SearchError(f"the decision margin is a fraction of the budget in [0, 1), got {self.decision_margin}")
 
     @property
     def kind(self) -> str:
@@ -105,6 +119,14 @@ class Formulation:
         if self.max_memory_mb is not None:
             cols.append(np.asarray(memory_mb, float) / self.max_memory_mb - 1.0)
         return np.column_stack(cols) if cols else None
+
+    @property
+    def clear_budget_ms(self) -> float | None:
+        """The latency budget less the decision margin: finalists predicted, and candidates measured,
+        at most this are clear of the budget by the margin."""
+        if self.latency_budget_ms is None:
+            return None
+        return self.latency_budget_ms * (1.0 - self.decision_margin)
 
     def feasible(self, acc: float, lat: float, params: int | None = None, memory_mb: float | None = None) -> bool:
         if not self.size_ok(params, memory_mb):

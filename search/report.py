@@ -68,6 +68,8 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                      "least 3%) was measured again with the baseline, up to the cap. Its measured ms above is that "
                      "ratio times the baseline's median over every pass.\n")
             L.extend(f"- {m['decision']}" for m in by_ratio)
+            if getattr(result.baseline, "ratio", None) is not None:
+                L.append(f"\nThe choice's {result.baseline.ratio.describe_margin()}.")
             L.append("")
         if settled:
             L.append("Close calls: a finalist measured within its own uncertainty of the budget (the runner's "

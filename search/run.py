@@ -24,7 +24,7 @@ from search.accuracy.estimator import DEFAULT_ENSEMBLE
 from search.algorithms import GenerationInfo, get_algorithm
 from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_truth, parse_benchmark
 from search.frontier import plot_frontier, write_best, write_frontier
-from search.problem import (BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
+from search.problem import (RATIO_MARGIN, BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
 from search.verify import (FeatureCorrection, RatioBudget, RunnerDevice, VerifyRound, best_verified, feasible,
                            measure_candidate, measure_relative, rank_key, verify_finalists)
@@ -85,6 +85,7 @@ class SearchConfig:
     # starting from a baseline (search.baseline_search): a known model's name, or a .pt/.onnx of one
     baseline: str | None = None
     speedup: float | None = None            # with baseline: latency <= baseline's measured / speedup
+    ratio_margin: float = RATIO_MARGIN      # with speedup: picks and the choice clear of 1/speedup by this fraction
     max_params: int | None = None           # size constraints (search.memory), any formulation
     # deployment form (search.deploy): a throughput floor at the target's batch is a latency budget
     min_throughput: float | None = None     # images/s at the target's batch
@@ -247,7 +248,7 @@ def run_search(config: SearchConfig | SearchSpec,
         ui.log(f"objective: {formulation.describe()}")
         if config.speedup is not None and config.finalists > 0 and isinstance(device, RunnerDevice):
             # verdicts by the latency ratio to the baseline, measured in the same interleaved passes
-            baseline.ratio = RatioBudget(baseline.candidate, config.speedup)
+            baseline.ratio = RatioBudget(baseline.candidate, config.speedup, config.ratio_margin)
 
     interrupted = False
     rounds: list[VerifyRound] = []
@@ -307,6 +308,7 @@ def run_search(config: SearchConfig | SearchSpec,
             if ratio is not None:
                 ui.log(f"  each round's finalists are measured interleaved with the baseline {baseline.name} and "
                        f"kept iff their latency ratio to it is <= 1/{config.speedup:g}")
+                ui.log(f"  {ratio.describe_margin()}")
             try:
                 rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,

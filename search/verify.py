@@ -17,7 +17,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from predictors.numerics import ridge_solve
-from search.problem import Candidate, Correction, Evaluator, Formulation, SearchError, pareto_front
+from search.problem import (RATIO_MARGIN, Candidate, Correction, Evaluator, Formulation, SearchError,
+                            pareto_front)
 from profiling.errors import ProfilingError
 from profiling.fleet import start_fleet
 from profiling.transport import check_device
@@ -272,9 +273,10 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
                      tie_margin: float = TIE_MARGIN, explore: bool = False) -> list[Candidate]:
     """The top-k unmeasured candidates near the constraint, best first.
 
-    budget: frontier points predicted within the budget (using the upper interval only to
-    break ties), highest accuracy first, then those just over it (which the device may
-    rescue if the predictor was pessimistic); when none is left: if nothing is verified under
+    budget: frontier points predicted within the budget less its decision margin
+    (`Formulation.clear_budget_ms`), highest accuracy first, then those predicted inside the
+    margin, then those just over the budget (which the device may rescue if the predictor was
+    pessimistic); when none is left: if nothing is verified under
     the budget yet, the fastest predicted frontier points, else (with `space`) the candidates
     the tie rule of `best_verified` could still pick (`tie_finalists`), then, with `explore`
     (a measurement allowance to spend), the frontier points estimated better than the best
@@ -291,16 +293,18 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
         idx = np.unique(np.linspace(0, len(unmeasured) - 1, k).round().astype(int))
         return [unmeasured[i] for i in idx]
     if formulation.kind == "budget":
-        b = formulation.latency_budget_ms
-        inside = sorted([c for c in unmeasured if c.predicted_ms <= b], key=lambda c: -c.accuracy)
+        b, clear_b = formulation.latency_budget_ms, formulation.clear_budget_ms
+        # a candidate predicted inside the margin is measured only when no clear one is left: its
+        # verdict would be a close call that the machine's run-to-run spread can tip either way
+        inside = sorted([c for c in unmeasured if c.predicted_ms <= clear_b], key=lambda c: -c.accuracy)
+        margin = sorted([c for c in unmeasured if clear_b < c.predicted_ms <= b], key=lambda c: -c.accuracy)
         near = sorted([c for c in unmeasured if b < c.predicted_ms <= b * (1 + formulation.search_margin)],
                       key=lambda c: c.predicted_ms)
         # a verified candidate already beats everything below its accuracy
         best = best_verified(cands, formulation)
         if best is not None:
-            inside = [c for c in inside if c.accuracy > best.accuracy]
-            near = [c for c in near if c.accuracy > best.accuracy]
-        picks = (inside + near)[:k]
+            inside, margin, near = ([c for c in group if c.accuracy > best.accuracy] for group in (inside, margin, near))
+        picks = (inside + margin + near)[:k]
         if not picks and best is None:
             # nothing verified under the budget yet and nothing predicted near it: the fastest
             # frontier points, so a run does not end without a cell because the prediction is off
@@ -324,12 +328,25 @@ def capacity(space, cand: Candidate) -> float:
     return sum(v for k, v in kernel_features(space.kernel_specs(cand.arch)).items() if k.startswith("mac_"))
 
 
+def verified_pool(cands: Sequence[Candidate], formulation: Formulation) -> list[Candidate]:
+    """The measured feasible candidates the choice is made from. Under a budget with a decision
+    margin, those measured clear of it (`Formulation.clear_budget_ms`) when there are any: a
+    candidate inside the margin is not chosen over one clear of it, since another run on the same
+    machine may measure it over the budget."""
+    ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    if formulation.kind == "budget" and formulation.decision_margin > 0:
+        clear = [c for c in ok if c.measured_ms <= formulation.clear_budget_ms]
+        return clear or ok
+    return ok
+
+
 def best_verified(cands: Sequence[Candidate], formulation: Formulation, space=None,
                   tie_margin: float = TIE_MARGIN) -> Candidate | None:
-    """The best measured feasible candidate. Under a budget, candidates whose estimated score is
-    within `tie_margin` of the best are a tie, broken by capacity (MACs; `space` needed), which
-    tracks accuracy within a space when the estimator cannot tell them apart."""
-    ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    """The best measured feasible candidate (of `verified_pool`: clear of the decision margin
+    first). Under a budget, candidates whose estimated score is within `tie_margin` of the best
+    are a tie, broken by capacity (MACs; `space` needed), which tracks accuracy within a space
+    when the estimator cannot tell them apart."""
+    ok = verified_pool(cands, formulation)
     if not ok:
         return None
     best = min(ok, key=rank_key(formulation))
@@ -342,19 +359,20 @@ def best_verified(cands: Sequence[Candidate], formulation: Formulation, space=No
 def tie_finalists(cands: Sequence[Candidate], formulation: Formulation, space, k: int,
                   tie_margin: float = TIE_MARGIN) -> list[Candidate]:
     """Under a budget, the unmeasured candidates that `best_verified`'s tie rule would pick over
-    the current choice if they were verified: predicted within the budget, estimated within
+    the current choice if they were verified: predicted within the budget less its decision
+    margin (`Formulation.clear_budget_ms`), estimated within
     `tie_margin` of the best verified score, and of more capacity (MACs) than the current
     choice; largest first. Measuring them spends leftover measurements on the tie-break instead
     of leaving it to the few finalists that happened to be measured."""
     if formulation.kind != "budget":
         return []
-    ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
+    ok = verified_pool(cands, formulation)
     if not ok:
         return []
     top = max(c.accuracy for c in ok)
     floor = capacity(space, best_verified(cands, formulation, space, tie_margin))
     pool = [(capacity(space, c), c) for c in cands
-            if c.measured_ms is None and c.dropped is None and c.predicted_ms <= formulation.latency_budget_ms
+            if c.measured_ms is None and c.dropped is None and c.predicted_ms <= formulation.clear_budget_ms
             and c.accuracy >= top - tie_margin]
     pool = [(m, c) for m, c in pool if m > floor]
     pool.sort(key=lambda t: (-t[0], -t[1].accuracy))
@@ -404,6 +422,17 @@ def measurement_uncertainty(values: Sequence[float], ci_rel: float | None) -> fl
     return u
 
 
+def remeasure_until_clear(keys: Sequence[str], measure: Callable[[list[str]], None],
+                          undecided: Callable[[str], bool], first: Sequence[str] | None = None) -> None:
+    """The re-measure-until-clear-or-cap loop of both kinds of verdict: `measure` the keys in
+    `first` (default: those `undecided` now) together, then again those of `keys` still
+    `undecided` (which is False once a key's cap is reached), until none is."""
+    todo = list(first) if first is not None else [k for k in keys if undecided(k)]
+    while todo:
+        measure(todo)
+        todo = [k for k in keys if undecided(k)]
+
+
 def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation: Formulation,
                        finalists: Sequence[Candidate], vr: VerifyRound | None = None, cap: int = REMEASURE_CAP,
                        on_settle: Callable[[Candidate, "Settled"], None] | None = None) -> list[Settled]:
@@ -427,15 +456,13 @@ def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation:
         v = values[k]
         return abs(float(np.median(v)) - budget) <= measurement_uncertainty(v, ci[k]) and len(v) < cap
 
-    while True:
-        todo = [k for k in values if undecided(k)]
-        if not todo:
-            break
-        for k in todo:
-            c = by_key[k]
-            values[k].append(float(device.measure(space, c)))
+    def measure(todo: list[str]) -> None:
+        for k in todo:  # one each, in turn
+            values[k].append(float(device.measure(space, by_key[k])))
             ci[k] = max(ci[k], float((device.last_stats or {}).get("ci_rel", 0.0)))
             touched.add(k)
+
+    remeasure_until_clear(list(values), measure, undecided)
     out = []
     for k in touched:
         c, v = by_key[k], values[k]
@@ -466,13 +493,68 @@ class RatioBudget:
     median of its per-pass latency ratios to the baseline is at most 1/S and clear of it (`kept`);
     its latency in ms is that ratio times the baseline's median over every pass it was measured
     in, and the budget in ms is that median / S, so "measured ms <= budget" and "ratio <= 1/S"
-    are the same comparison."""
+    are the same comparison.
+
+    The choice is guarded by a decision margin (`margin`, a fraction of 1/S; 0: none): a
+    network's ratio moves from run to run by more than one run's interval, so finalists are picked
+    among candidates predicted at most (1 - margin)/S, and a kept finalist measured inside the
+    margin is not chosen over one clear of it (`Formulation.decision_margin`). The margin is a
+    setting measured across runs (`RATIO_MARGIN`; scripts/bench_demo_repro.py,
+    scripts/bench_ratio_spread.py), not this run's noise: a line that moved with the spread one run
+    happens to observe would move the choice with it. That spread (`observed_spread`) is reported
+    beside the margin, with a note when it is wider. The verdict itself stays at 1/S: moving it to
+    (1 - margin)/S would only move the close calls there."""
     reference: Candidate
     speedup: float
+    margin: float = RATIO_MARGIN
     reference_passes: list[float] = field(default_factory=list)
     ratios: dict[str, list[float]] = field(default_factory=dict)
     batches: dict[str, int] = field(default_factory=dict)
+    batch_ratios: dict[str, list[float]] = field(default_factory=dict)   # each batch's median ratio
     rows: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 1.0:
+            raise SearchError(f"the ratio margin is a fraction of 1/S in [0, 1), got {self.margin}")
+
+    @property
+    def observed_spread(self) -> float | None:
+        """Twice the root-mean-square relative deviation of one batch's median ratio from its
+        network's median over all its batches, pooled over the networks measured in two batches
+        or more (about a 95% band of one batch's ratio); None before any network has two."""
+        devs = [b / float(np.median(v)) - 1.0 for v in self.batch_ratios.values() if len(v) >= 2 for b in v]
+        return 2.0 * float(np.sqrt(np.mean(np.square(devs)))) if devs else None
+
+    @property
+    def clear_ratio(self) -> float:
+        """(1 - margin)/S: a ratio at most this is clear of 1/S by the margin."""
+        return self.max_ratio * (1.0 - self.margin)
+
+    def clear_of_margin(self, key: str) -> bool:
+        return self.ratio(key) <= self.clear_ratio
+
+    def margin_summary(self) -> dict:
+        """The margin as reported (best.json, demo.json): its value, the ratio line it draws, the
+        spread of ratios this run observed between batches (and whether it was wider), and which
+        measured finalists are clear of the margin."""
+        spread = self.observed_spread
+        return {"margin": self.margin, "max_ratio": self.max_ratio, "clear_ratio": self.clear_ratio,
+                "observed_spread": spread, "spread_wider_than_margin": spread is not None and spread > self.margin,
+                "clear_of_margin": {k: self.clear_of_margin(k) for k in self.ratios}}
+
+    def describe_margin(self) -> str:
+        if self.margin == 0:
+            return "decision margin off (`ratio_margin` 0): finalists picked and chosen up to 1/S"
+        text = (f"decision margin {self.margin:g} of 1/{self.speedup:g}: finalists are picked among candidates "
+                f"predicted at most {self.clear_ratio:.3f} of the baseline's latency, and one kept inside the margin is "
+                f"not chosen over one clear of it")
+        spread = self.observed_spread
+        if spread is not None:
+            text += f"; the ratios of networks measured in several batches spread ±{spread:.3f} in this run"
+            if spread > self.margin:
+                text += (f", wider than the margin: a close call may be decided otherwise in another run (a "
+                         f"`ratio_margin` of {spread:.2f} would cover it)")
+        return text
 
     @property
     def max_ratio(self) -> float:
@@ -508,8 +590,10 @@ class RatioBudget:
         ref = [float(x) for x in reference_passes]
         self.reference_passes.extend(ref)
         for key, ms in passes.items():
-            self.ratios.setdefault(key, []).extend(float(m) / r for m, r in zip(ms, ref))
+            batch = [float(m) / r for m, r in zip(ms, ref)]
+            self.ratios.setdefault(key, []).extend(batch)
             self.batches[key] = self.batches.get(key, 0) + 1
+            self.batch_ratios.setdefault(key, []).append(float(np.median(batch)))
 
     def speedup_of(self, key: str) -> dict:
         """The measured speed-up of a finalist over the baseline (1 / its median ratio), its 95%
@@ -544,6 +628,9 @@ class RatioBudget:
         how = f"clearly {side} the budget" if self.clear(key) else \
             (f"undecided at the cap of {self.batches[key]} interleaved batches, {side} the budget by its median"
              + (": dropped, not shown to meet the budget" if r <= self.max_ratio else ""))
+        if self.margin > 0 and self.verdict(key) is None and not self.clear_of_margin(key):
+            how += (f", but inside the decision margin (ratio > {self.clear_ratio:.3f}): not chosen over a finalist "
+                    f"clear of it")
         sp = self.speedup_of(key)
         return (f"{key}: latency ratio to the baseline {r:.3f} ± {u:.3f} over {sp['passes']} passes "
                 f"({sp['batches']} interleaved batch(es) with the baseline; speed-up {sp['speedup']:.2f}x, 95% "
@@ -551,13 +638,16 @@ class RatioBudget:
                 f"{self.max_ratio:.3f}: {how}")
 
     def formulation(self, f: Formulation) -> Formulation:
-        """`f` with the budget in ms re-anchored on the baseline's median over every pass."""
+        """`f` with the decision margin, and the budget in ms re-anchored on the baseline's median
+        over every pass once there are passes."""
         if not self.reference_passes:
-            return f
-        return replace(f, latency_budget_ms=self.budget_ms, origin=(
+            return replace(f, decision_margin=self.margin)
+        margin = (f"; finalists picked, and the choice preferred, at most {self.clear_ratio:.3f} (a decision margin "
+                  f"of {self.margin:.3f})" if self.margin > 0 else "")
+        return replace(f, latency_budget_ms=self.budget_ms, decision_margin=self.margin, origin=(
             f"the baseline's median {self.reference_ms:.3f} ms over {len(self.reference_passes)} interleaved passes "
             f"/ {self.speedup:g}; each finalist kept iff its latency ratio to the baseline, measured in the same "
-            f"passes, is <= 1/{self.speedup:g} and clear of it by its uncertainty"))
+            f"passes, is <= 1/{self.speedup:g} and clear of it by its uncertainty{margin}"))
 
 
 def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, cands: Sequence[Candidate],
@@ -570,19 +660,24 @@ def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, ca
     latency (the correction's points move with it) and is kept or dropped by its ratio."""
     cands = [c for c in cands if c.key != ratio.reference.key]
     new_keys = {c.key for c in cands}
-    todo = list(cands)
-    first = True
-    while todo:
-        stats = device.measure_together(space, [ratio.reference] + todo)
-        ratio.add(stats[0]["pass_ms"], {c.key: s["pass_ms"] for c, s in zip(todo, stats[1:])})
-        if first and vr is not None:
-            for c, s in zip(todo, stats[1:]):
+    mine = {c.key: c for c in cands}
+
+    logged: set[str] = set()  # a row in the round's log from the first batch on
+
+    def measure(todo: list[str]) -> None:
+        stats = device.measure_together(space, [ratio.reference] + [mine[k] for k in todo])
+        ratio.add(stats[0]["pass_ms"], {k: s["pass_ms"] for k, s in zip(todo, stats[1:])})
+        for k, s in zip(todo, stats[1:]):
+            if vr is not None and k not in logged:
+                logged.add(k)
+                c = mine[k]
                 row = {"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
                        "measured_ms": None, "dropped": None, "ci_rel": s.get("ci_rel")}
                 vr.measured.append(row)
                 ratio.rows[c.key] = row
-        first = False
-        todo = [c for c in cands if not ratio.clear(c.key) and ratio.batches[c.key] < cap]
+
+    remeasure_until_clear(list(mine), measure, lambda k: not ratio.clear(k) and ratio.batches[k] < cap,
+                          first=list(mine))
     by_key = {c.key: c for c in evaluator.candidates}
     by_key.update({c.key: c for c in cands})
     in_points = {id(p) for p, _ in evaluator.correction.points}
@@ -597,7 +692,8 @@ def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, ca
         row = ratio.rows.get(key)
         if row is not None:
             row.update(measured_ms=ms, dropped=c.dropped, ratio=ratio.ratio(key), ratio_interval=list(ratio.interval(key)),
-                       decision=ratio.describe(key), clear=ratio.clear(key), **ratio.speedup_of(key))
+                       decision=ratio.describe(key), clear=ratio.clear(key),
+                       clear_of_margin=ratio.clear_of_margin(key), **ratio.speedup_of(key))
         if on_settle is not None and key in new_keys:
             on_settle(c, ratio.describe(key))
     ref = ratio.reference
@@ -682,8 +778,10 @@ def measure_candidate(space, evaluator: Evaluator, device: Device, formulation: 
     return ms
 
 
-__all__ = ["Device", "FeatureCorrection", "NOISE_FLOOR", "REMEASURE_CAP", "RatioBudget", "RunnerDevice", "Settled",
+__all__ = ["Device", "FeatureCorrection", "NOISE_FLOOR", "RATIO_MARGIN", "REMEASURE_CAP",
+           "RatioBudget", "RunnerDevice", "Settled",
            "VerifyRound", "measure_relative",
-           "best_verified", "feasible", "measurement_uncertainty", "settle_near_budget",
+           "best_verified", "feasible", "measurement_uncertainty", "remeasure_until_clear", "settle_near_budget",
+           "verified_pool",
            "capacity", "kernel_features", "measure_candidate", "rank_key", "select_finalists", "tie_finalists",
            "verify_finalists"]
