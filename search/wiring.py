@@ -166,13 +166,8 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     except ProxyError as e:
         raise SearchError(f"`proxies`: {e}") from None
     use_supernet = config.accuracy == "supernet" or (config.accuracy == "auto" and not config.benchmark)
-    if space.name == "baseline":
-        # no weight-sharing supernet over the baseline's block types (one weight set per block type
-        # would be needed): the proxies score the candidates and the baseline, in the same units
-        if config.accuracy == "supernet":
-            raise SearchError("`accuracy` supernet: a baseline-derived space has no supernet; use proxies "
-                              "(the default with `baseline`)")
-        use_supernet = False
+    if use_supernet and space.name == "baseline":
+        use_supernet = _baseline_supernet_fits(config, space, log)
     share = None if deadline is None else time.monotonic() + 0.6 * max(0.0, deadline - time.monotonic())
     supernet = _trained_supernet(config, space, data, cache_dir, log, share) if use_supernet else None
     inputs, targets = data.train.batch(min(config.proxy_batch, len(data.train)), seed=config.seed)
@@ -184,6 +179,23 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
                              cache_file=cache, reference_size=config.reference_size, seed=config.seed,
                              supernet_weight=config.supernet_weight, pool=pool, log=log, deadline=deadline)
+
+
+def _baseline_supernet_fits(config, space, log) -> bool:
+    """Whether the baseline space's few-shot supernet (one weight set per stage and block type,
+    each at its largest) is small enough to train here; `accuracy` auto falls back to the proxies
+    when it is not, `accuracy` supernet fails with the figure."""
+    # lazy: loads torch (slow to import) only when this runs
+    from search.accuracy.supernet import MAX_SUPERNET_WEIGHTS, supernet_size
+    n = supernet_size(space)
+    if n <= MAX_SUPERNET_WEIGHTS:
+        return True
+    why = (f"the {space.baseline} space's supernet would hold {n / 1e6:,.0f} M weights (over "
+           f"{MAX_SUPERNET_WEIGHTS / 1e6:,.0f} M: too large to train here)")
+    if config.accuracy == "supernet":
+        raise SearchError(f"`accuracy` supernet: {why}; use proxies, or a smaller baseline or width choices")
+    log(f"accuracy: {why}; the proxies score the candidates and the baseline")
+    return False
 
 
 def supernet_train_config(config, data: Data):

@@ -52,10 +52,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from search.accuracy.data import ImageDataset
-from search.spaces.base import SearchSpace, init_weights, make_divisible
-from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space
+from search.spaces.base import SearchSpace, act_module, init_weights, make_divisible
+from search.spaces.baseline import BaselineArch, BaselineSpace, StageGene, op_family
+from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space, SqueezeExcite
 from search.spaces.nb201 import EDGES, OPS, NB201Space, build_macro, cell_plan, edge_key, make_op
 from search.spaces.resnet import Bottleneck, BottleneckCfg, ResNetArch, ResNetSpace
+from search.spaces.skeleton import BlockCfg, SkeletonBlock, block_configs, skeleton_to_dict, stem_out
 from search.errors import SearchStageError
 
 
@@ -509,14 +511,249 @@ class ResNetSupernet(Supernet):
         return net
 
 
+# ---- the baseline-derived space ---------------------------------------------------------
+
+def _fit(w: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """The first ``shape`` entries of ``w`` (its leading dims sliced, a larger spatial kernel
+    centre-cropped): how every smaller choice reads the largest choice's weights."""
+    w = w[tuple(slice(0, n) for n in shape[:2])]
+    if len(shape) == 4 and w.shape[-1] != shape[-1]:
+        w = _crop(w, shape[-1])
+    return w
+
+
+def _conv_bn_act(x: torch.Tensor, m: ConvBNAct, cout: int, kernel: int, stride: int = 1,
+                 groups: int = 1) -> torch.Tensor:
+    """``m`` (a ConvBNAct at its largest shape) run at ``cout`` outputs and a ``kernel`` crop."""
+    conv, bn, act = m[0], m[1], m[2]
+    w = _fit(conv.weight, (cout, x.shape[1] // groups, kernel, kernel))
+    return act(_bn(F.conv2d(x, w, None, stride, kernel // 2, 1, groups), bn, cout))
+
+
+def _copy_into(dst: nn.Module, src: nn.Module) -> None:
+    """Copy the leading slice (and kernel crop) of every tensor of ``src`` into ``dst``'s same-named one."""
+    theirs = src.state_dict()
+    with torch.no_grad():
+        for name, t in dst.state_dict().items():
+            t.copy_(_fit(theirs[name], t.shape) if t.dim() else theirs[name])
+
+
+class _DynSkeletonBlock(nn.Module):
+    """One block slot of a stage and block type of :class:`BaselineSupernet`: the weights of the
+    largest block of that slot (``cfgs``: every :class:`BlockCfg` the slot can take); a smaller
+    block uses their leading channels and the centre of the kernel.
+
+    Layers: ``c1`` (basic: the first conv; mbconv: the 1x1 expansion; bottleneck/grouped: the
+    1x1 reduction), ``c2`` (mbconv: the depthwise conv; bottleneck/grouped: the kxk conv),
+    ``se``, ``last`` and the projection ``shortcut``, each present if some cfg uses it."""
+
+    def __init__(self, cfgs: Sequence[BlockCfg]):
+        super().__init__()
+        types = {c.block.type for c in cfgs}
+        if len(types) != 1:
+            raise SupernetError(f"a supernet slot holds one block type, not {sorted(types)}")
+        self.type = types.pop()
+        b0 = cfgs[0].block
+        self.stride, self.act_name = b0.stride, b0.act
+        cin = max(c.cin for c in cfgs)
+        cout = max(c.block.cout for c in cfgs)
+        mid = max(c.mid for c in cfgs)
+        k = max(c.block.kernel for c in cfgs)
+        act = b0.act
+        if self.type == "basic":
+            self.c1 = ConvBNAct(cin, cout, k, self.stride, act=act)
+            last_in, k_last = cout, k
+        else:
+            if self.type != "mbconv" or any(c.block.expand != 1 for c in cfgs):
+                self.c1 = ConvBNAct(cin, mid, 1, 1, act=act)
+            if self.type == "mbconv":
+                self.c2 = ConvBNAct(mid, mid, k, self.stride, groups=mid, act=act)
+            else:
+                gw = b0.group_width if self.type == "grouped" else mid
+                self.c2 = ConvBNAct(mid, mid, k, self.stride, groups=mid // gw, act=act)
+            last_in, k_last = mid, 1
+        if any(c.block.se for c in cfgs):
+            self.se = SqueezeExcite(last_in, max(c.se_mid for c in cfgs if c.block.se), cfgs[0].se_gate)
+        self.last = ConvBNAct(last_in, cout, k_last, 1, act="none")
+        if any(c.projection for c in cfgs):
+            self.shortcut = ConvBNAct(cin, cout, 1, self.stride, act="none")
+        self.out_act = nn.Identity() if self.type == "mbconv" else act_module(act)
+
+    def _se(self, y: torch.Tensor, cfg: BlockCfg) -> torch.Tensor:
+        se, c, sm = self.se, y.shape[1], cfg.se_mid
+        s = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), _fit(se.reduce.weight, (sm, c)), se.reduce.bias[:sm]))
+        return y * se.gate(F.conv2d(s, _fit(se.expand.weight, (c, sm)), se.expand.bias[:c]))
+
+    def forward(self, x: torch.Tensor, cfg: BlockCfg) -> torch.Tensor:
+        b, mid = cfg.block, cfg.mid
+        if self.type == "basic":
+            y = _conv_bn_act(x, self.c1, b.cout, b.kernel, b.stride)
+            k_last = b.kernel
+        else:
+            y = x
+            if not (self.type == "mbconv" and b.expand == 1):
+                y = _conv_bn_act(y, self.c1, mid, 1)
+            y = _conv_bn_act(y, self.c2, mid, b.kernel, b.stride, mid if self.type == "mbconv" else cfg.groups)
+            k_last = 1
+        if b.se:
+            y = self._se(y, cfg)
+        y = _conv_bn_act(y, self.last, b.cout, k_last)
+        if not cfg.residual:
+            return y
+        sc = _conv_bn_act(x, self.shortcut, b.cout, 1, b.stride) if cfg.projection else x
+        return self.out_act(y + sc)
+
+    def export_into(self, dst: SkeletonBlock) -> None:
+        """Load this slot's weights for ``dst.cfg`` into ``dst`` (a `SkeletonBlock`)."""
+        cfg = dst.cfg
+        own: list[nn.Module] = []
+        if self.type == "basic":
+            own.append(self.c1)
+        else:
+            if not (self.type == "mbconv" and cfg.block.expand == 1):
+                own.append(self.c1)
+            own.append(self.c2)
+        if cfg.block.se:
+            own.append(self.se)
+        for d, s in zip(dst.body, own):
+            _copy_into(d, s)
+        _copy_into(dst.last, self.last)
+        if dst.shortcut is not None:
+            _copy_into(dst.shortcut, self.shortcut)
+
+
+class BaselineSupernet(Supernet):
+    """The few-shot supernet of a :class:`~search.spaces.baseline.BaselineSpace`.
+
+    The baseline's stem and head are shared by every subnet. Each stage holds one weight set
+    per block type (``own``, ``mbconv``, ``grouped``: :data:`~search.spaces.baseline.FAMILIES`),
+    since an MBConv cannot share weights with a basic block: ``slots[stage][type][b]`` is the
+    ``b``-th block of that stage and type at its largest (widest, largest expansion and kernel,
+    with SE weights). A subnet runs the first ``depth`` slots of its stage's type, at its width
+    (leading channels), expansion (leading channels) and kernel (centre crop), with or without
+    SE. The baseline is one subnet (``own`` in every stage), scored in the same units as every
+    candidate.
+
+    Training draws ``n_random + 2`` paths per step; in every stage the paths cycle through the
+    block types in a random order (each type is trained equally often, although the space has
+    six ``mb`` ops for one ``own`` and one ``grouped``); the other genes are uniform. There is
+    no size order across block types, so there is no sandwich teacher (no distillation).
+    """
+
+    def __init__(self, space: BaselineSpace):
+        super().__init__()
+        self.space = s = space
+        sk = s.skeleton
+        self.stem = ConvBNAct(sk.in_channels, sk.stem.cout, sk.stem.kernel, sk.stem.stride, act=sk.stem.act)
+        self.maxpool = nn.MaxPool2d(3, 2, 1) if sk.stem.maxpool else None
+        self.families = [tuple(dict.fromkeys(op_family(o) for o in s.ops))] * s.n_stages
+        cins = {sk.stem.cout}      # the channels a stage's first block may receive
+        h = stem_out(sk)
+        self.slots = nn.ModuleList()
+        for st in range(s.n_stages):
+            dmax = max(s.depth_choices[st])
+            per_type = nn.ModuleDict()
+            outs: set[int] = set()
+            h_next = h
+            for fam in self.families[st]:
+                ops = [o for o in s.ops if op_family(o) == fam]
+                stacks = [s.stage_blocks(st, StageGene(o, dmax, w, se)) for o in ops for w in s.widths
+                          for se in (False, True)]
+                slot_cins, blocks = set(cins), nn.ModuleList()
+                for b in range(dmax):
+                    cfgs = [BlockCfg(stack[b], c, h, sk.se_gate, sk.se_from) for stack in stacks for c in slot_cins]
+                    blocks.append(_DynSkeletonBlock(cfgs))
+                    slot_cins = {stack[b].cout for stack in stacks}
+                    if b + 1 in s.depth_choices[st]:
+                        outs |= slot_cins
+                h_next = BlockCfg(stacks[0][0], sk.stem.cout, h).h_out
+                per_type[fam] = blocks
+            self.slots.append(per_type)
+            cins, h = outs, h_next
+        c = max(cins)
+        self.head_conv = ConvBNAct(c, sk.head.conv, 1, 1, act=sk.head.conv_act) if sk.head.conv else None
+        c = sk.head.conv or c
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.mix = nn.Sequential(nn.Conv2d(c, sk.head.mix, 1, bias=True), act_module(sk.head.mix_act)) \
+            if sk.head.mix else None
+        self.classifier = nn.Linear(sk.head.mix or c, sk.num_classes)
+        init_weights(self)
+
+    def checkpoint_key(self) -> dict[str, Any]:
+        # the space's repr names the baseline and its depths, not every block of a user's model
+        return {"skeleton": skeleton_to_dict(self.space.skeleton)}
+
+    def training_archs(self, rng: np.random.Generator, n_random: int,
+                       sampling: str = "uniform") -> tuple[list[Any], bool]:
+        if sampling not in ("uniform", "fair"):
+            raise SupernetError(f"sampling must be 'uniform' or 'fair', not {sampling!r}")
+        s, n = self.space, n_random + 2
+        orders = [rng.permutation(len(f)) for f in self.families]
+        archs = []
+        for k in range(n):
+            genes = []
+            for st, fams in enumerate(self.families):
+                fam = fams[orders[st][k % len(fams)]]
+                ops = [o for o in s.ops if op_family(o) == fam]
+                genes.append(StageGene(ops[int(rng.integers(len(ops)))],
+                                       s.depth_choices[st][int(rng.integers(len(s.depth_choices[st])))],
+                                       s.widths[int(rng.integers(len(s.widths)))], bool(rng.integers(2))))
+            archs.append(s.make(genes))
+        return archs, False
+
+    def _plan(self, arch: BaselineArch) -> list[tuple[_DynSkeletonBlock, BlockCfg]]:
+        """(slot, block) for every block of ``arch``, in order."""
+        arch = self.space.validate(arch)
+        cfgs = iter(block_configs(self.space.skeleton_of(arch)))
+        return [(self.slots[st][op_family(g.op)][b], next(cfgs)) for st, g in enumerate(arch.stages)
+                for b in range(g.depth)]
+
+    def forward(self, x: torch.Tensor, arch: BaselineArch) -> torch.Tensor:
+        x = self.stem(_resize(x, self.space.resolution))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        for slot, cfg in self._plan(arch):
+            x = slot(x, cfg)
+        if self.head_conv is not None:
+            x = _conv_bn_act(x, self.head_conv, self.space.skeleton.head.conv, 1)
+        x = self.global_pooling(x)
+        if self.mix is not None:
+            x = self.mix(x)
+        x = torch.flatten(x, 1)
+        return F.linear(x, self.classifier.weight[:, :x.shape[1]], self.classifier.bias)
+
+    def subnet(self, arch: BaselineArch) -> nn.Module:
+        plan = self._plan(arch)
+        net = self.space.build(arch)
+        for (slot, _), block in zip(plan, net.blocks):
+            slot.export_into(block)
+        for name in ("stem", "head_conv", "mix", "classifier"):
+            if getattr(net, name) is not None:
+                _copy_into(getattr(net, name), getattr(self, name))
+        return net
+
+
+#: above this many weights a supernet is not trained by default (`search.wiring`): training keeps
+#: weights, gradients and momentum (12 bytes a weight), and a CPU trains it for hours
+MAX_SUPERNET_WEIGHTS = 200_000_000
+
+
+def supernet_size(space: SearchSpace) -> int:
+    """The number of weights of ``space``'s supernet, counted without allocating them."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build_supernet(space).parameters())
+
+
 def build_supernet(space: SearchSpace) -> Supernet:
-    """The supernet of ``space`` (an nb201, mbv3 or resnet space), freshly initialised."""
+    """The supernet of ``space`` (an nb201, mbv3, resnet or baseline space), freshly initialised."""
     if isinstance(space, NB201Space):
         return NB201Supernet(space)
     if isinstance(space, MBV3Space):
         return MBV3Supernet(space)
     if isinstance(space, ResNetSpace):
         return ResNetSupernet(space)
+    if isinstance(space, BaselineSpace):
+        return BaselineSupernet(space)
     raise SupernetError(f"no supernet for {space!r}")
 
 
@@ -732,5 +969,6 @@ def train_standalone(net: nn.Module, data: ImageDataset, config: TrainConfig, re
     return net
 
 
-__all__ = ["Supernet", "NB201Supernet", "FewShotNB201Supernet", "MBV3Supernet", "ResNetSupernet", "TrainConfig", "SupernetError",
+__all__ = ["Supernet", "NB201Supernet", "FewShotNB201Supernet", "MBV3Supernet", "ResNetSupernet", "BaselineSupernet",
+           "TrainConfig", "SupernetError", "MAX_SUPERNET_WEIGHTS", "supernet_size",
            "build_supernet", "train_supernet", "recalibrate_bn", "accuracy", "train_standalone"]

@@ -30,6 +30,18 @@ MB_OPS = tuple(f"mb{e}k{k}" for e in (1, 3, 6) for k in (3, 5))
 OPS = ("own", *MB_OPS, "grouped")
 WIDTHS = (0.5, 0.75, 1.0, 1.25)
 GROUP_WIDTH = 8
+#: the block types of a stage, each with its own weights in the supernet
+#: (`search.accuracy.supernet.BaselineSupernet`): every ``mb{E}k{K}`` op is one ``mbconv`` type
+FAMILIES = ("own", "mbconv", "grouped")
+
+
+def op_family(op: str) -> str:
+    """The block type of stage op ``op``: ``own``, ``mbconv`` (any ``mb{E}k{K}``) or ``grouped``."""
+    if op in ("own", "grouped"):
+        return op
+    if op in MB_OPS:
+        return "mbconv"
+    raise SpaceError(f"block {op!r} not in {', '.join(OPS)}")
 
 
 @dataclass(frozen=True)
@@ -167,10 +179,12 @@ class BaselineSpace(GeneSpace[BaselineArch]):
     def skeleton_of(self, arch: BaselineArch) -> Skeleton:
         """The network of ``arch``: the baseline's stem and head, its stages as the genes say."""
         a = self.validate(arch)
-        stages = tuple(self._stage(s, g) for s, g in enumerate(a.stages))
+        stages = tuple(self.stage_blocks(s, g) for s, g in enumerate(a.stages))
         return replace(self.skeleton, stages=stages)
 
-    def _stage(self, s: int, g: StageGene) -> tuple[Block, ...]:
+    def stage_blocks(self, s: int, g: StageGene) -> tuple[Block, ...]:
+        """The blocks of stage ``s`` (0-based) with gene ``g``; a shallower stage's blocks are the
+        first blocks of a deeper one with the same op, width and SE."""
         base = self.skeleton.stages[s]
         if g.op == "own":
             blocks = list(base[:g.depth]) + [replace(base[-1], stride=1)] * max(0, g.depth - len(base))
@@ -206,4 +220,5 @@ class BaselineSpace(GeneSpace[BaselineArch]):
         return tuple(skeleton_specs(self.skeleton_of(arch)))
 
 
-__all__ = ["BaselineArch", "BaselineSpace", "GROUP_WIDTH", "MB_OPS", "OPS", "StageGene", "WIDTHS", "depth_choices"]
+__all__ = ["BaselineArch", "BaselineSpace", "FAMILIES", "GROUP_WIDTH", "MB_OPS", "OPS", "StageGene", "WIDTHS",
+           "depth_choices", "op_family"]
