@@ -54,19 +54,21 @@ WEIGHTS = (0.0, 0.25, 1.0, 4.0)
 @click.option("--seed", type=int, default=0, show_default=True, help="Draws the architectures and seeds the supernet.")
 @click.option("--supernet-seed", type=int, help="Seeds the supernet's initialisation and training (default: --seed); "
               "another value repeats (a) and (c) on the same architectures and standalone trainings.")
+@click.option("--from-end", is_flag=True, help="Train the standalone networks from the end of the list: a second "
+              "run sharing --cache (e.g. with another --supernet-seed) then meets the first halfway.")
 @click.option("--cache", type=click.Path(file_okay=False), default="/tmp/hwnas-supernet-rank", show_default=True,
               help="Supernet checkpoint and standalone results (a rerun resumes from them).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write every figure and per-architecture row as JSON here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON result instead of the table.")
 def main(baseline, data, image_size, max_per_class, archs, seeds, train_epochs, batch_size, supernet_epochs, reference,
-         proxy_batch, seed, supernet_seed, cache, out, as_json):
+         proxy_batch, seed, supernet_seed, from_end, cache, out, as_json):
     """Rank correlation of the baseline space's supernet, the proxies and their ensemble with the
     held-out accuracy of short standalone trainings (see the module docstring)."""
     from scripts.cli import cli_errors, set_torch_threads
     set_torch_threads(1)
     with cli_errors():
         result = run(baseline, data, image_size, max_per_class, archs, seeds, train_epochs, batch_size, supernet_epochs,
-                     reference, proxy_batch, seed, Path(cache), supernet_seed, log=lambda s: click.echo(s, err=True))
+                     reference, proxy_batch, seed, Path(cache), supernet_seed, from_end, log=lambda s: click.echo(s, err=True))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1))
@@ -85,7 +87,7 @@ def main(baseline, data, image_size, max_per_class, archs, seeds, train_epochs, 
 
 def run(baseline: str, data_spec: str, image_size: int, max_per_class: int, n_archs: int, seeds: int,
         train_epochs: int, batch_size: int, supernet_epochs: float, reference: int, proxy_batch: int, seed: int, cache: Path,
-        supernet_seed: int | None, log) -> dict:
+        supernet_seed: int | None, from_end: bool, log) -> dict:
     import torch
     from scipy.stats import kendalltau, spearmanr
 
@@ -149,6 +151,8 @@ def run(baseline: str, data_spec: str, image_size: int, max_per_class: int, n_ar
     read_done()
     # every architecture's first seed before any second one: a run cut short still ranks them all
     todo = [(a, k, s) for s in range(seeds) for a, k in zip(archs, keys) if (k, s) not in done]
+    if from_end:
+        todo.reverse()
     t_train = time.monotonic()
     for i, (a, k, s) in enumerate(todo):
         read_done()

@@ -198,7 +198,8 @@ class RerankSettings:
 class AccuracyConfig:
     estimator: str = field(default="auto", metadata=option(
         "Accuracy estimator (rank ensemble): auto = the space's supernet trained once on `data` (cached in "
-        "`cache_dir`, resumable) + proxies; proxies only in `benchmark` mode.", choices=("auto", "proxies", "supernet")))
+        "`cache_dir`, resumable) + proxies; proxies only in `benchmark` mode and from a `baseline` (whose "
+        "few-shot supernet `supernet` trains: docs/accuracy.md).", choices=("auto", "proxies", "supernet")))
     min_accuracy: float | None = field(default=None, metadata=option(
         "Minimise latency subject to estimated score >= A. A is a 0-100 rank score, with or without the "
         "supernet: the candidate's weighted mean percentile (supernet accuracy and proxies) among random "

@@ -166,6 +166,11 @@ def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[st
     except ProxyError as e:
         raise SearchError(f"`proxies`: {e}") from None
     use_supernet = config.accuracy == "supernet" or (config.accuracy == "auto" and not config.benchmark)
+    if space.name == "baseline" and config.accuracy == "auto":
+        # measured (docs/accuracy.md, "The baseline space's supernet"): a supernet trained in a
+        # search's share of the budget ranks this space's candidates no better than the proxies,
+        # so `auto` spends that time on the search; `accuracy` supernet trains it
+        use_supernet = False
     if use_supernet and space.name == "baseline":
         use_supernet = _baseline_supernet_fits(config, space, log)
     share = None if deadline is None else time.monotonic() + 0.6 * max(0.0, deadline - time.monotonic())
