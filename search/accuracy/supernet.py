@@ -57,7 +57,8 @@ from search.spaces.baseline import BaselineArch, BaselineSpace, StageGene, op_fa
 from search.spaces.mbv3 import ConvBNAct, MBBlockCfg, MBConv, MBV3Arch, MBV3Space, SqueezeExcite
 from search.spaces.nb201 import EDGES, OPS, NB201Space, build_macro, cell_plan, edge_key, make_op
 from search.spaces.resnet import Bottleneck, BottleneckCfg, ResNetArch, ResNetSpace
-from search.spaces.skeleton import BlockCfg, SkeletonBlock, block_configs, skeleton_to_dict, stem_out
+from search.spaces.skeleton import (BlockCfg, SkeletonBlock, block_configs, head_layers, skeleton_to_dict, stem_layers,
+                                   stem_out)
 from search.errors import SearchStageError
 
 
@@ -644,8 +645,7 @@ class BaselineSupernet(Supernet):
         super().__init__()
         self.space = s = space
         sk = s.skeleton
-        self.stem = ConvBNAct(sk.in_channels, sk.stem.cout, sk.stem.kernel, sk.stem.stride, act=sk.stem.act)
-        self.maxpool = nn.MaxPool2d(3, 2, 1) if sk.stem.maxpool else None
+        self.stem, self.maxpool = stem_layers(sk)
         self.families = [tuple(dict.fromkeys(op_family(o) for o in s.ops))] * s.n_stages
         cins = {sk.stem.cout}      # the channels a stage's first block may receive
         h = stem_out(sk)
@@ -670,13 +670,7 @@ class BaselineSupernet(Supernet):
                 per_type[fam] = blocks
             self.slots.append(per_type)
             cins, h = outs, h_next
-        c = max(cins)
-        self.head_conv = ConvBNAct(c, sk.head.conv, 1, 1, act=sk.head.conv_act) if sk.head.conv else None
-        c = sk.head.conv or c
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.mix = nn.Sequential(nn.Conv2d(c, sk.head.mix, 1, bias=True), act_module(sk.head.mix_act)) \
-            if sk.head.mix else None
-        self.classifier = nn.Linear(sk.head.mix or c, sk.num_classes)
+        self.head_conv, self.global_pooling, self.mix, self.classifier = head_layers(sk, max(cins))
         init_weights(self)
 
     def checkpoint_key(self) -> dict[str, Any]:

@@ -199,16 +199,9 @@ class SkeletonNetwork(nn.Module):
     def __init__(self, sk: Skeleton):
         super().__init__()
         self.skeleton = sk
-        self.stem = ConvBNAct(sk.in_channels, sk.stem.cout, sk.stem.kernel, sk.stem.stride, act=sk.stem.act)
-        self.maxpool = nn.MaxPool2d(3, 2, 1) if sk.stem.maxpool else None
+        self.stem, self.maxpool = stem_layers(sk)
         self.blocks = nn.ModuleList(SkeletonBlock(c) for c in block_configs(sk))
-        c = sk.stages[-1][-1].cout
-        self.head_conv = ConvBNAct(c, sk.head.conv, 1, 1, act=sk.head.conv_act) if sk.head.conv else None
-        c = sk.head.conv or c
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.mix = nn.Sequential(nn.Conv2d(c, sk.head.mix, 1, bias=True), act_module(sk.head.mix_act)) \
-            if sk.head.mix else None
-        self.classifier = nn.Linear(sk.head.mix or c, sk.num_classes)
+        self.head_conv, self.global_pooling, self.mix, self.classifier = head_layers(sk, sk.stages[-1][-1].cout)
 
     def forward_pre_gap(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -223,6 +216,20 @@ class SkeletonNetwork(nn.Module):
         if self.mix is not None:
             x = self.mix(x)
         return self.classifier(torch.flatten(x, 1))
+
+
+def stem_layers(sk: Skeleton) -> tuple[nn.Module, nn.Module | None]:
+    """The stem conv and its max-pool (None without one)."""
+    stem = ConvBNAct(sk.in_channels, sk.stem.cout, sk.stem.kernel, sk.stem.stride, act=sk.stem.act)
+    return stem, nn.MaxPool2d(3, 2, 1) if sk.stem.maxpool else None
+
+
+def head_layers(sk: Skeleton, c: int) -> tuple[nn.Module | None, nn.Module, nn.Module | None, nn.Linear]:
+    """(head conv or None, global pooling, mix or None, classifier) after ``c`` channels."""
+    head_conv = ConvBNAct(c, sk.head.conv, 1, 1, act=sk.head.conv_act) if sk.head.conv else None
+    c = sk.head.conv or c
+    mix = nn.Sequential(nn.Conv2d(c, sk.head.mix, 1, bias=True), act_module(sk.head.mix_act)) if sk.head.mix else None
+    return head_conv, nn.AdaptiveAvgPool2d(1), mix, nn.Linear(sk.head.mix or c, sk.num_classes)
 
 
 def stem_out(sk: Skeleton) -> int:
@@ -320,5 +327,5 @@ def skeleton_from_dict(d: dict) -> Skeleton:
 
 
 __all__ = ["BLOCK_TYPES", "Block", "BlockCfg", "Head", "Skeleton", "SkeletonBlock", "SkeletonNetwork", "Stem",
-           "block_configs", "block_specs", "build_network", "skeleton_from_dict", "skeleton_specs", "skeleton_to_dict",
-           "stem_out"]
+           "block_configs", "block_specs", "build_network", "head_layers", "skeleton_from_dict", "skeleton_specs",
+           "skeleton_to_dict", "stem_layers", "stem_out"]
