@@ -642,7 +642,7 @@ class RatioBudget:
         over every pass once there are passes."""
         if not self.reference_passes:
             return replace(f, decision_margin=self.margin)
-        margin = (f"; finalists picked, and the choice preferred, at most {self.clear_ratio:.3f} (a decision margin "
+        margin = (f"; finalists picked, and the choice preferred, at a ratio of at most {self.clear_ratio:.3f} (a decision margin "
                   f"of {self.margin:.3f})" if self.margin > 0 else "")
         return replace(f, latency_budget_ms=self.budget_ms, decision_margin=self.margin, origin=(
             f"the baseline's median {self.reference_ms:.3f} ms over {len(self.reference_passes)} interleaved passes "
@@ -655,7 +655,8 @@ def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, ca
                      on_settle: Callable[[Candidate, str], None] | None = None) -> None:
     """Measure `cands` interleaved with the baseline (`device.measure_together`) and decide each by
     its latency ratio (`RatioBudget`); a finalist whose ratio lies within its own uncertainty of
-    1/S is measured again, with the baseline and the other undecided ones, up to `cap` batches.
+    1/S is measured again, with the baseline and the round's other finalists (the same batch as the
+    first, only its own ratios added), up to `cap` batches.
     Every finalist measured so far then gets its ratio times the baseline's median as its
     latency (the correction's points move with it) and is kept or dropped by its ratio."""
     cands = [c for c in cands if c.key != ratio.reference.key]
@@ -665,10 +666,15 @@ def measure_relative(space, evaluator: Evaluator, device, ratio: RatioBudget, ca
     logged: set[str] = set()  # a row in the round's log from the first batch on
 
     def measure(todo: list[str]) -> None:
-        stats = device.measure_together(space, [ratio.reference] + [mine[k] for k in todo])
-        ratio.add(stats[0]["pass_ms"], {k: s["pass_ms"] for k, s in zip(todo, stats[1:])})
-        for k, s in zip(todo, stats[1:]):
-            if vr is not None and k not in logged:
+        # every batch holds the round's finalists, as the first did, so a close call's passes see
+        # the same neighbours: measured alone with the baseline, two of the demo's three finalists
+        # read 10% higher (session 9, scripts/bench_ratio_spread.py), and the demo's finalists
+        # re-measured in smaller batches read 10-17% higher than those decided in one. Only the
+        # undecided ones' ratios are added.
+        stats = device.measure_together(space, [ratio.reference] + list(mine.values()))
+        ratio.add(stats[0]["pass_ms"], {k: s["pass_ms"] for k, s in zip(mine, stats[1:]) if k in todo})
+        for k, s in zip(mine, stats[1:]):
+            if vr is not None and k in todo and k not in logged:
                 logged.add(k)
                 c = mine[k]
                 row = {"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
