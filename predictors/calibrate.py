@@ -31,6 +31,7 @@ from profiling.fingerprint import (device_label, diff_fingerprints, fingerprint_
 from .catalog import SAME_DEVICE, find_predictor, match_predictor, rank_predictors
 from .fileformat import PredictorFileError, read_predictor_header
 from profiling.errors import ProfilingError
+from profiling.paths import SHIPPED_PREDICTORS, SHIPPED_TABLES, cache_root
 from profiling.targets import TargetError, get_target
 from .model import Predictor, PredictorError
 
@@ -199,15 +200,10 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
                              np.asarray(base_ms).tolist(), time.time() - t_start)
 
 
-#: the predictors and tables shipped in the repository (data/), where every command looks first
-SHIPPED_PREDICTORS = Path(__file__).resolve().parents[1] / "data" / "predictors"
-SHIPPED_TABLES = Path(__file__).resolve().parents[1] / "data" / "tables"
-
-
 def default_cache() -> Path:
     """Where predictors made on this machine are kept: $HWNAS_CACHE/predictors, else
-    ~/.cache/hwnas/predictors (outside the repository)."""
-    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas")) / "predictors"
+    ~/.cache/hwnas/predictors (outside the repository; `profiling.paths.cache_root`)."""
+    return cache_root() / "predictors"
 
 
 def machine_fingerprint(target: Target) -> dict[str, Any]:

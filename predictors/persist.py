@@ -22,6 +22,7 @@ from .fileformat import PredictorFileError, read_predictor_file, write_predictor
 from .kernel_models import KindModel
 from .numerics import COVERAGE
 from .trees import TreeModel
+from profiling.paths import cache_root
 
 if TYPE_CHECKING:  # the Predictor class imports this module
     from .model import Predictor
@@ -110,9 +111,7 @@ def load_predictor(cls: "type[Predictor]", path: str | os.PathLike[str], num_thr
 def tree_cache_path(digest: str) -> Path | None:
     if not digest:
         return None
-    root = os.environ.get("HWNAS_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                         os.path.expanduser("~/.cache"), "hwnas")
-    return Path(root) / "predictors" / f"{digest[:32]}.npz"
+    return cache_root() / "predictors" / f"{digest[:32]}.npz"
 
 
 def tree_models(p: "Predictor") -> dict[str, TreeModel]:

@@ -161,7 +161,8 @@ def main(shared, work, out, devices, population, generations, percentiles, max_m
             from search import wiring
             data = wiring.load_data(cfg.data, cfg.seed, max_per_class=cfg.data_max_per_class)
             space = wiring.make_space("nb201", data, PROXY_NETS[proxy_net])
-            acc = wiring.accuracy_model(cfg, space, data, Path(cfg.cache_dir), lambda m: None)
+            acc = wiring.accuracy_model(cfg.spec().accuracy, space, data, Path(cfg.cache_dir), lambda m: None,
+                                        seed=cfg.seed, benchmark=True)
             ev = Evaluator(space, acc, wiring.latency_model(None, space, None))
             rbest = random_baseline(space, ev, rdev, budget, res.n_measurements, seed + 1)
             rgt = ground_truth(csv, dev, budget, rbest.key if rbest else None)

@@ -38,9 +38,8 @@ from pathlib import Path
 
 import click
 
+from profiling.paths import SHIPPED_PREDICTORS as SHIPPED
 from scripts.cli import EXIT_CODES_HELP, EXIT_RUNTIME, EXIT_USAGE, cli_errors, fail
-
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "predictors"
 
 EPILOG = f"""\b
 Examples:

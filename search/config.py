@@ -27,11 +27,11 @@ metadata appears on the command line with no second list to keep in step.
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from profiling.paths import cache_root
 from profiling.validate import (ConfigError, check_choice, check_host, check_input_file, check_input_path,
                                 check_output_dir, check_range)
 from search.algorithms import ALGORITHMS
@@ -42,7 +42,7 @@ from profiling.targets import TargetError, list_targets
 RESULT_FILES = ("frontier.csv", "frontier.json", "frontier.png", "best.json", "best.onnx", "best.pt", "report.md")
 
 
-def option(help: str, metavar: str | None = None, **click_kw: Any) -> dict:
+def option(help: str, metavar: str | None = None, **click_kw: Any) -> dict[str, Any]:
     """Field metadata for the command line: its help and metavar. The help names other settings by
     their `SearchConfig` names in backticks (`latency_budget_ms`); only scripts/ turns a name into
     a flag (scripts.config_options), the library never speaks of flags."""
@@ -79,7 +79,7 @@ class DataConfig:
 @dataclass
 class SpaceConfig:
     name: str = field(default="nb201", metadata=option("Search space.", registry=_space_names))
-    options: dict = field(default_factory=dict)   # overrides of the space's constructor options
+    options: dict[str, Any] = field(default_factory=dict)   # overrides of the space's constructor options
 
     def __post_init__(self) -> None:
         # lazy: loads torch (slow to import) only when this runs
@@ -184,7 +184,7 @@ class RerankSettings:
     per_class: int | None = field(default=None, metadata=option(
         "Images per class of `data` read for `rerank` (default: the search's 500); 80% train, 20% held out.",
         metavar="N"))
-    options: dict | None = None       # the reduced network (default for nb201: C=8, N=1)
+    options: dict[str, Any] | None = None   # the reduced network (default for nb201: C=8, N=1)
     resolution: int | None = None     # default for nb201: 16 (never above the data's)
 
     def __post_init__(self) -> None:
@@ -334,9 +334,8 @@ class RunConfig:
 
     @property
     def cache_path(self) -> Path:
-        if self.cache_dir:
-            return Path(self.cache_dir)
-        return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
+        """`cache_dir`, else the cache root (`profiling.paths.cache_root`)."""
+        return Path(self.cache_dir) if self.cache_dir else cache_root()
 
 
 # ----------------------------------------------------------------------------------- whole
@@ -432,7 +431,7 @@ def flat_from_spec(spec: SearchSpec) -> dict[str, Any]:
     return {flat: _copied(getattr(parts[part], name)) for flat, (part, name) in FLAT_FIELDS.items()}
 
 
-def cli_fields(cls) -> list:
+def cli_fields(cls: type) -> list[Field[Any]]:
     """The fields of a part that the command line offers (those with `option` metadata)."""
     return [f for f in fields(cls) if "help" in f.metadata]
 

@@ -43,7 +43,7 @@ class MacsLatency:
     """No predictor: total kernel MACs (millions) as a latency stand-in, for benchmark mode."""
     name = "MACs of the kernel specs (no predictor; measurements adapt it)"
 
-    def __init__(self, space):
+    def __init__(self, space: Any) -> None:
         self.space = space
 
     def predict(self, archs):

@@ -2,11 +2,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from search.baseline_search import BaselineInfo, train_commands
+from search.config import SearchSpec
 from search.deploy import images_per_s
-from search.baseline_search import train_commands
+from search.problem import Candidate
+
+if TYPE_CHECKING:  # search.run writes the report (imports this module); wiring imports torch
+    from search.run import SearchResult
+    from search.wiring import Data
 
 
-def _ms(v) -> str:
+def _ms(v: float | None) -> str:
     return "—" if v is None else f"{v:.3f}"
 
 
@@ -16,16 +24,19 @@ model = load_best("{out}/best.pt")   # a torch.nn.Module with the searched weigh
 """
 
 
-def write_report(path: Path, config, result, meta: dict, device, data) -> None:
+def write_report(path: Path, spec: SearchSpec, space: str, result: SearchResult, meta: dict[str, Any], device: Any,
+                 data: Data) -> None:
+    """report.md of a search of `space` (the spec's, or "baseline" when it started from one)."""
     f = result.formulation
     best = result.best
     L: list[str] = []
     L.append(f"# hwnas search report{' (interrupted: partial)' if result.interrupted else ''}\n")
     L.append("## What was searched\n")
-    L.append(f"- space: `{config.space}`; data: {data.name}")
+    L.append(f"- space: `{space}`; data: {data.name}")
     L.append(f"- objective: {f.describe()}")
-    L.append(f"- algorithm: {config.algorithm} (population {config.population}, up to {config.generations} "
-             f"generations, {config.budget_minutes:g}-minute cap, seed {config.seed})")
+    alg, run = spec.algorithm, spec.run
+    L.append(f"- algorithm: {alg.name} (population {alg.population}, up to {alg.generations} "
+             f"generations, {run.budget_minutes:g}-minute cap, seed {run.seed})")
     L.append(f"- accuracy estimate: {meta['accuracy_estimator']}")
     L.append(f"- latency: {meta['latency_model']}")
     L.append(f"- device for finalists: {device.name}" + (f" ({device.how})" if getattr(device, "how", None) else ""))
@@ -52,7 +63,8 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
             for m in r.measured:
                 by_key[m["arch"]] = r.round
         for c in sorted(measured, key=lambda c: (by_key.get(c.key, 0), c.measured_ms)):
-            ratio = c.measured_ms / c.raw_predicted_ms if c.raw_predicted_ms else float("nan")
+            ratio = c.measured_ms / c.raw_predicted_ms if c.measured_ms is not None and c.raw_predicted_ms \
+                else float("nan")
             is_base = result.baseline is not None and c.key == result.baseline.candidate.key
             verdict = c.dropped or ("kept" if by_key.get(c.key) else "baseline" if is_base else "calibration")
             L.append(f"| {by_key.get(c.key, 'base' if is_base else 'cal.')} | `{c.key}` | {c.accuracy:.2f} | {_ms(c.raw_predicted_ms)} | "
@@ -118,14 +130,14 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
                  "string, sized as in this search):\n")
         L.append("```python\n" + BEST_PT_LOADER.format(out=path.parent) + "```")
     if result.baseline is not None:
-        L.extend(baseline_section(result.baseline, best, config, path.parent))
+        L.extend(baseline_section(result.baseline, best, path.parent))
     if result.reranked:
         L.append("\n## Short training of the best-estimated candidates\n")
         L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")
         L.append("| --- | --- | --- | --- |")
-        for r in result.reranked:
-            L.append(f"| `{r.key}` | {r.estimated:.2f} | {r.short_accuracy:.2f} | "
-                     f"{'cached' if r.cached else f'{r.seconds:.0f}'} |")
+        for t in result.reranked:
+            L.append(f"| `{t.key}` | {t.estimated:.2f} | {t.short_accuracy:.2f} | "
+                     f"{'cached' if t.cached else f'{t.seconds:.0f}'} |")
     gt = result.ground_truth
     if gt is not None:
         L.append("\n## Benchmark ground truth (read only after the choice, for this report)\n")
@@ -141,7 +153,7 @@ def write_report(path: Path, config, result, meta: dict, device, data) -> None:
     tmp.replace(path)
 
 
-def baseline_section(base, best, config, out) -> list[str]:
+def baseline_section(base: BaselineInfo, best: Candidate | None, out: Path) -> list[str]:
     """The chosen network against the baseline it started from: measured speed-up, size, and the
     `train` commands that prove the accuracy."""
     b = base.candidate

@@ -13,9 +13,9 @@ verification stops it and still writes every output from what was found so far.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -26,16 +26,20 @@ from search.benchmark import BenchmarkDevice, MeasurementLimitReached, ground_tr
 from search.frontier import plot_frontier, write_best, write_frontier
 from search.problem import (RATIO_MARGIN, BudgetTooLowError, Candidate, Correction, Evaluator, Formulation,
                             SearchError, pareto_front)
-from search.verify import (FeatureCorrection, RatioBudget, RunnerDevice, VerifyRound, best_verified, feasible,
-                           measure_candidate, measure_relative, rank_key, verify_finalists)
+from search.verify import (Device, FeatureCorrection, RatioBudget, RunnerDevice, VerifyRound, best_verified,
+                           feasible, measure_candidate, measure_relative, rank_key, verify_finalists)
 from search import wiring
 from search.accuracy.tasks import make_pool
 from search.deploy import export_int8, images_per_s, throughput_budget_ms
-from search.baseline_search import (baseline_formulation, baseline_space_options, known_markers,
+from search.baseline_search import (BaselineInfo, baseline_formulation, baseline_space_options, known_markers,
                                     score_and_measure_baseline)
-from search.models import cache_name
-from search.accuracy.rerank import RerankConfig, describe, rerank_by_training
+from search.models import EstimatedAccuracy, MacsLatency, PredictorLatency, cache_name
+from search.accuracy.rerank import RerankConfig, RerankResult, describe, rerank_by_training
 from search.report import write_report
+from search.wiring import Data
+
+if TYPE_CHECKING:  # the spaces import torch
+    from search.spaces.base import SearchSpace
 
 DEFAULT_PROXIES = DEFAULT_ENSEMBLE  # search.accuracy.estimator's best unsupervised ensemble on NB201
 
@@ -75,12 +79,12 @@ class SearchConfig:
     cache_dir: str | Path | None = None     # proxy scores per cell, supernet checkpoints (default: ~/.cache/hwnas)
     export_best: bool = True
     progress: bool = True
-    space_options: dict = field(default_factory=dict)
+    space_options: dict[str, Any] = field(default_factory=dict)
     # re-ranking the best candidates by a short stand-alone training (search.accuracy.rerank); 0 = off
     rerank: int = 0                         # how many of the best-estimated candidates within the budget to train
     rerank_epochs: float = 5.0
     rerank_per_class: int | None = None     # images per class read for it (default: data_max_per_class)
-    rerank_options: dict | None = None      # the reduced network (default for nb201: C=8, N=1)
+    rerank_options: dict[str, Any] | None = None  # the reduced network (default for nb201: C=8, N=1)
     rerank_resolution: int | None = None    # default for nb201: 16 (never above the data's)
     # starting from a baseline (search.baseline_search): a known model's name, or a .pt/.onnx of one
     baseline: str | None = None
@@ -123,7 +127,7 @@ class SearchResult:
     correction: str
     notes: list[str]
     ground_truth: Any = None
-    reranked: list = field(default_factory=list)   # search.accuracy.rerank.RerankResult, best first
+    reranked: list[RerankResult] = field(default_factory=list)   # best first
     baseline: Any = None                            # search.baseline_search.BaselineInfo
 
 
@@ -138,126 +142,140 @@ class _Progress:
             self.console.print(msg)
 
 
-def _cache_dir(config: SearchConfig) -> Path:
-    if config.cache_dir:
-        return Path(config.cache_dir)
-    import os
-    return Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
+@dataclass(frozen=True)
+class _Resolved:
+    """The search's settings as the run reads them: the typed configuration, and the two values
+    the run resolves from it before any work."""
+    spec: SearchSpec
+    space: str                          # the space searched: the spec's, or "baseline" from a baseline
+    latency_budget_ms: float | None     # the spec's, or a throughput floor's budget at the target's batch
+
+    def flat(self) -> dict[str, Any]:
+        """The settings by their flat `SearchConfig` names, in its field order, as resolved (what
+        frontier.json records as "config")."""
+        values = dict(flat_from_spec(self.spec), space=self.space, latency_budget_ms=self.latency_budget_ms)
+        return {f.name: values[f.name] for f in fields(SearchConfig)}
 
 
 def run_search(config: SearchConfig | SearchSpec,
                on_generation: Callable[[GenerationInfo, list[Candidate]], None] | None = None) -> SearchResult:
     """Run one search. `config` is validated first, part by part (search.config: a ConfigError
-    names the wrong field), before any data is loaded or any supernet trained."""
-
-    if isinstance(config, SearchSpec):
-        config = SearchConfig.from_spec(config)
-    else:
-        config.spec()
+    names the wrong field), before any data is loaded or any supernet trained; the flat
+    `SearchConfig` is converted to its typed parts once, here, and the run reads those."""
+    spec = config if isinstance(config, SearchSpec) else config.spec()
+    lat, acc, ver, alg, run, base = (spec.latency, spec.accuracy, spec.verification, spec.algorithm, spec.run,
+                                     spec.baseline)
     t0 = time.monotonic()
-    ui = _Progress(config.progress)
-    if config.baseline:
-        config = replace(config, space="baseline")
-    elif config.speedup is not None:
+    ui = _Progress(run.progress)
+    if base.baseline:
+        space_name = "baseline"
+    elif base.speedup is not None:
         raise SearchError("`speedup` is relative to a baseline's latency: give `baseline` NAME|MODEL too")
-    formulation = Formulation(config.latency_budget_ms, config.min_accuracy, max_params=config.max_params,
-                              max_memory_mb=config.max_memory_mb)
-    out = Path(config.out)
+    else:
+        space_name = spec.space.name
+    budget_ms = lat.latency_budget_ms
+    formulation = Formulation(budget_ms, acc.min_accuracy, max_params=base.max_params,
+                              max_memory_mb=base.max_memory_mb)
+    out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
 
     # ---- set-up: every check that can fail does so before any long work
-    algorithm = get_algorithm(config.algorithm)
+    algorithm = get_algorithm(alg.name)
     bench = None
-    if config.benchmark:
-        csv_path, dev_name = parse_benchmark(config.benchmark)
-        bench = BenchmarkDevice(csv_path, dev_name, config.max_measurements)
-    predictor, target = wiring.load_predictor_and_target(config, benchmark=bench is not None)
+    if lat.benchmark:
+        csv_path, dev_name = parse_benchmark(lat.benchmark)
+        bench = BenchmarkDevice(csv_path, dev_name, ver.max_measurements)
+    predictor, target = wiring.load_predictor_and_target(lat, benchmark=bench is not None)
     batch = target.batch if target is not None else 1
-    if config.objective not in ("latency", "throughput"):
-        raise SearchError(f"objective {config.objective!r} is not one of latency, throughput")
-    if config.min_throughput is not None:
-        if config.latency_budget_ms is not None or config.min_accuracy is not None:
+    if lat.objective not in ("latency", "throughput"):
+        raise SearchError(f"objective {lat.objective!r} is not one of latency, throughput")
+    if lat.min_throughput is not None:
+        if budget_ms is not None or acc.min_accuracy is not None:
             raise SearchError("give a throughput floor, a latency budget or a minimum accuracy, one of them")
-        if config.min_throughput <= 0:
-            raise SearchError(f"the throughput floor must be positive, not {config.min_throughput:g} images/s")
-        config = replace(config, latency_budget_ms=throughput_budget_ms(config.min_throughput, batch))
-        formulation = Formulation(config.latency_budget_ms, None, max_params=config.max_params,
-                                  max_memory_mb=config.max_memory_mb)
-        ui.log(f"throughput floor {config.min_throughput:g} images/s at batch {batch}: a latency budget of "
-               f"{config.latency_budget_ms:.3f} ms per batch")
-    if config.objective == "throughput":
-        if config.latency_budget_ms is not None:
+        if lat.min_throughput <= 0:
+            raise SearchError(f"the throughput floor must be positive, not {lat.min_throughput:g} images/s")
+        budget_ms = throughput_budget_ms(lat.min_throughput, batch)
+        formulation = Formulation(budget_ms, None, max_params=base.max_params, max_memory_mb=base.max_memory_mb)
+        ui.log(f"throughput floor {lat.min_throughput:g} images/s at batch {batch}: a latency budget of "
+               f"{budget_ms:.3f} ms per batch")
+    if lat.objective == "throughput":
+        if budget_ms is not None:
             raise SearchError("the throughput objective maximises images/s under an accuracy constraint: give "
                               "a minimum accuracy (or a throughput floor with the accuracy objective)")
         ui.log(f"objective: maximise images/s at batch {batch} (one run of {batch} image(s) per latency)")
-    wiring.torch_device(config.device)
-    data = wiring.load_data(config.data, config.seed, max_per_class=config.data_max_per_class,
-                            image_size=config.data_image_size)
-    base_name, base_opts = None, None
-    if config.baseline:
+    resolved = _Resolved(spec, space_name, budget_ms)
+    wiring.torch_device(acc.supernet.device)
+    data = wiring.load_data(spec.data.source, run.seed, max_per_class=spec.data.max_per_class,
+                            image_size=spec.data.image_size)
+    base_space = None  # (name, space options) of the baseline the search starts from
+    if base.baseline:
         if bench is not None:
             raise SearchError("`baseline` needs a real device (a predictor and the target); `benchmark` is the "
                               "NB201 table's devices only")
-        base_name, base_opts = baseline_space_options(config.baseline, data)
-    space = wiring.make_space(config.space, data, base_opts or config.space_options)
-    if config.max_memory_mb is not None and space.size_of(space.sample(0))[1] is None:
-        raise SearchError(f"`max_memory_mb`: the {config.space} space does not compute memory without an "
+        base_space = baseline_space_options(base.baseline, data)
+    space = wiring.make_space(space_name, data, (base_space[1] if base_space else None) or spec.space.options)
+    if base.max_memory_mb is not None and space.size_of(space.sample(0))[1] is None:
+        raise SearchError(f"`max_memory_mb`: the {space_name} space does not compute memory without an "
                           f"export; search from a baseline (`baseline` NAME), whose space does")
-    latency = wiring.latency_model(predictor, space, config.predictor)
-    ui.log(f"[bold]hwnas search[/]: space {config.space}, data {data.name}, "
+    latency = wiring.latency_model(predictor, space, lat.predictor)
+    ui.log(f"[bold]hwnas search[/]: space {space_name}, data {data.name}, "
            f"latency from {latency.name}; {formulation.describe()}")
-    pool = make_pool(config.ray_address, config.device)
-    if config.ray_address is not None:
+    pool = make_pool(run.ray_address, acc.supernet.device)
+    if run.ray_address is not None:
         ui.log(f"evaluations on {pool.name}")
-    device = bench if bench is not None else RunnerDevice(target, config.host, workdir=out / "finalists",
-                                                          ray_address=config.ray_address)
-    if bench is None and config.finalists > 0:
-        conn = device.connect()  # an unreachable host fails now, not after the supernet and the search
-        mismatch = wiring.predictor_device_note(predictor, target, conn.facts)
-        if mismatch:
-            notes.append(mismatch)
-            ui.log(f"[yellow]warning:[/] {mismatch}")
-    deadline = t0 + config.budget_minutes * 60.0  # the whole run: supernet, reference, search, verification
+    device: BenchmarkDevice | RunnerDevice
+    if bench is not None:
+        device = bench
+    else:
+        device = RunnerDevice(target, ver.host, workdir=out / "finalists", ray_address=run.ray_address)
+        if ver.finalists > 0:
+            conn = device.connect()  # an unreachable host fails now, not after the supernet and the search
+            mismatch = wiring.predictor_device_note(predictor, target, conn.facts)
+            if mismatch:
+                notes.append(mismatch)
+                ui.log(f"[yellow]warning:[/] {mismatch}")
+    deadline = t0 + run.budget_minutes * 60.0  # the whole run: supernet, reference, search, verification
     # the accuracy estimator (supernet training, the reference population) takes at most half
     # the budget; the search has until the last 15% (verification, outputs)
     try:
-        accuracy = wiring.accuracy_model(config, space, data, _cache_dir(config), ui.log,
-                                         deadline=t0 + 0.5 * (deadline - t0), pool=pool)
+        accuracy = wiring.accuracy_model(acc, space, data, run.cache_path, ui.log,
+                                         deadline=t0 + 0.5 * (deadline - t0), pool=pool, seed=run.seed,
+                                         benchmark=bench is not None)
     except KeyboardInterrupt:
-        _write_setup_interrupted(config, out, formulation, data, "training the supernet or scoring the reference "
-                                 "population (the supernet checkpoint keeps the steps trained; the same command "
-                                 "resumes from it)")
+        _write_setup_interrupted(space_name, out, formulation, data, "training the supernet or scoring the "
+                                 "reference population (the supernet checkpoint keeps the steps trained; the same "
+                                 "command resumes from it)")
         raise
     sn_info = getattr(getattr(accuracy, "supernet", None), "train_info", None) or {}
     if sn_info.get("stopped_at"):
         notes.append(f"the supernet trained {sn_info['stopped_at']} of {sn_info['total']} steps within its share of "
-                     f"the {config.budget_minutes:g}-minute budget (the checkpoint resumes in a later run)")
+                     f"the {run.budget_minutes:g}-minute budget (the checkpoint resumes in a later run)")
     if getattr(accuracy, "reference_cut", None):
-        notes.append(f"the reference population was cut at {accuracy.reference_cut} of {config.reference_size} "
+        notes.append(f"the reference population was cut at {accuracy.reference_cut} of {acc.reference_size} "
                      f"architectures by the time budget")
     correction = FeatureCorrection(space) if bench is not None else Correction()
     evaluator = Evaluator(space, accuracy, latency, correction=correction)
     baseline = None
-    if base_opts is not None:
-        baseline = score_and_measure_baseline(base_name, space, evaluator, device, base_opts,
-                                              measure=config.finalists > 0, log=ui.log, spec=config.baseline,
-                                              data=config.data, image_size=config.data_image_size)
-        formulation = baseline_formulation(baseline, config.speedup, config.latency_budget_ms, config.min_accuracy,
-                                           config.max_params, config.max_memory_mb)
+    if base_space is not None and base.baseline is not None:
+        baseline = score_and_measure_baseline(base_space[0], space, evaluator, device, base_space[1],
+                                              measure=ver.finalists > 0, log=ui.log, spec=base.baseline,
+                                              data=spec.data.source, image_size=spec.data.image_size)
+        formulation = baseline_formulation(baseline, base.speedup, budget_ms, acc.min_accuracy,
+                                           base.max_params, base.max_memory_mb)
         ui.log(f"objective: {formulation.describe()}")
-        if config.speedup is not None and config.finalists > 0 and isinstance(device, RunnerDevice):
+        if base.speedup is not None and ver.finalists > 0 and isinstance(device, RunnerDevice):
             # verdicts by the latency ratio to the baseline, measured in the same interleaved passes
-            baseline.ratio = RatioBudget(baseline.candidate, config.speedup, config.ratio_margin)
+            baseline.ratio = RatioBudget(baseline.candidate, base.speedup, base.ratio_margin)
 
     interrupted = False
     rounds: list[VerifyRound] = []
     info = GenerationInfo(0, 0, 0.0)
-    search_deadline = deadline - 0.15 * config.budget_minutes * 60.0
-    ui.log(f"search: up to {config.generations} generations of {config.population}, until "
+    search_deadline = deadline - 0.15 * run.budget_minutes * 60.0
+    ui.log(f"search: up to {alg.generations} generations of {alg.population}, until "
            f"{max(0.0, search_deadline - time.monotonic()):.0f} s from now at most")
 
-    def gen_callback(i: GenerationInfo):
+    def gen_callback(i: GenerationInfo) -> None:
         cands = evaluator.candidates
         front = pareto_front(cands, use_measured=True)
         ok = [c for c in cands if feasible(c, formulation)]
@@ -266,54 +284,54 @@ def run_search(config: SearchConfig | SearchSpec,
             f"{best.accuracy:.2f} @ {best.predicted_ms:.3f} ms  {best.key}"
         label = {"budget": "best under budget", "min_accuracy": "fastest above threshold",
                  "frontier": "most accurate"}[formulation.kind]
-        left = i.elapsed_s / (i.generation + 1) * (config.generations - i.generation - 1)
+        left = i.elapsed_s / (i.generation + 1) * (alg.generations - i.generation - 1)
         left = min(left, max(0.0, search_deadline - time.monotonic()))
-        ui.log(f"gen {i.generation + 1:>3}/{config.generations}  evaluated {i.n_evaluated:>5}  "
+        ui.log(f"gen {i.generation + 1:>3}/{alg.generations}  evaluated {i.n_evaluated:>5}  "
                f"frontier {len(front):>3}  {label}: {best_s}  [{i.elapsed_s:.0f}s, about {left:.0f} s left]")
         # partial outputs every generation: a killed run still leaves a frontier
-        write_frontier(out, cands, _meta(config, formulation, evaluator, device, interrupted=True,
+        write_frontier(out, cands, _meta(resolved, formulation, evaluator, device, interrupted=True,
                                          partial=True))
         if on_generation:
             on_generation(i, cands)
 
     try:
         # ---- benchmark mode: a few measurements first adapt the predictor to the device
-        n_cal = config.calibration if config.calibration is not None else (10 if bench is not None else 0)
+        n_cal = ver.calibration if ver.calibration is not None else (10 if bench is not None else 0)
         if n_cal:
-            _calibrate(space, evaluator, device, n_cal, config.seed, ui)
+            _calibrate(space, evaluator, device, n_cal, run.seed, ui)
         # ---- the search
-        info = algorithm.run(space, evaluator, formulation, population=config.population,
-                             generations=config.generations, seed=config.seed, callback=gen_callback,
+        info = algorithm.run(space, evaluator, formulation, population=alg.population,
+                             generations=alg.generations, seed=run.seed, callback=gen_callback,
                              deadline=search_deadline)
-        if time.monotonic() >= search_deadline and info.generation + 1 < config.generations:
-            notes.append(f"the search stopped at its share of the {config.budget_minutes:g}-minute budget "
+        if time.monotonic() >= search_deadline and info.generation + 1 < alg.generations:
+            notes.append(f"the search stopped at its share of the {run.budget_minutes:g}-minute budget "
                          f"after generation {info.generation + 1}")
         _check_budget(evaluator, formulation)
         # ---- hardware in the loop
-        if config.finalists > 0:
+        if ver.finalists > 0:
             ui.log(f"verifying finalists on {device.name} ...")
-            max_meas = config.max_measurements if bench is not None else None
-            if max_meas is not None and config.rerank > 0:
+            max_meas = ver.max_measurements if bench is not None else None
+            if max_meas is not None and acc.rerank.top_k > 0:
                 # one round of finalists is kept for the re-ranking to verify what it prefers
-                max_meas = max(1, max_meas - config.finalists)
-            rounds_allowed = config.verify_rounds if bench is None else 100
+                max_meas = max(1, max_meas - ver.finalists)
+            rounds_allowed = ver.rounds if bench is None else 100
 
-            def on_measure(c: Candidate, r: int):
+            def on_measure(c: Candidate, r: int) -> None:
                 verdict = f"[red]dropped[/] ({c.dropped})" if c.dropped else "[green]kept[/]"
                 ui.log(f"  round {r}: {c.key}  predicted {c.predicted_ms:.3f} ms "
                        f"(raw {c.raw_predicted_ms:.3f}) → measured {c.measured_ms:.3f} ms  {verdict}")
-            def on_settle(c: Candidate, st):
+            def on_settle(c: Candidate, st: Any) -> None:
                 ui.log(f"  re-measured (close to the budget): {st.describe(formulation.latency_budget_ms)}")
-            ratio = getattr(baseline, "ratio", None)
-            if ratio is not None:
+            ratio = baseline.ratio if baseline is not None else None
+            if ratio is not None and baseline is not None:
                 ui.log(f"  each round's finalists are measured interleaved with the baseline {baseline.name} and "
-                       f"kept iff their latency ratio to it is <= 1/{config.speedup:g}")
+                       f"kept iff their latency ratio to it is <= 1/{base.speedup:g}")
                 ui.log(f"  {ratio.describe_margin()}")
             try:
-                rounds = verify_finalists(space, evaluator, device, formulation, k=config.finalists,
+                rounds = verify_finalists(space, evaluator, device, formulation, k=ver.finalists,
                                           max_rounds=rounds_allowed, max_measurements=max_meas,
-                                          on_measure=on_measure, measure_ties=config.measure_ties,
-                                          on_settle=on_settle, remeasure_cap=config.remeasure_cap,
+                                          on_measure=on_measure, measure_ties=ver.measure_ties,
+                                          on_settle=on_settle, remeasure_cap=ver.remeasure_cap,
                                           ratio=ratio, on_ratio=lambda c, text: ui.log(f"    {text}"))
             except MeasurementLimitReached:
                 pass
@@ -326,46 +344,47 @@ def run_search(config: SearchConfig | SearchSpec,
         notes.append("interrupted (Ctrl-C): outputs hold what was found until then")
         ui.log("[yellow]interrupted: writing what was found so far ...[/]")
     except BudgetTooLowError as e:
-        _finish(config, out, space, evaluator, device, formulation, None, rounds, interrupted,
+        _finish(resolved, out, space, evaluator, device, formulation, None, rounds, interrupted,
                 notes + [str(e)], t0, data, accuracy, latency, bench, baseline=baseline)
         raise
 
     best = choose_best(evaluator.candidates, formulation, space)
-    if best is not None and best.measured_ms is None and config.finalists > 0 and not interrupted:
+    if best is not None and best.measured_ms is None and ver.finalists > 0 and not interrupted:
         notes.append("no finalist was verified within the constraint; the choice rests on the corrected prediction")
-    reranked: list = []
-    if config.rerank > 0 and not interrupted:
+    reranked: list[RerankResult] = []
+    if acc.rerank.top_k > 0 and not interrupted:
         try:
-            best, reranked = _rerank(config, evaluator, device, space, formulation, data, best, rounds,
-                                     _cache_dir(config), ui, notes, pool, baseline)
-            if getattr(baseline, "ratio", None) is not None:
+            best, reranked = _rerank(resolved, evaluator, device, space, formulation, data, best, rounds,
+                                     run.cache_path, ui, notes, pool, baseline)
+            if baseline is not None and baseline.ratio is not None:
                 formulation = baseline.ratio.formulation(formulation)
         except KeyboardInterrupt:
             interrupted = True
             notes.append("interrupted (Ctrl-C) during the short training: the choice is the estimator's")
             ui.log("[yellow]interrupted: the choice is the estimator's; writing the outputs ...[/]")
     try:
-        return _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted,
+        return _finish(resolved, out, space, evaluator, device, formulation, best, rounds, interrupted,
                        notes, t0, data, accuracy, latency, bench, reranked, baseline=baseline)
     finally:
         if hasattr(pool, "close"):
             pool.close()  # leaves the Ray cluster if the pool joined it
 
 
-def _write_setup_interrupted(config: SearchConfig, out: Path, formulation: Formulation, data, phase: str) -> None:
+def _write_setup_interrupted(space: str, out: Path, formulation: Formulation, data: Data, phase: str) -> None:
     """Ctrl-C before the search had a candidate: report.md and best.json say where it stopped."""
     note = f"interrupted (Ctrl-C) while {phase}; nothing was searched yet"
-    write_best(out, None, config.space, {"formulation": formulation.describe(), "interrupted": True, "note": note})
+    write_best(out, None, space, {"formulation": formulation.describe(), "interrupted": True, "note": note})
     (out / "frontier.csv").write_text("")
-    (out / "report.md").write_text(f"# hwnas search report (interrupted: partial)\n\n- space: `{config.space}`; "
+    (out / "report.md").write_text(f"# hwnas search report (interrupted: partial)\n\n- space: `{space}`; "
                                    f"data: {data.name}\n- objective: {formulation.describe()}\n\n## Notes\n\n"
                                    f"- {note}\n")
 
 
-def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulation: Formulation, data,
-            best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path, ui: _Progress,
-            notes: list[str], tasks=None, baseline=None) -> tuple[Candidate | None, list]:
-    """Short training (search.accuracy.rerank) of the `config.rerank` best-estimated candidates within the
+def _rerank(resolved: _Resolved, evaluator: Evaluator, device: Device, space: SearchSpace[Any],
+            formulation: Formulation, data: Data, best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path,
+            ui: _Progress, notes: list[str], tasks: Any = None,
+            baseline: BaselineInfo | None = None) -> tuple[Candidate | None, list[RerankResult]]:
+    """Short training (search.accuracy.rerank) of the `rerank` best-estimated candidates within the
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
     verified within the budget. The estimator's choice stays when none is."""
@@ -374,36 +393,42 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
         notes.append("`rerank` applies to `latency_budget_ms` searches only; the choice is the usual one")
         return best, []
     budget = formulation.latency_budget_ms
+    if budget is None:  # a budget formulation has one
+        return best, []
     pool = [c for c in evaluator.candidates if c.dropped is None and c.latency_ms <= budget]
     if len(pool) < 2:
         notes.append(f"`rerank`: {len(pool)} candidate(s) within the budget, nothing to re-rank")
         return best, []
+    spec, name = resolved.spec, resolved.space
+    settings, seed = spec.accuracy.rerank, spec.run.seed
     rdata = data
-    if config.rerank_per_class is not None and config.rerank_per_class != config.data_max_per_class:
-        rdata = wiring.load_data(config.data, config.seed, max_per_class=config.rerank_per_class,
-                                 image_size=config.data_image_size)
-    rc = RerankConfig(top_k=config.rerank, epochs=config.rerank_epochs, seed=config.seed,
-                      space_options=config.rerank_options, resolution=config.rerank_resolution)
-    what = describe(rc, config.space, rdata.resolution, len(rdata.train))
+    if settings.per_class is not None and settings.per_class != spec.data.max_per_class:
+        rdata = wiring.load_data(spec.data.source, seed, max_per_class=settings.per_class,
+                                 image_size=spec.data.image_size)
+    rc = RerankConfig(top_k=settings.top_k, epochs=settings.epochs, seed=seed, space_options=settings.options,
+                      resolution=settings.resolution)
+    what = describe(rc, name, rdata.resolution, len(rdata.train))
     ui.log(f"re-ranking: {what} ...")
-    cache = cache_dir / f"rerank-{config.space}-{cache_name(rdata.name, rdata.num_classes, config.seed)}.jsonl"
+    cache = cache_dir / f"rerank-{name}-{cache_name(rdata.name, rdata.num_classes, seed)}.jsonl"
 
-    def space_with(options: dict):
-        return wiring.make_space(config.space, rdata, {**config.space_options, **options})
+    def space_with(options: dict[str, Any]) -> SearchSpace[Any]:
+        return wiring.make_space(name, rdata, {**spec.space.options, **options})
 
-    results = rerank_by_training(config.space, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
+    results = rerank_by_training(name, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
                                  cache_file=cache, log=ui.log, pool=tasks)
     by_key = {c.key: c for c in pool}
     chosen, vr = None, VerifyRound(round=len(rounds) + 1)
-    ratio = getattr(baseline, "ratio", None)
+    ratio = baseline.ratio if baseline is not None else None
     for r in results:
         c = by_key[r.key]
         if c.measured_ms is None:
             try:
                 if ratio is not None:  # with the baseline, in the same passes, decided by the ratio
-                    measure_relative(space, evaluator, device, ratio, [c], vr, cap=config.remeasure_cap,
+                    measure_relative(space, evaluator, device, ratio, [c], vr, cap=spec.verification.remeasure_cap,
                                      on_settle=lambda _, text: ui.log(f"    {text}"))
-                    ms = float(c.measured_ms)
+                    measured = c.measured_ms
+                    assert measured is not None, "measure_relative measures each candidate it is given"
+                    ms = float(measured)
                 else:
                     ms = measure_candidate(space, evaluator, device, formulation, c, vr)
             except MeasurementLimitReached:
@@ -427,7 +452,8 @@ def _rerank(config: SearchConfig, evaluator: Evaluator, device, space, formulati
     return chosen, results
 
 
-def choose_best(cands: list[Candidate], formulation: Formulation, space=None) -> Candidate | None:
+def choose_best(cands: list[Candidate], formulation: Formulation,
+                space: SearchSpace[Any] | None = None) -> Candidate | None:
     """Verified and feasible first; else feasible on the corrected prediction; frontier: knee."""
     if formulation.kind == "frontier":
         front = pareto_front(cands, use_measured=True)
@@ -458,10 +484,11 @@ def _knee(front: list[Candidate]) -> Candidate:
 def _check_budget(evaluator: Evaluator, formulation: Formulation, probe: int = 2000, seed: int = 0) -> None:
     """Budget below every candidate: say so and show the fastest one (the search's, or a
     faster one found by a latency-only probe of random architectures)."""
-    if formulation.kind != "budget" or not evaluator.cache:
+    budget = formulation.latency_budget_ms
+    if formulation.kind != "budget" or budget is None or not evaluator.cache:
         return
     cands = evaluator.candidates
-    if any(c.low_ms <= formulation.latency_budget_ms for c in cands):
+    if any(c.low_ms <= budget for c in cands):
         return
     fastest = min(cands, key=lambda c: c.latency_ms)
     # latency is cheap: probe random architectures for a faster one before giving up
@@ -476,7 +503,7 @@ def _check_budget(evaluator: Evaluator, formulation: Formulation, probe: int = 2
     if best_probe.predicted_ms < fastest.latency_ms:
         best_probe = evaluator.evaluate([best_probe.arch])[0]
         fastest = best_probe
-        if fastest.low_ms <= formulation.latency_budget_ms:
+        if fastest.low_ms <= budget:
             return
     raise BudgetTooLowError(
         f"the latency budget {formulation.latency_budget_ms:g} ms is below the fastest candidate "
@@ -485,10 +512,12 @@ def _check_budget(evaluator: Evaluator, formulation: Formulation, probe: int = 2
         f"Raise the budget to at least {fastest.predicted_ms:.3f} ms, or search a smaller space.", fastest)
 
 
-def _calibrate(space, evaluator: Evaluator, device, n: int, seed: int, ui: _Progress) -> None:
+def _calibrate(space: SearchSpace[Any], evaluator: Evaluator, device: Device, n: int, seed: int,
+               ui: _Progress) -> None:
     """Measure n cells spread over the predicted latency range and fit the correction."""
     rng = np.random.default_rng(seed + 777)
-    pool, keys = [], set()
+    pool: list[Any] = []
+    keys: set[str] = set()
     while len(pool) < 20 * n:
         a = space.sample(rng)
         k = space.to_string(a)
@@ -506,9 +535,9 @@ def _calibrate(space, evaluator: Evaluator, device, n: int, seed: int, ui: _Prog
            f"correction {evaluator.correction.describe()}")
 
 
-def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, device,
-          interrupted: bool, partial: bool = False) -> dict:
-    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
+def _meta(resolved: _Resolved, formulation: Formulation, evaluator: Evaluator, device: Device,
+          interrupted: bool, partial: bool = False) -> dict[str, Any]:
+    cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in resolved.flat().items()}
     return {"config": cfg, "formulation": formulation.kind, "constraint": formulation.describe(),
             "accuracy_estimator": evaluator.accuracy.name, "latency_model": evaluator.latency.name,
             "device": device.name, "n_evaluated": len(evaluator.cache),
@@ -516,19 +545,23 @@ def _meta(config: SearchConfig, formulation: Formulation, evaluator: Evaluator, 
             "interrupted": interrupted, "partial": partial}
 
 
-def _finish(config, out, space, evaluator, device, formulation, best, rounds, interrupted, notes, t0,
-            data, accuracy, latency, bench, reranked: list | None = None, baseline=None) -> SearchResult:
+def _finish(resolved: _Resolved, out: Path, space: SearchSpace[Any], evaluator: Evaluator, device: Device,
+            formulation: Formulation, best: Candidate | None, rounds: list[VerifyRound], interrupted: bool,
+            notes: list[str], t0: float, data: Data, accuracy: EstimatedAccuracy,
+            latency: MacsLatency | PredictorLatency, bench: BenchmarkDevice | None,
+            reranked: list[RerankResult] | None = None, baseline: BaselineInfo | None = None) -> SearchResult:
 
     cands = evaluator.candidates
-    meta = _meta(config, formulation, evaluator, device, interrupted)
+    spec, space_name = resolved.spec, resolved.space
+    meta = _meta(resolved, formulation, evaluator, device, interrupted)
     if cands:
         write_frontier(out, cands, meta)
     else:
         (out / "frontier.csv").write_text("")
     target = getattr(device, "target", None)
     form = f" ({target.form})" if target is not None else ""
-    title = f"{config.space} on {device.name}{form}: {formulation.describe()}"
-    markers = {}
+    title = f"{space_name} on {device.name}{form}: {formulation.describe()}"
+    markers: dict[str, Any] = {}
     if baseline is not None:
         speedup, how = baseline.speedup_of(best)
         title = f"from {baseline.name} on {device.name}{form}: {formulation.describe()}" + (
@@ -541,27 +574,28 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
     gt = None
     if bench is not None and best is not None:
         gt = ground_truth(bench.csv_path, bench.device, formulation.latency_budget_ms, best.key)
-    best_meta = {"formulation": formulation.describe(), "device": device.name,
+    best_meta: dict[str, Any] = {"formulation": formulation.describe(), "device": device.name,
                  "accuracy_estimator": accuracy.name, "interrupted": interrupted}
     if target is not None:
         ms = best.measured_ms if best is not None and best.measured_ms is not None else (
             best.predicted_ms if best is not None else None)
         best_meta["deployment"] = {"target": target.name, "precision": target.precision, "batch": target.batch,
                                    "images_per_s": images_per_s(ms, target.batch),
-                                   "objective": config.objective, "min_throughput": config.min_throughput}
+                                   "objective": spec.latency.objective,
+                                   "min_throughput": spec.latency.min_throughput}
     if reranked:
         best_meta["short_training"] = [asdict(r) for r in reranked]
     if baseline is not None:
         best_meta["baseline"] = baseline.to_dict(best)
         best_meta["speedup"] = best_meta["baseline"]["speedup"]
         best_meta["space_options"] = dict(getattr(space, "build_options", {}))
-    write_best(out, best, config.space, best_meta)
-    if best is not None and config.export_best:
+    write_best(out, best, space_name, best_meta)
+    if best is not None and spec.run.export_best:
         try:
             best_meta.update(wiring.export_best(space, best, accuracy, data, out))
             if target is not None and target.precision == "int8":  # the deployed model is the quantized one
                 best_meta.update(export_int8(out, data))
-            write_best(out, best, config.space, best_meta)
+            write_best(out, best, space_name, best_meta)
         except KeyboardInterrupt:
             notes.append("best.onnx/best.pt were not written (interrupted)")
         except Exception as e:  # the outputs above stay usable
@@ -571,7 +605,7 @@ def _finish(config, out, space, evaluator, device, formulation, best, rounds, in
                           n_measurements=device.n_measurements, rounds=rounds, interrupted=interrupted,
                           elapsed_s=time.monotonic() - t0, correction=evaluator.correction.describe(),
                           notes=notes, ground_truth=gt, reranked=list(reranked or []), baseline=baseline)
-    write_report(out / "report.md", config, result, dict(meta, best=best_meta), device, data)
+    write_report(out / "report.md", spec, space_name, result, dict(meta, best=best_meta), device, data)
     if hasattr(device, "close"):
         device.close()
     return result

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from profiling.paths import cache_root
 from search.accuracy.data import DataError, ImageDataset, load_dataset
 from search.problem import SearchError
 from search.accuracy.supernet import _augment as translate_and_flip
@@ -325,11 +326,8 @@ def train_architecture(arch: str, data: str, out: Path, recipe: TrainRecipe, tea
     """Train ``arch`` (anything :func:`search.architecture.resolve_architecture` takes) on ``data``
     and write ``out``/model.pt, model.onnx, result.json (and checkpoint.pt, each epoch); returns
     result.json's content. A run interrupted in ``out`` resumes from its checkpoint."""
-    import os
-
-
     dev = torch_device(device)
-    cache = Path(cache_dir) if cache_dir else Path(os.environ.get("HWNAS_CACHE", Path.home() / ".cache" / "hwnas"))
+    cache = Path(cache_dir) if cache_dir else cache_root()
     train, test = load_train_test(data, max_per_class=max_per_class, seed=0, cache_dir=cache, image_size=image_size)
     c, h, _ = train.shape
     label, sk = resolve_architecture(arch, train.num_classes, c, h)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -61,7 +61,7 @@ class RunnerDevice:
         self.conn = None
         self.last_stats: dict | None = None
 
-    def connect(self):
+    def connect(self) -> Any:
         """Start the runner and check it can measure the target (fails fast, before the search)."""
         # lazy: loads onnx and pyarrow (slow to import) only when this runs
         from profiling.measure import connect

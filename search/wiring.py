@@ -1,4 +1,5 @@
-"""Wiring: builds the search's ingredients from a `SearchConfig` on top of the other packages.
+"""Wiring: builds the search's ingredients from the parts of a `search.config.SearchSpec` on top
+of the other packages.
 
 - data: `search.accuracy.data.load_dataset`, split 80/20 and normalised on the training part;
 - space: `search.spaces.get_space`, sized to the data (channels, classes, resolution);
@@ -14,11 +15,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from search.problem import SearchError
+from search.config import AccuracyConfig, SupernetConfig
+from search.problem import Candidate, SearchError
 from profiling.targets import Target, TargetError, get_target
 from profiling.fingerprint import make_fingerprint
+
+if TYPE_CHECKING:  # torch, pandas and LightGBM: imported where they are used
+    import torch
+
+    from predictors.model import Predictor
+    from search.accuracy.supernet import Supernet, TrainConfig
+    from search.models import EstimatedAccuracy, MacsLatency, PredictorLatency
+    from search.spaces.base import SearchSpace
 
 
 # --------------------------------------------------------------------------------- data
@@ -32,11 +42,11 @@ class Data:
     resolution: int
 
     @property
-    def x_train(self):
+    def x_train(self) -> Any:
         return self.train.x
 
     @property
-    def y_train(self):
+    def y_train(self) -> Any:
         return self.train.y
 
 
@@ -77,7 +87,7 @@ def load_data(spec: str, seed: int = 0, max_per_class: int | None = 500, image_s
 
 
 # -------------------------------------------------------------------------------- space
-def make_space(name: str, data: Data, options: dict | None = None):
+def make_space(name: str, data: Data, options: dict[str, Any] | None = None) -> SearchSpace[Any]:
     """The space sized to the data; `options` override (e.g. {"C": 8, "N": 1} for nb201)."""
     # lazy: loads torch (slow to import) only when this runs
     from search.spaces import SpaceError, get_space
@@ -100,26 +110,38 @@ def make_space(name: str, data: Data, options: dict | None = None):
 
 
 # ---------------------------------------------------------------- predictor and target
-def load_predictor_and_target(config, benchmark: bool = False):
+class LatencySettings(Protocol):
+    """What choosing the predictor and the target reads: a `search.config.LatencyConfig` (the flat
+    `search.run.SearchConfig` names these settings alike, and serves too)."""
+    predictor: str | Path | None
+    target: str | None
+    targets_file: str | Path | None
+    force: bool
+
+
+def load_predictor_and_target(latency: LatencySettings,
+                              benchmark: bool = False) -> tuple[Predictor | None, Target | None]:
+    """(predictor, target) of the latency settings; in `benchmark` mode the predictor is optional
+    and there is no target."""
     # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import load_predictor
 
-    predictor = None
-    if config.predictor:
-        predictor = load_predictor(config.predictor)
+    predictor: Predictor | None = None
+    if latency.predictor:
+        predictor = load_predictor(latency.predictor)
     elif not benchmark:
         raise SearchError("`predictor` is required: a .lgb file of a predictor trained on the target's table "
                           "(see data/predictors/ for the shipped ones)")
     ptarget = predictor.target_name if predictor is not None else None
-    if config.target and ptarget and config.target != ptarget and not config.force:
-        raise SearchError(f"the predictor {config.predictor} was built for target {ptarget!r}, not "
-                          f"{config.target!r}: its latencies would be another device's. Use a predictor "
-                          f"for {config.target!r}, drop `target`, or pass `force` to use it anyway.")
+    if latency.target and ptarget and latency.target != ptarget and not latency.force:
+        raise SearchError(f"the predictor {latency.predictor} was built for target {ptarget!r}, not "
+                          f"{latency.target!r}: its latencies would be another device's. Use a predictor "
+                          f"for {latency.target!r}, drop `target`, or pass `force` to use it anyway.")
     if benchmark:
         return predictor, None
-    name = config.target or ptarget or "local-cpu"
+    name = latency.target or ptarget or "local-cpu"
     try:
-        target = get_target(name, config.targets_file)
+        target = get_target(name, latency.targets_file)
     except TargetError as e:
         if predictor is None or not predictor.target or name != ptarget:
             raise SearchError(str(e)) from None
@@ -127,13 +149,14 @@ def load_predictor_and_target(config, benchmark: bool = False):
     return predictor, target
 
 
-def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
+def predictor_device_note(predictor: Predictor | None, target: Target | None,
+                          facts: dict[str, Any] | None) -> str | None:
     """A warning when the predictor was profiled on other hardware than the device the
     finalists are measured on (an Intel table predicting an AMD machine): the search still
     runs, since the finalists' measurements correct the predictor, but the user should know."""
     # lazy: loads pandas (slow to import) only when this runs
     from predictors.catalog import mismatch_note
-    if predictor is None or not predictor.fingerprint or not facts:
+    if predictor is None or target is None or not predictor.fingerprint or not facts:
         return None
     note = mismatch_note(predictor.fingerprint, make_fingerprint(facts, target), "the device the finalists run on")
     if note is None:
@@ -143,7 +166,8 @@ def predictor_device_note(predictor, target, facts: dict | None) -> str | None:
             f"table.")
 
 
-def latency_model(predictor, space, path):
+def latency_model(predictor: Predictor | None, space: SearchSpace[Any],
+                  path: str | Path | None) -> MacsLatency | PredictorLatency:
     # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import MacsLatency, PredictorLatency
     if predictor is None:
@@ -152,41 +176,44 @@ def latency_model(predictor, space, path):
 
 
 # ----------------------------------------------------------------------------- accuracy
-def accuracy_model(config, space, data: Data, cache_dir: Path, log: Callable[[str], None],
-                   deadline: float | None = None, pool=None):
+def accuracy_model(accuracy: AccuracyConfig, space: SearchSpace[Any], data: Data, cache_dir: Path,
+                   log: Callable[[str], None], deadline: float | None = None, pool: Any = None, *, seed: int = 0,
+                   benchmark: bool = False) -> EstimatedAccuracy:
     """The estimator of `search.accuracy.estimator` (proxies + supernet); see `search.models.EstimatedAccuracy`.
     Supernet training may take 60% of the time left before `deadline` (time.monotonic()), and
-    scoring the reference population the rest of it."""
+    scoring the reference population the rest of it. In `benchmark` mode (the NB201 table's
+    devices), the `auto` estimator is the proxies alone."""
     # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     import time
     from search.models import EstimatedAccuracy, cache_name
     from search.accuracy.proxies import ProxyError, canonical_names
     try:
-        names = canonical_names(config.proxies)
+        names = canonical_names(accuracy.proxies)
     except ProxyError as e:
         raise SearchError(f"`proxies`: {e}") from None
-    use_supernet = config.accuracy == "supernet" or (config.accuracy == "auto" and not config.benchmark)
-    if space.name == "baseline" and config.accuracy == "auto":
+    use_supernet = accuracy.estimator == "supernet" or (accuracy.estimator == "auto" and not benchmark)
+    if space.name == "baseline" and accuracy.estimator == "auto":
         # measured (docs/accuracy.md, "The baseline space's supernet"): a supernet trained in a
         # search's share of the budget ranks this space's candidates no better than the proxies,
         # so `auto` spends that time on the search; `accuracy` supernet trains it
         use_supernet = False
     if use_supernet and space.name == "baseline":
-        use_supernet = _baseline_supernet_fits(config, space, log)
+        use_supernet = _baseline_supernet_fits(accuracy, space, log)
     share = None if deadline is None else time.monotonic() + 0.6 * max(0.0, deadline - time.monotonic())
-    supernet = _trained_supernet(config, space, data, cache_dir, log, share) if use_supernet else None
-    inputs, targets = data.train.batch(min(config.proxy_batch, len(data.train)), seed=config.seed)
+    supernet = _trained_supernet(accuracy.supernet, seed, space, data, cache_dir, log, share) if use_supernet \
+        else None
+    inputs, targets = data.train.batch(min(accuracy.proxy_batch, len(data.train)), seed=seed)
     cache = cache_dir / (f"proxies-{space.name}-"
-                         f"{cache_name(repr(space), data.name, len(inputs), config.seed)}.jsonl")
+                         f"{cache_name(repr(space), data.name, len(inputs), seed)}.jsonl")
     what = "+".join(names) + (" + supernet accuracy" if supernet is not None else "")
     log(f"accuracy: rank ensemble of {what} (search.accuracy.estimator), proxies on a batch of {len(inputs)}, "
         f"per-cell cache {cache}")
     return EstimatedAccuracy(space, inputs, targets, names, supernet=supernet, val=data.val, calib=data.train,
-                             cache_file=cache, reference_size=config.reference_size, seed=config.seed,
-                             supernet_weight=config.supernet_weight, pool=pool, log=log, deadline=deadline)
+                             cache_file=cache, reference_size=accuracy.reference_size, seed=seed,
+                             supernet_weight=accuracy.supernet.weight, pool=pool, log=log, deadline=deadline)
 
 
-def _baseline_supernet_fits(config, space, log) -> bool:
+def _baseline_supernet_fits(accuracy: AccuracyConfig, space: SearchSpace[Any], log: Callable[[str], None]) -> bool:
     """Whether the baseline space's few-shot supernet (one weight set per stage and block type,
     each at its largest) is small enough to train here; `accuracy` auto falls back to the proxies
     when it is not, `accuracy` supernet fails with the figure."""
@@ -195,23 +222,24 @@ def _baseline_supernet_fits(config, space, log) -> bool:
     n = supernet_size(space)
     if n <= MAX_SUPERNET_WEIGHTS:
         return True
-    why = (f"the {space.baseline} space's supernet would hold {n / 1e6:,.0f} M weights (over "
-           f"{MAX_SUPERNET_WEIGHTS / 1e6:,.0f} M: too large to train here)")
-    if config.accuracy == "supernet":
+    why = (f"the {getattr(space, 'baseline', space.name)} space's supernet would hold {n / 1e6:,.0f} M weights "
+           f"(over {MAX_SUPERNET_WEIGHTS / 1e6:,.0f} M: too large to train here)")
+    if accuracy.estimator == "supernet":
         raise SearchError(f"`accuracy` supernet: {why}; use proxies, or a smaller baseline or width choices")
     log(f"accuracy: {why}; the proxies score the candidates and the baseline")
     return False
 
 
-def supernet_train_config(config, data: Data):
+def supernet_train_config(supernet: SupernetConfig, data: Data, seed: int = 0) -> TrainConfig:
+    """The supernet's training settings on `data` (8 epochs unless `supernet.epochs`)."""
     # lazy: loads torch (slow to import) only when this runs
     from search.accuracy.supernet import TrainConfig
-    epochs = config.supernet_epochs if config.supernet_epochs is not None else 8.0
-    return TrainConfig(epochs=epochs, batch_size=min(64, max(8, len(data.train) // 4)), seed=config.seed,
+    epochs = supernet.epochs if supernet.epochs is not None else 8.0
+    return TrainConfig(epochs=epochs, batch_size=min(64, max(8, len(data.train) // 4)), seed=seed,
                        checkpoint_every=20)
 
 
-def torch_device(name: str):
+def torch_device(name: str) -> torch.device:
     """The torch device called ``name``, checked to exist on this machine."""
     # lazy: loads torch (slow to import) only when this runs
     import torch
@@ -225,17 +253,18 @@ def torch_device(name: str):
     return device
 
 
-def _trained_supernet(config, space, data: Data, cache_dir: Path, log, deadline: float | None = None):
+def _trained_supernet(supernet: SupernetConfig, seed: int, space: SearchSpace[Any], data: Data, cache_dir: Path,
+                      log: Callable[[str], None], deadline: float | None = None) -> Supernet:
     """The space's supernet trained on the data once; the checkpoint (named by everything the
     weights depend on) is reused by later runs and resumed if a run was killed mid-training."""
     # lazy: loads pandas, scipy and torch (slow to import) only when this runs
     from search.models import cache_name
     from search.accuracy.supernet import SupernetError, build_supernet
     import torch
-    device = torch_device(config.device)
-    tc = supernet_train_config(config, data)
+    device = torch_device(supernet.device)
+    tc = supernet_train_config(supernet, data, seed)
     ckpt = cache_dir / f"supernet-{space.name}-{cache_name(repr(space), data.name, repr(tc))}.pt"
-    torch.manual_seed(config.seed)
+    torch.manual_seed(seed)
     sn = build_supernet(space).to(device)
     done = False
     if ckpt.exists():
@@ -250,12 +279,14 @@ def _trained_supernet(config, space, data: Data, cache_dir: Path, log, deadline:
     except SupernetError as e:
         raise SearchError(f"supernet: {e}") from None
     sn.eval()
-    sn.checkpoint_path = ckpt
-    sn.train_info = info
+    # plain attributes read by the search and export_best (nn.Module's __setattr__ is typed for
+    # tensors and modules only)
+    setattr(sn, "checkpoint_path", ckpt)
+    setattr(sn, "train_info", info)
     return sn
 
 
-def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
+def export_best(space: SearchSpace[Any], best: Candidate, accuracy: Any, data: Data, out: Path) -> dict[str, Any]:
     """best.onnx and best.pt: with a supernet, the subnet carrying the supernet's weights (BN
     statistics recalibrated on the training data); else a freshly initialised network."""
     # lazy: loads torch (slow to import) only when this runs
@@ -280,7 +311,7 @@ def export_best(space, best, accuracy, data: Data, out: Path) -> dict:
     return info
 
 
-def load_best(path: str | Path):
+def load_best(path: str | Path) -> torch.nn.Module:
     """The network a search wrote to `best.pt` (a torch.nn.Module in eval mode): the space is
     rebuilt with the options the search used and the architecture string is decoded by it."""
     # lazy: loads torch (slow to import) only when this runs
@@ -294,5 +325,5 @@ def load_best(path: str | Path):
     return model.eval()
 
 
-__all__ = ["Data", "accuracy_model", "export_best", "latency_model", "load_best", "load_data", "load_predictor_and_target",
+__all__ = ["Data", "LatencySettings", "accuracy_model", "export_best", "latency_model", "load_best", "load_data", "load_predictor_and_target",
            "make_space", "supernet_train_config", "torch_device"]

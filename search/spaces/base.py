@@ -19,7 +19,7 @@ import abc
 import io
 import warnings
 from pathlib import Path
-from typing import Generic, Hashable, Iterable, Sequence, TypeVar
+from typing import Any, Generic, Hashable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -141,6 +141,9 @@ class SearchSpace(abc.ABC, Generic[Arch]):
     #: number of input channels and classes of the built networks
     in_channels: int = 3
     num_classes: int = 10
+    #: the constructor options a search built the space with (search.wiring.make_space sets it;
+    #: best.pt records it, so that load_best rebuilds the same network)
+    build_options: dict[str, Any]
 
     # -- genetic operators
     @abc.abstractmethod
