@@ -31,7 +31,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-DEFAULT_TABLE = Path(__file__).resolve().parents[1] / "data" / "tables" / "local-cpu__amd-epyc__8430cb8f.parquet"
+from profiling.paths import SHIPPED_TABLES
+
+DEFAULT_TABLE = SHIPPED_TABLES / "local-cpu__amd-epyc__8430cb8f.parquet"
 
 
 def _jobs(table: Path, rows: int, networks: int, seed: int):
