@@ -138,7 +138,8 @@ def run_random(space, evaluator: Evaluator, *, n: int = 100, batch: int = 24, se
     tries = 0
     while len(evaluator.cache) < n and tries < 50 * n:
         evaluator.generation = gen
-        archs, keys = [], set()
+        archs: list[Any] = []
+        keys: set[str] = set()
         while len(archs) < min(batch, n - len(evaluator.cache)) and tries < 50 * n:
             tries += 1
             a = space.sample(rng)

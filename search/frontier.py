@@ -71,11 +71,13 @@ def plot_frontier(path: Path, cands: Sequence[Candidate], formulation: Formulati
                 color="#1f77b4", lw=1.6, label=f"frontier ({len(front)})", zorder=2)
         ax.scatter([c.latency_ms for c in front], [c.accuracy for c in front], s=18, color="#1f77b4", zorder=3)
     verified = [c for c in cands if c.measured_ms is not None]
-    for c in verified:
+    for c, ms in ((c, c.measured_ms) for c in verified):
+        if ms is None:  # verified ones have a measurement (the type does not say so)
+            continue
         col = "#d62728" if c.dropped else "#2ca02c"
-        ax.annotate("", xy=(c.measured_ms, c.accuracy), xytext=(c.predicted_ms, c.accuracy),
+        ax.annotate("", xy=(ms, c.accuracy), xytext=(c.predicted_ms, c.accuracy),
                     arrowprops=dict(arrowstyle="->", color=col, lw=1.3), zorder=4)
-        ax.scatter([c.measured_ms], [c.accuracy], marker="D", s=36, color=col, zorder=5)
+        ax.scatter([ms], [c.accuracy], marker="D", s=36, color=col, zorder=5)
     # one legend entry per colour, each drawn with its own colour (the first verified point could be a
     # dropped one, and its red then labelled "verified")
     if any(not c.dropped for c in verified):

@@ -95,7 +95,7 @@ def plot_known_frontier(rows: Sequence[KnownRow], path: str | Path, title: str) 
     fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(6.5 * max(1, len(datasets)), 4.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         pts = [r for r in rows if r.dataset == ds and r.latency_ms is not None]
-        front = sorted((r for r in pts if not r.dominated), key=lambda r: r.latency_ms)
+        front = sorted((r for r in pts if not r.dominated), key=lambda r: r.latency_ms or 0.0)  # all set (pts)
         ax.plot([r.latency_ms for r in front], [r.top1 for r in front], "-", color="tab:blue", lw=1, zorder=1)
         for r in pts:
             style = dict(facecolors="none", edgecolors="grey") if r.dominated else dict(color="tab:blue")

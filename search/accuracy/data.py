@@ -188,10 +188,10 @@ def load_image_folder(root: str | Path, split: str | None = None, image_size: in
         classes.append(cdir.name)
         for f in files:
             try:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
+                with Image.open(f) as src:
+                    im = src.convert("RGB")
                     if image_size is not None and im.size != (image_size, image_size):
-                        im = im.resize((image_size, image_size), Image.BILINEAR)
+                        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
                     images.append(np.asarray(im, dtype=np.uint8))
             except (UnidentifiedImageError, OSError) as e:
                 raise DataError(f"cannot read image {f}: {e}") from e

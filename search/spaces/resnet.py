@@ -67,7 +67,7 @@ class Bottleneck(nn.Module):
         self.conv3 = ConvBNAct(cfg.mid, cfg.cout, 1, 1, act="none")
         if cfg.shortcut:
             pool = nn.AvgPool2d(2, 2, ceil_mode=True) if cfg.stride == 2 else nn.Identity()
-            self.downsample = nn.Sequential(pool, ConvBNAct(cfg.cin, cfg.cout, 1, 1, act="none"))
+            self.downsample: nn.Module | None = nn.Sequential(pool, ConvBNAct(cfg.cin, cfg.cout, 1, 1, act="none"))
         else:
             self.downsample = None
         self.relu = nn.ReLU(inplace=False)
