@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import click
 import numpy as np
@@ -94,6 +93,7 @@ def run(baseline: str, data_spec: str, image_size: int, max_per_class: int, n_ar
     from search.accuracy.estimator import SUPERNET_COLUMN, AccuracyEstimator, RankEnsemble
     from search.accuracy.supernet import build_supernet
     from search.baseline_search import baseline_space_options
+    from search.config import SupernetConfig
     from search.models import cache_name
     from search.run import DEFAULT_PROXIES
     from search.training import TrainRecipe, train_model
@@ -114,7 +114,7 @@ def run(baseline: str, data_spec: str, image_size: int, max_per_class: int, n_ar
 
     # (a) the supernet, trained as a search trains it (resumable checkpoint)
     sn_seed = seed if supernet_seed is None else supernet_seed
-    tc = supernet_train_config(SimpleNamespace(supernet_epochs=supernet_epochs, seed=sn_seed), data)
+    tc = supernet_train_config(SupernetConfig(epochs=supernet_epochs), data, seed=sn_seed)
     ckpt = cache / f"supernet-{cache_name(repr(space), data.name, repr(tc))}.pt"
     torch.manual_seed(sn_seed)
     sn = build_supernet(space)
