@@ -1,4 +1,4 @@
-"""Weight-sharing supernets for the nb201, mbv3 and resnet spaces.
+"""Weight-sharing supernets for the nb201, mbv3, resnet and baseline-derived spaces.
 
 One supernet holds the weights of every subnet of its space; it is trained once on the
 user's data and then scores any architecture in seconds with inherited weights:
@@ -23,7 +23,9 @@ the largest subnet (on the labels), the smallest and ``n_random`` random subnets
 largest's soft predictions). The nb201 supernet, whose ops have no size order, trains
 ``n_random + 2`` uniformly sampled single paths per step (SPOS, Guo et al. 2020) or, with
 ``TrainConfig(sampling="fair")``, five paths that together train every op of every edge exactly
-once (FairNAS strict fairness, Chu et al. 2021). Elastic
+once (FairNAS strict fairness, Chu et al. 2021). The baseline space's supernet
+(:class:`BaselineSupernet`) is few-shot by block type: one weight set per stage and block type,
+``n_random + 2`` paths per step cycling through the types in every stage. Elastic
 kernels take the centre of the largest kernel, elastic widths the first channels.
 
 Everything random is derived from ``(seed, step)``: a run that is killed and re-run continues
@@ -646,7 +648,8 @@ class BaselineSupernet(Supernet):
         self.space = s = space
         sk = s.skeleton
         self.stem, self.maxpool = stem_layers(sk)
-        self.families = [tuple(dict.fromkeys(op_family(o) for o in s.ops))] * s.n_stages
+        #: the block types of the space's ops (every stage offers the same ones)
+        self.families = tuple(dict.fromkeys(op_family(o) for o in s.ops))
         cins = {sk.stem.cout}      # the channels a stage's first block may receive
         h = stem_out(sk)
         self.slots = nn.ModuleList()
@@ -655,7 +658,7 @@ class BaselineSupernet(Supernet):
             per_type = nn.ModuleDict()
             outs: set[int] = set()
             h_next = h
-            for fam in self.families[st]:
+            for fam in self.families:
                 ops = [o for o in s.ops if op_family(o) == fam]
                 stacks = [s.stage_blocks(st, StageGene(o, dmax, w, se)) for o in ops for w in s.widths
                           for se in (False, True)]
@@ -682,12 +685,12 @@ class BaselineSupernet(Supernet):
         if sampling not in ("uniform", "fair"):
             raise SupernetError(f"sampling must be 'uniform' or 'fair', not {sampling!r}")
         s, n = self.space, n_random + 2
-        orders = [rng.permutation(len(f)) for f in self.families]
+        orders = [rng.permutation(len(self.families)) for _ in range(s.n_stages)]
         archs = []
         for k in range(n):
             genes = []
-            for st, fams in enumerate(self.families):
-                fam = fams[orders[st][k % len(fams)]]
+            for st in range(s.n_stages):
+                fam = self.families[orders[st][k % len(self.families)]]
                 ops = [o for o in s.ops if op_family(o) == fam]
                 genes.append(StageGene(ops[int(rng.integers(len(ops)))],
                                        s.depth_choices[st][int(rng.integers(len(s.depth_choices[st])))],
