@@ -185,6 +185,27 @@ def cpu_facts():
     return model, sorted(set(flags.split()))
 
 
+def llc_bytes():
+    """The size of the CPU's last-level cache in bytes (the highest cache level sysfs lists), or 0."""
+    best_level, size = -1, 0
+    for i in range(16):
+        base = "/sys/devices/system/cpu/cpu0/cache/index" + str(i) + "/"
+        text = _read(base + "size").strip().upper()
+        if not text:
+            break
+        if _read(base + "type").strip() == "Instruction":
+            continue
+        try:
+            level = int(_read(base + "level").strip() or 0)
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            value = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        if level > best_level:
+            best_level, size = level, value
+    return size
+
+
 def gpu_facts():
     gpus, driver = [], ""
     out = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
@@ -224,6 +245,7 @@ def hello():
     except Exception:
         facts["usable_cores"] = facts["cores"]
     facts["cpu_model"], facts["cpu_flags"] = cpu_facts()
+    facts["llc_bytes"] = llc_bytes()
     facts["gpus"], facts["gpu_driver"], facts["board"] = gpu_facts()
     try:
         import numpy

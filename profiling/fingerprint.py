@@ -48,6 +48,8 @@ def make_fingerprint(facts: dict[str, Any], target: Target) -> dict[str, Any]:
         "cpu_model": facts.get("cpu_model", ""),
         "cpu_flags": " ".join(facts.get("cpu_flags", [])),
         "cores": int(facts.get("cores", 1)),
+        # informational (not identity): the sampler draws `linear` weights beyond this cache
+        "llc_bytes": int(facts.get("llc_bytes") or 0) or None,
         "machine": facts.get("machine", ""),
         "gpu": ", ".join(facts.get("gpus", [])) or None,
         "gpu_driver": facts.get("gpu_driver") or None,

@@ -43,7 +43,7 @@ from . import sampling
 from .builders import DEFAULT_OPSET, build_model, input_shapes, opset_for_runtime, output_shapes
 from .errors import ProfilingError
 from .fingerprint import default_table_name, describe_diff, diff_fingerprints, fingerprint_hash, make_fingerprint
-from .kernels import KINDS, KernelSpec
+from .kernels import KINDS, KernelSpec, KernelSpecError
 from .interleave import measure_interleaved
 from .networks import FAMILIES, build_network, network_id, sample_network
 from .onnx_stats import model_stats
@@ -158,7 +158,7 @@ class Profiler:
                  kernel_slice_s: float = KERNEL_SLICE_S, network_slice_s: float = NETWORK_SLICE_S,
                  stop_rule: dict[str, Any] | None = None, network_stop_rule: dict[str, Any] | None = None,
                  compact_rows: int = 250, compact_seconds: float = 60.0, ray_address: str | None = None,
-                 _slow_sentinels: dict[int, float] | None = None):
+                 focus: list[str] | None = None, _slow_sentinels: dict[int, float] | None = None):
         try:
             self.target = target if isinstance(target, Target) else get_target(target, targets_file)
         except TargetError as e:
@@ -166,7 +166,13 @@ class Profiler:
         if self.target.runtime != "onnxruntime":
             raise ProfilingError(f"target {self.target.name}: runtime {self.target.runtime!r} is not supported "
                                  "(the profiler drives onnxruntime)")
-        kinds = list(kinds) if kinds else list(KINDS)
+        # focus: only the named configurations of `sampling.FOCUS_DRAWS` (a supplement to a table), no refinement
+        try:
+            focus_k = sampling.focus_kinds(list(focus or ()))
+        except KernelSpecError as e:
+            raise ProfilingError(str(e)) from None
+        self.focus = list(focus or ())
+        kinds = list(kinds) if kinds else (focus_k or list(KINDS))
         bad = [k for k in kinds if k not in KINDS and k != "network"]
         if bad:
             raise ProfilingError(f"unknown kind(s) {', '.join(bad)}; valid kinds: {', '.join(KINDS)}")
@@ -418,7 +424,7 @@ class _Run:
     def _next_spec(self) -> tuple[KernelSpec, Any, Any] | None:
         for _ in range(DRAW_TRIES):
             spec = None
-            if not self._initial_phase():
+            if not self._initial_phase() and not self.p.focus:
                 if not self.refine_queue and (self.refine_rounds == 0 or self.new_kernels_since_refine >= 80):
                     self._refill_refinement()
                 if self.refine_queue and self.rng.random() < 0.7:
@@ -426,11 +432,11 @@ class _Run:
                     self.summary.refined += 1
             if spec is None:
                 kind = self.p.kinds[int(self.rng.choice(len(self.p.kinds), p=self.kind_w))]
-                spec = sampling.sample_spec(self.rng, kind)
+                spec = sampling.sample_spec(self.rng, kind, llc_bytes=self.fp.get("llc_bytes"), focus=self.p.focus)
             key = spec.key()
             if key in self.writer or key in self.planned:
                 continue
-            prepared = sampling.prepare(spec, self.p.target.batch, self.p.opset)
+            prepared = sampling.prepare(spec, self.p.target.batch, self.p.opset, self.fp.get("llc_bytes"))
             if prepared is None:
                 continue
             self.planned.add(key)

@@ -9,6 +9,11 @@
   configurations near the points it predicts worst.
 * Every draw passes `cost_ok`: FLOPs, weights and activations under caps, so no single
   configuration eats the budget.
+* Three kinds of configuration real models run and a uniform draw would rarely reach are drawn on
+  purpose (session 9): dilated convs whose dilation is at or beyond the feature map (DeepLab's
+  ASPP, where most taps fall in the padding), `linear` weights beyond the device's last-level
+  cache (AlexNet/VGG classifiers: a GEMV bound by memory bandwidth, `llc_bytes` from the device's
+  facts), and `conv_add` with depthwise groups (MobileOne/FastViT training-time branches).
 """
 from __future__ import annotations
 
@@ -27,6 +32,12 @@ MAX_PARAMS = 16e6          # weights the device must fill (64 MB in fp32)
 MAX_ACT_BYTES = 64e6       # input + output activations
 MAX_BYTES = 256e6          # all memory traffic (onnx_stats bytes)
 MAX_GROUPED_FLOPS = 2e8    # depthwise and grouped convs
+#: the last-level cache assumed when the device does not report its own (most servers' L3)
+DEFAULT_LLC_BYTES = 32 * 2**20
+#: `linear` weights drawn beyond the cache span this range of multiples of the LLC
+BEYOND_LLC = (0.75, 4.0)
+#: share of `linear` draws whose weights lie beyond the LLC
+BEYOND_LLC_SHARE = 0.12
 
 # Relative share of each kind in a profile (normalised over the kinds asked for).
 KIND_WEIGHTS = {
@@ -102,7 +113,7 @@ def _act(rng) -> str:
 def _conv(rng, u):
     c, r = _cnn_shape(rng, u)
     style = _choice(rng, ["pointwise", "depthwise", "full", "grouped", "stem", "asymmetric", "dilated"],
-                    p=[0.28, 0.24, 0.22, 0.11, 0.06, 0.05, 0.04])
+                    p=[0.28, 0.24, 0.21, 0.11, 0.06, 0.04, 0.06])
     act, bn = _act(rng), bool(rng.random() < 0.9)
     if style == "asymmetric":  # Inception's 1x7 / 7x1 factorised convs
         k = int(_choice(rng, [3, 5, 7, 7]))
@@ -111,6 +122,8 @@ def _conv(rng, u):
         return dict(cin=c, cout=max(8, cout), h=r, w=r, kernel=kh, kernel_w=kw, stride=1, act=act, bn=bn)
     if style == "dilated":  # DeepLab's atrous convs, dilated depthwise convs
         d = int(_choice(rng, [2, 2, 3, 4, 6, 12]))
+        if rng.random() < 0.5:  # ASPP: dilation at or beyond the map, most taps in the padding
+            return _aspp_conv(rng, u, act, bn)
         if rng.random() < 0.3:
             return dict(cin=c, cout=c, h=r, w=r, kernel=3, stride=1, groups=c, dilation=d, act=act, bn=bn)
         return dict(cin=c, cout=_channels(rng) if u else c, h=r, w=r, kernel=3, stride=1, dilation=d, act=act, bn=bn)
@@ -142,7 +155,38 @@ def _conv(rng, u):
                 stride=int(_choice(rng, [1, 1, 2])), act=act, bn=bn)
 
 
+# (channels in, map size, dilations) of DeepLab ASPP heads: output stride 16 and 8 on 224-513 inputs
+ASPP_SHAPES = [(960, 14, (12, 24, 36)), (2048, 14, (6, 12, 18)), (2048, 28, (12, 24, 36)), (320, 14, (6, 12, 18)),
+               (512, 33, (6, 12, 18)), (2048, 33, (6, 12, 18)), (256, 65, (12, 24, 36)), (960, 7, (12, 24, 36))]
+
+
+def _aspp_conv(rng, u, act, bn):
+    """A 3x3 conv dilated by 0.5-3x its map size (most taps, or all but the centre one, in the padding)."""
+    if u:
+        cin, r = _channels(rng, 32, 2048), _res(rng, 5, 65)
+        d = max(2, int(round(r * math.exp(rng.uniform(math.log(0.5), math.log(3.0))))))
+    else:
+        cin, r, ds = _choice(rng, ASPP_SHAPES)
+        d = int(_choice(rng, list(ds)))
+    cout = int(_choice(rng, [128, 256, 256, 512])) if not u else _channels(rng, 32, 512)
+    # the caps count every tap, the padding's too: fewer output channels keep a wide map under MAX_FLOPS
+    cout = max(8, min(cout, int(0.9 * MAX_FLOPS / (18.0 * r * r * cin)) // 8 * 8))
+    if rng.random() < 0.2:  # dilated depthwise (DeepLab's separable ASPP)
+        return dict(cin=cin, cout=cin, h=r, w=r, kernel=3, stride=1, groups=cin, dilation=d, act=act, bn=bn)
+    return dict(cin=cin, cout=cout, h=r, w=r, kernel=3, stride=1, dilation=d, act=act, bn=bn)
+
+
+def _dw_conv_add(rng, u):
+    """A depthwise conv + residual: MobileOne / FastViT training-time branches (dw 1x1, 3x3, 7x7)."""
+    c, r = _cnn_shape(rng, u)
+    return dict(cin=c, cout=c, h=r, w=r, kernel=int(_choice(rng, [1, 1, 3, 3, 3, 5, 7])),
+                    stride=int(_choice(rng, [1, 1, 1, 2])), groups=c,
+                    act=_choice(rng, ["none", "none", "relu", "gelu"]), bn=bool(rng.random() < 0.8))
+
+
 def _conv_add(rng, u):
+    if rng.random() < 0.3:
+        return _dw_conv_add(rng, u)
     c, r = _cnn_shape(rng, u)
     if rng.random() < 0.6:  # MBConv projection: 1x1, no activation
         cin = _channels(rng) if u else int(c * _choice(rng, [3, 4, 6]))
@@ -164,6 +208,26 @@ def _linear(rng, u):
     if u and rng.random() < 0.5:
         cout = _channels(rng, 16, 3072)
     return dict(tokens=t, cin=cin, cout=cout, act=act)
+
+
+def gemv_beyond_cache(rng: np.random.Generator, llc_bytes: float | None = None) -> dict[str, Any]:
+    """A `linear` on 1-4 rows whose fp32 weights weigh `BEYOND_LLC` times the last-level cache
+    (AlexNet's 9216x4096 classifier is 151 MB): it streams its weights from memory on every run."""
+    llc = float(llc_bytes or DEFAULT_LLC_BYTES)
+    nbytes = llc * math.exp(rng.uniform(math.log(BEYOND_LLC[0]), math.log(BEYOND_LLC[1])))
+    params = nbytes / 4.0
+    cin = int(_choice(rng, [1024, 2048, 4096, 4096, 9216, 25088]))
+    cout = max(8, int(round(params / cin / 8)) * 8)
+    return dict(tokens=int(_choice(rng, [1, 1, 1, 2, 4])), cin=cin, cout=cout,
+                act=_choice(rng, ["none", "relu", "relu"]))
+
+
+def max_params(spec: KernelSpec | None, llc_bytes: float | None = None) -> float:
+    """The weights a configuration may have: `MAX_PARAMS`, or for a `linear` enough to reach
+    `BEYOND_LLC`'s upper end on the device's cache."""
+    if spec is not None and spec.kind == "linear":
+        return max(MAX_PARAMS, BEYOND_LLC[1] * float(llc_bytes or DEFAULT_LLC_BYTES) / 4.0 * 1.05)
+    return MAX_PARAMS
 
 
 def _matmul(rng, u):
@@ -333,6 +397,14 @@ def _transformer(rng, u):
     return dict(tokens=t, dim=d, heads=h, mlp_ratio=float(_choice(rng, MLP_RATIOS)))
 
 
+# Draws of the configurations the generator long missed, by name: `profile-device --focus` measures
+# only these (a supplement to a table), name -> (kind, draw(rng, uniform, llc_bytes)).
+FOCUS_DRAWS: dict[str, tuple[str, Callable[[np.random.Generator, bool, float | None], dict[str, Any]]]] = {
+    "dilation-beyond-map": ("conv", lambda rng, u, llc: _aspp_conv(rng, u, _act(rng), bool(rng.random() < 0.9))),
+    "gemv-beyond-llc": ("linear", lambda rng, u, llc: gemv_beyond_cache(rng, llc)),
+    "depthwise-conv-add": ("conv_add", lambda rng, u, llc: _dw_conv_add(rng, u)),
+}
+
 DRAWS: dict[str, Callable[[np.random.Generator, bool], dict[str, Any]]] = {
     "conv": _conv, "conv_add": _conv_add, "linear": _linear, "matmul": _matmul, "softmax": _softmax,
     "layernorm": _layernorm, "pool": _pool, "global_pool": _global_pool, "elementwise": _elementwise,
@@ -346,11 +418,13 @@ assert set(DRAWS) == set(KINDS)
 
 
 # ---- cost control ------------------------------------------------------------------
-def cost_ok(stats: ModelStats, act_bytes: float = 0.0, spec: KernelSpec | None = None) -> bool:
+def cost_ok(stats: ModelStats, act_bytes: float = 0.0, spec: KernelSpec | None = None,
+            llc_bytes: float | None = None) -> bool:
     if spec is not None and spec.params.get("groups", 1) > 1 and stats.flops > MAX_GROUPED_FLOPS:
         return False  # depthwise/grouped convs run at a few GFLOP/s: cap them lower
-    return (stats.flops <= MAX_FLOPS and stats.params <= MAX_PARAMS and act_bytes <= MAX_ACT_BYTES
-            and stats.bytes <= MAX_BYTES)
+    cap = max_params(spec, llc_bytes)
+    return (stats.flops <= MAX_FLOPS and stats.params <= cap and act_bytes <= MAX_ACT_BYTES
+            and stats.bytes <= max(MAX_BYTES, 4.0 * cap * 1.1))
 
 
 def activation_bytes(model) -> float:
@@ -363,25 +437,42 @@ def activation_bytes(model) -> float:
     return total
 
 
-def prepare(spec: KernelSpec, batch: int = 1, opset: int | None = None):
-    """(model, stats) of a spec, or None when it is invalid or over the cost caps."""
+def prepare(spec: KernelSpec, batch: int = 1, opset: int | None = None, llc_bytes: float | None = None):
+    """(model, stats) of a spec, or None when it is invalid or over the cost caps (`llc_bytes`:
+    the device's last-level cache, which sets the weight cap of a `linear`)."""
     try:
         model = build_model(spec, batch) if opset is None else build_model(spec, batch, opset)
     except KernelSpecError:
         return None
     stats = model_stats(model)
-    if not cost_ok(stats, activation_bytes(model), spec):
+    if not cost_ok(stats, activation_bytes(model), spec, llc_bytes):
         return None
     return model, stats
 
 
-def sample_spec(rng: np.random.Generator, kind: str, uniform: bool | None = None) -> KernelSpec:
-    """One configuration of `kind` (valid, not yet cost-checked)."""
+def focus_kinds(focus: list[str] | tuple[str, ...]) -> list[str]:
+    """The kinds of `FOCUS_DRAWS` names (validated)."""
+    bad = [f for f in focus if f not in FOCUS_DRAWS]
+    if bad:
+        raise KernelSpecError(f"unknown focus {', '.join(bad)}; valid: {', '.join(FOCUS_DRAWS)}")
+    return list(dict.fromkeys(FOCUS_DRAWS[f][0] for f in focus))
+
+
+def sample_spec(rng: np.random.Generator, kind: str, uniform: bool | None = None,
+                llc_bytes: float | None = None, focus: list[str] | tuple[str, ...] | None = None) -> KernelSpec:
+    """One configuration of `kind` (valid, not yet cost-checked); `llc_bytes` is the device's
+    last-level cache (default `DEFAULT_LLC_BYTES`), which `linear` draws reach beyond; `focus`
+    (`FOCUS_DRAWS` names) restricts the draw to those of them that are of `kind`."""
     if kind not in DRAWS:
         raise KernelSpecError(f"unknown kernel kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     u = bool(rng.random() < UNIFORM_SHARE) if uniform is None else uniform
+    focused = [FOCUS_DRAWS[f][1] for f in (focus or ()) if FOCUS_DRAWS[f][0] == kind]
     for _ in range(50):
         try:
+            if focused:
+                return KernelSpec.make(kind, **_choice(rng, focused)(rng, u, llc_bytes))
+            if kind == "linear" and rng.random() < BEYOND_LLC_SHARE:
+                return KernelSpec.make(kind, **gemv_beyond_cache(rng, llc_bytes))
             return KernelSpec.make(kind, **DRAWS[kind](rng, u))
         except (KernelSpecError, ValueError, ZeroDivisionError):
             continue
@@ -511,5 +602,6 @@ def refine(df, kind: str, rng: np.random.Generator, n: int, seed: int = 0) -> li
     return out
 
 
-__all__ = ["sample_spec", "refine", "worst_predicted", "neighbour", "prepare", "cost_ok", "kind_weights",
-           "KIND_WEIGHTS", "UNIFORM_SHARE", "MAX_FLOPS", "MAX_PARAMS", "CNN_SHAPES", "TOKEN_SHAPES"]
+__all__ = ["sample_spec", "refine", "worst_predicted", "neighbour", "prepare", "cost_ok", "kind_weights", "max_params",
+           "gemv_beyond_cache", "focus_kinds", "FOCUS_DRAWS", "KIND_WEIGHTS", "UNIFORM_SHARE", "MAX_FLOPS", "MAX_PARAMS", "CNN_SHAPES", "TOKEN_SHAPES",
+           "ASPP_SHAPES", "DEFAULT_LLC_BYTES", "BEYOND_LLC", "BEYOND_LLC_SHARE"]

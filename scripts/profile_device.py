@@ -252,10 +252,16 @@ def _parse_kinds(text: str | None) -> list[str] | None:
 @click.option("--ray-resource", "show_resource", is_flag=True,
               help="Print the Ray resource that names this target's device here (or on --host) and exit: "
                    "pass it to `ray start --resources` on the node beside the device.")
+@click.option("--focus", "focus_text", metavar="NAME,NAME,...",
+              help="Only these configurations, a supplement to a table (no refinement): dilation-beyond-map "
+                   "(3x3 convs dilated at or beyond their map, DeepLab's ASPP), gemv-beyond-llc (linear weights "
+                   "beyond the device's last-level cache), depthwise-conv-add (MobileOne/FastViT branches). "
+                   "Their kinds are profiled unless --kinds says otherwise; merge the result with "
+                   "`train-predictor --table A --table B`.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_config, remote_python, out, overwrite,
          budget_minutes, max_configs, networks, kinds_text, families_text, models, family, rounds, seed, resume,
-         ray_address, show_resource, quiet):
+         ray_address, focus_text, show_resource, quiet):
     """Profile a device into a latency table (Parquet): kernels, blocks and whole networks."""
     console = Console(stderr=False, highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -291,7 +297,8 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
                             budget_minutes=budget_minutes,
                             max_configs=max_configs, networks=networks, seed=seed, resume=resume,
                             targets_file=targets_file, ssh_config=ssh_config, remote_python=remote_python,
-                            progress=progress, ray_address=ray_address)
+                            progress=progress, ray_address=ray_address,
+                            focus=[f.strip() for f in focus_text.split(",") if f.strip()] if focus_text else None)
         summary = profiler.run()
     except ProfilingError as e:
         progress.stop()
