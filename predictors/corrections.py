@@ -13,6 +13,12 @@ The target is r = log(measured ms / kernel sum). Every correction is one small c
 `GRAPH_CANDIDATES` names the configurations `Predictor.fit_graph` chooses from by
 cross-validation; `ChosenCorrection` is the fitted choice with its blend and clip, which is
 what a predictor holds and saves.
+
+One level down, an *in-network* correction scales each kernel's isolated prediction by how its
+kind runs inside a network (`KERNEL_CORRECTIONS`, registered the same way; `kind_scale`: a
+factor per kernel kind, depthwise convs apart, fitted on the table's measured blocks and
+networks). A depthwise conv measured alone pays the NCHW<->NCHWc reorders that a chain of
+blocked convs does not; pooling, resize and reshape run on data a network left in cache.
 """
 from __future__ import annotations
 
@@ -294,6 +300,131 @@ class TreeCorrection:
         return cls(TreeModel(d["model"]))
 
 
+# ---- in-network corrections: one level down, per kernel ---------------------------------
+def context_kind(spec: Any) -> str:
+    """The kind an in-network correction keys a kernel by: its kind, with depthwise convs
+    (`conv` and `conv_add` with groups == cin) apart from the dense ones as `dwconv`."""
+    p = spec.params
+    if spec.kind in ("conv", "conv_add") and p["groups"] > 1 and p["groups"] == p["cin"]:
+        return "dwconv" if spec.kind == "conv" else "dwconv_add"
+    return str(spec.kind)
+
+
+@runtime_checkable
+class KernelCorrection(Protocol):
+    """A factor per kernel: its time inside a network over its isolated prediction."""
+    type_name: ClassVar[str]
+
+    def factors(self, specs: Any) -> np.ndarray:
+        ...
+
+    def to_dict(self) -> dict[str, Any]:
+        ...
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KernelCorrection":
+        ...
+
+
+KERNEL_CORRECTIONS: dict[str, type[KernelCorrection]] = {}
+
+
+def register_kernel_correction(cls: type[KernelCorrection]) -> type[KernelCorrection]:
+    """Class decorator: add an in-network correction to `KERNEL_CORRECTIONS` under its `type_name`."""
+    KERNEL_CORRECTIONS[cls.type_name] = cls
+    return cls
+
+
+@register_kernel_correction
+class KindScaleCorrection:
+    """A factor g_k per context kind (`context_kind`), relative to the common scale c:
+
+        measured ms ~ c * sum_k g_k * (kind k's predicted kernel ms) + overhead,
+
+    fitted on the log error of measured blocks and networks (robust loss), g_k in [0.2, 3] and
+    shrunk toward 1 with penalty `lam` (chosen by 5-fold CV when not given), so a kind the
+    training rows barely contain keeps 1. Only the g_k are applied: the common scale c (how a
+    table's networks run against its kernels) is the graph correction's to fit."""
+    type_name: ClassVar[str] = "kind_scale"
+    LAMBDAS: ClassVar[tuple[float, ...]] = (0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+    BOUNDS: ClassVar[tuple[float, float]] = (0.2, 3.0)
+
+    def __init__(self, scale: dict[str, float], lam: float, common: float = 1.0, report: dict[str, Any] | None = None):
+        self.scale = {str(k): float(v) for k, v in scale.items()}
+        self.lam, self.common = float(lam), float(common)
+        self.report = dict(report or {})
+
+    def factors(self, specs: Any) -> np.ndarray:
+        return np.array([self.scale.get(context_kind(s), 1.0) for s in specs], dtype=float)
+
+    @classmethod
+    def _solve(cls, T: np.ndarray, y: np.ndarray, w: np.ndarray, overhead: float, lam: float, c: float) -> np.ndarray:
+        # lazy: scipy.optimize takes ~0.3 s to import; only fitting needs it
+        from scipy.optimize import least_squares
+        sw = np.sqrt(w)
+        pen = math.sqrt(lam * w.sum())
+
+        def residuals(theta: np.ndarray) -> np.ndarray:
+            r = np.log(np.maximum(c * T @ np.exp(theta) + overhead, 1e-9) / y) * sw
+            return np.concatenate([r, pen * theta])
+
+        lo, hi = math.log(cls.BOUNDS[0]), math.log(cls.BOUNDS[1])
+        sol = least_squares(residuals, np.zeros(T.shape[1]), bounds=(lo, hi), loss="soft_l1", f_scale=0.1)
+        return np.asarray(np.exp(sol.x))
+
+    @classmethod
+    def fit(cls, T: np.ndarray, kinds: list[str], y: np.ndarray, overhead: float = 0.0, lam: float | None = None,
+            seed: int = 0, weights: np.ndarray | None = None) -> "KindScaleCorrection":
+        """T [n, len(kinds)]: each training candidate's predicted kernel ms per kind (run overhead removed).
+
+        The loss is robust (soft L1 on the log error, scale 0.1): a table's rows repeat within
+        ±10% for a minority of them on a VM that switches speed levels, and one slow row must not
+        move a kind's factor; the penalty is on log g_k (a factor of 1/2 costs what 2 does)."""
+        T, y = np.asarray(T, float), np.asarray(y, float)
+        w = np.ones(len(y)) if weights is None else np.asarray(weights, float)
+        c = float(np.median(y / np.maximum(T.sum(axis=1) + overhead, 1e-9)))
+
+        def err(g: np.ndarray, rows: np.ndarray) -> np.ndarray:
+            return np.asarray(np.abs(np.log(np.maximum(c * T[rows] @ g + overhead, 1e-9) / y[rows])))
+
+        cv: dict[float, float] = {}
+        if lam is None:
+            masks = kfold_masks(len(y), min(5, len(y)), seed + 17)
+            for la in cls.LAMBDAS:
+                e = np.concatenate([err(cls._solve(T[tr], y[tr], w[tr], overhead, la, c), ~tr) for tr in masks])
+                ww = np.concatenate([w[~tr] for tr in masks])
+                cv[la] = float(np.average(e, weights=ww))
+            lam = min(cv, key=lambda la: (cv[la], -la))
+        g = cls._solve(T, y, w, overhead, lam, c)
+        every = np.ones(len(y), bool)
+        share = T.sum(axis=0) / max(T.sum(), 1e-12)
+        errors = {"one_scale": float(np.average(err(np.ones(len(kinds)), every), weights=w)),
+                  "kind_scale": float(np.average(err(g, every), weights=w))}
+        if cv:
+            masks = kfold_masks(len(y), min(5, len(y)), seed + 17)
+            one = np.concatenate([err(np.ones(len(kinds)), ~tr) for tr in masks])
+            errors["kind_scale_cv"] = cv[lam]
+            errors["one_scale_cv"] = float(np.average(one, weights=np.concatenate([w[~tr] for tr in masks])))
+        report = {"rows": int(len(y)), "common_scale": c, "lambda_cv": {f"{k:g}": v for k, v in cv.items()},
+                  "share": {k: float(v) for k, v in zip(kinds, share)}, "mean_abs_log_err": errors}
+        return cls(dict(zip(kinds, g.tolist())), lam, c, report)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type_name, "scale": self.scale, "lambda": self.lam, "common": self.common,
+                "report": self.report}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KindScaleCorrection":
+        return cls(d["scale"], d["lambda"], d.get("common", 1.0), d.get("report"))
+
+
+def kernel_correction_from_dict(d: dict[str, Any] | None) -> KernelCorrection | None:
+    """An in-network correction from a predictor file's header (None: the file has none)."""
+    if not d:
+        return None
+    return KERNEL_CORRECTIONS[d.get("type", "kind_scale")].from_dict(d)
+
+
 # the configurations fit_graph chooses from: name -> (type, options)
 GRAPH_CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "sum": ("sum", {}), "scale": ("scale", {}),
@@ -372,4 +503,5 @@ class ChosenCorrection:
 
 __all__ = ["GraphCorrection", "CORRECTIONS", "register", "FitContext", "SumCorrection", "ScaleCorrection",
            "RidgeCorrection", "GroupScaleCorrection", "TreeCorrection", "GRAPH_CANDIDATES", "BLENDS",
-           "fit_candidate", "ChosenCorrection", "share_columns"]
+           "fit_candidate", "ChosenCorrection", "share_columns", "context_kind", "KernelCorrection",
+           "KERNEL_CORRECTIONS", "register_kernel_correction", "KindScaleCorrection", "kernel_correction_from_dict"]

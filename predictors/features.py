@@ -26,7 +26,11 @@ DERIVED = ("log_flops", "log_bytes", "log_params", "intensity", "log_in", "log_o
            "depthwise", "cin_per_group", "log_macs_per_out",
            # vectorisation and memory layout: widths that are multiples of 4/8/16 (0..3), im2col size,
            # spatial size and a log-width view the linear baseline can use
-           "cin_vec", "cout_vec", "log_im2col", "log_hw", "log_cin", "log_cout", "log_weight_bytes")
+           "cin_vec", "cout_vec", "log_im2col", "log_hw", "log_cin", "log_cout", "log_weight_bytes",
+           # session 9, appended (older predictor files read the features before it): the share of a
+           # conv's taps that fall inside its input, not in the padding (a 3x3 conv dilated at or
+           # beyond its map multiplies its centre tap only; onnxruntime skips the rest)
+           "tap_share")
 # features a per-kind robust linear baseline uses (finite for every kind)
 LINEAR_FEATURES = ("log_flops", "log_bytes", "log_in", "log_out", "log_params", "log_macs_per_out", "log_hw",
                    "log_cin", "log_cout")
@@ -45,6 +49,23 @@ def _conv_out_hw(p: Mapping[str, Any]) -> tuple[int, int]:
     """Output (h, w) of a conv spec: "same" padding per axis, dilated (older specs: square, 1)."""
     kw, d = p.get("kernel_w", p["kernel"]), p.get("dilation", 1)
     return conv_out(p["h"], p["kernel"], p["stride"], d), conv_out(p["w"], kw, p["stride"], d)
+
+
+def _taps_inside(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """How many (output position, tap) pairs of one axis of a "same"-padded conv read the input."""
+    pad = dilation * (kernel // 2)
+    n_out = conv_out(size, kernel, stride, dilation)
+    return sum(1 for o in range(n_out) for j in range(kernel) if 0 <= o * stride - pad + j * dilation < size)
+
+
+def tap_share(p: Mapping[str, Any]) -> float:
+    """The share of a conv spec's multiply-adds whose input lies inside the map (1.0: no padding read)."""
+    kw, d = p.get("kernel_w", p["kernel"]), p.get("dilation", 1)
+    oh, ow = _conv_out_hw(p)
+    total = p["kernel"] * kw * oh * ow
+    if total <= 0:
+        return 1.0
+    return float(_taps_inside(p["h"], p["kernel"], p["stride"], d) * _taps_inside(p["w"], kw, p["stride"], d) / total)
 
 
 def spec_group(spec: KernelSpec) -> str:
@@ -182,8 +203,9 @@ def _features(spec: KernelSpec, batch: int) -> list[float]:
     cout = p.get("cout", p.get("c", p.get("n", p.get("dim", 0))))
     cin_any = cin or p.get("k", p.get("dim", p.get("c1", 0)))
     hw = p.get("h", 1) * p.get("w", 1) if "h" in p else p.get("tokens", p.get("m", 1))
-    im2col = 0.0
+    im2col, taps = 0.0, math.nan
     if spec.kind in ("conv", "conv_add"):
+        taps = tap_share(p)
         oh, ow = _conv_out_hw(p)
         area = p["kernel"] * p.get("kernel_w", p["kernel"])
         im2col = float((p["cin"] // p["groups"]) * area * oh * ow) if area > 1 else 0.0
@@ -191,7 +213,7 @@ def _features(spec: KernelSpec, batch: int) -> list[float]:
             _log(out_hw), depthwise, float(cin / groups) if cin else math.nan,
             _log(flops / max(out, 1.0)),
             _vec(cin_any), _vec(cout), _log(im2col), _log(float(hw)), _log(float(cin_any)), _log(float(cout)),
-            _log(4.0 * params)]
+            _log(4.0 * params), taps]
     return row
 
 
@@ -312,4 +334,4 @@ def graph_features(sums: np.ndarray, peak: np.ndarray) -> np.ndarray:
 
 __all__ = ["KERNEL_FEATURES", "KERNEL_KINDS", "GROUPS", "GRAPH_FEATURES", "ADDITIVE", "spec_stats", "spec_group",
            "spec_features", "spec_key", "feature_matrix", "additive_row", "unknown_row", "graph_features",
-           "layout_break", "nchwc_block", "NCHWC_BLOCK", "NCHWC_CHANNEL_ALIGN"]
+           "layout_break", "nchwc_block", "tap_share", "NCHWC_BLOCK", "NCHWC_CHANNEL_ALIGN"]

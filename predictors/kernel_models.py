@@ -78,6 +78,9 @@ class KernelModels:
         self.pooled_q: Interval = (-0.3, 0.3)
         self.fallback: dict[str, Any] = {"t0_ms": 0.005, "ms_per_byte": 1e-8, "ms_per_flop": 1e-9}
         self.ranges: dict[str, list[float]] = {}  # per kind: log FLOPs and log bytes range of the table
+        # the kernel features the models read: all of `KERNEL_FEATURES`, or the first n of them in a
+        # file written before later features were appended (the pooled model's `kind` follows them)
+        self.n_features = len(F.KERNEL_FEATURES)
 
     def fit(self, specs: Sequence[KernelSpec], ms: np.ndarray, spread: np.ndarray | None, batch: int,
             params: Callable[[int], dict[str, Any]], rounds: int, seed: int) -> dict[str, Any]:
@@ -91,6 +94,7 @@ class KernelModels:
         ms = ms[keep]
         if len(specs) < 10:
             raise PredictorError(f"only {len(specs)} kernel rows with a latency: profile more configurations")
+        self.n_features = len(F.KERNEL_FEATURES)
         X = F.feature_matrix(specs, batch)
         y = np.log(ms)
         kinds = np.array([s.kind for s in specs])
@@ -178,7 +182,7 @@ class KernelModels:
                 q = self.q[kind]
             else:
                 code = F.KERNEL_KINDS.index(kind) if kind in F.KERNEL_KINDS else -1
-                p = self.pooled.predict(np.column_stack([X, np.full(len(idx), code, float)]))
+                p = self.pooled.predict(np.column_stack([X[:, :self.n_features], np.full(len(idx), code, float)]))
                 q = self.pooled_q
             out[idx] = np.exp(p)
             lo[idx] = np.exp(p + q[0])

@@ -33,7 +33,8 @@ from profiling.kernels import KINDS, KernelSpec, KernelSpecError
 from . import features as F
 from .adapt import adapt as adapt_predictor
 from .adapt import apply_adapters
-from .corrections import BLENDS, GRAPH_CANDIDATES, ChosenCorrection, FitContext, ScaleCorrection, fit_candidate
+from .corrections import (BLENDS, GRAPH_CANDIDATES, ChosenCorrection, FitContext, KernelCorrection, KindScaleCorrection,
+                          ScaleCorrection, context_kind, fit_candidate)
 from .errors import PredictorError
 from .kernel_models import KernelModels, KindModel
 from .measured import MeasuredNetworks, read_networks_file
@@ -100,7 +101,7 @@ class Predictor:
     def __init__(self, target: dict[str, Any] | None = None, fingerprint: dict[str, Any] | None = None, batch: int | None = None,
                  num_threads: int = 1, seed: int = 0, kernel_rounds: int = 400, graph_rounds: int = 300,
                  graph_cv: str | None = None, real_network_weight: float = 5.0, graph_ensemble: int = 5,
-                 graph_candidates: Sequence[str] | None = None):
+                 graph_candidates: Sequence[str] | None = None, in_network: bool = True):
         self.target = dict(target) if target else {"name": "unknown"}
         self.fingerprint = dict(fingerprint or {})
         self.batch = int(batch or self.target.get("batch", 1) or 1)
@@ -128,7 +129,11 @@ class Predictor:
         unknown = sorted(set(self.graph_candidates or ()) - set(GRAPH_CANDIDATES))
         if unknown:
             raise PredictorError(f"graph_candidates: unknown {unknown}; choose among {sorted(GRAPH_CANDIDATES)}")
+        # fit an in-network correction per kernel kind (`KindScaleCorrection`) on the table's blocks
+        # and networks: each kernel's isolated prediction times its kind's factor inside a network
+        self.fit_in_network = bool(in_network)
         self.kernels = KernelModels()
+        self.in_network: KernelCorrection | None = None
         self.graph = ChosenCorrection()  # the graph-level correction chosen by `fit_graph`
         self.graph_q: tuple[float, float] = (-0.15, 0.15)
         self.adapters: list[dict[str, Any]] = []
@@ -172,8 +177,59 @@ class Predictor:
         return self.kernels.fallback_ms(flops, nbytes)
 
     def kernel_ms(self, specs: Sequence[KernelSpec]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Predicted (ms, low, high) of kernel specs (blocks are not accepted here)."""
-        return self.kernels.predict(specs, self.batch)
+        """Predicted (ms, low, high) of kernel specs (blocks are not accepted here), inside a network:
+        the in-network correction's factor applied when the predictor has one."""
+        ms, lo, hi = self.kernels.predict(specs, self.batch)
+        if self.in_network is not None and len(specs):
+            f = self.in_network.factors(specs)
+            ms, lo, hi = ms * f, lo * f, hi * f
+        return ms, lo, hi
+
+    @staticmethod
+    def in_network_rows(blocks: list[list[KernelSpec]], block_ms: npt.ArrayLike, nets: list[dict[str, Any]]
+                        ) -> tuple[list[list[KernelSpec]], np.ndarray, list[float]]:
+        """(candidates, ms, weights) the in-network correction is fitted on: a table's measured blocks
+        and networks (`network_rows`), the networks, fewer, weighing as much as the blocks in all."""
+        wn = max(1.0, len(blocks) / max(len(nets), 1))
+        return (list(blocks) + [n["specs"] for n in nets], np.concatenate([np.asarray(block_ms, float),
+                [n["ms"] for n in nets]]), [1.0] * len(blocks) + [wn] * len(nets))
+
+    def block_rows(self, df: pd.DataFrame) -> tuple[list[list[KernelSpec]], np.ndarray]:
+        """The table's measured blocks: (one-spec candidates, ms)."""
+        bspecs, bms = [], []
+        for row in df[df["category"] == "block"].to_dict("records"):
+            try:
+                bspecs.append([row_spec(row)])
+                bms.append(row["median_ms"])
+            except (KernelSpecError, KeyError, ValueError):
+                continue
+        return bspecs, np.array(bms, float)
+
+    def in_network_fit(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray,
+                       weights: Sequence[float] | None = None) -> KernelCorrection:
+        """Fit the in-network correction (`KindScaleCorrection`) on measured candidates (blocks,
+        networks: kernel-spec lists) and their ms (`weights`: per candidate, default 1); sets
+        `self.in_network` and returns it."""
+        self.in_network = None
+        kernels = [self._expand(c) for c in candidates]
+        flat = [k for ks in kernels for k in ks]
+        kms, _, _ = self.kernel_ms(flat)
+        kms = np.maximum(kms - self.overhead_ms, 0.1 * kms)  # as `_materialise`: the run overhead once
+        keys = [context_kind(k) for k in flat]
+        kinds = sorted(set(keys))
+        col = {k: i for i, k in enumerate(kinds)}
+        T = np.zeros((len(candidates), len(kinds)))
+        j = 0
+        for i, ks in enumerate(kernels):
+            for _ in ks:
+                T[i, col[keys[j]]] += kms[j]
+                j += 1
+        corr = KindScaleCorrection.fit(T, kinds, np.asarray(ms, float), self.overhead_ms, seed=self.seed,
+                                       weights=None if weights is None else np.asarray(weights, float))
+        self.in_network = corr
+        self.training["in_network"] = corr.to_dict()
+        self._reset_cache()
+        return corr
 
     # the kernel-model collection's parts, read by reports and tests
     @property
@@ -555,18 +611,14 @@ class Predictor:
         log(f"  done in {time.time() - t0:.1f}s; out-of-fold kernel accuracy: "
             f"{self.training['kernel_oof']['within10']:.1%} within ±10%, MAPE {self.training['kernel_oof']['mape']:.1%}")
         nets = self.network_rows(df)
-        blocks = df[df["category"] == "block"]
-        if len(blocks):
-            bspecs, bms = [], []
-            for row in blocks.to_dict("records"):
-                try:
-                    bspecs.append([row_spec(row)])
-                    bms.append(row["median_ms"])
-                except (KernelSpecError, KeyError, ValueError):
-                    continue
-            if bspecs:
-                self.fit_overhead(bspecs, np.array(bms))
-                self.training["blocks_kernel_sum"] = metrics(np.array(bms), self.kernel_sum_specs(bspecs))
+        bspecs, bms = self.block_rows(df)
+        self.in_network = None
+        if bspecs:
+            self.fit_overhead(bspecs, bms)
+            self.training["blocks_kernel_sum"] = metrics(bms, self.kernel_sum_specs(bspecs))
+            if self.fit_in_network:
+                self.in_network_fit(*self.in_network_rows(bspecs, bms, nets))
+                log(f"in-network correction per kernel kind: {len(bspecs)} blocks + {len(nets)} networks")
         if holdout > 0 and len(nets) >= 10:
             self.training["holdout"] = self.holdout_report(nets, holdout)
         real = self._real_networks(networks)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import features as F
-from .corrections import ChosenCorrection
+from .corrections import ChosenCorrection, kernel_correction_from_dict
 from .errors import PredictorError
 from .fileformat import PredictorFileError, read_predictor_file, write_predictor_file
 from .kernel_models import KindModel
@@ -43,8 +43,9 @@ def predictor_header(p: "Predictor") -> tuple[dict[str, Any], dict[str, str]]:
     header = {
         "kind": "hwnas-latency-predictor",
         "target": p.target, "fingerprint": p.fingerprint, "batch": p.batch,
-        "feature_schema": {"kernel_features": list(F.KERNEL_FEATURES), "kernel_kinds": list(F.KERNEL_KINDS),
-                           "pooled_features": [*F.KERNEL_FEATURES, "kind"],
+        "feature_schema": {"kernel_features": list(F.KERNEL_FEATURES[:kernels.n_features]),
+                           "kernel_kinds": list(F.KERNEL_KINDS),
+                           "pooled_features": [*F.KERNEL_FEATURES[:kernels.n_features], "kind"],
                            "graph_features": list(F.GRAPH_FEATURES), "additive": list(F.ADDITIVE),
                            "groups": list(F.GROUPS), "kernel_target": "log(median_ms)",
                            "graph_target": "log(network ms) - log(sum of kernel ms)"},
@@ -53,6 +54,7 @@ def predictor_header(p: "Predictor") -> tuple[dict[str, Any], dict[str, str]]:
                         "pooled_log_interval": list(kernels.pooled_q)},
         "kernel_linear": {"_pooled": kernels.pooled.coef, **{k: m.coef for k, m in kernels.models.items()}},
         "graph": graph,
+        "in_network": None if p.in_network is None else p.in_network.to_dict(),
         "kernel_variants": {k: m.variant for k, m in kernels.models.items()},
         "overhead_ms": p.overhead_ms,
         "unknown_op_fallback": kernels.fallback,
@@ -74,12 +76,15 @@ def load_predictor(cls: "type[Predictor]", path: str | os.PathLike[str], num_thr
     """A predictor of class `cls` from a `.lgb` file; trees come from the parsed-tree cache when it has them."""
     header, models = read_predictor_file(path)
     schema = header.get("feature_schema", {})
-    if list(schema.get("kernel_features", [])) != list(F.KERNEL_FEATURES) or \
+    kfeat = list(schema.get("kernel_features", []))
+    # features are only ever appended: a file of an older hwnas reads the first len(kfeat) of them
+    if not kfeat or kfeat != list(F.KERNEL_FEATURES[:len(kfeat)]) or \
             list(schema.get("graph_features", [])) != list(F.GRAPH_FEATURES):
         raise PredictorFileError(f"{path} was built with another feature schema than this hwnas uses; "
                                  "rebuild it with `train-predictor`")
     p = cls(header.get("target"), header.get("fingerprint"), header.get("batch"), num_threads=num_threads)
     kernels = p.kernels
+    kernels.n_features = len(kfeat)
     try:
         lin = header["kernel_linear"]
         kernels.pooled = KindModel(lin["_pooled"], TreeModel(models["kernel/_pooled"]))
@@ -89,6 +94,7 @@ def load_predictor(cls: "type[Predictor]", path: str | os.PathLike[str], num_thr
                 kernels.models[kind] = KindModel(lin[kind], TreeModel(text),
                                                  header.get("kernel_variants", {}).get(kind, "l2"))
         p.graph = ChosenCorrection.from_header(header.get("graph", {}), models.get("graph"))
+        p.in_network = kernel_correction_from_dict(header.get("in_network"))
     except KeyError as e:
         raise PredictorFileError(f"{path} lacks the model {e}; rebuild it with `train-predictor`") from None
     except Exception as e:

@@ -477,9 +477,12 @@ def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[st
               help="Comma-separated GRAPH_CANDIDATES (predictors/corrections.py) the graph correction is chosen "
                    "from (default: all that --graph-cv allows); e.g. the closed-form ones make --graph-cv family "
                    "affordable over 49 families.")
+@click.option("--in-network/--no-in-network", default=True, show_default=True,
+              help="Fit the in-network correction per kernel kind on the --table's blocks and networks (with "
+                   "--kernels-from too, replacing the file's); --no-in-network: the kernels as measured alone.")
 @click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
 def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
-             json_out):
+             in_network, json_out):
     """Predict every corpus model and report accuracy, each family held out in turn."""
     from predictors import Predictor
     corpus = Path(corpus)
@@ -492,7 +495,8 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
     y = np.array([truth[n] for n in names])
     report: dict = {"models": len(rows), "families": len(set(fam)), "form": _form(corpus), "reproducibility": repro,
                     "rows": {}, "settings": {"runs": runs, "network_weight": network_weight, "graph_cv": graph_cv,
-                                             "graph_ensemble": graph_ensemble, "graph_candidates": graph_candidates}}
+                                             "graph_ensemble": graph_ensemble, "graph_candidates": graph_candidates,
+                                             "in_network": in_network}}
     click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
     if repro:
         click.echo(f"reproducibility (run {repro['runs'][0]} vs {repro['runs'][1]}): {repro['within5']:.1%} within "
@@ -530,11 +534,20 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
             base.graph_cv, base.real_network_weight, base.adapters = graph_cv, network_weight, []
             base.graph_candidates = graph_candidates.split(",") if graph_candidates else None
             report["kernels_from"] = str(kernels_from)
+            base.in_network = None
+            if in_network:  # from the table's blocks and networks, as `fit` does (never from the corpus)
+                df = base._table(list(tables), None)[0]
+                base.in_network_fit(*base.in_network_rows(*base.block_rows(df), base.network_rows(df)))
         else:
             base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight,
-                             graph_candidates=graph_candidates.split(",") if graph_candidates else None)
+                             graph_candidates=graph_candidates.split(",") if graph_candidates else None,
+                             in_network=in_network)
             base.fit(list(tables))
             click.echo(f"trained on {', '.join(tables)} in {time.time() - t0:.0f}s", err=True)
+        if base.in_network is not None:
+            report["in_network"] = base.in_network.to_dict()
+            click.echo("in-network factors per kernel kind (table blocks and networks): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in sorted(base.in_network.scale.items()) if abs(v - 1) >= 0.02), err=True)
         _check_form(corpus, base.target.get("precision", "fp32"), base.batch,
                     f"the table's target {base.target.get('name')}")
         # Detection and kernel predictions depend on the kernel models only, which every refit of the

@@ -541,3 +541,40 @@ def test_adapter_does_not_extrapolate_past_what_its_shots_showed(trained):
     assert lo <= (truth[:-1] / base[:-1]).min() + 1e-9 and hi >= (truth[:-1] / base[:-1]).max() - 1e-9
     ratio = predict_adapter(a, base, adapter_features(sums)) / base
     assert np.all(ratio >= lo / RATIO_MARGIN - 1e-9) and np.all(ratio <= hi * RATIO_MARGIN + 1e-9)
+
+
+def test_in_network_correction_recovers_a_kind_that_runs_faster_inside_networks():
+    # blocks and networks whose depthwise convs run at half their isolated time, the rest as
+    # measured alone (the common scale 1.3 is the graph correction's, not the kinds')
+    from predictors.corrections import KERNEL_CORRECTIONS, KindScaleCorrection, kernel_correction_from_dict
+    rng = np.random.default_rng(0)
+    kinds = ["conv", "dwconv", "pool"]
+    T = rng.uniform(0.1, 3.0, (240, 3)) * rng.uniform(0, 1, (240, 3)) ** 2
+    y = 1.3 * (T @ np.array([1.0, 0.5, 1.0])) * np.exp(rng.normal(0, 0.03, 240))
+    c = KindScaleCorrection.fit(T, kinds, y)
+    assert c.scale["dwconv"] / c.scale["conv"] == pytest.approx(0.5, abs=0.06)
+    assert c.scale["pool"] / c.scale["conv"] == pytest.approx(1.0, abs=0.1)
+    rep = c.report["mean_abs_log_err"]
+    assert rep["kind_scale_cv"] < rep["one_scale_cv"]
+    dw = KernelSpec.make("conv", cin=32, cout=32, h=14, w=14, kernel=3, stride=1, groups=32)
+    dense = KernelSpec.make("conv", cin=32, cout=32, h=14, w=14, kernel=3, stride=1)
+    other = KernelSpec.make("softmax", heads=2, m=8, n=8)  # a kind it has not seen keeps 1
+    assert c.factors([dw, dense, other]).tolist() == [c.scale["dwconv"], c.scale["conv"], 1.0]
+    assert "kind_scale" in KERNEL_CORRECTIONS
+    again = kernel_correction_from_dict(c.to_dict())
+    assert again is not None and again.factors([dw]).tolist() == c.factors([dw]).tolist()
+
+
+def test_a_fitted_predictor_scales_its_kernels_by_the_in_network_correction(trained):
+    import copy
+
+    p, path = trained
+    assert p.in_network is not None and "in_network" in p.training
+    assert {"conv", "linear"} <= set(p.in_network.scale)
+    specs = [KernelSpec.make("conv", cin=32, cout=32, h=14, w=14, kernel=3, stride=1, groups=32),
+             KernelSpec.make("linear", tokens=1, cin=64, cout=10)]
+    alone = copy.copy(p)
+    alone.in_network = None
+    ratio = p.kernel_ms(specs)[0] / alone.kernel_ms(specs)[0]
+    assert ratio.tolist() == pytest.approx(p.in_network.factors(specs).tolist())
+    assert Predictor.load(path).in_network.to_dict() == p.in_network.to_dict()

@@ -190,3 +190,42 @@ def test_new_structure_families_build_run_and_detect(family, tmp_path):
     layout = ("reshape", "transpose", "elementwise")
     assert Counter(s for s in det.specs() if s.kind not in layout) == \
         Counter(s for s in network_kernels(spec) if s.kind not in layout)
+
+
+def test_a_conv_dilated_beyond_its_map_reads_one_tap_in_nine_and_the_features_say_so():
+    # DeepLab's ASPP on a 14x14 map, dilation 12 and 36: the kernel models see the share of taps
+    # inside the map (its FLOPs count every tap, so without it the dilation is invisible to them)
+    from predictors.features import KERNEL_FEATURES, spec_features, tap_share
+    col = KERNEL_FEATURES.index("tap_share")
+    aspp36 = KernelSpec.make("conv", cin=64, cout=32, h=14, w=14, kernel=3, stride=1, dilation=36)
+    aspp12 = KernelSpec.make("conv", cin=64, cout=32, h=14, w=14, kernel=3, stride=1, dilation=12)
+    plain = KernelSpec.make("conv", cin=64, cout=32, h=14, w=14, kernel=3, stride=1)
+    assert tap_share(aspp36.params) == pytest.approx(1 / 9)
+    assert 1 / 9 < tap_share(aspp12.params) < 0.25 < tap_share(plain.params) < 1.0
+    assert tap_share(KernelSpec.make("conv", cin=8, cout=8, h=9, w=9, kernel=1, stride=1).params) == 1.0
+    assert spec_features(aspp36)[col] < spec_features(plain)[col]
+    det = detect_kernels(build_model(aspp36))
+    assert det.specs() == [aspp36]
+
+
+def test_shipped_predictors_read_the_kernel_features_they_were_trained_on():
+    # kernel features are only appended: a predictor file of an older hwnas names a prefix of them,
+    # loads, and its pooled model reads its `kind` code where it was trained to
+    from pathlib import Path
+
+    from predictors import Predictor
+    from predictors.features import KERNEL_FEATURES
+    from predictors.fileformat import read_predictor_header
+    path = sorted((Path(__file__).resolve().parents[1] / "data" / "predictors").glob("local-cpu__*.lgb"))[0]
+    old = read_predictor_header(path)["feature_schema"]["kernel_features"]
+    assert list(KERNEL_FEATURES[:len(old)]) == list(old)
+    p = Predictor.load(path)
+    assert p.kernels.n_features == len(old)
+    # a kind without its own model goes through the pooled model
+    spec = KernelSpec.make("conv", cin=32, cout=32, h=14, w=14, kernel=3, stride=1, dilation=2)
+    pooled_only = next(k for k in ("einsum", "groupnorm", "reduce", "pad", "slice", "split") if k not in p.kernels.models)
+    other = {"einsum": dict(heads=2, m=16, k=8, n=16), "groupnorm": dict(c=32, h=8, w=8, groups=8),
+             "reduce": dict(op="mean", c=32, h=8, w=8), "pad": dict(c=8, h=8, w=8, pad=1),
+             "slice": dict(c=16, h=8, w=8, cout=8), "split": dict(c=16, h=8, w=8, parts=2)}[pooled_only]
+    ms, lo, hi = p.kernels.predict([spec, KernelSpec.make(pooled_only, **other)], 1)
+    assert np.isfinite(ms).all() and (ms > 0).all() and (lo <= ms).all() and (ms <= hi).all()
