@@ -48,6 +48,10 @@ DEFAULT_ROUNDS = 4
 DEFAULT_SECONDS_PER_PASS = 0.25
 #: the networks' size: large enough to be measured like real models, small enough to be fast
 CALIBRATION_MAX_FLOPS = 1.5e9
+#: the calibration sets: random networks of the profiler's generator, or published architectures
+NETWORK_SETS = ("generated", "real")
+#: the published architectures' cap (ResNet-50 and DeiT-S at 160-192 pixels)
+REAL_MAX_FLOPS = 6e9
 
 
 @dataclass
@@ -95,13 +99,21 @@ def closest_predictor(candidates: str | os.PathLike[str] | Sequence[str | os.Pat
 
 
 def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
-                         max_flops: float = CALIBRATION_MAX_FLOPS) -> list[dict[str, Any]]:
-    """`n` random network specs from the profiler's generator, the families taken in turn (a family
-    that has no network under `max_flops` gives its turn to a random family)."""
+                         max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = "generated") -> list[dict[str, Any]]:
+    """`n` network specs to calibrate on. network_set="generated": random networks from the profiler's
+    generator, the families taken in turn (a family that has no network under `max_flops` gives its
+    turn to a random family); "real": published architectures (`profiling.networks.REAL_ARCHITECTURES`,
+    taken in turn, each at a random resolution of 160-224, under `REAL_MAX_FLOPS`), which carry to
+    real models where the generated ones did not (docs/predictor.md, "Calibration")."""
     # lazy: loads onnx (slow to import) only when this runs
-    from profiling.networks import FAMILIES, sample_network
+    from profiling.networks import FAMILIES, REAL_ARCHITECTURES, real_network, sample_network
+    if network_set not in NETWORK_SETS:
+        raise PredictorError(f"unknown calibration network set {network_set!r}; choose one of {', '.join(NETWORK_SETS)}")
     rng = np.random.default_rng(seed)
     out = []
+    if network_set == "real":
+        names = list(REAL_ARCHITECTURES)
+        return [real_network(rng, names[i % len(names)], max(max_flops, REAL_MAX_FLOPS)) for i in range(n)]
     for i in range(n):
         try:
             out.append(sample_network(rng, FAMILIES[i % len(FAMILIES)], max_flops=max_flops))
@@ -125,7 +137,7 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
               out_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
               networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
               seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, seed: int = 0,
-              max_flops: float = CALIBRATION_MAX_FLOPS, host: str | None = None,
+              max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = "generated", host: str | None = None,
               targets_file: str | os.PathLike[str] | None = None,
               progress: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure `networks` random networks on `target` (this machine, or `host` over SSH) and adapt
@@ -162,7 +174,7 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
                                  "predictor; give one built for this target")
         base_path, base_desc = m.path, m.describe("this machine")
     pred = Predictor.load(base_path)
-    specs = calibration_networks(networks, seed, max_flops)
+    specs = calibration_networks(networks, seed, max_flops, network_set)
     say(f"calibrating {base_path.name} for {tgt.name}: {networks} networks x {rounds} interleaved passes "
         f"of {seconds_per_pass:g}s (about {_minutes(networks, rounds, seconds_per_pass):.0f} min)")
     with tempfile.TemporaryDirectory(prefix="hwnas-calibrate-") as tmp:
@@ -186,6 +198,7 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
     new.training = dict(new.training, calibration={
         "base": base_path.name, "base_fingerprint": pred.fingerprint, "networks": int(networks),
         "rounds": int(rounds), "seconds_per_pass": float(seconds_per_pass), "seed": int(seed),
+        "network_set": network_set,
         "measured_ms": ms.tolist(), "base_ms": np.asarray(base_ms).tolist(), "names": names})
     new.training["calibration"]["seconds"] = round(time.time() - t_start, 1)  # measuring and adapting
     path: Path | None = None

@@ -463,6 +463,9 @@ def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[st
 @click.option("--table", "tables", multiple=True, type=click.Path(exists=True),
               help="The table of this machine the predictor is trained on (repeat to merge).")
 @click.option("--shipped", type=click.Path(exists=True), help="A shipped predictor to report as it is.")
+@click.option("--calibrated", type=click.Path(), default=None,
+              help="A predictor calibrated on this machine (`train-predictor --calibrate`) to report as it is "
+                   "(default <corpus>/bench/calibrated.lgb when it exists).")
 @click.option("--runs", default="A,B", show_default=True, help="The measurement runs to use (median of them).")
 @click.option("--network-weight", default=5.0, show_default=True)
 @click.option("--graph-cv", default="random", show_default=True, type=click.Choice(["random", "family"]),
@@ -481,7 +484,7 @@ def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[st
               help="Fit the in-network correction per kernel kind on the --table's blocks and networks (with "
                    "--kernels-from too, replacing the file's); --no-in-network: the kernels as measured alone.")
 @click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
-def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
+def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
              in_network, json_out):
     """Predict every corpus model and report accuracy, each family held out in turn."""
     from predictors import Predictor
@@ -516,14 +519,18 @@ def evaluate(corpus, tables, shipped, runs, network_weight, graph_cv, graph_ense
         report["rows"]["shipped_as_is"] = _stats(y, [r.latency_ms for r in res], [r.low_ms for r in res],
                                                  [r.high_ms for r in res])
         report["shipped"] = str(shipped)
-    cal = _bench_dir(corpus) / "calibrated.lgb"
+    cal = Path(calibrated) if calibrated else _bench_dir(corpus) / "calibrated.lgb"
+    if calibrated and not cal.exists():
+        raise click.BadParameter(f"{cal} does not exist", param_hint="--calibrated")
     if cal.exists():
         p = Predictor.load(cal)
         res = [p.predict(x) for x in paths]
         report["rows"]["calibrated"] = _stats(y, [r.latency_ms for r in res], [r.low_ms for r in res],
                                               [r.high_ms for r in res])
         c = p.training.get("calibration", {})
-        report["calibration"] = {k: c.get(k) for k in ("base", "networks", "rounds", "seconds_per_pass", "seconds")}
+        report["calibration"] = {k: c.get(k) for k in ("base", "networks", "rounds", "seconds_per_pass", "seconds",
+                                                        "network_set")}
+        report["calibrated"] = str(cal)
         for n, r in zip(names, res):
             per_model[n]["calibrated_ms"] = r.latency_ms
 

@@ -79,12 +79,16 @@ def small_table_warning(tr: dict) -> str | None:
                    "fingerprint.")
 @click.option("--calibration-networks", default=24, show_default=True, type=click.IntRange(min=2),
               help="With --calibrate: networks to measure.")
+@click.option("--calibration-set", type=click.Choice(["generated", "real"]), default="generated", show_default=True,
+              help="With --calibrate: random networks of the profiler's generator, or published architectures "
+                   "(ResNet, MobileNet, EfficientNet, RegNet, ViT, Mixer, CSP, RepVGG, Inception at 160-224 px), "
+                   "which carry to real models better.")
 @click.option("--target", default="local-cpu", show_default=True, help="With --calibrate: the target to measure.")
 @click.option("--holdout", default=0.2, show_default=True, help="Share of networks held out for the report.")
 @click.option("--threads", default=1, show_default=True, help="LightGBM threads.")
 @click.option("--seed", default=0, show_default=True)
 def main(tables, out, overwrite, adapt_from, networks, network_weight, device, calibrate_here, calibration_networks,
-         target, holdout, threads, seed):
+         calibration_set, target, holdout, threads, seed):
     """Train a latency predictor on profiled tables, or adapt one with a few measured networks."""
     from predictors import Predictor
     with cli_errors(FLAGS):
@@ -98,7 +102,7 @@ def main(tables, out, overwrite, adapt_from, networks, network_weight, device, c
             from predictors.calibrate import SHIPPED_PREDICTORS, calibrate
             base = adapt_from or str(SHIPPED_PREDICTORS)
             res = calibrate(base, target=target, out=out, networks=calibration_networks, seed=seed,
-                            progress=click.echo)
+                            network_set=calibration_set, progress=click.echo)
             click.echo(f"base: {res.base_description}")
             click.echo(res.summary())
             click.echo(f"wrote {res.path} (fingerprint of this machine)")
