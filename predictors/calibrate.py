@@ -103,7 +103,7 @@ def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
     """`n` network specs to calibrate on. network_set="generated": random networks from the profiler's
     generator, the families taken in turn (a family that has no network under `max_flops` gives its
     turn to a random family); "real": published architectures (`profiling.networks.REAL_ARCHITECTURES`,
-    taken in turn, each at a random resolution of 160-224, under `REAL_MAX_FLOPS`), which carry to
+    taken in turn at 224, then 192, 160 and 128 pixels, all distinct, under `REAL_MAX_FLOPS`), which carry to
     real models where the generated ones did not (docs/predictor.md, "Calibration")."""
     # lazy: loads onnx (slow to import) only when this runs
     from profiling.networks import FAMILIES, REAL_ARCHITECTURES, real_network, sample_network
@@ -111,9 +111,20 @@ def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
         raise PredictorError(f"unknown calibration network set {network_set!r}; choose one of {', '.join(NETWORK_SETS)}")
     rng = np.random.default_rng(seed)
     out = []
-    if network_set == "real":
-        names = list(REAL_ARCHITECTURES)
-        return [real_network(rng, names[i % len(names)], max(max_flops, REAL_MAX_FLOPS)) for i in range(n)]
+    if network_set == "real":  # each architecture in turn, at 224, 192, 160, 128 px on the 1st..4th turn
+        from profiling.networks import REAL_RESOLUTIONS, network_id
+        names, seen = list(REAL_ARCHITECTURES), set()
+        cap = max(max_flops, REAL_MAX_FLOPS)
+        res = sorted(REAL_RESOLUTIONS, reverse=True)
+        for i in range(n):
+            spec = real_network(rng, names[i % len(names)], cap, res[(i // len(names)) % len(res)])
+            for _ in range(20):  # the same network twice measures nothing new (and shares a name)
+                if network_id(spec) not in seen:
+                    break
+                spec = real_network(rng, None, cap)
+            seen.add(network_id(spec))
+            out.append(spec)
+        return out
     for i in range(n):
         try:
             out.append(sample_network(rng, FAMILIES[i % len(FAMILIES)], max_flops=max_flops))

@@ -650,7 +650,7 @@ def sample_network(rng: np.random.Generator, family: str | None = None,
 # networks above, it did not carry to real models (session 8: a shipped predictor calibrated on 30 of
 # them over-predicted 135 real models by 55%), while 30 real models of other families carried
 # (simulated: 61.5% within ±10%). These are published architectures at their real widths and
-# depths, at a resolution drawn from 160-224 and, for the scalable ones, a width multiplier.
+# depths, at a resolution drawn from 128-224 and, for the scalable ones, a width multiplier.
 def _mb_stages(stages: Any, wm: float, act: str, se_from: int = 99) -> list[dict[str, Any]]:
     """MBConv layers of (expand, width, depth, stride, kernel) stages."""
     out = []
@@ -764,18 +764,20 @@ REAL_ARCHITECTURES = {
     "mobilenet_v3": _real_mobilenet_v3, "efficientnet_b0": _real_efficientnet_b0, "regnetx": _real_regnetx,
     "vit": _real_vit, "mixer": _real_mixer, "csp": _real_csp, "repvgg_a0": _real_repvgg, "inception": _real_inception,
 }
-REAL_RESOLUTIONS = (160, 192, 224)
+REAL_RESOLUTIONS = (128, 160, 192, 224)
 
 
-def real_network(rng: np.random.Generator, name: str | None = None, max_flops: float = MAX_NETWORK_FLOPS) -> dict[str, Any]:
-    """A published architecture (`REAL_ARCHITECTURES`; a random one if `name` is None) at a resolution
-    of `REAL_RESOLUTIONS`, under `max_flops` (a smaller resolution, then another architecture, if not)."""
+def real_network(rng: np.random.Generator, name: str | None = None, max_flops: float = MAX_NETWORK_FLOPS,
+                 resolution: int | None = None) -> dict[str, Any]:
+    """A published architecture (`REAL_ARCHITECTURES`; a random one if `name` is None) at `resolution`
+    (default: one of `REAL_RESOLUTIONS` at random), under `max_flops` (a smaller resolution, then
+    another architecture, if not)."""
     if name is not None and name not in REAL_ARCHITECTURES:
         raise KernelSpecError(f"unknown architecture {name!r}; valid: {', '.join(REAL_ARCHITECTURES)}")
     for _ in range(50):
         arch = name or _choice(rng, list(REAL_ARCHITECTURES))
         body = REAL_ARCHITECTURES[arch](rng)
-        first = int(_choice(rng, list(REAL_RESOLUTIONS)))
+        first = int(resolution or _choice(rng, list(REAL_RESOLUTIONS)))
         for res in [first] + sorted((r for r in REAL_RESOLUTIONS if r < first), reverse=True):
             spec = {"family": body["family"], "name": arch, "resolution": int(res), "in_channels": 3,
                     "num_classes": 1000, "layers": body["layers"]}

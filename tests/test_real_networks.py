@@ -20,6 +20,9 @@ def test_the_calibration_set_takes_each_published_architecture_in_turn_under_the
     # their sizes are real ones: ResNet-50 is a few GFLOPs, far above the generated set's 1.5e9 cap
     r50 = next(s for s in specs if s["name"] == "resnet50")
     assert model_stats(build_network(r50)).flops > 2e9
+    from profiling.networks import network_id
+    thirty = calibration_networks(30, seed=0, network_set="real")
+    assert len({network_id(s) for s in thirty}) == 30  # distinct: each is measured under its own name
     with pytest.raises(PredictorError, match="unknown calibration network set"):
         calibration_networks(3, network_set="zoo")
 
