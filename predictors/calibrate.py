@@ -106,13 +106,13 @@ def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
     taken in turn at 224, then 192, 160 and 128 pixels, all distinct, under `REAL_MAX_FLOPS`), which carry to
     real models where the generated ones did not (docs/predictor.md, "Calibration")."""
     # lazy: loads onnx (slow to import) only when this runs
-    from profiling.networks import FAMILIES, REAL_ARCHITECTURES, real_network, sample_network
+    from profiling.networks import (FAMILIES, REAL_ARCHITECTURES, REAL_RESOLUTIONS, network_id, real_network,
+                                    sample_network)
     if network_set not in NETWORK_SETS:
         raise PredictorError(f"unknown calibration network set {network_set!r}; choose one of {', '.join(NETWORK_SETS)}")
     rng = np.random.default_rng(seed)
     out = []
     if network_set == "real":  # each architecture in turn, at 224, 192, 160, 128 px on the 1st..4th turn
-        from profiling.networks import REAL_RESOLUTIONS, network_id
         names, seen = list(REAL_ARCHITECTURES), set()
         cap = max(max_flops, REAL_MAX_FLOPS)
         res = sorted(REAL_RESOLUTIONS, reverse=True)
