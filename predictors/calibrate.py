@@ -50,6 +50,9 @@ DEFAULT_SECONDS_PER_PASS = 0.25
 CALIBRATION_MAX_FLOPS = 1.5e9
 #: the calibration sets: random networks of the profiler's generator, or published architectures
 NETWORK_SETS = ("generated", "real")
+# Published architectures by default: on the real-model corpus the calibrated Intel predictor was 39-44%
+# within ±10% with them and 9-12% with generated networks (docs/benchmarks.md, Session 9, h13).
+DEFAULT_NETWORK_SET = "real"
 #: the published architectures' cap (ResNet-50 and DeiT-S at 160-192 pixels)
 REAL_MAX_FLOPS = 6e9
 
@@ -99,7 +102,7 @@ def closest_predictor(candidates: str | os.PathLike[str] | Sequence[str | os.Pat
 
 
 def calibration_networks(n: int = DEFAULT_NETWORKS, seed: int = 0,
-                         max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = "generated") -> list[dict[str, Any]]:
+                         max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = DEFAULT_NETWORK_SET) -> list[dict[str, Any]]:
     """`n` network specs to calibrate on. network_set="generated": random networks from the profiler's
     generator, the families taken in turn (a family that has no network under `max_flops` gives its
     turn to a random family); "real": published architectures (`profiling.networks.REAL_ARCHITECTURES`,
@@ -148,7 +151,7 @@ def calibrate(base: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], t
               out_dir: str | os.PathLike[str] | None = None, out: str | os.PathLike[str] | None = None,
               networks: int = DEFAULT_NETWORKS, rounds: int = DEFAULT_ROUNDS,
               seconds_per_pass: float = DEFAULT_SECONDS_PER_PASS, seed: int = 0,
-              max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = "generated", host: str | None = None,
+              max_flops: float = CALIBRATION_MAX_FLOPS, network_set: str = DEFAULT_NETWORK_SET, host: str | None = None,
               targets_file: str | os.PathLike[str] | None = None,
               progress: Callable[[str], None] | None = None) -> CalibrationResult:
     """Measure `networks` random networks on `target` (this machine, or `host` over SSH) and adapt

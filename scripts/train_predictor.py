@@ -79,7 +79,7 @@ def small_table_warning(tr: dict) -> str | None:
                    "fingerprint.")
 @click.option("--calibration-networks", default=24, show_default=True, type=click.IntRange(min=2),
               help="With --calibrate: networks to measure.")
-@click.option("--calibration-set", type=click.Choice(["generated", "real"]), default="generated", show_default=True,
+@click.option("--calibration-set", type=click.Choice(["generated", "real"]), default="real", show_default=True,
               help="With --calibrate: random networks of the profiler's generator, or published architectures "
                    "(ResNet, MobileNet, EfficientNet, RegNet, ViT, Mixer, CSP, RepVGG, Inception at 160-224 px), "
                    "which carry to real models better.")
