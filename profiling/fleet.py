@@ -82,9 +82,11 @@ class DeviceActor:
     def hello(self) -> dict[str, Any]:
         return {"facts": self.facts, "node": socket.gethostname(), "pid": os.getpid()}
 
-    def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-        """One runner protocol message and its answer (measure, forget, ...)."""
-        return self.conn.request(msg, timeout=timeout)
+    def request(self, msg: dict[str, Any], timeout: float | None = None) -> tuple[int, dict[str, Any]]:
+        """One runner protocol message (measure, forget, ...): (this process's pid, the answer).
+
+        The pid tells the driver whether Ray restarted the actor since its last call."""
+        return os.getpid(), self.conn.request(msg, timeout=timeout)
 
     def close(self) -> None:
         self.conn.close()
@@ -127,7 +129,14 @@ class ActorConnection:
 
     def request(self, msg: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         # the runner's own timeout fires first and says which device was silent
-        return self._call("request", msg, timeout, timeout=None if timeout is None else timeout + 30)
+        pid, answer = self._call("request", msg, timeout, timeout=None if timeout is None else timeout + 30)
+        if self.pid is not None and pid != self.pid:
+            # Ray restarted the actor between two calls (it died while idle): a fresh runner, whose
+            # speed level and sessions are not the ones checked before; the caller treats it as a
+            # restart (its batch is measured again after a fresh sentinel check)
+            raise ProfilingError(f"the device actor {self.label} was restarted between calls "
+                                 f"(process {self.pid} is gone, {pid} answered)")
+        return answer
 
     # the runner protocol's messages, as `RunnerConnection` sends them (one definition of each)
     measure = RunnerConnection.measure

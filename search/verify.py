@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from profiling.fleet import start_fleet
 from profiling.transport import check_device
 from profiling.interleave import MODEL_PASSES, MODEL_SLICE_S, measure_interleaved
 from profiling.device_runner import median_ci
+
+T = TypeVar("T")
 
 
 class Device(Protocol):
@@ -111,7 +113,8 @@ class RunnerDevice:
         # lazy: loads onnx and pyarrow (slow to import) only when this runs
         from profiling.measure import model_job
         conn = self.connect()
-        ans = conn.measure(model_job(model, self.target, conn.facts or {}, self.stop))
+        job = model_job(model, self.target, conn.facts or {}, self.stop)
+        ans = self._once_more_after_restart(lambda: conn.measure(job))
         if not ans.get("ok"):
             raise SearchError(f"{conn.label} could not measure the model: {ans.get('error')}")
         self.last_stats = ans["stats"]
@@ -129,12 +132,25 @@ class RunnerDevice:
         for c in cands:
             jobs.append(dict(model_job(self.export(space, c), self.target, conn.facts or {}), id=c.key))
             self.n_measurements += 1
-        answers = measure_interleaved(conn, jobs, passes=passes or MODEL_PASSES, slice_s=slice_s or MODEL_SLICE_S)
+        answers = self._once_more_after_restart(
+            lambda: measure_interleaved(conn, jobs, passes=passes or MODEL_PASSES, slice_s=slice_s or MODEL_SLICE_S))
         bad = [a for a in answers if not a.get("ok")]
         if bad:
             raise SearchError(f"{conn.label} could not measure {bad[0].get('id')}: {bad[0].get('error')}")
         self.last_stats = answers[-1]["stats"]
         return [a["stats"] for a in answers]
+
+    def _once_more_after_restart(self, measure: Callable[[], T]) -> T:
+        """`measure()`, run again from the start once when the device actor died and Ray restarted
+        it (a Ray fleet's actor; a local or SSH runner that dies is an error as before): the
+        interleaved passes of one call must all come from the same runner process."""
+        try:
+            return measure()
+        except ProfilingError as e:
+            restart = getattr(self.conn, "restart", None)
+            if restart is None or not restart():
+                raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
+        return measure()
 
     def close(self) -> None:
         if self.conn is not None:

@@ -133,7 +133,14 @@ def test_verification_device_through_an_actor(cluster, tmp_path):
     try:
         model = build_model(KernelSpec.make("activation", act="relu", c=8, h=8, w=8), 1)
         assert dev.measure_onnx(model) > 0
-        assert dev.connect().kind == "ray"
+        conn = dev.connect()
+        assert conn.kind == "ray"
+        # the actor dies between two measurements: Ray restarts it, and the next measurement
+        # notices the new process (a fresh runner) and is taken from it, whole
+        first = conn.pid
+        os.kill(first, signal.SIGKILL)
+        assert dev.measure_onnx(model) > 0
+        assert conn.pid is not None and conn.pid != first
     finally:
         dev.close()
 
