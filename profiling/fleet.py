@@ -21,7 +21,8 @@ Where the actors go:
   are), or on a node holding `hwnas-ssh/<host>` if one declared it (beside the device).
 
 An actor that dies is restarted by Ray once (`max_restarts`); the configuration it was measuring
-goes back in the profiler's queue. An actor that cannot come back is dropped with a warning.
+goes back in the profiler's queue. An actor restarted while idle is noticed by the pid each
+answer carries (`ActorConnection.request`). An actor that cannot come back is dropped with a warning.
 
 Ray is an optional dependency (the `distributed` extra): it is imported only here, and only
 when a fleet is asked for, so the single-process path runs without it.
