@@ -109,9 +109,10 @@ class Formulation:
         """pymoo-style constraint values (<= 0 is feasible), the kind's with the search margin,
         then the size limits (relative, so the columns have comparable scales)."""
         cols = []
-        if self.kind == "budget":
+        # the kind's test (`kind`) written on the field itself, so that the field is known to be set
+        if self.latency_budget_ms is not None:
             cols.append(lat - self.latency_budget_ms * (1 + self.search_margin))
-        elif self.kind == "min_accuracy":
+        elif self.min_accuracy is not None:
             slack = self.search_margin * max(abs(self.min_accuracy), 1e-9) * 0.1
             cols.append((self.min_accuracy - slack) - acc)
         if self.max_params is not None:
@@ -131,9 +132,9 @@ class Formulation:
     def feasible(self, acc: float, lat: float, params: int | None = None, memory_mb: float | None = None) -> bool:
         if not self.size_ok(params, memory_mb):
             return False
-        if self.kind == "budget":
+        if self.latency_budget_ms is not None:  # kind "budget"
             return lat <= self.latency_budget_ms
-        if self.kind == "min_accuracy":
+        if self.min_accuracy is not None:  # kind "min_accuracy"
             return acc >= self.min_accuracy
         return True
 
