@@ -16,9 +16,13 @@ Two readers of one rule (:func:`peak_live_bytes`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from predictors.detect import Detection
+    from predictors.graph import OnnxGraph
 
 FLOAT_BYTES = 4
 MB = 1024.0 * 1024.0
@@ -66,13 +70,14 @@ def peak_live_bytes(steps: Sequence[tuple[Sequence[str], str]], sizes: dict[str,
 
 
 # ----------------------------------------------------------------------------- ONNX graph
-def onnx_memory(model_or_path, detection=None) -> Memory:
+def onnx_memory(model_or_path, detection: Detection | None = None) -> Memory:
     """Parameters and peak memory of an ONNX model, at batch 1 (see the module docstring);
     ``detection``: its `predictors.detect.detect_kernels` result, when already at hand."""
     # lazy: loads onnx and pandas (slow to import) only when this runs
     from predictors.detect import detect_kernels
     det = detection if detection is not None else detect_kernels(model_or_path)
-    g = det.graph
+    # detect_kernels always keeps the graph it walked (Detection's None default is for hand-built ones)
+    g = cast("OnnxGraph", det.graph)
     node_index = {(n.name or f"#{i}"): i for i, n in enumerate(g.nodes)}
     steps: list[tuple[list[str], str]] = []
     groups = [[node_index[n] for n in k.nodes if n in node_index] for k in det.kernels]
