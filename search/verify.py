@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Protocol, Sequence, TypeVar, cast
 
 import numpy as np
 
@@ -197,10 +197,11 @@ class FeatureCorrection(Correction):
         self.space = space
         self.min_points = min_points
         self.columns: list[str] = []
-        self.coef = None
-        self.mu = None
-        self.sd = None
-        self.alpha = None
+        # set together by fit() once there are `min_points` points
+        self.coef: np.ndarray | None = None
+        self.mu: np.ndarray | None = None
+        self.sd: np.ndarray | None = None
+        self.alpha: float | None = None
         self._feat_cache: dict[str, dict[str, float]] = {}
 
     def _feats(self, cand: Candidate) -> dict[str, float]:
@@ -219,7 +220,7 @@ class FeatureCorrection(Correction):
         if len(self.points) < self.min_points:
             self.coef = None
             return
-        cols = set()
+        cols: set[str] = set()
         for c, _ in self.points:
             cols.update(self._feats(c))
         self.columns = sorted(cols)
@@ -229,12 +230,8 @@ class FeatureCorrection(Correction):
         self.sd = X.std(0)
         self.sd[self.sd == 0] = 1.0
         Z = (X - self.mu) / self.sd
-        best = None
-        for alpha in (0.01, 0.1, 1.0, 10.0, 100.0):
-            err = self._loo(Z, y, alpha)
-            if best is None or err < best[0]:
-                best = (err, alpha)
-        self.alpha = best[1]
+        # the first of equal errors wins, as min() keeps it
+        self.alpha = min((0.01, 0.1, 1.0, 10.0, 100.0), key=lambda alpha: self._loo(Z, y, alpha))
         self.coef = self._ridge(Z, y, self.alpha)
         pred = np.column_stack([np.ones(len(Z)), Z]) @ self.coef
         self.spread = float(np.sqrt(np.mean((np.log(np.maximum(pred, 1e-6)) - np.log(y)) ** 2)))
@@ -308,8 +305,8 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
             return unmeasured
         idx = np.unique(np.linspace(0, len(unmeasured) - 1, k).round().astype(int))
         return [unmeasured[i] for i in idx]
-    if formulation.kind == "budget":
-        b, clear_b = formulation.latency_budget_ms, formulation.clear_budget_ms
+    b, clear_b = formulation.latency_budget_ms, formulation.clear_budget_ms
+    if b is not None and clear_b is not None:  # kind "budget"
         # a candidate predicted inside the margin is measured only when no clear one is left: its
         # verdict would be a close call that the machine's run-to-run spread can tip either way
         inside = sorted([c for c in unmeasured if c.predicted_ms <= clear_b], key=lambda c: -c.accuracy)
@@ -331,10 +328,11 @@ def select_finalists(cands: Sequence[Candidate], formulation: Formulation, k: in
             beyond = [c for c in unmeasured if c.accuracy > best.accuracy]
             picks = sorted(beyond, key=lambda c: c.predicted_ms)[:k]
         return picks
-    thr = formulation.min_accuracy
+    # frontier and budget returned above: the kind is min_accuracy, so the threshold is set
+    thr = cast(float, formulation.min_accuracy)
     above = sorted([c for c in unmeasured if c.accuracy >= thr], key=lambda c: c.predicted_ms)
     best = best_verified(cands, formulation)
-    if best is not None:
+    if best is not None and best.measured_ms is not None:
         above = [c for c in above if c.predicted_ms < best.measured_ms]
     return above[:k]
 
@@ -350,8 +348,9 @@ def verified_pool(cands: Sequence[Candidate], formulation: Formulation) -> list[
     candidate inside the margin is not chosen over one clear of it, since another run on the same
     machine may measure it over the budget."""
     ok = [c for c in cands if c.measured_ms is not None and feasible(c, formulation)]
-    if formulation.kind == "budget" and formulation.decision_margin > 0:
-        clear = [c for c in ok if c.measured_ms <= formulation.clear_budget_ms]
+    clear_b = formulation.clear_budget_ms
+    if clear_b is not None and formulation.decision_margin > 0:  # kind "budget"
+        clear = [c for c in ok if c.measured_ms is not None and c.measured_ms <= clear_b]
         return clear or ok
     return ok
 
@@ -380,15 +379,17 @@ def tie_finalists(cands: Sequence[Candidate], formulation: Formulation, space, k
     `tie_margin` of the best verified score, and of more capacity (MACs) than the current
     choice; largest first. Measuring them spends leftover measurements on the tie-break instead
     of leaving it to the few finalists that happened to be measured."""
-    if formulation.kind != "budget":
+    clear_b = formulation.clear_budget_ms
+    if clear_b is None:  # not a budget
         return []
     ok = verified_pool(cands, formulation)
-    if not ok:
+    best = best_verified(cands, formulation, space, tie_margin)
+    if best is None:  # nothing verified: `ok` is empty
         return []
     top = max(c.accuracy for c in ok)
-    floor = capacity(space, best_verified(cands, formulation, space, tie_margin))
+    floor = capacity(space, best)
     pool = [(capacity(space, c), c) for c in cands
-            if c.measured_ms is None and c.dropped is None and c.predicted_ms <= formulation.clear_budget_ms
+            if c.measured_ms is None and c.dropped is None and c.predicted_ms <= clear_b
             and c.accuracy >= top - tie_margin]
     pool = [(m, c) for m, c in pool if m > floor]
     pool.sort(key=lambda t: (-t[0], -t[1].accuracy))
@@ -459,9 +460,9 @@ def settle_near_budget(space, evaluator: Evaluator, device: Device, formulation:
     on the machine falls on all of them rather than on one. A finalist's latency is then the
     median of its measurements; it is dropped or kept again by that median. Devices whose
     measurement has no spread (a benchmark table's lookups) are left as they are."""
-    if formulation.kind != "budget" or not hasattr(device, "last_stats"):
-        return []
     budget = formulation.latency_budget_ms
+    if budget is None or not hasattr(device, "last_stats"):  # None: not a budget
+        return []
     values = {c.key: [float(c.measured_ms)] for c in finalists if c.measured_ms is not None}
     rows = {row["arch"]: row for row in (vr.measured if vr is not None else [])}
     ci = {k: float(rows.get(k, {}).get("ci_rel") or 0.0) for k in values}
@@ -792,7 +793,7 @@ def measure_candidate(space, evaluator: Evaluator, device: Device, formulation: 
     if it breaks the budget. The caller re-fits the correction (`evaluator.recorrect()`)."""
     ms = device.measure(space, c)
     evaluator.add_measurement(c, ms)
-    if formulation.kind == "budget" and ms > formulation.latency_budget_ms:
+    if formulation.latency_budget_ms is not None and ms > formulation.latency_budget_ms:  # kind "budget"
         c.dropped = f"measured {ms:.3f} ms > budget {formulation.latency_budget_ms:g} ms"
     stats = getattr(device, "last_stats", None) or {}
     vr.measured.append({"arch": c.key, "predicted_ms": c.predicted_ms, "raw_predicted_ms": c.raw_predicted_ms,
