@@ -67,7 +67,8 @@ class AffineBN(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        if self.training or self.running_var is None:
+        # BatchNorm2d registers both running statistics or neither (track_running_stats)
+        if self.training or self.running_var is None or self.running_mean is None:
             return super().forward(x)
         scale = self.weight / torch.sqrt(self.running_var + self.eps)
         shift = self.bias - self.running_mean * scale
@@ -242,8 +243,9 @@ def export_model_onnx(model: nn.Module, input_shape: tuple[int, int, int], path:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, do_constant_folding=True,
-                          input_names=["input"], output_names=["logits"])
+        # torch's annotation names paths only; the TorchScript exporter (dynamo=False) also writes a file object
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset,  # type: ignore[arg-type]
+                          do_constant_folding=True, input_names=["input"], output_names=["logits"])
     model.train(was_training)
     data = buf.getvalue()
     if path is not None:
@@ -289,6 +291,10 @@ class GeneSpace(SearchSpace[Arch]):
     def _from_genes(self, genes: Sequence) -> Arch:
         """The architecture of a flat gene list."""
 
+    @abc.abstractmethod
+    def validate(self, arch: Arch) -> Arch:
+        """``arch`` in the space's canonical form; SpaceError if it is not of the space."""
+
     def mutate(self, arch: Arch, rng: np.random.Generator | int | None = None, prob: float | None = None) -> Arch:
         """Resample each gene with probability ``prob`` (default 0.1, as OFA's evolution); retries
         until at least one gene changed."""
@@ -318,9 +324,6 @@ class GeneSpace(SearchSpace[Arch]):
     @abc.abstractmethod
     def _specs_uncached(self, arch: Arch) -> tuple[KernelSpec, ...]:
         """The kernel specs of ``arch``, computed (validates ``arch``)."""
-
-    def input_shape(self, arch: Arch) -> tuple[int, int, int]:
-        return (self.in_channels, arch.resolution, arch.resolution)
 
     def kernel_specs(self, arch: Arch, batch: int = 1) -> list[KernelSpec]:
         specs = self._cache.get(arch)

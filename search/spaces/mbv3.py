@@ -306,6 +306,9 @@ class MBV3Space(GeneSpace[MBV3Arch]):
                 cin, h = cfg.cout, cfg.h_out
         return blocks
 
+    def input_shape(self, arch: MBV3Arch) -> tuple[int, int, int]:
+        return (self.in_channels, arch.resolution, arch.resolution)
+
     def build(self, arch) -> MBV3Network:
         arch = self.validate(arch)
         net = MBV3Network(self.stem_c, self.in_channels, self.block_configs(arch), self.final_c, self.mix_c,

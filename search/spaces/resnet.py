@@ -256,6 +256,9 @@ class ResNetSpace(GeneSpace[ResNetArch]):
                 cin, h = cout, cfg.h_out
         return blocks
 
+    def input_shape(self, arch: ResNetArch) -> tuple[int, int, int]:
+        return (self.in_channels, arch.resolution, arch.resolution)
+
     def build(self, arch) -> ResNetNetwork:
         arch = self.validate(arch)
         net = ResNetNetwork(self.in_channels, self.stem_c, self.stem_stride, self.block_configs(arch), self.num_classes)
