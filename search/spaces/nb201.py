@@ -26,10 +26,11 @@ an Add rather than a conv, exports as a broadcast Mul + Add (:class:`~search.spa
 from __future__ import annotations
 
 import itertools
+import operator
 import re
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Sequence
+from functools import lru_cache, reduce
+from typing import Sequence, cast
 
 import numpy as np
 import torch
@@ -114,11 +115,9 @@ class NB201Cell(nn.Module):
             return x.mul(0.0)
         nodes = {0: x}
         for j, ins in self.plan.nodes:
-            acc = None
-            for i, _ in ins:
-                y = self.edges[edge_key(j, i)](nodes[i])
-                acc = y if acc is None else acc + y
-            nodes[j] = acc
+            # summed in edge order, each edge computed just before its Add (the exported graph's
+            # order), with no zero to start from (that would export one Add more)
+            nodes[j] = reduce(operator.add, (self.edges[edge_key(j, i)](nodes[i]) for i, _ in ins))
         return nodes[3]
 
 
@@ -157,9 +156,17 @@ def build_macro(net: nn.Module, in_channels: int, C: int, N: int, num_classes: i
 class NB201Network(nn.Module):
     """The NB201 CIFAR network. ``forward_pre_gap`` returns the features before pooling."""
 
+    # set by build_macro
+    stem: nn.Sequential
+    cells: nn.ModuleList
+    lastact: nn.Sequential
+    global_pooling: nn.AdaptiveAvgPool2d
+    classifier: nn.Linear
+
     def __init__(self, arch: NB201Arch, C: int = 16, N: int = 5, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
-        self.arch = tuple(arch)
+        # tuple() of a 6-tuple (or of a list of 6 ops) is the 6-tuple; mypy's tuple() forgets the length
+        self.arch = cast(NB201Arch, tuple(arch))
         build_macro(self, in_channels, C, N, num_classes, lambda c: NB201Cell(self.arch, c))
 
     def forward_pre_gap(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +239,7 @@ class NB201Space(SearchSpace[NB201Arch]):
         arch = tuple(arch)
         if len(arch) != 6 or any(o not in OPS for o in arch):
             raise SpaceError(f"an NB201 arch is 6 ops from {OPS}; got {arch!r}")
-        return arch  # type: ignore[return-value]
+        return arch
 
     def all_archs(self) -> list[NB201Arch]:
         """All 15,625 cells, in lexicographic order of op indices."""
@@ -250,7 +257,7 @@ class NB201Space(SearchSpace[NB201Arch]):
     # -- genetic operators
     def sample(self, rng=None) -> NB201Arch:
         rng = as_rng(rng)
-        return tuple(OPS[i] for i in rng.integers(0, len(OPS), 6))  # type: ignore[return-value]
+        return tuple(OPS[i] for i in rng.integers(0, len(OPS), 6))
 
     def mutate(self, arch, rng=None, prob=None) -> NB201Arch:
         rng = as_rng(rng)
@@ -259,12 +266,12 @@ class NB201Space(SearchSpace[NB201Arch]):
         genes = [g for g in range(6) if rng.random() < prob] or [int(rng.integers(6))]
         for g in genes:
             arch[g] = OPS[int(rng.choice([i for i, o in enumerate(OPS) if o != arch[g]]))]
-        return tuple(arch)  # type: ignore[return-value]
+        return tuple(arch)
 
     def crossover(self, a, b, rng=None) -> NB201Arch:
         rng = as_rng(rng)
         a, b = self.validate(a), self.validate(b)
-        return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))  # type: ignore[return-value]
+        return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
 
     # -- representations
     @property
@@ -322,7 +329,7 @@ class NB201Space(SearchSpace[NB201Arch]):
 
     def kernel_specs(self, arch, batch: int = 1) -> list[KernelSpec]:
         arch = tuple(arch)
-        specs = self._spec_cache.get(arch)  # type: ignore[arg-type]
+        specs = self._spec_cache.get(arch)
         if specs is None:
             self.validate(arch)
             f, C, N = self._fixed, self.C, self.N
@@ -331,7 +338,7 @@ class NB201Space(SearchSpace[NB201Arch]):
             h3 = (h2 - 1) // 2 + 1
             specs = tuple(f["stem"]) + _cell_specs(arch, C, h1) * N + tuple(f["red1"]) \
                 + _cell_specs(arch, 2 * C, h2) * N + tuple(f["red2"]) + _cell_specs(arch, 4 * C, h3) * N + tuple(f["head"])
-            self._spec_cache[arch] = specs  # type: ignore[index]
+            self._spec_cache[arch] = specs
         return list(specs)
 
 
