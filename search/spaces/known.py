@@ -19,6 +19,7 @@ kernel vocabulary's SE form) instead of SiLU and omits stochastic depth, which i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -120,7 +121,7 @@ def _cifar_resnet(n: int) -> Skeleton:
 for _n, _err, _p in ((3, 8.75, 0.27), (5, 7.51, 0.46), (7, 7.17, 0.66), (9, 6.97, 0.85), (18, 6.43, 1.7)):
     register(name=f"resnet{6 * _n + 2}", family="cifar-resnet", top1=round(100 - _err, 2), dataset="CIFAR-10",
              resolution=32, params_m=_p, source=_CIFAR.format(err=_err), notes=_OPTION_B
-             )(lambda n=_n: _cifar_resnet(n))
+             )(partial(_cifar_resnet, _n))
 
 
 # ----------------------------------------------------------------------------- MobileNets
@@ -182,9 +183,9 @@ def regnet_stages(w0: float, wa: float, wm: float, depth: int, group_width: int,
     ws_cont = np.arange(depth) * wa + w0
     ks = np.round(np.log(ws_cont / w0) / np.log(wm))
     ws = (np.round(w0 * np.power(wm, ks) / q) * q).astype(int)
-    widths, depths = np.unique(ws, return_counts=True)
+    stage_ws, depths = np.unique(ws, return_counts=True)
     # a whole number of groups per stage (bottleneck ratio 1)
-    widths = [int(round(w / min(group_width, w)) * min(group_width, w)) for w in widths]
+    widths = [int(round(w / min(group_width, w)) * min(group_width, w)) for w in stage_ws]
     return widths, [int(d) for d in depths]
 
 
@@ -202,7 +203,7 @@ for _name, _args, _err, _p in (("regnetx_400mf", (24, 24.48, 2.54, 22, 16, False
                                ("regnety_400mf", (48, 27.89, 2.09, 16, 8, True), 25.9, 4.3),
                                ("regnety_800mf", (56, 38.84, 2.4, 14, 16, True), 23.7, 6.3)):
     register(name=_name, family="regnet", top1=round(100 - _err, 1), dataset="ImageNet", resolution=224,
-             params_m=_p, source=_REGNET.format(err=_err))(lambda a=_args: _regnet(*a))
+             params_m=_p, source=_REGNET.format(err=_err))(partial(_regnet, *_args))
 
 
 __all__ = ["FAMILIES", "KNOWN_MODELS", "KnownModel", "get_known", "list_known", "register", "regnet_stages"]
