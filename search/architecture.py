@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from search.spaces.known import FAMILIES, KNOWN_MODELS, get_known
 from search.problem import SearchError
@@ -24,6 +25,9 @@ from search.spaces.skeleton import Skeleton, build_network, skeleton_from_dict, 
 from search.spaces.baseline import BaselineSpace
 from search.spaces import get_space
 import torch
+
+if TYPE_CHECKING:
+    from predictors.graph import OnnxGraph
 
 SUPPORTED = (f"a known model ({', '.join(KNOWN_MODELS)}), a .pt written by `train` or `search` "
              f"(best.pt), or an ONNX file of one of the known architectures; families: {'; '.join(FAMILIES)}")
@@ -86,8 +90,9 @@ def resolve_architecture(spec: str | Path, num_classes: int | None = None, in_ch
         if arch is None:
             raise SearchError(f"{p}: the search chose no architecture")
         if best.get("space") == "baseline" and "skeleton" in best.get("space_options", {}):
-            space = get_space("baseline", **{**best["space_options"], "num_classes": num_classes,
-                                             "in_channels": in_channels, "resolution": resolution})
+            # the registry's "baseline" factory is BaselineSpace
+            space = cast(BaselineSpace, get_space("baseline", **{**best["space_options"], "num_classes": num_classes,
+                                                                 "in_channels": in_channels, "resolution": resolution}))
             return arch, space.skeleton_of(space.from_string(arch))
         if best.get("space", "baseline") != "baseline":
             raise SearchError(f"{p}: a search of the {best['space']!r} space; `train` takes architectures of a "
@@ -121,7 +126,7 @@ def _from_checkpoint(p: Path) -> tuple[str, Skeleton]:
         return str(ck.get("arch") or p.stem), skeleton_from_dict(json.loads(ck["skeleton"]))
     if ck.get("space") == "baseline" and "arch" in ck:
         opts = {k: tuple(v) if isinstance(v, list) else v for k, v in ck.get("space_options", {}).items()}
-        space = get_space("baseline", **opts)
+        space = cast(BaselineSpace, get_space("baseline", **opts))  # the registry's "baseline" factory
         return ck["arch"], space.skeleton_of(space.from_string(ck["arch"]))
     raise SearchError(f"{p}: a checkpoint of the {ck.get('space', 'unknown')!r} space, not of a stage skeleton; "
                       f"give {SUPPORTED}")
@@ -135,7 +140,8 @@ def match_onnx(path: str | Path) -> tuple[str, Skeleton]:
         det = detect_kernels(str(path))
     except Exception as e:
         raise SearchError(f"{path}: cannot read it as an ONNX model: {e}") from None
-    g = det.graph
+    # detect_kernels always keeps the graph it walked (Detection's None default is for hand-built ones)
+    g = cast("OnnxGraph", det.graph)
     inputs = [i for i in g.model.graph.input if i.name not in g.initializers]
     try:
         c, h = (d.dim_value for d in inputs[0].type.tensor_type.shape.dim[1:3])
