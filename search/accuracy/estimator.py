@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
@@ -34,6 +35,9 @@ from scipy.stats import spearmanr
 from search.accuracy.proxies import canonical_names, compute_proxies
 from search.errors import SearchStageError
 from search.spaces.nb201 import cell_plan
+
+if TYPE_CHECKING:
+    from sklearn.isotonic import IsotonicRegression
 
 DEFAULT_ENSEMBLE: tuple[str, ...] = ("jacob_cov", "params")
 SUPERNET_COLUMN = "supernet_acc"
@@ -61,7 +65,7 @@ def _clean(v: np.ndarray) -> np.ndarray:
     return v
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: npt.ArrayLike, b: npt.ArrayLike) -> float:
     return float(spearmanr(a, b).statistic)
 
 
@@ -208,14 +212,16 @@ class SupervisedEstimator:
             raise EstimatorError(f"method {method!r} is not one of {self.METHODS}")
         self.method = method
         self.seed = seed
-        self.params = dict(n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
-                           min_child_samples=min_child_samples, subsample=subsample, subsample_freq=1,
-                           colsample_bytree=colsample, random_state=seed, verbose=-1, n_jobs=1)
+        self.params: dict[str, Any] = dict(
+            n_estimators=n_estimators, learning_rate=learning_rate, num_leaves=num_leaves,
+            min_child_samples=min_child_samples, subsample=subsample, subsample_freq=1,
+            colsample_bytree=colsample, random_state=seed, verbose=-1, n_jobs=1)
         self.ensemble = RankEnsemble(ensemble_columns) if ensemble_columns else None
         self.blend = float(blend) if ensemble_columns else 0.0
         self.columns_: list[str] | None = None
-        self.model_ = None
-        self.iso_ = None
+        # an LGBMRegressor ("lightgbm") or (ridge, gp, trees) ("average"): which, `method` says
+        self.model_: Any = None
+        self.iso_: IsotonicRegression | None = None
         self.percentiles_: _Percentiles | None = None
         self.n_structure_: int | None = None
         self.n_encodings_: int | None = None
@@ -262,8 +268,9 @@ class SupervisedEstimator:
             raise EstimatorError("no features")
         return np.concatenate(parts, 1)
 
-    def fit(self, features: pd.DataFrame | Mapping, y: Sequence[float], encodings: np.ndarray | None = None,
-            reference: pd.DataFrame | None = None, structure: np.ndarray | None = None) -> "SupervisedEstimator":
+    def fit(self, features: pd.DataFrame | Mapping, y: Sequence[float] | np.ndarray,
+            encodings: np.ndarray | None = None, reference: pd.DataFrame | None = None,
+            structure: np.ndarray | None = None) -> "SupervisedEstimator":
         """Fit on labelled architectures. ``reference`` (unlabelled features, e.g. a random
         sample of the space) calibrates the percentiles and the rank-ensemble feature
         (default: ``features``). ``structure``: a few structural summaries per architecture
@@ -283,7 +290,7 @@ class SupervisedEstimator:
                 encodings = self._rows(structure, df, "structure") if encodings is None else np.concatenate(
                     [self._rows(encodings, df, "encodings"), self._rows(structure, df, "structure")], 1)
             self.model_ = lgb.LGBMRegressor(**self.params).fit(self._matrix(df, encodings), y)
-            if self.blend > 0:
+            if self.blend > 0 and self.ensemble is not None:  # a blend is set only with an ensemble
                 # lazy: loads sklearn (slow to import) only when this runs
                 from sklearn.isotonic import IsotonicRegression
                 self.iso_ = IsotonicRegression(out_of_bounds="clip").fit(self.ensemble.predict(df), y)
@@ -327,6 +334,7 @@ class SupervisedEstimator:
         return self
 
     def _prior_z(self, df: pd.DataFrame) -> np.ndarray:
+        assert self.ensemble is not None  # the prior is fitted, and used, only with an ensemble
         ens_sorted, z_sorted = self.prior_
         return np.interp(self.ensemble.predict(df), ens_sorted, z_sorted)
 
@@ -349,7 +357,7 @@ class SupervisedEstimator:
             if structure is not None:
                 encodings = structure if encodings is None else np.concatenate([encodings, structure], 1)
             pred = self.model_.predict(self._matrix(df, encodings))
-            if self.iso_ is not None:
+            if self.iso_ is not None and self.ensemble is not None:  # iso_ is fitted only with an ensemble
                 pred = (1 - self.blend) * pred + self.blend * self.iso_.predict(self.ensemble.predict(df))
             return pred
         ridge, gp, trees = self.model_
