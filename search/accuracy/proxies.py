@@ -130,7 +130,7 @@ def canonical_names(names: Iterable[str] | None) -> list[str]:
     return out
 
 
-def _layers(net: nn.Module) -> list[nn.Module]:
+def _layers(net: nn.Module) -> list[nn.Conv2d | nn.Linear]:
     return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
 
 
@@ -221,7 +221,7 @@ def grasp(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: 
     net.zero_grad()
     grad_w = torch.autograd.grad(loss_fn(net(inputs), targets), weights, allow_unused=True)
     grad_f = torch.autograd.grad(loss_fn(net(inputs), targets), weights, create_graph=True, allow_unused=True)
-    z = 0
+    z: torch.Tensor | int = 0
     for gw, gf in zip(grad_w, grad_f):
         if gw is not None and gf is not None:
             z = z + (gw.detach() * gf).sum()
@@ -245,6 +245,8 @@ def jacob_cov(net: nn.Module, inputs: torch.Tensor) -> float:
         x = inputs.detach().clone().requires_grad_(True)
         y = net(x)
         y.backward(torch.ones_like(y))
+        if x.grad is None:  # an output with a graph that bypasses the input: no Jacobian to take
+            raise ProxyError("jacob_cov: the network's output does not depend on its input")
         jac = x.grad.detach().reshape(x.shape[0], -1).double().numpy()
     finally:
         for p, f in zip(params, flags):
@@ -309,7 +311,9 @@ def zico(net: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, loss_fn: L
 
 def _pre_gap(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if hasattr(net, "forward_pre_gap"):
-        return net.forward_pre_gap(x)
+        # a method the space's network may define, so not on nn.Module's type
+        pre_gap: Callable[[torch.Tensor], torch.Tensor] = getattr(net, "forward_pre_gap")
+        return pre_gap(x)
     pools = [m for m in net.modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
     if not pools:
         return net(x)
