@@ -46,7 +46,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 import torch
@@ -113,13 +113,36 @@ def _bn(x: torch.Tensor, bn: nn.BatchNorm2d, c: int) -> torch.Tensor:
                         bn.weight[:c], bn.bias[:c], use_batch, bn.momentum if bn.momentum is not None else 0.0, bn.eps)
 
 
+def _running_stats(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bn``'s running mean, variance and batch count: the BatchNorms of the supernets and of
+    the spaces' networks all track them (``track_running_stats``, the default)."""
+    if bn.running_mean is None or bn.running_var is None or bn.num_batches_tracked is None:
+        raise SupernetError(f"{bn} keeps no running statistics to copy")
+    return bn.running_mean, bn.running_var, bn.num_batches_tracked
+
+
 def _copy_bn(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, c: int) -> None:
     with torch.no_grad():
         dst.weight.copy_(src.weight[:c])
         dst.bias.copy_(src.bias[:c])
-        dst.running_mean.copy_(src.running_mean[:c])
-        dst.running_var.copy_(src.running_var[:c])
-        dst.num_batches_tracked.copy_(src.num_batches_tracked)
+        dst_mean, dst_var, dst_n = _running_stats(dst)
+        src_mean, src_var, src_n = _running_stats(src)
+        dst_mean.copy_(src_mean[:c])
+        dst_var.copy_(src_var[:c])
+        dst_n.copy_(src_n)
+
+
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """The bias of ``conv``, one of the SE convs, which are built with one."""
+    if conv.bias is None:
+        raise SupernetError(f"{conv} has no bias")
+    return conv.bias
+
+
+def _conv_bn(m: ConvBNAct) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The conv and the BatchNorm of ``m``: a ConvBNAct is (conv, BN, activation), which
+    indexing an nn.Sequential (a plain Module) does not tell the type checker."""
+    return cast(nn.Conv2d, m[0]), cast(nn.BatchNorm2d, m[1])
 
 
 def _crop(w: torch.Tensor, k: int) -> torch.Tensor:
@@ -180,7 +203,10 @@ class Supernet(nn.Module, abc.ABC):
             if sampling != "uniform":
                 raise SupernetError(f"{type(space).__name__} trains with the sandwich rule; sampling='fair' "
                                     f"is for nb201")
-            return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(n_random)], True
+            # the sandwich spaces (mbv3, resnet) have both ends of a size order, which SearchSpace
+            # does not declare
+            return ([space.largest(), getattr(space, "smallest")()] + [space.sample(rng) for _ in range(n_random)],
+                    True)
         if sampling == "fair":
             perms = [rng.permutation(len(OPS)) for _ in EDGES]
             return [tuple(OPS[p[k]] for p in perms) for k in range(len(OPS))], False
@@ -221,16 +247,27 @@ class _NB201SuperCell(nn.Module):
             return x.mul(0.0)
         nodes = {0: x}
         for j, ins in plan.nodes:
-            acc = None
+            acc: torch.Tensor | None = None
             for i, o in ins:
-                y = self.edges[edge_key(j, i)][o](nodes[i])
+                ops = cast(nn.ModuleDict, self.edges[edge_key(j, i)])  # the edge's ops (__init__)
+                y = ops[o](nodes[i])
                 acc = y if acc is None else acc + y
+            if acc is None:  # cell_plan keeps only the nodes with an input
+                raise SupernetError(f"node {j} of cell {arch} has no input")
             nodes[j] = acc
         return nodes[3]
 
 
 class NB201Supernet(Supernet):
     """All 4 parametric/non-parametric ops on every edge of every cell (``none`` is no op)."""
+
+    space: NB201Space
+    # set by build_macro, shared with NB201Network
+    stem: nn.Sequential
+    cells: nn.ModuleList
+    lastact: nn.Sequential
+    global_pooling: nn.AdaptiveAvgPool2d
+    classifier: nn.Linear
 
     def __init__(self, space: NB201Space):
         super().__init__()
@@ -299,7 +336,7 @@ class FewShotNB201Supernet(Supernet):
 
     def part(self, arch: Any) -> NB201Supernet:
         """The sub-supernet that scores ``arch``."""
-        return self.parts[tuple(arch)[self.edge]]
+        return cast(NB201Supernet, self.parts[tuple(arch)[self.edge]])  # __init__ fills parts with copies of one
 
     def forward(self, x: torch.Tensor, arch: tuple) -> torch.Tensor:
         return self.part(arch)(x, arch)
@@ -312,17 +349,20 @@ class FewShotNB201Supernet(Supernet):
         return p.with_name(f"{p.stem}_edge{self.edge}_{op}{p.suffix}")
 
     def fit(self, data: ImageDataset, config: TrainConfig | None = None, checkpoint: str | Path | None = None,
-            log: Callable[[str], None] | None = None, ops: Sequence[str] | None = None) -> dict[str, Any]:
+            log: Callable[[str], None] | None = None, deadline: float | None = None,
+            ops: Sequence[str] | None = None) -> dict[str, Any]:
         """Fine-tune the sub-supernets of ``ops`` (default: all) one after the other, each with its
         own checkpoint beside ``checkpoint`` (``<stem>_edge<E>_<op>.pt``); several processes can
-        each train some of them. Returns the per-op training summaries."""
+        each train some of them. ``deadline`` (time.monotonic()) applies to each op's fine-tuning,
+        as in :meth:`Supernet.fit`. Returns the per-op training summaries."""
         out = {}
         for op in ops or OPS:
             if op not in self.parts:
                 raise SupernetError(f"unknown op {op!r}; choose from {', '.join(OPS)}")
             ck = None if checkpoint is None else self.part_checkpoint(checkpoint, op)
-            out[op] = train_supernet(self.parts[op], data, config or TrainConfig(), ck,
-                                     (lambda m, op=op: log(f"[{op}] {m}")) if log else None)
+            part_log: Callable[[str], None] | None = (lambda m, op=op: log(f"[{op}] {m}")) if log else None
+            out[op] = train_supernet(cast(NB201Supernet, self.parts[op]), data, config or TrainConfig(), ck,
+                                     part_log, deadline)
         return out
 
 
@@ -358,8 +398,8 @@ class _DynMBConv(nn.Module):
         if self.se:
             sm = cfg.se_mid
             s = y.mean((2, 3), keepdim=True)
-            s = F.relu(F.conv2d(s, self.se_reduce.weight[:sm, :mid], self.se_reduce.bias[:sm]))
-            s = F.hardsigmoid(F.conv2d(s, self.se_expand.weight[:mid, :sm], self.se_expand.bias[:mid]))
+            s = F.relu(F.conv2d(s, self.se_reduce.weight[:sm, :mid], _bias(self.se_reduce)[:sm]))
+            s = F.hardsigmoid(F.conv2d(s, self.se_expand.weight[:mid, :sm], _bias(self.se_expand)[:mid]))
             y = y * s
         y = _bn(F.conv2d(y, self.pl_conv.weight[:, :mid]), self.pl_bn, self.cout)
         return y + x if cfg.residual else y
@@ -367,23 +407,30 @@ class _DynMBConv(nn.Module):
     def export(self, cfg: MBBlockCfg) -> MBConv:
         m = MBConv(cfg)
         mid, k = cfg.mid, cfg.kernel
+        if m.inverted_bottleneck is None:  # MBConv drops it at expand ratio 1; this slot always has one
+            raise SupernetError(f"cannot export {cfg} from a supernet slot: expand ratio 1 has no expansion conv")
+        ib_conv, ib_bn = _conv_bn(m.inverted_bottleneck)
+        dw_conv, dw_bn = _conv_bn(m.depth_conv)
+        pl_conv, pl_bn = _conv_bn(m.point_linear)
         with torch.no_grad():
-            m.inverted_bottleneck[0].weight.copy_(self.ib_conv.weight[:mid])
-            _copy_bn(m.inverted_bottleneck[1], self.ib_bn, mid)
-            m.depth_conv[0].weight.copy_(_crop(self.dw_conv.weight[:mid], k))
-            _copy_bn(m.depth_conv[1], self.dw_bn, mid)
-            if cfg.se:
+            ib_conv.weight.copy_(self.ib_conv.weight[:mid])
+            _copy_bn(ib_bn, self.ib_bn, mid)
+            dw_conv.weight.copy_(_crop(self.dw_conv.weight[:mid], k))
+            _copy_bn(dw_bn, self.dw_bn, mid)
+            if m.se is not None:  # built when cfg.se
                 sm = cfg.se_mid
                 m.se.reduce.weight.copy_(self.se_reduce.weight[:sm, :mid])
-                m.se.reduce.bias.copy_(self.se_reduce.bias[:sm])
+                _bias(m.se.reduce).copy_(_bias(self.se_reduce)[:sm])
                 m.se.expand.weight.copy_(self.se_expand.weight[:mid, :sm])
-                m.se.expand.bias.copy_(self.se_expand.bias[:mid])
-            m.point_linear[0].weight.copy_(self.pl_conv.weight[:, :mid])
-            _copy_bn(m.point_linear[1], self.pl_bn, cfg.cout)
+                _bias(m.se.expand).copy_(_bias(self.se_expand)[:mid])
+            pl_conv.weight.copy_(self.pl_conv.weight[:, :mid])
+            _copy_bn(pl_bn, self.pl_bn, cfg.cout)
         return m
 
 
 class MBV3Supernet(Supernet):
+    space: MBV3Space
+
     def __init__(self, space: MBV3Space):
         super().__init__()
         self.space = space
@@ -420,11 +467,12 @@ class MBV3Supernet(Supernet):
         net = s.build(arch)
         cfgs = s.block_configs(arch)
         slot_ids = [st * s.max_depth + b for st, d in enumerate(arch.depths) for b in range(d)]
-        blocks = [copy.deepcopy(self.first_block)] + [self.slots[i].export(c) for i, c in zip(slot_ids, cfgs[1:])]
+        blocks = [copy.deepcopy(self.first_block)] + [cast(_DynMBConv, self.slots[i]).export(c)
+                                                      for i, c in zip(slot_ids, cfgs[1:])]
         net.blocks = nn.ModuleList(blocks)
         for name in ("first_conv", "final_expand", "feature_mix", "classifier"):
             setattr(net, name, copy.deepcopy(getattr(self, name)))
-        for b, c in zip(net.blocks, cfgs):  # the static blocks carry the subnet's shapes
+        for b, c in zip(blocks, cfgs):  # the static blocks carry the subnet's shapes (net.blocks holds these)
             b.cfg = c
         return net
 
@@ -456,20 +504,27 @@ class _DynBottleneck(nn.Module):
     def export(self, cfg: BottleneckCfg) -> nn.Module:
         m = Bottleneck(cfg)
         cin, mid, cout = cfg.cin, cfg.mid, cfg.cout
+        conv1, bn1 = _conv_bn(m.conv1)
+        conv2, bn2 = _conv_bn(m.conv2)
+        conv3, bn3 = _conv_bn(m.conv3)
         with torch.no_grad():
-            m.conv1[0].weight.copy_(self.conv1.weight[:mid, :cin])
-            _copy_bn(m.conv1[1], self.bn1, mid)
-            m.conv2[0].weight.copy_(self.conv2.weight[:mid, :mid])
-            _copy_bn(m.conv2[1], self.bn2, mid)
-            m.conv3[0].weight.copy_(self.conv3.weight[:cout, :mid])
-            _copy_bn(m.conv3[1], self.bn3, cout)
+            conv1.weight.copy_(self.conv1.weight[:mid, :cin])
+            _copy_bn(bn1, self.bn1, mid)
+            conv2.weight.copy_(self.conv2.weight[:mid, :mid])
+            _copy_bn(bn2, self.bn2, mid)
+            conv3.weight.copy_(self.conv3.weight[:cout, :mid])
+            _copy_bn(bn3, self.bn3, cout)
             if cfg.shortcut:
-                m.downsample[1][0].weight.copy_(self.ds_conv.weight[:cout, :cin])
-                _copy_bn(m.downsample[1][1], self.ds_bn, cout)
+                # Bottleneck builds it as (pool, ConvBNAct) when cfg.shortcut; its type says nn.Module
+                ds_conv, ds_bn = _conv_bn(cast(ConvBNAct, cast(nn.Sequential, m.downsample)[1]))
+                ds_conv.weight.copy_(self.ds_conv.weight[:cout, :cin])
+                _copy_bn(ds_bn, self.ds_bn, cout)
         return m
 
 
 class ResNetSupernet(Supernet):
+    space: ResNetSpace
+
     def __init__(self, space: ResNetSpace):
         super().__init__()
         self.space = s = space
@@ -505,7 +560,7 @@ class ResNetSupernet(Supernet):
         arch = self.space.validate(arch)
         net = self.space.build(arch)
         pairs = self._slot_cfgs(arch)
-        net.blocks = nn.ModuleList(self.slots[i].export(cfg) for i, cfg in pairs)
+        net.blocks = nn.ModuleList(cast(_DynBottleneck, self.slots[i]).export(cfg) for i, cfg in pairs)
         net.stem = copy.deepcopy(self.stem)
         c = pairs[-1][1].cout
         with torch.no_grad():
@@ -528,7 +583,8 @@ def _fit(w: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
 def _conv_bn_act(x: torch.Tensor, m: ConvBNAct, cout: int, kernel: int, stride: int = 1,
                  groups: int = 1) -> torch.Tensor:
     """``m`` (a ConvBNAct at its largest shape) run at ``cout`` outputs and a ``kernel`` crop."""
-    conv, bn, act = m[0], m[1], m[2]
+    conv, bn = _conv_bn(m)
+    act = m[2]
     w = _fit(conv.weight, (cout, x.shape[1] // groups, kernel, kernel))
     return act(_bn(F.conv2d(x, w, None, stride, kernel // 2, 1, groups), bn, cout))
 
@@ -555,7 +611,7 @@ class _DynSkeletonBlock(nn.Module):
         types = {c.block.type for c in cfgs}
         if len(types) != 1:
             raise SupernetError(f"a supernet slot holds one block type, not {sorted(types)}")
-        self.type = types.pop()
+        self.block_type = types.pop()  # not `type`, which would shadow nn.Module.type()
         b0 = cfgs[0].block
         self.stride, self.act_name = b0.stride, b0.act
         cin = max(c.cin for c in cfgs)
@@ -563,16 +619,16 @@ class _DynSkeletonBlock(nn.Module):
         mid = max(c.mid for c in cfgs)
         k = max(c.block.kernel for c in cfgs)
         act = b0.act
-        if self.type == "basic":
+        if self.block_type == "basic":
             self.c1 = ConvBNAct(cin, cout, k, self.stride, act=act)
             last_in, k_last = cout, k
         else:
-            if self.type != "mbconv" or any(c.block.expand != 1 for c in cfgs):
+            if self.block_type != "mbconv" or any(c.block.expand != 1 for c in cfgs):
                 self.c1 = ConvBNAct(cin, mid, 1, 1, act=act)
-            if self.type == "mbconv":
+            if self.block_type == "mbconv":
                 self.c2 = ConvBNAct(mid, mid, k, self.stride, groups=mid, act=act)
             else:
-                gw = b0.group_width if self.type == "grouped" else mid
+                gw = b0.group_width if self.block_type == "grouped" else mid
                 self.c2 = ConvBNAct(mid, mid, k, self.stride, groups=mid // gw, act=act)
             last_in, k_last = mid, 1
         if any(c.block.se for c in cfgs):
@@ -580,23 +636,23 @@ class _DynSkeletonBlock(nn.Module):
         self.last = ConvBNAct(last_in, cout, k_last, 1, act="none")
         if any(c.projection for c in cfgs):
             self.shortcut = ConvBNAct(cin, cout, 1, self.stride, act="none")
-        self.out_act = nn.Identity() if self.type == "mbconv" else act_module(act)
+        self.out_act = nn.Identity() if self.block_type == "mbconv" else act_module(act)
 
     def _se(self, y: torch.Tensor, cfg: BlockCfg) -> torch.Tensor:
         se, c, sm = self.se, y.shape[1], cfg.se_mid
-        s = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), _fit(se.reduce.weight, (sm, c)), se.reduce.bias[:sm]))
-        return y * se.gate(F.conv2d(s, _fit(se.expand.weight, (c, sm)), se.expand.bias[:c]))
+        s = F.relu(F.conv2d(y.mean((2, 3), keepdim=True), _fit(se.reduce.weight, (sm, c)), _bias(se.reduce)[:sm]))
+        return y * se.gate(F.conv2d(s, _fit(se.expand.weight, (c, sm)), _bias(se.expand)[:c]))
 
     def forward(self, x: torch.Tensor, cfg: BlockCfg) -> torch.Tensor:
         b, mid = cfg.block, cfg.mid
-        if self.type == "basic":
+        if self.block_type == "basic":
             y = _conv_bn_act(x, self.c1, b.cout, b.kernel, b.stride)
             k_last = b.kernel
         else:
             y = x
-            if not (self.type == "mbconv" and b.expand == 1):
+            if not (self.block_type == "mbconv" and b.expand == 1):
                 y = _conv_bn_act(y, self.c1, mid, 1)
-            y = _conv_bn_act(y, self.c2, mid, b.kernel, b.stride, mid if self.type == "mbconv" else cfg.groups)
+            y = _conv_bn_act(y, self.c2, mid, b.kernel, b.stride, mid if self.block_type == "mbconv" else cfg.groups)
             k_last = 1
         if b.se:
             y = self._se(y, cfg)
@@ -610,10 +666,10 @@ class _DynSkeletonBlock(nn.Module):
         """Load this slot's weights for ``dst.cfg`` into ``dst`` (a `SkeletonBlock`)."""
         cfg = dst.cfg
         own: list[nn.Module] = []
-        if self.type == "basic":
+        if self.block_type == "basic":
             own.append(self.c1)
         else:
-            if not (self.type == "mbconv" and cfg.block.expand == 1):
+            if not (self.block_type == "mbconv" and cfg.block.expand == 1):
                 own.append(self.c1)
             own.append(self.c2)
         if cfg.block.se:
@@ -642,6 +698,8 @@ class BaselineSupernet(Supernet):
     six ``mb`` ops for one ``own`` and one ``grouped``); the other genes are uniform. There is
     no size order across block types, so there is no sandwich teacher (no distillation).
     """
+
+    space: BaselineSpace
 
     def __init__(self, space: BaselineSpace):
         super().__init__()
@@ -702,8 +760,14 @@ class BaselineSupernet(Supernet):
         """(slot, block) for every block of ``arch``, in order."""
         arch = self.space.validate(arch)
         cfgs = iter(block_configs(self.space.skeleton_of(arch)))
-        return [(self.slots[st][op_family(g.op)][b], next(cfgs)) for st, g in enumerate(arch.stages)
+        return [(self._slot(st, op_family(g.op), b), next(cfgs)) for st, g in enumerate(arch.stages)
                 for b in range(g.depth)]
+
+    def _slot(self, stage: int, family: str, b: int) -> _DynSkeletonBlock:
+        """``slots[stage][family][b]``, typed: __init__ nests a ModuleList of ModuleDicts of
+        ModuleLists, whose indexing gives plain Modules."""
+        per_type = cast(nn.ModuleDict, self.slots[stage])
+        return cast(_DynSkeletonBlock, cast(nn.ModuleList, per_type[family])[b])
 
     def forward(self, x: torch.Tensor, arch: BaselineArch) -> torch.Tensor:
         x = self.stem(_resize(x, self.space.resolution))
@@ -712,7 +776,8 @@ class BaselineSupernet(Supernet):
         for slot, cfg in self._plan(arch):
             x = slot(x, cfg)
         if self.head_conv is not None:
-            x = _conv_bn_act(x, self.head_conv, self.space.skeleton.head.conv, 1)
+            # head_layers builds the head conv as a ConvBNAct and returns it as an nn.Module
+            x = _conv_bn_act(x, cast(ConvBNAct, self.head_conv), self.space.skeleton.head.conv, 1)
         x = self.global_pooling(x)
         if self.mix is not None:
             x = self.mix(x)
@@ -723,7 +788,7 @@ class BaselineSupernet(Supernet):
         plan = self._plan(arch)
         net = self.space.build(arch)
         for (slot, _), block in zip(plan, net.blocks):
-            slot.export_into(block)
+            slot.export_into(cast(SkeletonBlock, block))  # SkeletonNetwork's blocks are all SkeletonBlocks
         for name in ("stem", "head_conv", "mix", "classifier"):
             if getattr(net, name) is not None:
                 _copy_into(getattr(net, name), getattr(self, name))
