@@ -95,6 +95,14 @@ class Prediction:
         return d
 
 
+# The in-network correction is fitted only on tables of this batch size or less. On the corpus,
+# family held out (docs/benchmarks.md, sessions 8-9, AVX2 AMD EPYC): at batch 1 it took the table
+# predictor from 62.2% to 66.7% within ±10%; at batch 32, fitted on a 1,440-row table's 263 blocks
+# and 81 networks, it took it from 56.4% down to 35.9% (elementwise at 2.17x, pooling at 0.45x:
+# what a kernel costs inside a network at batch 32 is not what its blocks at batch 32 say).
+IN_NETWORK_MAX_BATCH = 1
+
+
 class Predictor:
     """Kernel-level and graph-level LightGBM latency models of one target."""
 
@@ -616,7 +624,11 @@ class Predictor:
         if bspecs:
             self.fit_overhead(bspecs, bms)
             self.training["blocks_kernel_sum"] = metrics(bms, self.kernel_sum_specs(bspecs))
-            if self.fit_in_network:
+            if self.fit_in_network and self.batch > IN_NETWORK_MAX_BATCH:
+                self.training["in_network_skipped"] = f"batch {self.batch} > {IN_NETWORK_MAX_BATCH}"
+                log(f"in-network correction: not fitted at batch {self.batch} (measured to help at batch 1 "
+                    "and to hurt at batch 32)")
+            elif self.fit_in_network:
                 self.in_network_fit(*self.in_network_rows(bspecs, bms, nets))
                 log(f"in-network correction per kernel kind: {len(bspecs)} blocks + {len(nets)} networks")
         if holdout > 0 and len(nets) >= 10:

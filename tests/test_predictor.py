@@ -567,6 +567,22 @@ def test_in_network_correction_recovers_a_kind_that_runs_faster_inside_networks(
     assert again is not None and again.factors([dw]).tolist() == c.factors([dw]).tolist()
 
 
+def test_the_in_network_correction_is_fitted_at_batch_1_only(table):
+    # measured to hurt at batch 32 (IN_NETWORK_MAX_BATCH): a table of a larger batch trains without it
+    from predictors.model import IN_NETWORK_MAX_BATCH
+    from profiling.table import read_table
+    df, meta = read_table(table)
+    big = IN_NETWORK_MAX_BATCH + 31
+    lines: list[str] = []
+    p = Predictor(kernel_rounds=30, graph_rounds=30).fit(df, dict(meta, target=dict(meta["target"], batch=big)),
+                                                         log=lines.append)
+    assert p.batch == big and p.in_network is None
+    assert p.training["in_network_skipped"] == f"batch {big} > {IN_NETWORK_MAX_BATCH}"
+    assert any("not fitted at batch" in line for line in lines)
+    one = Predictor(kernel_rounds=30, graph_rounds=30).fit(df, meta)
+    assert one.batch == 1 and one.in_network is not None and "in_network_skipped" not in one.training
+
+
 def test_a_fitted_predictor_scales_its_kernels_by_the_in_network_correction(trained):
     import copy
 
