@@ -213,6 +213,21 @@ class Predictor:
                 continue
         return bspecs, np.array(bms, float)
 
+    def in_network_from_table(self, blocks: list[list[KernelSpec]], block_ms: npt.ArrayLike,
+                              nets: list[dict[str, Any]], log: Callable[..., None] | None = None) -> None:
+        """The in-network correction from a table's measured blocks and networks, at the batch sizes
+        it is fitted at (`IN_NETWORK_MAX_BATCH`); at a larger batch the predictor has none and
+        `training["in_network_skipped"]` says why."""
+        log = log or (lambda *a: None)
+        self.in_network = None
+        if self.batch > IN_NETWORK_MAX_BATCH:
+            self.training["in_network_skipped"] = f"batch {self.batch} > {IN_NETWORK_MAX_BATCH}"
+            log(f"in-network correction: not fitted at batch {self.batch} (measured to help at batch 1 "
+                "and to hurt at batch 32)")
+            return
+        self.in_network_fit(*self.in_network_rows(blocks, block_ms, nets))
+        log(f"in-network correction per kernel kind: {len(blocks)} blocks + {len(nets)} networks")
+
     def in_network_fit(self, candidates: Sequence[Sequence[KernelSpec]], ms: np.ndarray,
                        weights: Sequence[float] | None = None) -> KernelCorrection:
         """Fit the in-network correction (`KindScaleCorrection`) on measured candidates (blocks,
@@ -624,13 +639,8 @@ class Predictor:
         if bspecs:
             self.fit_overhead(bspecs, bms)
             self.training["blocks_kernel_sum"] = metrics(bms, self.kernel_sum_specs(bspecs))
-            if self.fit_in_network and self.batch > IN_NETWORK_MAX_BATCH:
-                self.training["in_network_skipped"] = f"batch {self.batch} > {IN_NETWORK_MAX_BATCH}"
-                log(f"in-network correction: not fitted at batch {self.batch} (measured to help at batch 1 "
-                    "and to hurt at batch 32)")
-            elif self.fit_in_network:
-                self.in_network_fit(*self.in_network_rows(bspecs, bms, nets))
-                log(f"in-network correction per kernel kind: {len(bspecs)} blocks + {len(nets)} networks")
+            if self.fit_in_network:
+                self.in_network_from_table(bspecs, bms, nets, log)
         if holdout > 0 and len(nets) >= 10:
             self.training["holdout"] = self.holdout_report(nets, holdout)
         real = self._real_networks(networks)

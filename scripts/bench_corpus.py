@@ -488,7 +488,6 @@ def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv
              in_network, json_out):
     """Predict every corpus model and report accuracy, each family held out in turn."""
     from predictors import Predictor
-    from predictors.model import IN_NETWORK_MAX_BATCH
     corpus = Path(corpus)
     rows = _manifest(corpus)
     truth, repro = _measured(corpus, runs.split(","))
@@ -545,8 +544,7 @@ def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv
             base.in_network = None
             if in_network:  # from the table's blocks and networks, as `fit` does (never from the corpus)
                 df = base._table(list(tables), None)[0]
-                if base.batch <= IN_NETWORK_MAX_BATCH:  # and at the batch sizes `fit` fits it at
-                    base.in_network_fit(*base.in_network_rows(*base.block_rows(df), base.network_rows(df)))
+                base.in_network_from_table(*base.block_rows(df), base.network_rows(df))
         else:
             base = Predictor(graph_cv=graph_cv, real_network_weight=network_weight,
                              graph_candidates=graph_candidates.split(",") if graph_candidates else None,
