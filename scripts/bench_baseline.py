@@ -72,9 +72,16 @@ def _train_one(job: dict) -> dict:
     from search.training import TrainRecipe, train_architecture
     torch.set_num_threads(job["threads"])
     recipe = TrainRecipe(epochs=job["epochs"], batch_size=job["batch_size"], seed=job["seed"])
+    out = Path(job["out"])
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(line: str) -> None:  # a run of hours in parts: its epochs stay readable between sessions
+        with open(out / "train.log", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+
     t0 = time.time()
-    res = train_architecture(job["arch"], job["data"], Path(job["out"]), recipe, max_per_class=job["per_class"],
-                             cache_dir=job["cache"], progress=False, log=None)
+    res = train_architecture(job["arch"], job["data"], out, recipe, max_per_class=job["per_class"],
+                             cache_dir=job["cache"], progress=False, log=log)
     return {**{k: job[k] for k in ("which", "arch", "seed")}, "test_accuracy": res["test_accuracy"],
             "train_seconds": res["train_seconds"], "wall_seconds": round(time.time() - t0, 1),
             "params": res["params"], "memory_mb": res["memory_mb"], "n_train": res["n_train"], "n_test": res["n_test"]}
@@ -84,8 +91,9 @@ def part_train(work: Path, data_root: Path, found: dict, seeds: list[int], epoch
                batch_size: int, jobs: int) -> list[dict]:
     archs = {"baseline": found["baseline_name"], "chosen": found["best"]}
     todo, results = [], []
-    for which, arch in archs.items():
-        for seed in seeds:
+    # seed by seed, baseline beside chosen: a run stopped half-way leaves comparable pairs
+    for seed in seeds:
+        for which, arch in archs.items():
             out = work / f"train-{which}-s{seed}"
             hit = _load(out / "bench.json")
             if hit:
