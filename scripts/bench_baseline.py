@@ -7,7 +7,8 @@ Parts (each resumable: a finished part is read back, an interrupted training res
 last epoch's checkpoint; run them in one go with --part all, the default):
 
 1. search: `search --baseline NAME --data CIFAR10/train` on this machine (target local-cpu, the
-   shipped predictor that best matches it), default formulation or --speedup S;
+   shipped predictor that best matches it), default formulation or --speedup S (with --rerank K, the
+   K best-estimated candidates within the budget short-trained and chosen by that accuracy);
 2. train: the baseline and the chosen network with the same `train` recipe, for each seed, on
    the training images (--per-class N of each class; 5,000 = all 50,000), tested on the 10,000
    test images; --jobs 2 runs two trainings at once, one thread each;
@@ -44,7 +45,7 @@ def _save(path: Path, data: dict) -> None:
 
 
 def part_search(work: Path, data_root: Path, baseline: str, speedup: float | None, minutes: float, population: int,
-                generations: int, seed: int) -> dict:
+                generations: int, seed: int, rerank: int = 0) -> dict:
     done = _load(work / "search.json")
     if done:
         return done
@@ -56,12 +57,13 @@ def part_search(work: Path, data_root: Path, baseline: str, speedup: float | Non
     t0 = time.time()
     res = run_search(SearchConfig(predictor=predictor, baseline=baseline, speedup=speedup, data=str(data_root),
                                   out=work / "search", budget_minutes=minutes, population=population,
-                                  generations=generations, seed=seed, cache_dir=work / "cache"))
+                                  generations=generations, seed=seed, cache_dir=work / "cache", rerank=rerank))
     if res.best is None:
         raise click.ClickException("the search chose no architecture; see " + str(work / "search" / "report.md"))
     out = {"best": res.best.key, "baseline": res.baseline.candidate.key, "baseline_name": res.baseline.name,
            "search_speedup": res.baseline.speedup_of(res.best)[0], "formulation": res.formulation.describe(),
-           "seconds": round(time.time() - t0, 1), "frontier": str(work / "search" / "frontier.png")}
+           "seconds": round(time.time() - t0, 1), "frontier": str(work / "search" / "frontier.png"),
+           "reranked": [{"arch": r.key, "short_training_accuracy": r.short_accuracy} for r in res.reranked]}
     _save(work / "search.json", out)
     return out
 
@@ -186,6 +188,8 @@ def part_report(work: Path, found: dict, trained: list[dict], latency: dict, sca
 @click.option("--baseline", default="resnet56", show_default=True, help="Known model to start from.")
 @click.option("--speedup", type=float, default=None, help="Search with --speedup S (default: latency subject to "
               "accuracy >= the baseline's estimate).")
+@click.option("--rerank", type=int, default=0, show_default=True, help="With --speedup: short-train the K "
+              "best-estimated candidates within the budget and choose by that accuracy (search's --rerank).")
 @click.option("--shared", type=click.Path(file_okay=False), default="../shared", show_default=True)
 @click.option("--work", type=click.Path(file_okay=False), default="/tmp/hwnas-bench-baseline", show_default=True,
               help="State directory: every part's results; run the same command again to resume.")
@@ -199,7 +203,7 @@ def part_report(work: Path, found: dict, trained: list[dict], latency: dict, sca
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--jobs", type=int, default=1, show_default=True, help="Trainings at once (one thread each).")
 @click.option("--rounds", type=int, default=5, show_default=True, help="Interleaved latency rounds.")
-def main(baseline, speedup, shared, work, part, search_minutes, population, generations, epochs, seeds, per_class,
+def main(baseline, speedup, rerank, shared, work, part, search_minutes, population, generations, epochs, seeds, per_class,
          batch_size, jobs, rounds):
     """Search from a baseline on CIFAR-10, train both with the same recipe, measure both, report."""
     from scripts.bench_search import extract_cifar, find_train_dir
@@ -208,13 +212,14 @@ def main(baseline, speedup, shared, work, part, search_minutes, population, gene
     seed_list = [int(s) for s in seeds.split(",")]
     scale = {"baseline": baseline, "epochs": epochs, "seeds": seed_list, "train_images_per_class": per_class or 5000,
              "test_images": 10000, "batch_size": batch_size, "search_minutes": search_minutes,
-             "population": population, "generations": generations, "latency_rounds": rounds}
+             "population": population, "generations": generations, "latency_rounds": rounds,
+             "speedup": speedup, "rerank": rerank}
     prev = _load(work / "scale.json")
-    if prev and prev != scale:
+    if prev and {"speedup": None, "rerank": 0, **prev} != scale:  # runs from before these two keys
         raise click.ClickException(f"{work} holds a run at another scale ({prev}); use another --work")
     _save(work / "scale.json", scale)
     parts = PARTS if part == "all" else (part,)
-    found = part_search(work, data_root, baseline, speedup, search_minutes, population, generations, 0) \
+    found = part_search(work, data_root, baseline, speedup, search_minutes, population, generations, 0, rerank) \
         if "search" in parts else _load(work / "search.json")
     if found is None:
         raise click.ClickException("run --part search first")
