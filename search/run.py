@@ -219,8 +219,10 @@ def run_search(config: SearchConfig | SearchSpec,
         raise SearchError(f"`max_memory_mb`: the {space_name} space does not compute memory without an "
                           f"export; search from a baseline (`baseline` NAME), whose space does")
     latency = wiring.latency_model(predictor, space, lat.predictor)
-    ui.log(f"[bold]hwnas search[/]: space {space_name}, data {data.name}, "
-           f"latency from {latency.name}; {formulation.describe()}")
+    # from a baseline, the objective is known only once the baseline is scored (and measured)
+    objective = (f"objective from the baseline {base.baseline}, once it is scored and measured" if base_space
+                 else formulation.describe())
+    ui.log(f"[bold]hwnas search[/]: space {space_name}, data {data.name}, latency from {latency.name}; {objective}")
     pool = make_pool(run.ray_address, acc.supernet.device)
     if run.ray_address is not None:
         ui.log(f"evaluations on {pool.name}")
