@@ -179,7 +179,10 @@ class RerankSettings:
         "(nb201: C=8, N=1 at 16x16), and choose the best held-out accuracy that the device confirms within the "
         "budget (unverified ones are measured first). Zero-cost proxies rank the space well but the top few "
         "cells poorly. About 15-25 s per candidate on one core with 10,000 CIFAR-10 training images "
-        "(`rerank_per_class` 1250). 0: the estimator alone chooses.", metavar="K"))
+        "(`rerank_per_class` 1250). From a baseline, without a speed-up: the baseline and the K fastest candidates "
+        "estimated at least as accurate are trained alike, and the choice is the fastest the device confirms "
+        "among those at least as accurate as the baseline after that training. 0: the estimator alone chooses.",
+        metavar="K"))
     epochs: float = field(default=5.0, metadata=option("Epochs of each `rerank` training.", metavar="E"))
     per_class: int | None = field(default=None, metadata=option(
         "Images per class of `data` read for `rerank` (default: the search's 500); 80% train, 20% held out.",

@@ -170,3 +170,46 @@ def test_a_verdict_by_ratio_is_the_same_whatever_speed_level_each_pass_ran_in():
     assert r.kept("fast") and r.verdict("fast") is None
     assert not r.kept("slow") and "> 1/2" in r.verdict("slow")
     assert r.ratio("close") <= 0.5 and not r.kept("close") and "not shown to meet the budget" in r.verdict("close")
+
+
+def test_accuracy_against_the_baseline_is_checked_by_a_short_training(tmp_path):
+    """Default formulation from a baseline, with rerank: the baseline and the fastest candidates
+    estimated at least as accurate are trained alike; the choice is the fastest measured among
+    those at least as accurate as the baseline after that training, else the estimator's."""
+    res = run_search(_config(tmp_path, "r1", baseline="resnet20", rerank=3, rerank_epochs=1.0))
+    base = res.baseline.candidate
+    short = {r.key: r.short_accuracy for r in res.reranked}
+    assert base.key in short and 2 <= len(short) <= 4
+    by_key = {c.key: c for c in res.candidates}
+    trained = [by_key[k] for k in short if k != base.key]
+    assert all(c.accuracy >= base.accuracy for c in trained)   # estimated at least as accurate
+    passing = [c for c in trained if short[c.key] >= short[base.key]]
+    report = (res.out_dir / "report.md").read_text()
+    assert "(baseline)" in report
+    if passing:
+        assert all(c.measured_ms is not None for c in passing)  # the device confirms each
+        assert res.best.key == min(passing, key=lambda c: c.measured_ms).key
+        assert f"was at least the baseline's {short[base.key]:.2f}%" in report
+    else:
+        assert any("the choice is the estimator's" in n for n in res.notes)
+    # a second run reuses the trainings (the candidates may differ: the device's measurements do)
+    res2 = run_search(_config(tmp_path, "r2", baseline="resnet20", rerank=3, rerank_epochs=1.0))
+    assert base.key in {r.key for r in res2.reranked}                 # the same baseline, trained once
+    assert all(r.cached for r in res2.reranked if r.key in short)
+
+
+def test_rerank_with_a_speedup_trains_in_the_baselines_own_space(tmp_path):
+    """ResNet-56's stages have depths 3/5/6/9/10, not the default space's 1-4: the short trainings
+    rebuild the space from the baseline's skeleton, so every candidate is valid in it (they failed
+    with a SpaceError before)."""
+    res = run_search(_config(tmp_path, "p1", baseline="resnet56", speedup=1.2, rerank=2, rerank_epochs=1.0,
+                             population=10, generations=3))
+    trained = [json.loads(line)["key"] for f in (tmp_path / "cache").glob("rerank-*.jsonl")
+               for line in f.read_text().splitlines()]
+    assert len(trained) == 2
+    depths = {int(stage.split("-d")[1].split("-")[0]) for key in trained for stage in key.split(":")[1].split("|")}
+    assert depths <= {3, 5, 6, 9, 10}
+    # chosen among them when the device confirms one within the budget, else the estimator's choice
+    assert res.best is not None and res.best.measured_ms is not None
+    assert (res.best.key in trained and res.reranked) or any("no re-ranked candidate was verified" in n
+                                                              for n in res.notes)

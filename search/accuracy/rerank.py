@@ -7,7 +7,10 @@ candidates within the budget from scratch for a few epochs, on a reduced copy of
 (for NB201 by default C=8, N=1 at 16x16: a few seconds to half a minute each on one core), and
 scores it on the held-out split of the user's data. The search (`search.run`) then takes them in
 order of short-training accuracy and chooses the first one the device confirms within the
-budget: `rerank=K` in the search's configuration (latency-budget searches only).
+budget: `rerank=K` in the search's configuration. From a baseline under "latency subject to
+accuracy at least the baseline's" (`search.run._rerank_against_baseline`), the baseline is
+trained beside the K fastest candidates estimated at least as accurate, and its short-training
+accuracy is the bar they must reach.
 
 Results are cached per (cell, recipe, data) in a JSON-lines file, so a re-run costs nothing.
 Each candidate starts from scratch rather than from the supernet's weights: the supernet adds
