@@ -7,8 +7,8 @@ Parts (each resumable: a finished part is read back, an interrupted training res
 last epoch's checkpoint; run them in one go with --part all, the default):
 
 1. search: `search --baseline NAME --data CIFAR10/train` on this machine (target local-cpu, the
-   shipped predictor that best matches it), default formulation or --speedup S (with --rerank K, the
-   K best-estimated candidates within the budget short-trained and chosen by that accuracy);
+   shipped predictor that best matches it), default formulation or --speedup S; with --rerank K the
+   accuracy side is checked by short trainings (see --help);
 2. train: the baseline and the chosen network with the same `train` recipe, for each seed, on
    the training images (--per-class N of each class; 5,000 = all 50,000), tested on the 10,000
    test images; --jobs 2 runs two trainings at once, one thread each;
@@ -188,8 +188,10 @@ def part_report(work: Path, found: dict, trained: list[dict], latency: dict, sca
 @click.option("--baseline", default="resnet56", show_default=True, help="Known model to start from.")
 @click.option("--speedup", type=float, default=None, help="Search with --speedup S (default: latency subject to "
               "accuracy >= the baseline's estimate).")
-@click.option("--rerank", type=int, default=0, show_default=True, help="With --speedup: short-train the K "
-              "best-estimated candidates within the budget and choose by that accuracy (search's --rerank).")
+@click.option("--rerank", type=int, default=0, show_default=True, help="Short trainings in the search (search's "
+              "--rerank K): by default the baseline and the K fastest candidates estimated at least as accurate, "
+              "the fastest at least as accurate as the baseline chosen; with --speedup the K best-estimated "
+              "within the budget, the most accurate chosen.")
 @click.option("--shared", type=click.Path(file_okay=False), default="../shared", show_default=True)
 @click.option("--work", type=click.Path(file_okay=False), default="/tmp/hwnas-bench-baseline", show_default=True,
               help="State directory: every part's results; run the same command again to resume.")
