@@ -122,8 +122,11 @@ def summarize(res) -> None:
                    f"(raw {b.raw_predicted_ms:.3f}), {meas}")
         r = next((r for r in res.reranked if r.key == b.key), None)
         if r is not None:  # not always the first re-ranked: one measured over the budget is passed over
+            base = next((t for t in res.reranked if res.baseline is not None and t.key == res.baseline.candidate.key),
+                        None)
             click.echo(f"      {r.short_accuracy:.2f}% held-out after the short training, rank "
-                       f"{res.reranked.index(r) + 1} of {len(res.reranked)} candidates re-ranked")
+                       f"{res.reranked.index(r) + 1} of {len(res.reranked)} trained"
+                       + (f" (the baseline: {base.short_accuracy:.2f}%, same recipe)" if base is not None else ""))
     if res.ground_truth is not None:
         g = res.ground_truth
         click.echo(f"benchmark: chosen val_acc {g.chosen_val_acc}, best under budget {g.best_val_acc} "
