@@ -67,6 +67,7 @@ class RunnerConnection:
         self.argv = argv
         self.facts: dict[str, Any] | None = None
         self._stderr: list[str] = []
+        self._timed_out = False
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, bufsize=1)
@@ -99,6 +100,12 @@ class RunnerConnection:
         for line in self.proc.stderr:
             self._stderr.append(line.rstrip())
             del self._stderr[:-50]
+
+    @property
+    def exited(self) -> bool:
+        """The runner process ended by itself (crashed, killed by the system, its SSH link lost),
+        not stopped by us after a timeout: a fresh one may well do the same work."""
+        return self.proc.poll() is not None and not self._timed_out
 
     def stderr_tail(self, n: int = 5) -> str:
         return "\n".join(line for line in self._stderr[-n:] if line.strip())
@@ -137,6 +144,7 @@ class RunnerConnection:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
+            self._timed_out = True
             self.kill()
             raise ProfilingError(f"{self.label} did not answer within {timeout:.0f} s") from None
         if line is None:

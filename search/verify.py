@@ -114,7 +114,7 @@ class RunnerDevice:
         from profiling.measure import model_job
         conn = self.connect()
         job = model_job(model, self.target, conn.facts or {}, self.stop)
-        ans = self._once_more_after_restart(lambda: conn.measure(job))
+        ans = self._once_more_after_restart(lambda c: c.measure(job))
         if not ans.get("ok"):
             raise SearchError(f"{conn.label} could not measure the model: {ans.get('error')}")
         self.last_stats = ans["stats"]
@@ -133,24 +133,38 @@ class RunnerDevice:
             jobs.append(dict(model_job(self.export(space, c), self.target, conn.facts or {}), id=c.key))
             self.n_measurements += 1
         answers = self._once_more_after_restart(
-            lambda: measure_interleaved(conn, jobs, passes=passes or MODEL_PASSES, slice_s=slice_s or MODEL_SLICE_S))
+            lambda c: measure_interleaved(c, jobs, passes=passes or MODEL_PASSES, slice_s=slice_s or MODEL_SLICE_S))
         bad = [a for a in answers if not a.get("ok")]
         if bad:
             raise SearchError(f"{conn.label} could not measure {bad[0].get('id')}: {bad[0].get('error')}")
         self.last_stats = answers[-1]["stats"]
         return [a["stats"] for a in answers]
 
-    def _once_more_after_restart(self, measure: Callable[[], T]) -> T:
-        """`measure()`, run again from the start once when the device actor died and Ray restarted
-        it (a Ray fleet's actor; a local or SSH runner that dies is an error as before): the
-        interleaved passes of one call must all come from the same runner process."""
+    def _once_more_after_restart(self, measure: Callable[[Any], T]) -> T:
+        """`measure(connection)`, run again from the start, once, when the runner died: a Ray
+        fleet's actor is waited for until Ray restarts it; a local or SSH runner that exited
+        (crashed, killed by the system, its link lost) is started again. A runner stopped after
+        a timeout is not retried (it would wait as long again). The interleaved passes of one call
+        all come from the same runner process."""
+        conn = self.connect()
         try:
-            return measure()
+            return measure(conn)
         except ProfilingError as e:
-            restart = getattr(self.conn, "restart", None)
-            if restart is None or not restart():
-                raise SearchError(f"cannot measure finalists on {self.name}: {e}") from None
-        return measure()
+            first = e
+        restart = getattr(conn, "restart", None)
+        if restart is not None:
+            if not restart():
+                raise SearchError(f"cannot measure finalists on {self.name}: {first}") from None
+        elif getattr(conn, "exited", False):
+            self.conn = None
+            conn = self.connect()  # a SearchError when a fresh runner cannot start either
+        else:
+            raise SearchError(f"cannot measure finalists on {self.name}: {first}") from None
+        try:
+            return measure(conn)
+        except ProfilingError as e:
+            raise SearchError(f"cannot measure finalists on {self.name}: {e} (the runner had stopped once "
+                              f"already: {first})") from None
 
     def close(self) -> None:
         if self.conn is not None:

@@ -288,7 +288,46 @@ def test_finalist_measured_through_ssh_runner(sshd, tmp_path):
                           stop={"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0})
     try:
         ms = remote.measure_onnx(onnx_bytes)
+        # the SSH link is lost between two finalists: the next one is measured over a fresh link
+        first = remote.conn
+        first.proc.kill()
+        first.proc.wait()
+        assert remote.measure_onnx(onnx_bytes) > 0 and remote.conn is not first
     finally:
         remote.close()
     assert 0 < ms < 1000
     assert "127.0.0.1" in remote.name
+
+
+def test_a_local_runner_that_dies_between_finalists_is_started_again(tmp_path):
+    """The runner killed between two measurements (by the system's OOM killer, say): the next
+    measurement starts a fresh runner and is taken whole from it, alone or interleaved."""
+    import os
+    import signal
+
+    from profiling.targets import get_target
+    from search.problem import Candidate
+    from search.spaces import get_space
+    from search.verify import RunnerDevice
+    space = get_space("nb201", C=8, N=1, resolution=8)
+    archs = [space.sample(i) for i in range(2)]
+    fast = {"max_s": 0.05, "max_runs": 30, "warmup_runs": 1, "warmup_s": 0.0}
+    dev = RunnerDevice(get_target("local-cpu"), workdir=tmp_path, stop=fast)
+    try:
+        assert dev.measure_onnx(space.export_onnx(archs[0])) > 0
+        pids = [dev.conn.proc.pid]
+        for step in ("alone", "interleaved"):
+            os.kill(dev.conn.proc.pid, signal.SIGKILL)
+            dev.conn.proc.wait()
+            if step == "alone":
+                assert dev.measure_onnx(space.export_onnx(archs[1])) > 0
+            else:
+                cands = [Candidate(key=f"c{i}", arch=a, encoding=np.zeros(0), accuracy=50.0, predicted_ms=1.0,
+                                   low_ms=0.9, high_ms=1.1, raw_predicted_ms=1.0, raw_low_ms=0.9, raw_high_ms=1.1)
+                         for i, a in enumerate(archs)]
+                stats = dev.measure_together(space, cands, passes=2, slice_s=0.02)
+                assert len(stats) == 2 and all(len(s["pass_ms"]) == 2 for s in stats)
+            assert dev.conn.proc.poll() is None and dev.conn.proc.pid not in pids
+            pids.append(dev.conn.proc.pid)
+    finally:
+        dev.close()
