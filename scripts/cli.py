@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import sys
-from typing import Iterator, Mapping
+from types import FrameType
+from typing import Callable, Iterator, Mapping
 
 import click
 
@@ -114,21 +116,56 @@ def cli_errors(flags: Mapping[str, str] | None = None) -> Iterator[None]:
     message names are shown as the flags of `flags`, else of the running command's options."""
     from profiling.validate import ConfigError
     flags = {**command_flags(), **(flags or {})}
+    with _noting_interrupts() as interrupted:
+        try:
+            yield
+        except ConfigError as e:
+            fail(f"{flag_for(e.param, flags)}: {flags_in(e.problem, flags)}", EXIT_USAGE)
+        except KeyboardInterrupt:
+            fail("interrupted", EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
+            raise
+        except Exception as e:
+            # A Ctrl-C that lands inside an extension module's import leaves it half-registered, and
+            # what escapes is that import's error, not KeyboardInterrupt (scipy's HiGHS wrapper:
+            # 'ImportError: generic_type: type "ObjSense" is already registered!'): still Ctrl-C.
+            if interrupted():
+                fail("interrupted", EXIT_INTERRUPTED)
+            if isinstance(e, OSError):  # a file that vanished or a full disk mid-run: say which, no traceback
+                where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+                fail(f"{e.strerror or e}{where}")
+            if isinstance(e, _library_errors()):  # the parameters a message names, as this command's flags
+                fail(flags_in(str(e), flags))
+            raise
+
+
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[Callable[[], bool]]:
+    """Within the block, SIGINT is noted before it is handled as before (KeyboardInterrupt); yields
+    whether one came. Off the main thread, or under a handler that is not Python's, nothing changes."""
+    came: list[bool] = []
     try:
-        yield
-    except ConfigError as e:
-        fail(f"{flag_for(e.param, flags)}: {flags_in(e.problem, flags)}", EXIT_USAGE)
-    except KeyboardInterrupt:
-        fail("interrupted", EXIT_INTERRUPTED)
-    except click.exceptions.Exit:
-        raise
-    except OSError as e:  # a file that vanished or a full disk mid-run: say which, no traceback
-        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-        fail(f"{e.strerror or e}{where}")
-    except Exception as e:
-        if isinstance(e, _library_errors()):  # the parameters a message names, as this command's flags
-            fail(flags_in(str(e), flags))
-        raise
+        previous = signal.getsignal(signal.SIGINT)
+    except ValueError:
+        previous = None
+    if not callable(previous):
+        yield lambda: False
+        return
+
+    def on_sigint(signum: int, frame: FrameType | None) -> None:
+        came.append(True)
+        previous(signum, frame)  # Python's default raises KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGINT, on_sigint)
+    except ValueError:  # not the main thread
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(came)
+    finally:
+        if signal.getsignal(signal.SIGINT) is on_sigint:  # a command may have set its own since
+            signal.signal(signal.SIGINT, previous)
 
 
 def set_torch_threads(n: int) -> None:

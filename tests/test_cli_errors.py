@@ -238,3 +238,32 @@ def test_ctrl_c_during_predictor_training_writes_nothing_half_done(tmp_path):
                           tmp_path)
     assert rc == 130 and "Traceback" not in text and "interrupted" in text, text
     assert not out.exists()
+
+
+def test_an_error_that_a_ctrl_c_caused_is_reported_as_the_interrupt():
+    """Ctrl-C inside an extension module's import escapes as that import's error, not as
+    KeyboardInterrupt (scipy's HiGHS wrapper, once in CI: an ImportError, a traceback, exit 1):
+    the command still says "interrupted" and exits 130. Without a Ctrl-C the same error is a bug
+    and keeps its traceback; the SIGINT handler is Python's again afterwards."""
+    import click
+    from click.testing import CliRunner
+
+    from scripts.cli import EXIT_INTERRUPTED, cli_errors
+
+    @click.command()
+    @click.option("--interrupt/--no-interrupt")
+    def cmd(interrupt):
+        with cli_errors():
+            try:
+                if interrupt:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(5)  # the handler runs here
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise ImportError('generic_type: type "ObjSense" is already registered!') from None
+
+    r = CliRunner().invoke(cmd, ["--interrupt"])
+    assert r.exit_code == EXIT_INTERRUPTED and "interrupted" in r.output, r.output
+    r = CliRunner().invoke(cmd, ["--no-interrupt"])
+    assert isinstance(r.exception, ImportError) and r.exit_code == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
