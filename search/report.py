@@ -92,6 +92,7 @@ def write_report(path: Path, spec: SearchSpec, space: str, result: SearchResult,
             L.append("")
         L.append(f"Predictor correction for the rest of the run: {result.correction}.\n")
     L.append("## What was chosen, and why\n")
+    base_key = result.baseline.candidate.key if result.baseline is not None else None  # marked among the reranked
     if best is None:
         L.append("No architecture was chosen" + (": the search was interrupted before any candidate met the "
                                                  "constraint." if result.interrupted else "."))
@@ -109,7 +110,6 @@ def write_report(path: Path, spec: SearchSpec, space: str, result: SearchResult,
                    f"candidates with estimated accuracy >= {f.min_accuracy:g}")
         else:
             why = "the knee of the frontier (farthest above the line joining its ends, log latency)"
-        base_key = result.baseline.candidate.key if result.baseline is not None else None
         short = {t.key: t.short_accuracy for t in result.reranked}
         if result.reranked and f.kind == "budget":
             why = (f"the best held-out accuracy after a short stand-alone training among the "
@@ -141,7 +141,6 @@ def write_report(path: Path, spec: SearchSpec, space: str, result: SearchResult,
         L.append("\n## Short training of the best-estimated candidates\n")
         L.append("| arch | est. accuracy | held-out accuracy after short training (%) | seconds |")
         L.append("| --- | --- | --- | --- |")
-        base_key = result.baseline.candidate.key if result.baseline is not None else None
         for t in result.reranked:
             L.append(f"| `{t.key}`{' (baseline)' if t.key == base_key else ''} | {t.estimated:.2f} | "
                      f"{t.short_accuracy:.2f} | "

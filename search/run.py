@@ -399,6 +399,21 @@ def _rerank_data(resolved: _Resolved, data: Data) -> Data:
     return data
 
 
+def _short_trainings(resolved: _Resolved, rdata: Data, candidates: list[Candidate], rc: RerankConfig,
+                     cache_dir: Path, ui: _Progress, tasks: Any) -> list[RerankResult]:
+    """`rerank_by_training` of `candidates` on `rdata`, in the space as it was searched (its options;
+    from a baseline, the baseline's skeleton, so that every candidate is valid in it), cached per
+    space and data under `cache_dir`."""
+    name = resolved.space
+    cache = cache_dir / f"rerank-{name}-{cache_name(rdata.name, rdata.num_classes, resolved.spec.run.seed)}.jsonl"
+
+    def space_with(options: dict[str, Any]) -> SearchSpace[Any]:
+        return wiring.make_space(name, rdata, {**(resolved.space_options or {}), **options})
+
+    return rerank_by_training(name, space_with, candidates, rdata.train, rdata.val, rdata.resolution, rc,
+                              cache_file=cache, log=ui.log, pool=tasks)
+
+
 def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: Device, space: SearchSpace[Any],
                              formulation: Formulation, data: Data, best: Candidate | None,
                              rounds: list[VerifyRound], cache_dir: Path, ui: _Progress, notes: list[str],
@@ -422,17 +437,11 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
     settings = spec.accuracy.rerank
     rc = RerankConfig(top_k=len(pool) + 1, epochs=settings.epochs, seed=spec.run.seed,
                       space_options=settings.options, resolution=settings.resolution)
+    res = rc.resolution_for(name, rdata.resolution)
     what = (f"a short training of the baseline and of the {len(pool)} fastest candidates estimated at least as "
-            f"accurate: {rc.epochs:g} epochs on {len(rdata.train):,} images at "
-            f"{rc.resolution_for(name, rdata.resolution)}x{rc.resolution_for(name, rdata.resolution)}")
+            f"accurate: {rc.epochs:g} epochs on {len(rdata.train):,} images at {res}x{res}")
     ui.log(f"checking accuracy against the baseline by {what} ...")
-    cache = cache_dir / f"rerank-{name}-{cache_name(rdata.name, rdata.num_classes, spec.run.seed)}.jsonl"
-
-    def space_with(options: dict[str, Any]) -> SearchSpace[Any]:
-        return wiring.make_space(name, rdata, {**(resolved.space_options or {}), **options})
-
-    results = rerank_by_training(name, space_with, [base, *pool], rdata.train, rdata.val, rdata.resolution, rc,
-                                 cache_file=cache, log=ui.log, pool=tasks)
+    results = _short_trainings(resolved, rdata, [base, *pool], rc, cache_dir, ui, tasks)
     short = {r.key: r.short_accuracy for r in results}
     bar = short[base.key]
     passing = [c for c in pool if short[c.key] >= bar]
@@ -487,13 +496,7 @@ def _rerank(resolved: _Resolved, evaluator: Evaluator, device: Device, space: Se
                       resolution=settings.resolution)
     what = describe(rc, name, rdata.resolution, len(rdata.train))
     ui.log(f"re-ranking: {what} ...")
-    cache = cache_dir / f"rerank-{name}-{cache_name(rdata.name, rdata.num_classes, seed)}.jsonl"
-
-    def space_with(options: dict[str, Any]) -> SearchSpace[Any]:
-        return wiring.make_space(name, rdata, {**(resolved.space_options or {}), **options})
-
-    results = rerank_by_training(name, space_with, pool, rdata.train, rdata.val, rdata.resolution, rc,
-                                 cache_file=cache, log=ui.log, pool=tasks)
+    results = _short_trainings(resolved, rdata, pool, rc, cache_dir, ui, tasks)
     by_key = {c.key: c for c in pool}
     chosen, vr = None, VerifyRound(round=len(rounds) + 1)
     ratio = baseline.ratio if baseline is not None else None
