@@ -216,11 +216,14 @@ def test_search_with_ray_matches_the_single_process_search(cluster, tmp_path, pr
     import numpy as np
     from search.models import read_cache_lines
     from search.run import run_search
-    kw = dict(min_accuracy=40.0, population=6, generations=1, finalists=1)
+    # a budget the reference population never reaches, on a loaded machine too: a reference cut at
+    # the deadline would score the two runs in different units
+    kw = dict(min_accuracy=40.0, population=6, generations=1, finalists=1, budget_minutes=60)
     one = run_search(_cfg(tmp_path / "one", predictor_path, **kw))
     many = run_search(_cfg(tmp_path / "ray", predictor_path, ray_address="", **kw))
     assert [c.key for c in many.candidates] == [c.key for c in one.candidates]
     assert np.allclose([c.accuracy for c in many.candidates], [c.accuracy for c in one.candidates])
+    assert not any("reference population was cut" in n for n in one.notes + many.notes)
     assert many.n_measurements >= 1 and all(c.measured_ms > 0 for c in many.candidates if c.measured_ms is not None)
     caches = list((tmp_path / "ray" / "cache").glob("proxies-*.jsonl"))
     assert len(caches) == 1 and len(read_cache_lines(caches[0])) >= len({c.key for c in many.candidates})
