@@ -188,7 +188,7 @@ def part_report(work: Path, found: dict, trained: list[dict], latency: dict, sca
 @click.option("--baseline", default="resnet56", show_default=True, help="Known model to start from.")
 @click.option("--speedup", type=float, default=None, help="Search with --speedup S (default: latency subject to "
               "accuracy >= the baseline's estimate).")
-@click.option("--rerank", type=int, default=0, show_default=True, help="Short trainings in the search (search's "
+@click.option("--rerank", type=int, default=5, show_default=True, help="Short trainings in the search (search's "
               "--rerank K): by default the baseline and the K fastest candidates estimated at least as accurate, "
               "the fastest at least as accurate as the baseline chosen; with --speedup the K best-estimated "
               "within the budget, the most accurate chosen.")
@@ -196,7 +196,8 @@ def part_report(work: Path, found: dict, trained: list[dict], latency: dict, sca
 @click.option("--work", type=click.Path(file_okay=False), default="/tmp/hwnas-bench-baseline", show_default=True,
               help="State directory: every part's results; run the same command again to resume.")
 @click.option("--part", type=click.Choice(("all",) + PARTS), default="all", show_default=True)
-@click.option("--search-minutes", type=float, default=25.0, show_default=True)
+@click.option("--search-minutes", type=float, default=30.0, show_default=True,
+              help="The search's --budget-minutes, short trainings included (issue 15: at most 30).")
 @click.option("--population", type=int, default=24, show_default=True)
 @click.option("--generations", type=int, default=12, show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)

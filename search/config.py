@@ -181,7 +181,9 @@ class RerankSettings:
         "cells poorly. About 15-25 s per candidate on one core with 10,000 CIFAR-10 training images "
         "(`rerank_per_class` 1250). From a baseline, without a speed-up: the baseline and the K fastest candidates "
         "estimated at least as accurate are trained alike, and the choice is the fastest the device confirms "
-        "among those at least as accurate as the baseline after that training. 0: the estimator alone chooses.",
+        "among those at least as accurate as the baseline after that training. The trainings count against "
+        "`budget_minutes`: after the first (from a baseline: it and the fastest candidate), each starts only if "
+        "it is expected to end in time. 0: the estimator alone chooses.",
         metavar="K"))
     epochs: float = field(default=5.0, metadata=option("Epochs of each `rerank` training.", metavar="E"))
     per_class: int | None = field(default=None, metadata=option(
@@ -316,7 +318,8 @@ class RunConfig:
     overwrite: bool = field(default=False, metadata=option(
         "Replace the results of an earlier run in `out`.", is_flag=True))
     budget_minutes: float = field(default=5.0, metadata=option(
-        "Wall-clock cap of the whole run: supernet training, accuracy estimation, search and verification "
+        "Wall-clock cap of the whole run: supernet training, accuracy estimation, search, verification and "
+        "`rerank` trainings "
         "(each phase gets its share; see docs/search.md).", metavar="M"))
     seed: int = field(default=0, metadata=option("Random seed."))
     cache_dir: str | Path | None = field(default=None, metadata=option(

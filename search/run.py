@@ -243,10 +243,13 @@ def run_search(config: SearchConfig | SearchSpec,
                 ui.log(f"[yellow]warning:[/] {mismatch}")
     deadline = t0 + run.budget_minutes * 60.0  # the whole run: supernet, reference, search, verification
     # the accuracy estimator (supernet training, the reference population) takes at most half
-    # the budget; the search has until the last 15% (verification, outputs)
+    # the budget; the search has until the last 15% (verification, outputs). Short trainings
+    # (`rerank`) are the accuracy check that matters most, so with them the estimator has 35%,
+    # the search until 60%, and verification and the trainings the last 40%.
+    shares = (0.35, 0.6) if acc.rerank.top_k > 0 else (0.5, 0.85)
     try:
         accuracy = wiring.accuracy_model(acc, space, data, run.cache_path, ui.log,
-                                         deadline=t0 + 0.5 * (deadline - t0), pool=pool, seed=run.seed,
+                                         deadline=t0 + shares[0] * (deadline - t0), pool=pool, seed=run.seed,
                                          benchmark=bench is not None)
     except KeyboardInterrupt:
         _write_setup_interrupted(space_name, out, formulation, data, "training the supernet or scoring the "
@@ -277,7 +280,7 @@ def run_search(config: SearchConfig | SearchSpec,
     interrupted = False
     rounds: list[VerifyRound] = []
     info = GenerationInfo(0, 0, 0.0)
-    search_deadline = deadline - 0.15 * run.budget_minutes * 60.0
+    search_deadline = t0 + shares[1] * (deadline - t0)
     ui.log(f"search: up to {alg.generations} generations of {alg.population}, until "
            f"{max(0.0, search_deadline - time.monotonic()):.0f} s from now at most")
 
@@ -362,10 +365,11 @@ def run_search(config: SearchConfig | SearchSpec,
         try:
             if baseline is not None and formulation.kind == "min_accuracy":
                 best, reranked = _rerank_against_baseline(resolved, evaluator, device, space, formulation, data,
-                                                          best, rounds, run.cache_path, ui, notes, pool, baseline)
+                                                          best, rounds, run.cache_path, ui, notes, pool, baseline,
+                                                          deadline)
             else:
                 best, reranked = _rerank(resolved, evaluator, device, space, formulation, data, best, rounds,
-                                         run.cache_path, ui, notes, pool, baseline)
+                                         run.cache_path, ui, notes, pool, baseline, deadline)
             if baseline is not None and baseline.ratio is not None:
                 formulation = baseline.ratio.formulation(formulation)
         except KeyboardInterrupt:
@@ -400,10 +404,10 @@ def _rerank_data(resolved: _Resolved, data: Data) -> Data:
 
 
 def _short_trainings(resolved: _Resolved, rdata: Data, candidates: list[Candidate], rc: RerankConfig,
-                     cache_dir: Path, ui: _Progress, tasks: Any) -> list[RerankResult]:
+                     cache_dir: Path, ui: _Progress, tasks: Any, **within: Any) -> list[RerankResult]:
     """`rerank_by_training` of `candidates` on `rdata`, in the space as it was searched (its options;
     from a baseline, the baseline's skeleton, so that every candidate is valid in it), cached per
-    space and data under `cache_dir`."""
+    space and data under `cache_dir`; `within` its ordering and deadline arguments."""
     name = resolved.space
     cache = cache_dir / f"rerank-{name}-{cache_name(rdata.name, rdata.num_classes, resolved.spec.run.seed)}.jsonl"
 
@@ -411,20 +415,22 @@ def _short_trainings(resolved: _Resolved, rdata: Data, candidates: list[Candidat
         return wiring.make_space(name, rdata, {**(resolved.space_options or {}), **options})
 
     return rerank_by_training(name, space_with, candidates, rdata.train, rdata.val, rdata.resolution, rc,
-                              cache_file=cache, log=ui.log, pool=tasks)
+                              cache_file=cache, log=ui.log, pool=tasks, **within)
 
 
 def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: Device, space: SearchSpace[Any],
                              formulation: Formulation, data: Data, best: Candidate | None,
                              rounds: list[VerifyRound], cache_dir: Path, ui: _Progress, notes: list[str],
-                             tasks: Any, baseline: BaselineInfo) -> tuple[Candidate | None, list[RerankResult]]:
+                             tasks: Any, baseline: BaselineInfo,
+                             deadline: float | None = None) -> tuple[Candidate | None, list[RerankResult]]:
     """"Minimise latency subject to accuracy at least the baseline's", with the accuracy side
     checked by training rather than by the estimator alone: the estimator's score is a rank, good
     over the space and poor among a few close candidates. The `rerank` fastest candidates it puts
     at or above the baseline (within the size limits) and the baseline itself are trained briefly
     with one recipe (search.accuracy.rerank); of those whose held-out accuracy is at least the
     baseline's, the device measures each not yet measured, and the fastest measured is chosen.
-    The estimator's choice stays when none is."""
+    The estimator's choice stays when none is. The baseline and the fastest candidate are always
+    trained; each slower one only if it is expected to end by `deadline`."""
     spec, name = resolved.spec, resolved.space
     base = baseline.candidate
     pool = sorted((c for c in evaluator.candidates if c.key != base.key and feasible(c, formulation)
@@ -441,9 +447,15 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
     what = (f"a short training of the baseline and of the {len(pool)} fastest candidates estimated at least as "
             f"accurate: {rc.epochs:g} epochs on {len(rdata.train):,} images at {res}x{res}")
     ui.log(f"checking accuracy against the baseline by {what} ...")
-    results = _short_trainings(resolved, rdata, [base, *pool], rc, cache_dir, ui, tasks)
+    results = _short_trainings(resolved, rdata, [base, *pool], rc, cache_dir, ui, tasks, ordered=True,
+                               deadline=deadline, required=2, cost=lambda c: c.latency_ms)
     short = {r.key: r.short_accuracy for r in results}
     bar = short[base.key]
+    if len(short) < len(pool) + 1:
+        notes.append(f"`rerank`: the budget left time to train {len(short) - 1} of the {len(pool)} fastest candidates "
+                     f"estimated at least as accurate (fastest first), beside the baseline")
+        what = what.replace(f"of the {len(pool)} fastest", f"of the {len(short) - 1} fastest")
+        pool = [c for c in pool if c.key in short]
     passing = [c for c in pool if short[c.key] >= bar]
     vr = VerifyRound(round=len(rounds) + 1)
     for c in passing:
@@ -472,12 +484,13 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
 
 def _rerank(resolved: _Resolved, evaluator: Evaluator, device: Device, space: SearchSpace[Any],
             formulation: Formulation, data: Data, best: Candidate | None, rounds: list[VerifyRound], cache_dir: Path,
-            ui: _Progress, notes: list[str], tasks: Any = None,
-            baseline: BaselineInfo | None = None) -> tuple[Candidate | None, list[RerankResult]]:
+            ui: _Progress, notes: list[str], tasks: Any = None, baseline: BaselineInfo | None = None,
+            deadline: float | None = None) -> tuple[Candidate | None, list[RerankResult]]:
     """Short training (search.accuracy.rerank) of the `rerank` best-estimated candidates within the
     budget (verified, or predicted after the correction and not yet measured); they are then
     taken in order of short-training accuracy, measuring each unverified one until one is
-    verified within the budget. The estimator's choice stays when none is."""
+    verified within the budget. The estimator's choice stays when none is. The best-estimated one
+    is always trained; each next one only if it is expected to end by `deadline`."""
     if formulation.kind != "budget":
         # under `min_accuracy` the objective is latency, and the frontier has no single objective
         notes.append("`rerank` applies to `latency_budget_ms` searches only; the choice is the usual one")
@@ -496,7 +509,11 @@ def _rerank(resolved: _Resolved, evaluator: Evaluator, device: Device, space: Se
                       resolution=settings.resolution)
     what = describe(rc, name, rdata.resolution, len(rdata.train))
     ui.log(f"re-ranking: {what} ...")
-    results = _short_trainings(resolved, rdata, pool, rc, cache_dir, ui, tasks)
+    results = _short_trainings(resolved, rdata, pool, rc, cache_dir, ui, tasks, deadline=deadline,
+                               cost=lambda c: c.latency_ms)
+    if len(results) < min(rc.top_k, len(pool)):
+        notes.append(f"`rerank`: the budget left time to train {len(results)} of the {min(rc.top_k, len(pool))} "
+                     f"best-estimated candidates (best first)")
     by_key = {c.key: c for c in pool}
     chosen, vr = None, VerifyRound(round=len(rounds) + 1)
     ratio = baseline.ratio if baseline is not None else None

@@ -53,6 +53,39 @@ def test_short_training_reorders_what_the_estimator_ranked_and_caches_it(tmp_pat
     assert not any(r.cached for r in other)
 
 
+def test_short_trainings_stop_at_the_deadline_but_the_required_ones_run(tmp_path):
+    """A search's budget bounds its short trainings: after the required first ones, a training
+    starts only if it is expected to end by the deadline; cached ones cost nothing and count."""
+    import time
+    from search import wiring
+    from search.accuracy.rerank import RerankConfig, rerank_by_training
+    data = wiring.load_data("digits", seed=0, max_per_class=20)
+    space = wiring.make_space("nb201", data)
+    order = [CONV, POOL, DEAD]
+    cands = _candidates(space, {k: 50.0 for k in order})
+    cfg = RerankConfig(top_k=3, epochs=1.0)
+
+    def make(options):
+        return wiring.make_space("nb201", data, options)
+
+    def run(deadline, cache):
+        return rerank_by_training("nb201", make, cands, data.train, data.val, data.resolution, cfg, cache_file=cache,
+                                  ordered=True, required=2, deadline=deadline, cost=lambda c: c.predicted_ms)
+
+    cache = tmp_path / "rerank.jsonl"
+    past = time.monotonic()                                     # no time left: only the required two train
+    assert sorted(r.key for r in run(past, cache)) == sorted(order[:2])
+    assert len(cache.read_text().splitlines()) == 2
+    # the two cached cost nothing; the third is expected to take as long as they did
+    assert sorted(r.key for r in run(time.monotonic() + 3600, cache)) == sorted(order)
+    assert [r.cached for r in run(time.monotonic(), cache)] == [True] * 3
+    # without a deadline all are trained, in the order given
+    log: list[str] = []
+    fresh = rerank_by_training("nb201", make, cands, data.train, data.val, data.resolution, cfg, ordered=True,
+                               log=log.append)
+    assert [line.split(": ")[1].split()[0] for line in log] == order and len(fresh) == 3
+
+
 @pytest.mark.skipif(not NB201_CSV.exists(), reason="../shared/data/nb201/nb201_cifar10.csv is absent")
 def test_search_chooses_the_best_short_trained_cell_the_device_confirms(tmp_path):
     from search.benchmark import BenchmarkDevice

@@ -84,17 +84,26 @@ def _train_and_score(job: tuple, arch: Any) -> tuple[float, float]:
 
 def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candidates: Sequence[Candidate],
                        train, val, data_resolution: int, config: RerankConfig, cache_file: Path | None = None,
-                       log: Callable[[str], None] | None = None, pool=None) -> list[RerankResult]:
+                       log: Callable[[str], None] | None = None, pool=None, *, ordered: bool = False,
+                       deadline: float | None = None, required: int = 1,
+                       cost: Callable[[Candidate], float] | None = None) -> list[RerankResult]:
     """Train the ``config.top_k`` best-estimated of ``candidates`` briefly; best short accuracy first.
 
     ``make_space(options)`` builds the space with those options (the caller knows the data's
     classes and channels); ``train`` and ``val`` are normalised ImageDatasets. The trainings run
     on ``pool`` (a `search.accuracy.tasks` pool: Ray tasks with `ray_address`; default: one after the other here);
-    this process alone appends them to ``cache_file``.
+    this process alone appends them to ``cache_file``. With ``ordered``, ``candidates`` are
+    trained all, in the order given.
+
+    With a ``deadline`` (`time.monotonic()`), the first ``required`` are always trained (the
+    check means nothing without them) and each later one starts only if it is expected to end
+    in time: the longest of the timed trainings' seconds, each scaled by ``cost`` (e.g. the
+    predicted latency; training time grows more slowly than that, so the estimate errs long: a
+    budget is a promise). The results hold only the candidates trained.
     """
 
     pool = pool or LocalPool()
-    ranked = sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]
+    ranked = list(candidates) if ordered else sorted(candidates, key=lambda c: -c.accuracy)[:config.top_k]
     if not ranked:
         return []
     res = config.resolution_for(space_name, data_resolution)
@@ -104,13 +113,28 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
                      hflip=res > 8, seed=config.seed)
     recipe = json.dumps({"space": space_name, "options": opts, "train": asdict(tc), "n_train": len(train),
                          "n_val": len(val)}, sort_keys=True)
-    done = {row["key"]: float(row["accuracy"]) for row in read_cache_lines(cache_file) if row.get("recipe") == recipe}
-    out = [RerankResult(c.key, c.accuracy, done[c.key], 0.0, True) for c in ranked if c.key in done]
+    done = {row["key"]: row for row in read_cache_lines(cache_file) if row.get("recipe") == recipe}
+    out = [RerankResult(c.key, c.accuracy, float(done[c.key]["accuracy"]), float(done[c.key].get("seconds", 0.0)), True)
+           for c in ranked if c.key in done]
     todo = [c for c in ranked if c.key not in done]
-    if todo:
-        job = (space, _resized(train, res), _resized(val, res), tc, config.seed)
-        for n, (i, (acc, sec)) in enumerate(pool.map(_train_and_score, [c.arch for c in todo], job), 1):
-            c = todo[i]
+    must = {c.key for c in ranked[:required]}
+    by_key = {c.key: c for c in ranked}
+    width = max(1, int(getattr(pool, "max_workers", 1)))  # trainings at once
+    job = (space, _resized(train, res), _resized(val, res), tc, config.seed) if todo else None
+    start, n = 0, 0
+    while start < len(todo):
+        # the required ones in the first batch, whatever the pool's width
+        size = max(width, sum(c.key in must for c in todo[start:]))
+        batch = todo[start:start + size]
+        if deadline is not None and not all(c.key in must for c in batch):
+            expected = max(_expected_seconds(c, out, by_key, cost) for c in batch)
+            if time.monotonic() + expected > deadline:
+                if log:
+                    log(f"  the budget leaves no time for {len(todo) - start} more short training(s) (the next "
+                        f"takes about {expected:.0f} s, {max(0.0, deadline - time.monotonic()):.0f} s are left)")
+                break
+        for i, (acc, sec) in pool.map(_train_and_score, [c.arch for c in batch], job):
+            c, n = batch[i], n + 1
             out.append(RerankResult(c.key, c.accuracy, acc, sec, False))
             if cache_file is not None:
                 append_cache_line(cache_file, {"key": c.key, "accuracy": acc, "seconds": round(sec, 2),
@@ -118,8 +142,20 @@ def rerank_by_training(space_name: str, make_space: Callable[[dict], Any], candi
             if log:
                 log(f"  short training {n}/{len(todo)}: {c.key}  estimated {c.accuracy:.2f} → "
                     f"{acc:.2f}% held-out after {config.epochs:g} epochs  [{sec:.0f} s]")
+        start += size
     out.sort(key=lambda r: -r.short_accuracy)
     return out
+
+
+def _expected_seconds(c: Candidate, done: list[RerankResult], by_key: dict[str, Candidate],
+                      cost: Callable[[Candidate], float] | None) -> float:
+    """The longest estimate from the timed trainings: each one's seconds scaled by ``cost``; 0
+    when nothing was timed yet."""
+    timed = [r for r in done if r.seconds > 0]
+    if cost is None:
+        return max((r.seconds for r in timed), default=0.0)
+    own = cost(c)
+    return max((r.seconds * own / cost(by_key[r.key]) for r in timed if cost(by_key[r.key]) > 0), default=0.0)
 
 
 def describe(config: RerankConfig, space_name: str, data_resolution: int, n_train: int) -> str:
