@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# A shell starts a background job (`cmd &`, nohup) with SIGINT ignored, and Python then leaves
+# it ignored, so the Ctrl-C tests (here, and in the commands they start, which inherit it) would
+# test nothing the user's terminal does. Python's own handler restores a terminal's behaviour; a
+# process started from here execs with SIGINT at its default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
