@@ -98,8 +98,17 @@ def test_a_search_by_speedup_chooses_clear_of_the_margin_and_reports_it(tmp_path
     assert ratio is not None and ratio.margin == 0.4 and res.formulation.decision_margin == 0.4
     kept = [c for c in res.candidates if c.key in ratio.ratios and ratio.kept(c.key)]
     clear = [c for c in kept if ratio.clear_of_margin(c.key)]
-    assert len(kept) >= 2 and res.best in kept
-    assert res.best in (clear or kept)
+    assert len(kept) >= 2
+    base = res.baseline.candidate
+    if res.best.key == base.key:
+        # the baseline is a point of its space, within 1/S = 2 and clear of the margin by
+        # construction; it is chosen (in CI on a loaded Zen 4 it was) only when no finalist
+        # estimated more accurate beyond the tie margin was measured clear of the margin too
+        from search.verify import TIE_MARGIN
+        f = res.formulation
+        assert all(c.measured_ms > f.clear_budget_ms for c in kept if c.accuracy > base.accuracy + TIE_MARGIN)
+    else:
+        assert res.best in kept and res.best in (clear or kept)
     rows = [m for r in res.rounds for m in r.measured]
     assert rows and all(m["clear_of_margin"] == (m["ratio"] <= ratio.clear_ratio) for m in rows)
     reported = json.loads((res.out_dir / "best.json").read_text())["baseline"]["ratio_margin"]
