@@ -444,9 +444,12 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
     rc = RerankConfig(top_k=len(pool) + 1, epochs=settings.epochs, seed=spec.run.seed,
                       space_options=settings.options, resolution=settings.resolution)
     res = rc.resolution_for(name, rdata.resolution)
-    what = (f"a short training of the baseline and of the {len(pool)} fastest candidates estimated at least as "
-            f"accurate: {rc.epochs:g} epochs on {len(rdata.train):,} images at {res}x{res}")
-    ui.log(f"checking accuracy against the baseline by {what} ...")
+
+    def what(n: int) -> str:
+        return (f"a short training of the baseline and of the {n} fastest candidates estimated at least as "
+                f"accurate: {rc.epochs:g} epochs on {len(rdata.train):,} images at {res}x{res}")
+
+    ui.log(f"checking accuracy against the baseline by {what(len(pool))} ...")
     results = _short_trainings(resolved, rdata, [base, *pool], rc, cache_dir, ui, tasks, ordered=True,
                                deadline=deadline, required=2, cost=lambda c: c.latency_ms)
     short = {r.key: r.short_accuracy for r in results}
@@ -454,7 +457,6 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
     if len(short) < len(pool) + 1:
         notes.append(f"`rerank`: the budget left time to train {len(short) - 1} of the {len(pool)} fastest candidates "
                      f"estimated at least as accurate (fastest first), beside the baseline")
-        what = what.replace(f"of the {len(pool)} fastest", f"of the {len(short) - 1} fastest")
         pool = [c for c in pool if c.key in short]
     passing = [c for c in pool if short[c.key] >= bar]
     vr = VerifyRound(round=len(rounds) + 1)
@@ -476,7 +478,7 @@ def _rerank_against_baseline(resolved: _Resolved, evaluator: Evaluator, device: 
                      + "; the choice is the estimator's")
         return best, results
     chosen = min(confirmed, key=lambda c: float(c.measured_ms or 0.0))
-    notes.append(f"accuracy checked by {what}: `{chosen.key}` reached {short[chosen.key]:.2f}% held-out against "
+    notes.append(f"accuracy checked by {what(len(pool))}: `{chosen.key}` reached {short[chosen.key]:.2f}% held-out against "
                  f"the baseline's {bar:.2f}%; {len(passing)} of {len(pool)} reached the baseline's" +
                  ("" if best is None or best.key == chosen.key else f"; the estimator alone chose `{best.key}`"))
     return chosen, results

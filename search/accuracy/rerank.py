@@ -155,7 +155,7 @@ def _expected_seconds(c: Candidate, done: list[RerankResult], by_key: dict[str, 
     if cost is None:
         return max((r.seconds for r in timed), default=0.0)
     own = cost(c)
-    return max((r.seconds * own / cost(by_key[r.key]) for r in timed if cost(by_key[r.key]) > 0), default=0.0)
+    return max((r.seconds * own / ref for r in timed if (ref := cost(by_key[r.key])) > 0), default=0.0)
 
 
 def describe(config: RerankConfig, space_name: str, data_resolution: int, n_train: int) -> str:
