@@ -43,6 +43,10 @@ class ModelMeasurement:
     p10_ms: float
     p90_ms: float
     runs: int
+    # The fastest timed run, and each pass's median in pass order: what a benchmark needs to ask
+    # which statistic of a drifting machine repeats best.
+    min_ms: float | None = None
+    pass_ms: tuple[float, ...] = ()
 
 
 def model_job(model, target: Target, facts: dict[str, Any], stop: dict[str, Any] | None = None,
@@ -123,7 +127,8 @@ def measure_models(paths: Sequence[str | os.PathLike], target: str | Target = "l
             if not ans.get("ok"):
                 raise ProfilingError(f"{conn.label} could not run {path}: {ans.get('error')}")
             st = ans["stats"]
-            m = ModelMeasurement(path.stem, str(path), st["median_ms"], st["p10_ms"], st["p90_ms"], st["runs"])
+            m = ModelMeasurement(path.stem, str(path), st["median_ms"], st["p10_ms"], st["p90_ms"], st["runs"],
+                                 st.get("min_ms"), tuple(st.get("pass_ms", ())))
             out.append(m)
             if progress:
                 progress(i + 1, len(files), m)

@@ -255,7 +255,8 @@ def measure(corpus, run_name, passes, seconds, batch_gb, max_models, min_runs, t
     out = {"run": run_name, "target": target, "passes": passes, "seconds_per_pass": seconds, "min_runs": min_runs,
            "form": _form(corpus), "batches": len(batches),
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "wall_s": time.time() - t0,
-           "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs}
+           "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs,
+                                  "min_ms": m.min_ms, "pass_ms": list(m.pass_ms)}
                       for m in res}}
     path = _bench_dir(corpus) / f"measured_{run_name}.json"
     path.write_text(json.dumps(out, indent=1))
