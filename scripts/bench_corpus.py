@@ -293,8 +293,8 @@ def kernels_cmd(corpus, runs, out_path):
     click.echo(f"wrote {out}")
 
 
-def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
-    got = _runs(corpus, runs)
+def _measured(corpus: Path, runs: list[str], statistic: str = "median") -> tuple[dict[str, float], dict]:
+    got = _runs(corpus, runs, statistic)
     if not got:
         raise click.UsageError(f"no measurement in {_bench_dir(corpus)}: run `measure --run A` first")
     names = set.intersection(*(set(v) for v in got.values()))
@@ -310,13 +310,14 @@ def _measured(corpus: Path, runs: list[str]) -> tuple[dict[str, float], dict]:
     return truth, repro
 
 
-def _runs(corpus: Path, runs: list[str]) -> dict[str, dict[str, float]]:
-    """Each measurement run found: run -> model -> median ms."""
+def _runs(corpus: Path, runs: list[str], statistic: str = "median") -> dict[str, dict[str, float]]:
+    """Each measurement run found: run -> model -> ms (`statistic`: median or p10 of the runs in each
+    pass, the median over the passes)."""
     out = {}
     for r in runs:
         p = _bench_dir(corpus) / f"measured_{r}.json"
         if p.exists():
-            out[r] = {n: float(m["median_ms"]) for n, m in json.loads(p.read_text())["models"].items()}
+            out[r] = {n: float(m[f"{statistic}_ms"]) for n, m in json.loads(p.read_text())["models"].items()}
     return out
 
 
@@ -484,21 +485,24 @@ def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[st
 @click.option("--in-network/--no-in-network", default=True, show_default=True,
               help="Fit the in-network correction per kernel kind on the --table's blocks and networks (with "
                    "--kernels-from too, replacing the file's); --no-in-network: the kernels as measured alone.")
+@click.option("--statistic", type=click.Choice(["median", "p10"]), default="median", show_default=True,
+              help="The ground truth's statistic of each pass (the median over passes of it); compare a predictor "
+                   "trained on a table of the same statistic.")
 @click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
 def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
-             in_network, json_out):
+             in_network, statistic, json_out):
     """Predict every corpus model and report accuracy, each family held out in turn."""
     from predictors import Predictor
     corpus = Path(corpus)
     rows = _manifest(corpus)
-    truth, repro = _measured(corpus, runs.split(","))
+    truth, repro = _measured(corpus, runs.split(","), statistic)
     rows = [r for r in rows if r["name"] in truth]
     names = [r["name"] for r in rows]
     fam = np.array([r["family"] for r in rows])
     paths = [str(corpus / r["onnx"]) for r in rows]
     y = np.array([truth[n] for n in names])
     report: dict = {"models": len(rows), "families": len(set(fam)), "form": _form(corpus), "reproducibility": repro,
-                    "rows": {}, "settings": {"runs": runs, "network_weight": network_weight, "graph_cv": graph_cv,
+                    "rows": {}, "settings": {"runs": runs, "statistic": statistic, "network_weight": network_weight, "graph_cv": graph_cv,
                                              "graph_ensemble": graph_ensemble, "graph_candidates": graph_candidates,
                                              "in_network": in_network}}
     click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
