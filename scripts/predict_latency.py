@@ -1,7 +1,7 @@
 """`predict-latency`: predicted latency of ONNX models, with intervals.
 
     predict-latency resnet50.onnx                       # the shipped predictor that best matches this machine
-    predict-latency a.onnx b.onnx --predictor data/predictors/local-cpu__amd-epyc__8430cb8f.lgb --json
+    predict-latency a.onnx b.onnx --predictor data/predictors/local-cpu__amd-epyc__a97a266b.lgb --json
 
 The predictor is checked against this machine when its target runs here (local-cpu, local-cpu-mt):
 a predictor profiled on other hardware (another CPU, or the same model string with other
@@ -45,7 +45,7 @@ EPILOG = f"""\b
 Examples:
   predict-latency model.onnx
   predict-latency model.onnx --target local-cpu-mt --json
-  predict-latency model.onnx --predictor {SHIPPED.relative_to(SHIPPED.parents[1])}/local-cpu__amd-epyc__8430cb8f.lgb --per-kernel
+  predict-latency model.onnx --predictor {SHIPPED.relative_to(SHIPPED.parents[1])}/local-cpu__amd-epyc__a97a266b.lgb --per-kernel
 
 \b
 {EXIT_CODES_HELP} A batch with one bad model predicts the others and exits 1.

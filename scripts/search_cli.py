@@ -15,7 +15,7 @@ EPILOG = """\b
 Examples:
   search --space nb201 --data digits --latency-budget 0.5 --out runs/s1
       (the predictor is the shipped one that best matches this machine: --predictor auto)
-  search --predictor data/predictors/local-cpu__amd-epyc__8430cb8f.lgb --space mbv3 --data ./my_images \\
+  search --predictor data/predictors/local-cpu__amd-epyc__a97a266b.lgb --space mbv3 --data ./my_images \\
          --min-accuracy 90 --host pi@raspberrypi
   search --baseline resnet56 --data ./cifar10 --speedup 3
   search --space nb201 --benchmark ../shared/data/nb201/nb201_cifar10.csv:edgegpu \\
