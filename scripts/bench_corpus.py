@@ -263,6 +263,48 @@ def measure(corpus, run_name, passes, seconds, batch_gb, max_models, min_runs, t
     click.echo(f"wrote {path} ({time.time() - t0:.0f}s)")
 
 
+@main.command("repeat")
+@click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--runs", default="A,B", show_default=True, help="Two measurement runs to compare.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def repeat(corpus, runs, as_json):
+    """How well two measurement runs agree, per statistic of a model's passes: the median of the
+    pass medians (what every table and prediction means), the median of the pass p10s, the fastest
+    run, the fastest pass median and the mean of the three fastest passes; each as the share within
+    ±5% and ±10%, raw and after the level between the runs (their median ratio) is divided out."""
+    names = runs.split(",")
+    if len(names) != 2:
+        raise click.BadParameter(f"give two runs, not {runs!r}", param_hint="--runs")
+    got = []
+    for r in names:
+        p = _bench_dir(Path(corpus)) / f"measured_{r}.json"
+        if not p.exists():
+            raise click.BadParameter(f"{p} does not exist: run `measure --run {r}` first", param_hint="--runs")
+        got.append(json.loads(p.read_text())["models"])
+    common = sorted(set(got[0]) & set(got[1]))
+
+    def value(m: dict, stat: str) -> float:
+        passes = sorted(m.get("pass_ms") or [m["median_ms"]])
+        return {"median": m["median_ms"], "p10": m["p10_ms"], "min": m.get("min_ms") or float("nan"),
+                "min_pass": passes[0], "low3_pass": float(np.mean(passes[:3]))}[stat]
+
+    out = {"runs": names, "models": len(common), "statistics": {}}
+    for stat in ("median", "p10", "min", "min_pass", "low3_pass"):
+        r = np.array([value(got[0][n], stat) / value(got[1][n], stat) for n in common])
+        level = float(np.nanmedian(r))
+        share = lambda x, t: float(np.mean(np.abs(x - 1) <= t))  # noqa: E731
+        out["statistics"][stat] = {"level": level, "within5": share(r, .05), "within10": share(r, .10),
+                                   "within5_after_level": share(r / level, .05),
+                                   "within10_after_level": share(r / level, .10)}
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"runs {names[0]} and {names[1]}, {len(common)} models")
+    for stat, v in out["statistics"].items():
+        click.echo(f"  {stat:10s} level {v['level']:.3f}   within ±5% {v['within5']:6.1%}  ±10% {v['within10']:6.1%}"
+                   f"   after the level {v['within5_after_level']:6.1%} / {v['within10_after_level']:6.1%}")
+
+
 @main.command("kernels")
 @click.option("--corpus", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--runs", default=12, show_default=True, help="Profiled runs per model (after 2 warm-up runs).")

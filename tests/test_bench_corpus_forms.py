@@ -102,6 +102,19 @@ def test_derive_int8_and_batch_forms_then_measure_and_compare(corpus, tmp_path):
     for n, m in cmp["per_model"].items():
         assert m["speedup_per_image"] == pytest.approx(m["fp32_b1_ms"] / m["other_ms"])
 
+    # the two fp32 runs keep each model's passes and fastest run; `repeat` compares them per statistic
+    runs = [json.loads((corpus / "bench" / f"measured_{r}.json").read_text())["models"] for r in "AB"]
+    for m in runs[0].values():
+        assert len(m["pass_ms"]) == 1 and 0 < m["min_ms"] <= m["median_ms"] == m["pass_ms"][0]
+    res = _invoke("repeat", "--corpus", corpus, "--runs", "A,B", "--json")
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    ratio = np.array([runs[0][n]["median_ms"] / runs[1][n]["median_ms"] for n in names])
+    assert rep["models"] == 3
+    assert rep["statistics"]["median"]["within10"] == pytest.approx(np.mean(np.abs(ratio - 1) <= 0.10))
+    assert rep["statistics"]["median"]["level"] == pytest.approx(np.median(ratio))
+    assert _invoke("repeat", "--corpus", corpus, "--runs", "A,Z").exit_code == 2
+
 
 def test_the_batched_subset_rule_takes_each_familys_fastest_model_first():
     rows = [{"name": n, "family": f} for n, f in [("a1", "a"), ("a2", "a"), ("a3", "a"), ("b1", "b"), ("c1", "c")]]
