@@ -258,7 +258,7 @@ def measure(corpus, run_name, passes, seconds, batch_gb, max_models, min_runs, t
            "models": {m.name: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "p90_ms": m.p90_ms, "runs": m.runs,
                                   "min_ms": m.min_ms, "pass_ms": list(m.pass_ms)}
                       for m in res}}
-    path = _bench_dir(corpus) / f"measured_{run_name}.json"
+    path = _run_path(corpus, run_name)
     path.write_text(json.dumps(out, indent=1))
     click.echo(f"wrote {path} ({time.time() - t0:.0f}s)")
 
@@ -277,25 +277,15 @@ def repeat(corpus, runs, as_json):
         raise click.BadParameter(f"give two runs, not {runs!r}", param_hint="--runs")
     got = []
     for r in names:
-        p = _bench_dir(Path(corpus)) / f"measured_{r}.json"
-        if not p.exists():
-            raise click.BadParameter(f"{p} does not exist: run `measure --run {r}` first", param_hint="--runs")
-        got.append(json.loads(p.read_text())["models"])
+        models = _read_run(Path(corpus), r)
+        if models is None:
+            raise click.BadParameter(f"{_run_path(Path(corpus), r)} does not exist: run `measure --run {r}` first",
+                                     param_hint="--runs")
+        got.append({n: _pass_statistics(m) for n, m in models.items()})
     common = sorted(set(got[0]) & set(got[1]))
-
-    def value(m: dict, stat: str) -> float:
-        passes = sorted(m.get("pass_ms") or [m["median_ms"]])
-        return {"median": m["median_ms"], "p10": m["p10_ms"], "min": m.get("min_ms") or float("nan"),
-                "min_pass": passes[0], "low3_pass": float(np.mean(passes[:3]))}[stat]
-
-    out = {"runs": names, "models": len(common), "statistics": {}}
-    for stat in ("median", "p10", "min", "min_pass", "low3_pass"):
-        r = np.array([value(got[0][n], stat) / value(got[1][n], stat) for n in common])
-        level = float(np.nanmedian(r))
-        share = lambda x, t: float(np.mean(np.abs(x - 1) <= t))  # noqa: E731
-        out["statistics"][stat] = {"level": level, "within5": share(r, .05), "within10": share(r, .10),
-                                   "within5_after_level": share(r / level, .05),
-                                   "within10_after_level": share(r / level, .10)}
+    out = {"runs": names, "models": len(common), "statistics": {
+        stat: _agreement(np.array([got[0][n][stat] / got[1][n][stat] for n in common]))
+        for stat in ("median", "p10", "min", "min_pass", "low3_pass")}}
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
@@ -344,23 +334,50 @@ def _measured(corpus: Path, runs: list[str], statistic: str = "median") -> tuple
     repro = {}
     if len(got) >= 2:
         a, b = list(got)[:2]
-        ratio = np.array([got[a][n] / got[b][n] for n in sorted(names)])
-        drift = float(np.median(ratio))
-        repro = {"runs": [a, b], "n": len(ratio), "within5": float(np.mean(np.abs(ratio - 1) <= 0.05)),
-                 "within10": float(np.mean(np.abs(ratio - 1) <= 0.10)), "median_ratio": drift,
-                 "within5_after_drift": float(np.mean(np.abs(ratio / drift - 1) <= 0.05))}
+        agree = _agreement(np.array([got[a][n] / got[b][n] for n in sorted(names)]))
+        repro = {"runs": [a, b], "n": len(names), "within5": agree["within5"], "within10": agree["within10"],
+                 "median_ratio": agree["level"], "within5_after_drift": agree["within5_after_level"]}
     return truth, repro
+
+
+def _agreement(ratio: np.ndarray) -> dict[str, float]:
+    """How well two runs agree, from each model's ratio between them: the level (the median ratio),
+    and the share within ±5% and ±10%, raw and with the level divided out."""
+    level = float(np.nanmedian(ratio))
+
+    def within(x: np.ndarray, tol: float) -> float:
+        return float(np.mean(np.abs(x - 1) <= tol))
+
+    return {"level": level, "within5": within(ratio, .05), "within10": within(ratio, .10),
+            "within5_after_level": within(ratio / level, .05), "within10_after_level": within(ratio / level, .10)}
+
+
+def _pass_statistics(m: dict) -> dict[str, float]:
+    """A measured model's candidate statistics: the median of its pass medians (what tables and
+    predictions mean), the median of its pass p10s, its fastest run, its fastest pass median and
+    the mean of its three fastest pass medians (files older than those fields: the median for the
+    passes, NaN for the fastest run)."""
+    passes = sorted(m.get("pass_ms") or [m["median_ms"]])
+    return {"median": m["median_ms"], "p10": m["p10_ms"], "min": m.get("min_ms") or float("nan"),
+            "min_pass": passes[0], "low3_pass": float(np.mean(passes[:3]))}
+
+
+def _run_path(corpus: Path, run: str) -> Path:
+    return _bench_dir(corpus) / f"measured_{run}.json"
+
+
+def _read_run(corpus: Path, run: str) -> dict[str, dict] | None:
+    """A measurement run's models as `measure` wrote them, or None when it was not measured."""
+    p = _run_path(corpus, run)
+    return json.loads(p.read_text())["models"] if p.exists() else None
 
 
 def _runs(corpus: Path, runs: list[str], statistic: str = "median") -> dict[str, dict[str, float]]:
     """Each measurement run found: run -> model -> ms (`statistic`: median or p10 of the runs in each
     pass, the median over the passes)."""
-    out = {}
-    for r in runs:
-        p = _bench_dir(corpus) / f"measured_{r}.json"
-        if p.exists():
-            out[r] = {n: float(m[f"{statistic}_ms"]) for n, m in json.loads(p.read_text())["models"].items()}
-    return out
+    found = {r: _read_run(corpus, r) for r in runs}
+    return {r: {n: float(m[f"{statistic}_ms"]) for n, m in models.items()}
+            for r, models in found.items() if models is not None}
 
 
 def _qdq_residuals(paths: list[str], kernels: list[int], y: np.ndarray, pred: np.ndarray) -> dict:
