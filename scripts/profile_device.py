@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from profiling.errors import ProfilingError
 from profiling.kernels import KINDS
 from profiling.targets import TargetError, list_targets
-from scripts.cli import EXIT_CODES_HELP, cli_errors, error_text
+from scripts.cli import EXIT_CODES_HELP, cli_errors, error_text, exit_interrupted
 
 FLAGS = {"target_name": "--target", "hosts": "--host", "host": "--host", "models": "--models", "families": "--families",
          "out": "--out", "targets_file": "--targets-file", "ssh_config": "--ssh-config",
@@ -307,7 +307,7 @@ def main(target_name, targets_file, show_targets, precision, batch, hosts, ssh_c
     except KeyboardInterrupt:
         progress.stop()
         err.print("interrupted: the table keeps every row measured so far; run the same command to resume")
-        sys.exit(130)
+        exit_interrupted(None)
     progress.stop()
     _print_summary(console, summary)
     if summary.stopped_by == "interrupted":

@@ -1,11 +1,9 @@
 """`search`: find the accuracy/latency frontier of a space on your data, verify finalists on the device."""
 from __future__ import annotations
 
-import sys
-
 import click
 
-from scripts.cli import (EXIT_BUDGET, EXIT_INTERRUPTED, EXIT_USAGE, cli_errors, fail, flags_in, search_threads,
+from scripts.cli import (EXIT_BUDGET, EXIT_USAGE, cli_errors, exit_interrupted, fail, flags_in, search_threads,
                          set_torch_threads)
 from scripts.config_options import build_part, flags_of, options_for, search_flags
 from search.config import (AccuracyConfig, AlgorithmConfig, BaselineConfig, DataConfig, LatencyConfig, RerankSettings,
@@ -106,7 +104,7 @@ def main(quiet: bool, **kw):
             fail(f"{e}\n(the frontier found is in {spec.run.out}/)", EXIT_BUDGET)
     summarize(res)
     if res.interrupted:
-        sys.exit(EXIT_INTERRUPTED)
+        exit_interrupted(None)
 
 
 def summarize(res) -> None:

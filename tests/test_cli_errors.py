@@ -240,6 +240,22 @@ def test_ctrl_c_during_predictor_training_writes_nothing_half_done(tmp_path):
     assert not out.exists()
 
 
+def test_a_ctrl_c_in_code_run_from_source_text_still_exits_130(tmp_path):
+    """CPython 3.11 under `python -m` notes a KeyboardInterrupt that escaped code run from source
+    text (`exec` of a string, as dataclasses and namedtuple do; some extension modules' init) and
+    exits by SIGINT (-2) even after the command handled it and asked for 130. Once in CI: Ctrl-C
+    during `import lightgbm` in train-predictor printed "interrupted", then ended as -2."""
+    (tmp_path / "interrupted_in_exec.py").write_text(
+        "from scripts.cli import cli_errors\n"
+        "with cli_errors():\n"
+        "    exec('raise KeyboardInterrupt')\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "interrupted_in_exec"], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 130 and "error: interrupted" in p.stderr and "Traceback" not in p.stderr, \
+        (p.returncode, p.stderr)
+
+
 def test_an_error_that_a_ctrl_c_caused_is_reported_as_the_interrupt():
     """Ctrl-C inside an extension module's import escapes as that import's error, not as
     KeyboardInterrupt (scipy's HiGHS wrapper, once in CI: an ImportError, a traceback, exit 1):
