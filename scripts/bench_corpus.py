@@ -154,14 +154,14 @@ def _b32_subset(rows: list[dict], ms: dict[str, float], batch: int, minutes: flo
 @click.option("--runs", default="S1,S2", show_default=True, help="The batch-1 measurements the subset rule reads.")
 @click.option("--passes", default=PASSES, show_default=True, help="The passes the subset's measurement will make.")
 @click.option("--seconds", default=SECONDS_PER_PASS, show_default=True)
-def derive(corpus, out, precision, batch, minutes, runs, passes, seconds):
+@click.option("--jobs", default=1, show_default=True, type=click.IntRange(1),
+              help="Models converted at once, each in its own process (quantizing takes 10-60 s a model). "
+                   "Nothing is timed here, so use every core unless a measurement runs beside it.")
+def derive(corpus, out, precision, batch, minutes, runs, passes, seconds, jobs):
     """Write the corpus in another deployment form (int8, or a batch above 1) to OUT, with its
     manifest.csv and derived.json (the form, the models that could not be converted and why).
     Resumable: models already in OUT are kept."""
-    from profiling.errors import ProfilingError
-    from profiling.quantize import quantize
-    from scripts.bench_deploy import _runs_at, rebatched
-    import onnx
+    from concurrent.futures import ProcessPoolExecutor
     corpus, out = Path(corpus), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = _manifest(corpus)
@@ -176,38 +176,63 @@ def derive(corpus, out, precision, batch, minutes, runs, passes, seconds):
         meta["subset"] = {"rule": "each family's fastest model, then the others fastest first, while the estimated "
                                   f"measurement fits {minutes:g} min ({passes} passes x {seconds:g} s)",
                           "runs": runs, "models": len(rows), "families": len({r["family"] for r in rows})}
-    done = set()
+    done = {r["name"] for r in rows if (out / r["onnx"]).exists()}
+    todo = [r for r in sorted(rows, key=lambda r: (corpus / r["onnx"]).stat().st_size)  # small first
+            if r["name"] not in done and r["name"] not in meta["failed"]]
     t0 = time.time()
-    for i, r in enumerate(sorted(rows, key=lambda r: (corpus / r["onnx"]).stat().st_size)):  # small first
-        dst = out / r["onnx"]
-        if r["name"] in meta["failed"]:
-            continue
-        if not dst.exists():
-            t1 = time.time()
-            try:
-                m = onnx.load(str(corpus / r["onnx"]))
-                if batch > 1:
-                    m = rebatched(m)
-                    if not _runs_at(m, 2):
-                        raise ProfilingError("does not run at batch 2 after re-batching (a shape fixed at export)")
-                if precision == "int8":
-                    m = quantize(m, batch=1)
-                onnx.save(m, str(dst) + ".part")
-                Path(str(dst) + ".part").rename(dst)
-            except (ProfilingError, OSError) as e:
-                meta["failed"][r["name"]] = str(e)[:400]
-            click.echo(f"[{i + 1}/{len(rows)}] {r['name']} ({r['family']}): "
-                       f"{'FAILED' if r['name'] in meta['failed'] else 'ok'} ({time.time() - t1:.1f}s, "
-                       f"{time.time() - t0:.0f}s in all)", err=True)
-        if dst.exists():
+
+    def record(i: int, r: dict, error: str | None, took: float) -> None:
+        if error is None:
             done.add(r["name"])
-        (out / DERIVED).write_text(json.dumps(meta, indent=1))
-        with open(out / "manifest.csv", "w", newline="") as fh:  # after each model: a stopped run leaves a corpus
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(r for r in rows if r["name"] in done)
+        else:
+            meta["failed"][r["name"]] = error
+        click.echo(f"[{i}/{len(todo)}] {r['name']} ({r['family']}): {'FAILED' if error else 'ok'} ({took:.1f}s, "
+                   f"{time.time() - t0:.0f}s in all)", err=True)
+        _write_derived_listing(out, meta, rows, done)  # after each model: a stopped run leaves a corpus
+
+    _write_derived_listing(out, meta, rows, done)
+    args = [(str(corpus / r["onnx"]), str(out / r["onnx"]), precision, batch) for r in todo]
+    if jobs == 1:
+        for i, (r, a) in enumerate(zip(todo, args), 1):
+            record(i, r, *_derive_model(*a))
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            for i, (r, result) in enumerate(zip(todo, pool.map(_derive_model, *zip(*args))), 1):
+                record(i, r, *result)
     click.echo(f"wrote {len(done)} models ({len({r['family'] for r in rows if r['name'] in done})} families) to {out}; "
                f"{len(meta['failed'])} could not be converted (see {out / DERIVED})")
+
+
+def _derive_model(src: str, dst: str, precision: str, batch: int) -> tuple[str | None, float]:
+    """Convert one model of the corpus to the form (written as `dst`); returns (why it could not
+    be converted, or None; seconds taken)."""
+    import onnx
+
+    from profiling.errors import ProfilingError
+    from profiling.quantize import quantize
+    from scripts.bench_deploy import _runs_at, rebatched
+    t = time.time()
+    try:
+        m = onnx.load(src)
+        if batch > 1:
+            m = rebatched(m)
+            if not _runs_at(m, 2):
+                raise ProfilingError("does not run at batch 2 after re-batching (a shape fixed at export)")
+        if precision == "int8":
+            m = quantize(m, batch=1)
+        onnx.save(m, dst + ".part")
+        Path(dst + ".part").rename(dst)
+    except (ProfilingError, OSError) as e:
+        return str(e)[:400], time.time() - t
+    return None, time.time() - t
+
+
+def _write_derived_listing(out: Path, meta: dict, rows: list[dict], done: set[str]) -> None:
+    (out / DERIVED).write_text(json.dumps(meta, indent=1))
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(r for r in rows if r["name"] in done)
 
 
 @main.command()
@@ -374,7 +399,7 @@ def _read_run(corpus: Path, run: str) -> dict[str, dict] | None:
 
 def _runs(corpus: Path, runs: list[str], statistic: str = "median") -> dict[str, dict[str, float]]:
     """Each measurement run found: run -> model -> ms (`statistic`: median or p10 of the runs in each
-    pass, the median over the passes)."""
+    pass, the median over the passes; or min, the fastest run)."""
     found = {r: _read_run(corpus, r) for r in runs}
     return {r: {n: float(m[f"{statistic}_ms"]) for n, m in models.items()}
             for r, models in found.items() if models is not None}
@@ -544,9 +569,11 @@ def _kind_report(base, inputs: list, y: np.ndarray, corpus: Path, names: list[st
 @click.option("--in-network/--no-in-network", default=True, show_default=True,
               help="Fit the in-network correction per kernel kind on the --table's blocks and networks (with "
                    "--kernels-from too, replacing the file's); --no-in-network: the kernels as measured alone.")
-@click.option("--statistic", type=click.Choice(["median", "p10"]), default="median", show_default=True,
-              help="The ground truth's statistic of each pass (the median over passes of it); compare a predictor "
-                   "trained on a table of the same statistic.")
+@click.option("--statistic", type=click.Choice(["median", "p10", "min"]), default="median", show_default=True,
+              help="The ground truth's statistic: the median over passes of each pass's median or p10, or the "
+                   "fastest run of all passes (min: on a VM that switches speed levels, the statistic that repeats; "
+                   "`repeat` shows which does). Tables hold medians: a level between the two is the graph "
+                   "correction's to learn.")
 @click.option("--json-out", type=click.Path(), help="Where to write the report (default <corpus>/bench/report.json).")
 def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv, graph_ensemble, kernels_from, graph_candidates,
              in_network, statistic, json_out):

@@ -62,7 +62,7 @@ def test_a_quantized_model_travels_whole_and_is_not_quantized_again(corpus):
 
 def test_derive_int8_and_batch_forms_then_measure_and_compare(corpus, tmp_path):
     q, b = tmp_path / "int8", tmp_path / "b4"
-    res = _invoke("derive", "--corpus", corpus, "--out", q, "--precision", "int8")
+    res = _invoke("derive", "--corpus", corpus, "--out", q, "--precision", "int8", "--jobs", 2)  # in 2 processes
     assert res.exit_code == 0, res.output
     form = json.loads((q / "derived.json").read_text())
     assert (form["precision"], form["batch"], form["failed"]) == ("int8", 1, {})
@@ -114,6 +114,10 @@ def test_derive_int8_and_batch_forms_then_measure_and_compare(corpus, tmp_path):
     assert rep["statistics"]["median"]["within10"] == pytest.approx(np.mean(np.abs(ratio - 1) <= 0.10))
     assert rep["statistics"]["median"]["level"] == pytest.approx(np.median(ratio))
     assert _invoke("repeat", "--corpus", corpus, "--runs", "A,Z").exit_code == 2
+    # `evaluate --statistic min` scores against the median over the runs of each model's fastest run
+    truth, repro = bench_corpus._measured(corpus, ["A", "B"], "min")
+    assert truth == {n: pytest.approx(np.median([r[n]["min_ms"] for r in runs])) for n in names}
+    assert repro["within10"] == pytest.approx(rep["statistics"]["min"]["within10"])
 
 
 def test_the_batched_subset_rule_takes_each_familys_fastest_model_first():
