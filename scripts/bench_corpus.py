@@ -30,7 +30,7 @@ copy's `derived.json` holds its form and the models that could not be converted,
 and `evaluate` refuse a target or table of another form. `compare` reports the Spearman rank
 correlation of the fp32 batch-1 latencies with the other form's:
 
-    python -m scripts.bench_corpus derive --corpus /work/corpus --out /work/corpus_int8 --precision int8
+    python -m scripts.bench_corpus derive --corpus /work/corpus --out /work/corpus_int8 --precision int8 --jobs 2
     python -m scripts.bench_corpus derive --corpus /work/corpus --out /work/corpus_b32 --batch 32 --minutes 7 --passes 4
     flock -x /work/cpu.lock taskset -c 1 python -m scripts.bench_corpus measure --corpus /work/corpus_int8 \
         --target local-cpu-int8 --run A
