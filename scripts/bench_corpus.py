@@ -41,6 +41,7 @@ correlation of the fp32 batch-1 latencies with the other form's:
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -180,25 +181,19 @@ def derive(corpus, out, precision, batch, minutes, runs, passes, seconds, jobs):
     todo = [r for r in sorted(rows, key=lambda r: (corpus / r["onnx"]).stat().st_size)  # small first
             if r["name"] not in done and r["name"] not in meta["failed"]]
     t0 = time.time()
-
-    def record(i: int, r: dict, error: str | None, took: float) -> None:
-        if error is None:
-            done.add(r["name"])
-        else:
-            meta["failed"][r["name"]] = error
-        click.echo(f"[{i}/{len(todo)}] {r['name']} ({r['family']}): {'FAILED' if error else 'ok'} ({took:.1f}s, "
-                   f"{time.time() - t0:.0f}s in all)", err=True)
-        _write_derived_listing(out, meta, rows, done)  # after each model: a stopped run leaves a corpus
-
     _write_derived_listing(out, meta, rows, done)
-    args = [(str(corpus / r["onnx"]), str(out / r["onnx"]), precision, batch) for r in todo]
-    if jobs == 1:
-        for i, (r, a) in enumerate(zip(todo, args), 1):
-            record(i, r, *_derive_model(*a))
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            for i, (r, result) in enumerate(zip(todo, pool.map(_derive_model, *zip(*args))), 1):
-                record(i, r, *result)
+    with ProcessPoolExecutor(max_workers=jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        results = (pool.map if pool else map)(_derive_model, [str(corpus / r["onnx"]) for r in todo],
+                                              [str(out / r["onnx"]) for r in todo], [precision] * len(todo),
+                                              [batch] * len(todo))
+        for i, (r, (error, took)) in enumerate(zip(todo, results), 1):
+            if error is None:
+                done.add(r["name"])
+            else:
+                meta["failed"][r["name"]] = error
+            click.echo(f"[{i}/{len(todo)}] {r['name']} ({r['family']}): {'FAILED' if error else 'ok'} ({took:.1f}s, "
+                       f"{time.time() - t0:.0f}s in all)", err=True)
+            _write_derived_listing(out, meta, rows, done)  # after each model: a stopped run leaves a corpus
     click.echo(f"wrote {len(done)} models ({len({r['family'] for r in rows if r['name'] in done})} families) to {out}; "
                f"{len(meta['failed'])} could not be converted (see {out / DERIVED})")
 
@@ -401,8 +396,14 @@ def _runs(corpus: Path, runs: list[str], statistic: str = "median") -> dict[str,
     """Each measurement run found: run -> model -> ms (`statistic`: median or p10 of the runs in each
     pass, the median over the passes; or min, the fastest run)."""
     found = {r: _read_run(corpus, r) for r in runs}
-    return {r: {n: float(m[f"{statistic}_ms"]) for n, m in models.items()}
-            for r, models in found.items() if models is not None}
+    got = {r: {n: float(_pass_statistics(m)[statistic]) for n, m in models.items()}
+           for r, models in found.items() if models is not None}
+    for r, ms in got.items():
+        if any(np.isnan(v) for v in ms.values()):
+            raise click.UsageError(f"run {r} ({_run_path(corpus, r)}) has no {statistic} for some models: it was "
+                                   "measured before `measure` recorded each model's fastest run; measure it again, "
+                                   "or score against --statistic median")
+    return got
 
 
 def _qdq_residuals(paths: list[str], kernels: list[int], y: np.ndarray, pred: np.ndarray) -> dict:
@@ -591,7 +592,7 @@ def evaluate(corpus, tables, shipped, calibrated, runs, network_weight, graph_cv
                     "rows": {}, "settings": {"runs": runs, "statistic": statistic, "network_weight": network_weight, "graph_cv": graph_cv,
                                              "graph_ensemble": graph_ensemble, "graph_candidates": graph_candidates,
                                              "in_network": in_network}}
-    click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = median of runs {runs}")
+    click.echo(f"corpus: {len(rows)} models in {len(set(fam))} families; ground truth = each model's {statistic}, the median over runs {runs}")
     if repro:
         click.echo(f"reproducibility (run {repro['runs'][0]} vs {repro['runs'][1]}): {repro['within5']:.1%} within "
                    f"±5%, {repro['within10']:.1%} within ±10%, machine drift {repro['median_ratio'] - 1:+.1%} "
